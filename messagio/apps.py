@@ -1,0 +1,19 @@
+"""Django app configuration: autodiscovery at start-up and the system checks."""
+
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class MessagioConfig(AppConfig):
+    name = "messagio"
+    verbose_name = _("Messagio")
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from messagio import checks  # noqa: F401 - registers the system checks
+        from messagio.conf import get_setting
+        from messagio.discovery import autodiscover_listeners
+
+        # Workers never import urls.py, where the README calls autodiscover_listeners().
+        if get_setting("AUTODISCOVER"):
+            autodiscover_listeners()

@@ -1,0 +1,137 @@
+"""System checks for the misconfigurations that otherwise fail silently in a worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.checks import Error, Tags, Warning, register
+
+from messagio.brokers import is_amqp, is_redis
+from messagio.conf import get_setting, unknown_settings
+from messagio.tasks import DELIVER_TASK
+
+PICKLE_CONTENT_TYPES = {"pickle", "application/x-python-serialize"}
+
+
+def _celery_app() -> Any:
+    from celery import current_app
+
+    return current_app
+
+
+def _declared_queues(app: Any) -> dict[str, Any] | None:
+    queues = app.conf.task_queues
+    if not queues:
+        return None
+    return {queue.name: queue for queue in queues}
+
+
+def _routed_queue(app: Any) -> str:
+    route = app.amqp.router.route({}, DELIVER_TASK, args=(), kwargs={})
+    queue = route.get("queue")
+    return getattr(queue, "name", queue) or app.conf.task_default_queue
+
+
+def _messagio_queues(app: Any) -> set[str]:
+    from messagio.registry import registry
+
+    queues = {_routed_queue(app)}
+    queues.update(s.queue for s in registry.subscriptions() if s.queue)
+    if get_setting("DEFAULT_QUEUE"):
+        queues.add(get_setting("DEFAULT_QUEUE"))
+    return queues
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    errors: list[Any] = []
+    unknown = unknown_settings()
+    if unknown:
+        errors.append(
+            Warning(
+                f"Unknown MESSAGIO settings: {', '.join(unknown)}.",
+                hint="Check the spelling; the known settings are listed in messagio/conf.py.",
+                id="messagio.W001",
+            )
+        )
+    from messagio.center import get_message_center
+
+    try:
+        get_message_center()
+    except (ImportError, TypeError) as exc:
+        errors.append(
+            Error(
+                f"MESSAGIO['MESSAGE_CENTER'] cannot be used: {exc}",
+                hint="Name a subclass of messagio.AbstractMessageCenter by its dotted path, "
+                "e.g. 'messagio.center.MessageCenter'.",
+                id="messagio.E002",
+            )
+        )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_celery(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    if get_setting("MESSAGE_CENTER") != "messagio.center.MessageCenter":
+        return []
+    return celery_config_errors(_celery_app())
+
+
+def celery_config_errors(app: Any) -> list[Any]:
+    """The messagio checks of one Celery app's configuration."""
+    errors: list[Any] = []
+    accepted = set(app.conf.accept_content or ())
+    if not accepted & PICKLE_CONTENT_TYPES:
+        errors.append(
+            Error(
+                "Celery does not accept pickle, so workers reject every messagio task.",
+                hint='Add "pickle" to CELERY_ACCEPT_CONTENT, e.g. '
+                'CELERY_ACCEPT_CONTENT = ["json", "pickle"].',
+                id="messagio.E001",
+            )
+        )
+    declared = _declared_queues(app)
+    if declared is not None:
+        for queue in sorted(_messagio_queues(app) - set(declared)):
+            errors.append(
+                Warning(
+                    f"messagio tasks go to the queue {queue!r}, which CELERY_TASK_QUEUES does "
+                    "not declare: a worker started without -Q never consumes it.",
+                    hint=f'Add Queue("{queue}", Exchange("{queue}"), routing_key="{queue}") '
+                    "to CELERY_TASK_QUEUES, or change the route.",
+                    id="messagio.W002",
+                )
+            )
+    if is_redis(app):
+        steps = (app.conf.broker_transport_options or {}).get("priority_steps")
+        if not steps or len(steps) < 10:
+            errors.append(
+                Warning(
+                    "Redis serves messagio priorities in only 4 steps (kombu's default "
+                    "priority_steps), so close priorities run in publish order.",
+                    hint='Set CELERY_BROKER_TRANSPORT_OPTIONS = {"priority_steps": '
+                    'list(range(10)), "sep": ":", "queue_order_strategy": "priority"}.',
+                    id="messagio.W003",
+                )
+            )
+    if is_amqp(app) and not app.conf.task_queue_max_priority:
+        missing = [
+            name
+            for name in sorted(_messagio_queues(app))
+            if declared is not None
+            and name in declared
+            and not (declared[name].queue_arguments or {}).get("x-max-priority")
+            and not declared[name].max_priority
+        ]
+        if declared is None or missing:
+            errors.append(
+                Warning(
+                    "RabbitMQ ignores priorities on queues declared without x-max-priority: "
+                    f"{', '.join(missing) or 'the default queue'}.",
+                    hint="Set CELERY_TASK_QUEUE_MAX_PRIORITY = 10, or declare the queue with "
+                    'queue_arguments={"x-max-priority": 10}. An existing queue must be '
+                    "deleted first: RabbitMQ cannot change a queue's arguments.",
+                    id="messagio.W004",
+                )
+            )
+    return errors

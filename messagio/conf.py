@@ -1,0 +1,72 @@
+"""messagio's settings: ``settings.MESSAGIO`` merged over :data:`DEFAULTS`, read at call time.
+
+This is the only module that reads Django settings for messagio. Values are cached until
+Django's ``setting_changed`` signal fires, so ``override_settings(MESSAGIO=...)`` works in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+#: Documented defaults; every key of ``settings.MESSAGIO`` must be one of these.
+DEFAULTS: dict[str, Any] = {
+    # Dotted path of the AbstractMessageCenter subclass that ``Messagio.fire()`` uses.
+    "MESSAGE_CENTER": "messagio.center.MessageCenter",
+    # Import every app's listeners in AppConfig.ready() (workers never import urls.py).
+    "AUTODISCOVER": True,
+    # Priority of a subscription that names none (messagio.const.TASK_PRIORITY.REGULAR).
+    "DEFAULT_PRIORITY": 5,
+    # Queue of a subscription that names none; None lets CELERY_TASK_ROUTES decide.
+    "DEFAULT_QUEUE": None,
+    # max_retries of a subscription with autoretry_for but no max_retries (Celery's default).
+    "DEFAULT_MAX_RETRIES": 3,
+    # Seconds before a retry when the subscription gives no default_retry_delay (Celery's default).
+    "DEFAULT_RETRY_DELAY": 180.0,
+    # How priorities reach the broker: "auto" (by broker URL), "inverted" (0 is highest, Redis)
+    # or "direct" (higher is more important, RabbitMQ).
+    "BROKER_PRIORITY": "auto",
+    # fire(sync=True) raises MessageProcessingError when a listener fails, instead of reporting it.
+    "SYNC_RAISE_ERRORS": False,
+    # Largest pickled messagio accepted by fire(), in bytes.
+    "MAX_PAYLOAD_BYTES": 512 * 1024,
+    # Key of the payload signatures; None derives one from settings.SECRET_KEY.
+    "SIGNING_KEY": None,
+}
+
+_cache: dict[str, Any] | None = None
+
+
+def get_settings() -> dict[str, Any]:
+    """Return the effective settings, ``settings.MESSAGIO`` over :data:`DEFAULTS`."""
+    global _cache
+    if _cache is None:
+        from django.conf import settings
+
+        merged = dict(DEFAULTS)
+        merged.update(getattr(settings, "MESSAGIO", None) or {})
+        _cache = merged
+    return _cache
+
+
+def get_setting(name: str) -> Any:
+    """Return one messagio setting by name (a key of :data:`DEFAULTS`)."""
+    if name not in DEFAULTS:
+        raise KeyError(f"Unknown messagio setting {name!r}; known: {', '.join(sorted(DEFAULTS))}")
+    return get_settings()[name]
+
+
+def unknown_settings() -> list[str]:
+    """Keys of ``settings.MESSAGIO`` that messagio does not know (for a system check)."""
+    from django.conf import settings
+
+    return sorted(set(getattr(settings, "MESSAGIO", None) or {}) - set(DEFAULTS))
+
+
+@receiver(setting_changed)
+def _reset_cache(*, setting: str, **kwargs: Any) -> None:
+    global _cache
+    if setting in ("MESSAGIO", "SECRET_KEY"):
+        _cache = None

@@ -1,0 +1,127 @@
+"""How a fire becomes work: listeners grouped into tasks, and how a listener is found and run.
+
+Listeners of one messagio that share priority and queue form one group, published as one
+Celery task that runs them in subscription order ("a single published messagio is executed
+by a single worker"). A listener with its own priority or queue gets its own task.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from messagio.conf import get_setting
+from messagio.exceptions import ListenerNotFoundError
+from messagio.registry import Listener, Subscription, registry
+
+logger = logging.getLogger("messagio")
+
+#: Version of the task envelope layout; bump it when the layout changes incompatibly.
+ENVELOPE_VERSION = 1
+
+
+@dataclass
+class Group:
+    """Subscriptions of one messagio that travel in one task."""
+
+    priority: int
+    queue: str | None
+    subscriptions: list[Subscription] = field(default_factory=list)
+
+
+def effective_priority(subscription: Subscription) -> int:
+    if subscription.priority is not None:
+        return subscription.priority
+    return int(get_setting("DEFAULT_PRIORITY"))
+
+
+def effective_queue(subscription: Subscription) -> str | None:
+    return subscription.queue or get_setting("DEFAULT_QUEUE")
+
+
+def plan(subscriptions: Iterable[Subscription]) -> list[Group]:
+    """Group subscriptions by (priority, queue), most important group first.
+
+    Within a group the subscription order is kept.
+    """
+    groups: dict[tuple[int, str | None], Group] = {}
+    for subscription in subscriptions:
+        key = (effective_priority(subscription), effective_queue(subscription))
+        if key not in groups:
+            groups[key] = Group(priority=key[0], queue=key[1])
+        groups[key].subscriptions.append(subscription)
+    return sorted(groups.values(), key=lambda group: -group.priority)
+
+
+def _dotted(exc_type: type[BaseException]) -> str:
+    return f"{exc_type.__module__}:{exc_type.__qualname__}"
+
+
+def listener_spec(subscription: Subscription) -> dict[str, Any]:
+    """What a task carries about one listener: plain data, safe to serialize any way."""
+    autoretry_for = subscription.autoretry_for
+    max_retries = subscription.max_retries
+    if max_retries is None:
+        max_retries = int(get_setting("DEFAULT_MAX_RETRIES")) if autoretry_for else 0
+    delay = subscription.default_retry_delay
+    if delay is None:
+        delay = float(get_setting("DEFAULT_RETRY_DELAY"))
+    return {
+        "id": subscription.listener_id,
+        "import_path": subscription.import_path,
+        "autoretry_for": [_dotted(t) for t in autoretry_for],
+        "max_retries": max_retries,
+        "retry_delay": float(delay),
+        "attempt": 1,
+    }
+
+
+def import_object(path: str) -> Any:
+    """Import ``"module:qualname"`` (or ``"module.name"``)."""
+    if ":" in path:
+        module_name, qualname = path.split(":", 1)
+    else:
+        module_name, _, qualname = path.rpartition(".")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve_listener(listener_id: str, import_path: str | None) -> Listener:
+    """Find a listener by id in this process's registry, else import it by its path."""
+    listener = registry.get_listener(listener_id)
+    if listener is not None:
+        return listener
+    if import_path:
+        try:
+            listener = import_object(import_path)
+        except (ImportError, AttributeError) as exc:
+            raise ListenerNotFoundError(
+                f"listener {listener_id!r} is not registered in this worker and "
+                f"{import_path!r} does not import ({exc}); it may have been renamed or removed"
+            ) from exc
+        if callable(listener):
+            return listener
+    raise ListenerNotFoundError(
+        f"listener {listener_id!r} is not registered in this worker and cannot be imported; "
+        "subscribe it in a module the worker imports (autodiscovered messagio.py or tasks.py)"
+    )
+
+
+def should_retry(spec: dict[str, Any], exc: BaseException) -> bool:
+    """Whether ``exc`` from this listener's attempt earns another attempt."""
+    if spec["attempt"] > spec["max_retries"]:
+        return False
+    for path in spec["autoretry_for"]:
+        try:
+            exc_type = import_object(path)
+        except (ImportError, AttributeError):
+            logger.warning("messagio: autoretry_for class %s does not import; ignored", path)
+            continue
+        if isinstance(exc, exc_type):
+            return True
+    return False

@@ -1,0 +1,24 @@
+"""Exceptions raised by messagio."""
+
+from __future__ import annotations
+
+
+class MessageProcessingError(Exception):
+    """One or more listeners failed while a messagio was processed synchronously."""
+
+    def __init__(self, message: str, failures: list | None = None) -> None:
+        super().__init__(message)
+        #: ``[(listener_id, exception), ...]`` of the listeners that failed.
+        self.failures = failures or []
+
+
+class PayloadError(TypeError):
+    """A messagio cannot travel: it does not pickle, or its payload is too large."""
+
+
+class PayloadSignatureError(ValueError):
+    """A stored or received payload is unsigned or mis-signed; it is never unpickled."""
+
+
+class ListenerNotFoundError(LookupError):
+    """A worker could not find a listener by its id or dotted path."""

@@ -1,0 +1,263 @@
+"""The ordered registry of subscriptions: which listeners run for which messagio type.
+
+It is process-wide and shared by every message center. It imports no models, so it is
+filled at import time, before Django's app registry is ready.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from messagio.const import TASK_PRIORITY
+from messagio.message import Messagio
+
+Listener = Callable[[Any], Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MAX_PRIORITY = max(TASK_PRIORITY)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One listener subscribed to one messagio type, with the options of this subscription.
+
+    ``None`` options take their value from the settings when the messagio is fired.
+    """
+
+    messagio_type: type[Messagio]
+    listener: Listener
+    listener_id: str
+    #: ``"module:qualname"`` by which a worker imports a listener it never subscribed itself.
+    import_path: str | None
+    priority: int | None = None
+    queue: str | None = None
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    max_retries: int | None = None
+    default_retry_delay: float | None = None
+
+
+def _describe(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    module = getattr(obj, "__module__", None)
+    if name and module:
+        return f"{module}.{name}"
+    return repr(obj)
+
+
+def _import_path(listener: Listener) -> str | None:
+    module = getattr(listener, "__module__", None)
+    qualname = getattr(listener, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        return None  # a lambda, a nested function or a callable instance: not importable
+    return f"{module}:{qualname}"
+
+
+def _validate(
+    messagio_type: Any,
+    listener: Any,
+    priority: Any,
+    queue: Any,
+    autoretry_for: Any,
+    max_retries: Any,
+    default_retry_delay: Any,
+) -> tuple[type[BaseException], ...]:
+    if not isinstance(messagio_type, type) or not issubclass(messagio_type, Messagio):
+        raise TypeError(
+            f"Cannot subscribe {_describe(listener)} to {_describe(messagio_type)}: "
+            f"{_describe(messagio_type)} is not a class that extends messagio.Messagio. "
+            "Listen to a subclass of Messagio, e.g. `class OrderPlaced(Messagio): ...`."
+        )
+    if not callable(listener):
+        raise TypeError(
+            f"Cannot subscribe {listener!r} to {messagio_type.get_name()}: it is not callable. "
+            "Subscribe a function that takes the messagio as its only argument."
+        )
+    where = f"subscription of {_describe(listener)} to {messagio_type.get_name()}"
+    if priority is not None and (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not 0 <= priority <= _MAX_PRIORITY
+    ):
+        raise TypeError(
+            f"{where}: priority must be an int from 0 to {_MAX_PRIORITY} "
+            f"(messagio.TASK_PRIORITY), not {priority!r}."
+        )
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise TypeError(f"{where}: queue must be a non-empty queue name, not {queue!r}.")
+    if isinstance(autoretry_for, type):
+        autoretry_for = (autoretry_for,)
+    autoretry_for = tuple(autoretry_for or ())
+    for exc_type in autoretry_for:
+        if not isinstance(exc_type, type) or not issubclass(exc_type, BaseException):
+            raise TypeError(
+                f"{where}: autoretry_for must hold exception classes, not {exc_type!r}, "
+                "e.g. autoretry_for=(ConnectionError,)."
+            )
+    if max_retries is not None and (
+        isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+    ):
+        raise TypeError(f"{where}: max_retries must be an int >= 0, not {max_retries!r}.")
+    if default_retry_delay is not None and (
+        isinstance(default_retry_delay, bool)
+        or not isinstance(default_retry_delay, (int, float))
+        or default_retry_delay < 0
+    ):
+        raise TypeError(
+            f"{where}: default_retry_delay must be a number of seconds >= 0, "
+            f"not {default_retry_delay!r}."
+        )
+    return autoretry_for
+
+
+class Registry:
+    """Subscriptions per messagio type, in the order they were made."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._by_type: dict[type[Messagio], list[Subscription]] = {}
+        self._by_id: dict[str, Listener] = {}
+
+    def subscribe(
+        self,
+        messagio_type: type[Messagio],
+        listener: Listener,
+        *,
+        name: str | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        autoretry_for: Iterable[type[BaseException]] = (),
+        max_retries: int | None = None,
+        default_retry_delay: float | None = None,
+    ) -> Subscription:
+        """Subscribe ``listener`` to ``messagio_type``; subscribing it again is a no-op."""
+        retry_on = _validate(
+            messagio_type,
+            listener,
+            priority,
+            queue,
+            autoretry_for,
+            max_retries,
+            default_retry_delay,
+        )
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty string, not {name!r}.")
+        listener_id = name or _describe(listener)
+        with self._lock:
+            for existing in self._by_type.get(messagio_type, ()):
+                if existing.listener is listener:
+                    return existing
+            known = self._by_id.get(listener_id)
+            if known is not None and known is not listener:
+                raise ValueError(
+                    f"Two different listeners share the id {listener_id!r}: {known!r} and "
+                    f"{listener!r}. Give one of them its own id with name=..., e.g. "
+                    f"@listen_to_message({messagio_type.__name__}, name='{listener_id}_2')."
+                )
+            subscription = Subscription(
+                messagio_type=messagio_type,
+                listener=listener,
+                listener_id=listener_id,
+                import_path=_import_path(listener),
+                priority=None if priority is None else int(priority),
+                queue=queue,
+                autoretry_for=retry_on,
+                max_retries=max_retries,
+                default_retry_delay=default_retry_delay,
+            )
+            self._by_type.setdefault(messagio_type, []).append(subscription)
+            self._by_id[listener_id] = listener
+            return subscription
+
+    def unsubscribe(self, messagio_type: type[Messagio], listener: Listener) -> bool:
+        """Remove ``listener`` from ``messagio_type``; return whether it was subscribed."""
+        with self._lock:
+            subscriptions = self._by_type.get(messagio_type, [])
+            for index, subscription in enumerate(subscriptions):
+                if subscription.listener is listener:
+                    del subscriptions[index]
+                    if not subscriptions:
+                        del self._by_type[messagio_type]
+                    if not any(
+                        s.listener_id == subscription.listener_id for s in self.subscriptions()
+                    ):
+                        self._by_id.pop(subscription.listener_id, None)
+                    return True
+            return False
+
+    def subscriptions_for(self, messagio_type: type[Messagio]) -> list[Subscription]:
+        """The subscriptions of exactly this type, in subscription order."""
+        with self._lock:
+            return list(self._by_type.get(messagio_type, ()))
+
+    def subscriptions(self) -> Iterator[Subscription]:
+        """Every subscription, grouped by type, each type's in subscription order."""
+        with self._lock:
+            items = [s for subs in self._by_type.values() for s in subs]
+        return iter(items)
+
+    def messagio_types(self) -> list[type[Messagio]]:
+        """Every messagio type that has at least one listener."""
+        with self._lock:
+            return list(self._by_type)
+
+    def get_listener(self, listener_id: str) -> Listener | None:
+        """The listener registered under ``listener_id`` in this process, if any."""
+        return self._by_id.get(listener_id)
+
+    def snapshot(self) -> tuple[dict[type[Messagio], list[Subscription]], dict[str, Listener]]:
+        """A copy of the registry's state, for :meth:`restore` (used by tests)."""
+        with self._lock:
+            return {t: list(s) for t, s in self._by_type.items()}, dict(self._by_id)
+
+    def restore(
+        self, state: tuple[dict[type[Messagio], list[Subscription]], dict[str, Listener]]
+    ) -> None:
+        """Put back a state taken with :meth:`snapshot`."""
+        by_type, by_id = state
+        with self._lock:
+            self._by_type = {t: list(s) for t, s in by_type.items()}
+            self._by_id = dict(by_id)
+
+
+#: The process-wide registry every message center subscribes into.
+registry = Registry()
+
+
+def listen_to_message(
+    *messagio_types: type[Messagio],
+    name: str | None = None,
+    priority: int | None = None,
+    queue: str | None = None,
+    autoretry_for: Iterable[type[BaseException]] = (),
+    max_retries: int | None = None,
+    default_retry_delay: float | None = None,
+) -> Callable[[F], F]:
+    """Subscribe the decorated function to each of ``messagio_types``; return it unchanged."""
+    if not messagio_types:
+        raise TypeError("listen_to_message() needs at least one Messagio subclass to listen to.")
+    if len(messagio_types) == 1 and not isinstance(messagio_types[0], type):
+        if callable(messagio_types[0]):  # used bare: @listen_to_message over a function
+            raise TypeError(
+                f"listen_to_message() got the function {_describe(messagio_types[0])}, which "
+                "is not a class that extends messagio.Messagio. Name the messagio types to "
+                "listen to, e.g. @listen_to_message(OrderPlaced, OrderCancelled)."
+            )
+
+    def decorator(listener: F) -> F:
+        for messagio_type in messagio_types:
+            registry.subscribe(
+                messagio_type,
+                listener,
+                name=name,
+                priority=priority,
+                queue=queue,
+                autoretry_for=autoretry_for,
+                max_retries=max_retries,
+                default_retry_delay=default_retry_delay,
+            )
+        return listener
+
+    return decorator

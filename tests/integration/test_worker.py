@@ -1,0 +1,127 @@
+"""Firing through a real Celery worker process, on the stack the environment names."""
+
+import uuid
+
+import pytest
+from django.conf import settings
+
+from messagio import MessageCenter
+from messagio.brokers import is_amqp, is_redis
+from project.celery import app
+from tests.polling import wait_for
+from tests.testapp.messagio import (
+    BacklogHigh,
+    BacklogLow,
+    Flaky,
+    Ping,
+    PlainPing,
+    Unheard,
+    WithModel,
+)
+from tests.testapp.models import Call
+from tests.testapp.runtime_listeners import runtime_listener
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def calls(token: str) -> list[str]:
+    return list(Call.objects.filter(token=token).values_list("listener", flat=True))
+
+
+def wait_for_calls(token: str, count: int, timeout: float = 30) -> list[str]:
+    return wait_for(
+        lambda: len(calls(token)) >= count and calls(token),
+        timeout=timeout,
+        what=f"{count} listener calls for {token}",
+    )
+
+
+def test_the_readme_route_sends_messagio_tasks_to_the_messagio_queue():
+    route = app.amqp.router.route({}, "messagio.tasks.deliver", args=(), kwargs={})
+    assert route["queue"].name == settings.MESSAGIO_QUEUE
+
+
+def test_a_dataclass_messagio_runs_all_its_listeners_in_subscription_order(worker):
+    token = new_token()
+
+    report = Ping(token).fire()
+
+    # first, second, broken, third share priority and queue: one task, in order;
+    # broken fails and the others still run.
+    assert wait_for_calls(token, 5) == ["first", "second", "broken", "third", "of_many"]
+    assert len(report.task_ids) == 1
+    assert "broken listener fails on purpose" in worker.output()
+
+
+def test_a_plain_class_messagio_reaches_a_listener_of_many_types(worker):
+    token = new_token()
+    PlainPing(token).fire()
+    assert wait_for_calls(token, 1) == ["of_many"]
+    assert Call.objects.get(token=token).note == "PlainPing"
+
+
+def test_a_model_instance_travels_as_a_field(worker):
+    token = new_token()
+    obj = Call.objects.create(token="model-field", listener="none")
+    WithModel(token, obj).fire()
+    wait_for_calls(token, 1)
+    assert Call.objects.get(token=token).note == f"Call:{obj.pk}"
+
+
+def test_a_retried_listener_reruns_alone_until_it_succeeds(worker):
+    token = new_token()
+    Flaky(token, fail_times=2).fire()
+
+    wait_for(lambda: calls(token).count("flaky") == 3, what="three attempts of flaky")
+    assert calls(token).count("flaky_sibling") == 1
+    assert "flaky fails 2 times" in worker.output()
+
+
+def test_a_listener_subscribed_at_run_time_runs_in_a_worker_that_never_subscribed_it(worker):
+    token = new_token()
+    MessageCenter.singleton().subscribe(Unheard, runtime_listener)
+    Unheard(token).fire()
+    assert wait_for_calls(token, 1) == ["runtime_listener"]
+
+
+def test_an_unsubscribed_listener_does_not_run(worker):
+    from tests.testapp.messagio import broken, second
+
+    center = MessageCenter.singleton()
+    center.unsubscribe(Ping, second)
+    center.unsubscribe(Ping, broken)
+    token = new_token()
+    Ping(token).fire()
+    assert wait_for_calls(token, 3) == ["first", "third", "of_many"]
+
+
+def test_sync_fire_runs_here_without_the_broker():
+    token = new_token()
+    ping = Ping(token)
+    report = ping.fire(sync=True)
+    assert calls(token) == ["first", "second", "broken", "third", "of_many"]
+    assert ping.notes == ["first", "second", "third"]
+    assert [o.listener_id for o in report.failed] == ["tests.testapp.messagio.broken"]
+
+
+@pytest.mark.skipif(
+    not (is_redis(app) or is_amqp(app)), reason="kombu's filesystem broker has no priorities"
+)
+def test_with_a_backlog_high_priority_runs_before_low_priority_queued_earlier(start_worker):
+    token = new_token()
+    for n in range(10):
+        BacklogLow(token, n).fire()
+    for n in range(10):
+        BacklogHigh(token, n).fire()
+
+    backlog_worker = start_worker([settings.TEST_PRIORITY_QUEUE], concurrency=1)
+    try:
+        order = wait_for_calls(token, 20)
+    finally:
+        backlog_worker.stop()
+
+    assert order == ["high"] * 10 + ["low"] * 10

@@ -1,0 +1,34 @@
+"""Test settings: the demo project's, with the test app and names unique to this run.
+
+The names travel to worker subprocesses through the environment, so a worker started by a
+test consumes the same queues and database as the test process, and nothing here touches the
+shared servers' other queues.
+"""
+
+import os
+import tempfile
+import uuid
+
+RUN = os.environ.setdefault("MESSAGIO_TEST_RUN", uuid.uuid4().hex[:10])
+os.environ.setdefault("MESSAGIO_VAR_DIR", os.path.join(tempfile.gettempdir(), f"messagio-{RUN}"))
+os.environ.setdefault("MESSAGIO_QUEUE", f"messagio-test-{RUN}")
+os.environ.setdefault("CELERY_DEFAULT_QUEUE", f"celery-test-{RUN}")
+os.environ.setdefault("MESSAGIO_TEST_PRIORITY_QUEUE", f"messagio-prio-{RUN}")
+
+from kombu import Exchange, Queue  # noqa: E402
+
+from project.settings import *  # noqa: E402,F403
+from project.settings import DATABASES, INSTALLED_APPS, VAR_DIR  # noqa: E402
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not memory: worker processes started by the tests open the same database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+
+TEST_PRIORITY_QUEUE = os.environ["MESSAGIO_TEST_PRIORITY_QUEUE"]
+CELERY_TASK_QUEUES = (
+    *CELERY_TASK_QUEUES,  # noqa: F405
+    Queue(TEST_PRIORITY_QUEUE, Exchange(TEST_PRIORITY_QUEUE), routing_key=TEST_PRIORITY_QUEUE),
+)

@@ -1,0 +1,94 @@
+"""System checks: each misconfiguration gets its id and a hint that names the fix."""
+
+import pytest
+from celery import Celery
+from django.core import checks
+from django.test import override_settings
+from kombu import Exchange, Queue
+
+from messagio.checks import celery_config_errors
+from messagio.registry import registry
+
+
+@pytest.fixture
+def no_subscriptions(isolated_registry, monkeypatch):
+    """A Celery app judged alone, not with the test app's own queues or the broker of the env."""
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery prefers it to broker_url
+    registry.restore(({}, {}))
+
+
+uses_no_subscriptions = pytest.mark.usefixtures("no_subscriptions")
+
+
+def app_with(**config):
+    app = Celery(set_as_current=False)
+    config.setdefault("accept_content", ["json", "pickle"])
+    app.conf.update(config)
+    return app
+
+
+def ids(errors):
+    return [e.id for e in errors]
+
+
+def test_the_test_configuration_passes_every_check():
+    assert [m for m in checks.run_checks() if m.id.startswith("messagio.")] == []
+
+
+@uses_no_subscriptions
+def test_celery_without_pickle_is_an_error_with_the_fix():
+    errors = celery_config_errors(app_with(broker_url="memory://", accept_content=["json"]))
+    assert ids(errors) == ["messagio.E001"]
+    assert "CELERY_ACCEPT_CONTENT" in errors[0].hint
+
+
+@uses_no_subscriptions
+def test_a_route_to_an_undeclared_queue_is_a_warning():
+    app = app_with(
+        broker_url="memory://",
+        task_routes=([("messagio.tasks.*", {"queue": "messagio"})],),
+        task_queues=(Queue("celery", Exchange("celery"), routing_key="celery"),),
+    )
+    errors = celery_config_errors(app)
+    assert ids(errors) == ["messagio.W002"]
+    assert "'messagio'" in errors[0].msg
+
+
+@uses_no_subscriptions
+def test_the_readme_routes_and_queues_pass():
+    app = app_with(
+        broker_url="memory://",
+        task_routes=([("messagio.tasks.*", {"queue": "messagio"})],),
+        task_queues=(
+            Queue("celery", Exchange("celery"), routing_key="celery"),
+            Queue("messagio", Exchange("messagio"), routing_key="messagio"),
+        ),
+    )
+    assert celery_config_errors(app) == []
+
+
+@uses_no_subscriptions
+def test_redis_without_priority_steps_is_a_warning():
+    errors = celery_config_errors(app_with(broker_url="redis://127.0.0.1:6379/0"))
+    assert ids(errors) == ["messagio.W003"]
+    assert "priority_steps" in errors[0].hint
+
+
+@uses_no_subscriptions
+def test_rabbitmq_queues_without_max_priority_are_a_warning():
+    errors = celery_config_errors(app_with(broker_url="amqp://guest@127.0.0.1//"))
+    assert ids(errors) == ["messagio.W004"]
+    app = app_with(broker_url="amqp://guest@127.0.0.1//", task_queue_max_priority=10)
+    assert celery_config_errors(app) == []
+
+
+def test_unknown_messagio_settings_are_a_warning():
+    with override_settings(MESSAGIO={"MAX_PAYLOAD_BYTE": 10}):
+        messages = [m for m in checks.run_checks() if m.id == "messagio.W001"]
+    assert "MAX_PAYLOAD_BYTE" in messages[0].msg
+
+
+def test_a_bad_message_center_is_an_error():
+    with override_settings(MESSAGIO={"MESSAGE_CENTER": "no.such.Center"}):
+        messages = [m for m in checks.run_checks() if m.id == "messagio.E002"]
+    assert len(messages) == 1

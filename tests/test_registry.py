@@ -1,0 +1,183 @@
+"""The registry: who listens to what, in which order, with which options."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from messagio import TASK_PRIORITY, MessageCenter, Messagio, listen_to_message
+from messagio.registry import registry
+
+
+@dataclass
+class PerformAction(Messagio):
+    action_name: str
+    obj: object = None
+
+
+class ActionPerformed(Messagio):
+    def __init__(self, action_name: str, obj: object = None):
+        self.action_name = action_name
+        self.obj = obj
+
+
+def listener_a(msg):
+    return "a"
+
+
+def listener_b(msg):
+    return "b"
+
+
+def listener_c(msg):
+    return "c"
+
+
+def test_decorator_returns_the_function_unchanged_and_registers_it_for_each_type():
+    def handler(msg):
+        return msg.action_name
+
+    decorated = listen_to_message(PerformAction, ActionPerformed)(handler)
+
+    assert decorated is handler
+    assert decorated(PerformAction("x")) == "x"
+    assert [s.listener for s in registry.subscriptions_for(PerformAction)] == [handler]
+    assert [s.listener for s in registry.subscriptions_for(ActionPerformed)] == [handler]
+
+
+def test_subscriptions_keep_the_order_they_were_made_in():
+    for listener in (listener_b, listener_a, listener_c):
+        MessageCenter.singleton().subscribe(PerformAction, listener)
+
+    assert [s.listener for s in registry.subscriptions_for(PerformAction)] == [
+        listener_b,
+        listener_a,
+        listener_c,
+    ]
+
+
+def test_options_belong_to_each_subscription_not_to_the_type():
+    listen_to_message(PerformAction, priority=TASK_PRIORITY.HIGH, autoretry_for=(KeyError,))(
+        listener_a
+    )
+    listen_to_message(PerformAction, priority=1, max_retries=7, default_retry_delay=2.5)(listener_b)
+
+    a, b = registry.subscriptions_for(PerformAction)
+    assert (a.priority, a.autoretry_for, a.max_retries) == (9, (KeyError,), None)
+    assert (b.priority, b.autoretry_for, b.max_retries, b.default_retry_delay) == (1, (), 7, 2.5)
+
+
+def test_one_listener_keeps_separate_options_per_type():
+    listen_to_message(PerformAction, priority=10)(listener_a)
+    listen_to_message(ActionPerformed, priority=0)(listener_a)
+
+    assert registry.subscriptions_for(PerformAction)[0].priority == 10
+    assert registry.subscriptions_for(ActionPerformed)[0].priority == 0
+
+
+def test_subscribing_the_same_function_twice_is_a_no_op():
+    first = MessageCenter.singleton().subscribe(PerformAction, listener_a, priority=3)
+    again = MessageCenter.singleton().subscribe(PerformAction, listener_a, priority=9)
+
+    assert again is first
+    assert len(registry.subscriptions_for(PerformAction)) == 1
+
+
+def test_unsubscribe_removes_only_that_subscription():
+    center = MessageCenter.singleton()
+    center.subscribe(PerformAction, listener_a)
+    center.subscribe(PerformAction, listener_b)
+    center.subscribe(ActionPerformed, listener_a)
+
+    assert center.unsubscribe(PerformAction, listener_a) is True
+    assert center.unsubscribe(PerformAction, listener_a) is False
+    assert [s.listener for s in registry.subscriptions_for(PerformAction)] == [listener_b]
+    assert [s.listener for s in registry.subscriptions_for(ActionPerformed)] == [listener_a]
+    assert registry.get_listener("tests.test_registry.listener_a") is listener_a
+
+
+def test_listener_id_is_the_dotted_path_unless_named():
+    plain = MessageCenter.singleton().subscribe(PerformAction, listener_a)
+    named = MessageCenter.singleton().subscribe(PerformAction, listener_b, name="billing.notify")
+
+    assert plain.listener_id == "tests.test_registry.listener_a"
+    assert plain.import_path == "tests.test_registry:listener_a"
+    assert named.listener_id == "billing.notify"
+    assert registry.get_listener("billing.notify") is listener_b
+
+
+def test_two_functions_with_one_id_is_an_error_that_says_how_to_fix_it():
+    MessageCenter.singleton().subscribe(PerformAction, listener_a, name="shared")
+
+    with pytest.raises(ValueError, match=r"share the id 'shared'.*name="):
+        MessageCenter.singleton().subscribe(ActionPerformed, listener_b, name="shared")
+
+
+def test_subscribing_a_class_that_is_not_a_messagio_raises_type_error_naming_both():
+    class NotAMessagio:
+        pass
+
+    with pytest.raises(TypeError) as error:
+
+        @listen_to_message(NotAMessagio)
+        def handler(msg):
+            pass
+
+    assert "NotAMessagio" in str(error.value)
+    assert "handler" in str(error.value)
+    assert "Messagio" in str(error.value)
+
+
+def test_subscribing_a_non_callable_raises_type_error_naming_both():
+    with pytest.raises(TypeError) as error:
+        MessageCenter.singleton().subscribe(PerformAction, "not a function")
+
+    assert "'not a function'" in str(error.value)
+    assert "PerformAction" in str(error.value)
+
+
+def test_decorator_used_without_types_raises_type_error():
+    with pytest.raises(TypeError, match="at least one Messagio"):
+        listen_to_message()
+
+
+def test_decorator_used_bare_raises_type_error():
+    with pytest.raises(TypeError, match="is not a class that extends messagio.Messagio"):
+
+        @listen_to_message
+        def handler(msg):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"priority": 11}, "priority must be an int from 0 to 10"),
+        ({"priority": "high"}, "priority must be an int"),
+        ({"autoretry_for": ("ValueError",)}, "autoretry_for must hold exception classes"),
+        ({"max_retries": -1}, "max_retries must be an int >= 0"),
+        ({"default_retry_delay": "soon"}, "default_retry_delay must be a number"),
+        ({"queue": ""}, "queue must be a non-empty queue name"),
+    ],
+)
+def test_bad_options_raise_type_error_at_subscription(options, message):
+    with pytest.raises(TypeError, match=message):
+        listen_to_message(PerformAction, **options)(listener_a)
+
+
+def test_a_single_exception_class_is_accepted_for_autoretry_for():
+    subscription = MessageCenter.singleton().subscribe(
+        PerformAction, listener_a, autoretry_for=ConnectionError
+    )
+    assert subscription.autoretry_for == (ConnectionError,)
+
+
+def test_get_name_is_the_dotted_path_of_the_class():
+    assert PerformAction.get_name() == "tests.test_registry.PerformAction"
+    assert PerformAction("x").get_name() == "tests.test_registry.PerformAction"
+
+
+def test_task_priority_is_higher_for_more_important():
+    assert [p.value for p in TASK_PRIORITY] == [0, 3, 5, 7, 9, 10]
+    from messagio.const import TASK_PRIORITY as from_const
+
+    assert from_const is TASK_PRIORITY

@@ -1,0 +1,114 @@
+"""Messagios and listeners of the test app, autodiscovered by test processes and workers."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from messagio import TASK_PRIORITY, Messagio, listen_to_message
+from tests.testapp.models import Call
+
+
+def record(listener: str, event: Any, note: str = "") -> None:
+    Call.objects.create(token=event.token, listener=listener, note=note)
+
+
+@dataclass
+class Ping(Messagio):
+    token: str
+    notes: list = field(default_factory=list)
+
+
+class PlainPing(Messagio):
+    """A messagio that is not a dataclass, like the README's ActionPerformed."""
+
+    def __init__(self, token: str, action_name: str = "foo"):
+        self.token = token
+        self.action_name = action_name
+
+
+@dataclass
+class WithModel(Messagio):
+    token: str
+    obj: Any
+
+
+@dataclass
+class Flaky(Messagio):
+    token: str
+    fail_times: int
+
+
+@dataclass
+class Unheard(Messagio):
+    token: str
+
+
+@dataclass
+class BacklogLow(Messagio):
+    token: str
+    n: int
+
+
+@dataclass
+class BacklogHigh(Messagio):
+    token: str
+    n: int
+
+
+@listen_to_message(Ping)
+def first(event: Ping) -> str:
+    record("first", event)
+    event.notes.append("first")
+    return "first done"
+
+
+@listen_to_message(Ping)
+def second(event: Ping) -> None:
+    record("second", event)
+    event.notes.append("second")
+
+
+@listen_to_message(Ping)
+def broken(event: Ping) -> None:
+    record("broken", event)
+    raise RuntimeError("broken listener fails on purpose")
+
+
+@listen_to_message(Ping)
+def third(event: Ping) -> None:
+    record("third", event)
+    event.notes.append("third")
+
+
+@listen_to_message(Ping, PlainPing)
+def of_many(event: Ping | PlainPing) -> None:
+    record("of_many", event, note=type(event).__name__)
+
+
+@listen_to_message(WithModel)
+def with_model(event: WithModel) -> None:
+    record("with_model", event, note=f"{type(event.obj).__name__}:{event.obj.pk}")
+
+
+@listen_to_message(Flaky, autoretry_for=(ConnectionError,), max_retries=3, default_retry_delay=0.1)
+def flaky(event: Flaky) -> None:
+    failures_so_far = Call.objects.filter(token=event.token, listener="flaky").count()
+    record("flaky", event)
+    if failures_so_far < event.fail_times:
+        raise ConnectionError(f"flaky fails {event.fail_times} times")
+
+
+@listen_to_message(Flaky)
+def flaky_sibling(event: Flaky) -> None:
+    record("flaky_sibling", event)
+
+
+@listen_to_message(BacklogLow, priority=TASK_PRIORITY.LESS - 2, queue=settings.TEST_PRIORITY_QUEUE)
+def low(event: BacklogLow) -> None:
+    record("low", event, note=str(event.n))
+
+
+@listen_to_message(BacklogHigh, priority=TASK_PRIORITY.EPIC, queue=settings.TEST_PRIORITY_QUEUE)
+def high(event: BacklogHigh) -> None:
+    record("high", event, note=str(event.n))
