@@ -11,14 +11,13 @@ import abc
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from messagio.dispatch import effective_priority, listener_spec, plan
+from messagio.dispatch import effective_priority, listener_spec
 from messagio.exceptions import MessageProcessingError
 from messagio.message import Messagio
 from messagio.registry import Listener, Subscription, registry
-from messagio.report import DispatchReport, ListenerOutcome
+from messagio.report import DispatchReport
 
 logger = logging.getLogger("messagio")
 
@@ -65,24 +64,53 @@ class AbstractMessageCenter(abc.ABC):
                 "make the class extend messagio.Messagio."
             )
 
-    def run_in_process(
+    def run_here(
         self,
         messagio: Messagio,
-        subscriptions: Iterable[Subscription],
-        report: DispatchReport,
+        origin: str,
         raise_errors: bool | None = None,
+        *,
+        runs_on: Messagio | None = None,
+        by_priority: bool = False,
     ) -> DispatchReport:
-        """Run ``subscriptions`` here, in order, each retried at once per its retry policy.
+        """Record (when recording is on) and run every listener in this process, in order.
 
-        A failing listener never stops the others; failures are logged and reported, and
-        raised as one :class:`MessageProcessingError` when ``raise_errors`` (or the
-        ``SYNC_RAISE_ERRORS`` setting) asks for it.
+        Each listener is retried at once per its retry policy; a failing listener never
+        stops the others. Failures are logged and reported, and raised as one
+        :class:`MessageProcessingError` when ``raise_errors`` (or ``SYNC_RAISE_ERRORS``) asks.
         """
-        for subscription in subscriptions:
-            report.outcomes.append(self._run_one(messagio, subscription))
-        if raise_errors is None:
-            from messagio.conf import get_setting
+        from messagio.conf import get_setting
+        from messagio.execution import RunContext, run_all_here
+        from messagio.payload import encode
 
+        self._check_messagio(messagio)
+        subscriptions = self.subscriptions_for(type(messagio))
+        if by_priority:  # stable: equal priorities keep subscription order
+            subscriptions.sort(key=lambda s: -effective_priority(s))
+        record = bool(get_setting("RECORD"))
+        report = DispatchReport(uuid.uuid4(), type(messagio).get_name(), sync=origin == "sync")
+        specs = [listener_spec(s) for s in subscriptions]
+        if record:
+            from messagio.models import Event
+            from messagio.records import build_records, save_records, spec_of
+
+            payload = encode(messagio, get_setting("MAX_PAYLOAD_BYTES"))
+            event, deliveries = build_records(
+                messagio, payload, subscriptions, origin=origin, state=Event.State.INLINE
+            )
+            save_records(event, deliveries)
+            report.event_id = event.id
+            specs = [spec_of(d) for d in deliveries]
+        ctx = RunContext(str(report.event_id), report.messagio_type, record=record)
+        report.outcomes = run_all_here(
+            messagio if runs_on is None else runs_on,
+            specs,
+            ctx,
+            [s.listener for s in subscriptions],
+            [s.autoretry_for for s in subscriptions],
+        )
+        _fired(messagio, report)
+        if raise_errors is None:
             raise_errors = bool(get_setting("SYNC_RAISE_ERRORS"))
         if raise_errors and report.failed:
             names = ", ".join(o.listener_id for o in report.failed)
@@ -92,39 +120,21 @@ class AbstractMessageCenter(abc.ABC):
             ) from report.failed[0].exception
         return report
 
-    @staticmethod
-    def _run_one(messagio: Messagio, subscription: Subscription) -> ListenerOutcome:
-        max_retries = listener_spec(subscription)["max_retries"]
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = subscription.listener(messagio)
-            except Exception as exc:
-                retry = attempt <= max_retries and isinstance(exc, subscription.autoretry_for)
-                if retry:
-                    continue
-                logger.error(
-                    "messagio: listener %s failed for %s (attempt %d)",
-                    subscription.listener_id,
-                    type(messagio).get_name(),
-                    attempt,
-                    exc_info=True,
-                )
-                return ListenerOutcome(
-                    subscription.listener_id, False, exception=exc, attempts=attempt
-                )
-            return ListenerOutcome(subscription.listener_id, True, result=result, attempts=attempt)
-
     def send_sync(
         self, messagio: Messagio, raise_errors: bool | None = None, **options: Any
     ) -> DispatchReport:
         """Run every listener here and now, handing each the very object that was fired."""
-        self._check_messagio(messagio)
-        report = DispatchReport(uuid.uuid4(), type(messagio).get_name(), sync=True)
-        return self.run_in_process(
-            messagio, self.subscriptions_for(type(messagio)), report, raise_errors
-        )
+        if options:
+            raise TypeError(f"Unknown fire() options: {', '.join(sorted(options))}")
+        return self.run_here(messagio, "sync", raise_errors)
+
+
+def _fired(messagio: Messagio, report: DispatchReport) -> None:
+    from messagio.signals import messagio_fired
+
+    messagio_fired.send(
+        sender=type(messagio), messagio=messagio, event_id=report.event_id, report=report
+    )
 
 
 class MessageCenter(AbstractMessageCenter):
@@ -138,22 +148,17 @@ class MessageCenter(AbstractMessageCenter):
         self._check_messagio(messagio)
         from messagio.conf import get_setting
         from messagio.payload import encode
-        from messagio.tasks import publish
+        from messagio.records import build_records, envelopes, publish_all, record_and_publish
 
         subscriptions = self.subscriptions_for(type(messagio))
         payload = encode(messagio, get_setting("MAX_PAYLOAD_BYTES"))
-        report = DispatchReport(uuid.uuid4(), type(messagio).get_name(), sync=False)
-        for group in plan(subscriptions):
-            envelope = {
-                "v": 1,
-                "event": str(report.event_id),
-                "type": report.messagio_type,
-                "payload": payload,
-                "priority": group.priority,
-                "queue": group.queue,
-                "listeners": [listener_spec(s) for s in group.subscriptions],
-            }
-            report.task_ids.append(publish(envelope))
+        event, deliveries = build_records(messagio, payload, subscriptions)
+        report = DispatchReport(event.id, event.messagio_type, sync=False)
+        if get_setting("RECORD"):
+            report.task_ids = record_and_publish(event, deliveries)
+        else:
+            report.task_ids = publish_all(envelopes(event, deliveries, record=False))
+        _fired(messagio, report)
         return report
 
 
@@ -161,23 +166,28 @@ class InProcessMessageCenter(AbstractMessageCenter):
     """Runs listeners in the firing process, no broker: for scripts, tests and small apps.
 
     ``fire()`` hands listeners a copy made through the same signed pickle a worker would
-    receive, so a payload that would not travel fails here too; ``fire(sync=True)`` hands
-    them the fired object itself.
+    receive, so a payload that would not travel fails here too; inside a transaction it
+    runs them when the transaction commits. ``fire(sync=True)`` hands them the fired object.
     """
 
     def send(self, messagio: Messagio, sync: bool = False, **options: Any) -> DispatchReport:
         if sync:
             return self.send_sync(messagio, **options)
         self._check_messagio(messagio)
+        from django.db import transaction
+
         from messagio.conf import get_setting
         from messagio.payload import decode, encode
 
         copy = decode(encode(messagio, get_setting("MAX_PAYLOAD_BYTES")))
-        report = DispatchReport(uuid.uuid4(), type(messagio).get_name(), sync=False)
-        ordered = sorted(
-            self.subscriptions_for(type(messagio)), key=lambda s: -effective_priority(s)
+        if transaction.get_connection().in_atomic_block:
+            transaction.on_commit(
+                lambda: self.run_here(messagio, "fire", runs_on=copy, by_priority=True)
+            )
+            return DispatchReport(uuid.uuid4(), type(messagio).get_name(), sync=False)
+        return self.run_here(
+            messagio, "fire", options.get("raise_errors"), runs_on=copy, by_priority=True
         )
-        return self.run_in_process(copy, ordered, report, options.get("raise_errors"))
 
 
 def get_message_center() -> AbstractMessageCenter:

@@ -34,6 +34,29 @@ DEFAULTS: dict[str, Any] = {
     "MAX_PAYLOAD_BYTES": 512 * 1024,
     # Key of the payload signatures; None derives one from settings.SECRET_KEY.
     "SIGNING_KEY": None,
+    # Record every fire (Event), delivery and attempt in the database. Off, messagio runs
+    # without a database: nothing is remembered, the relay and replay have nothing to work on.
+    "RECORD": True,
+    # fire() raises when the broker cannot be reached, instead of leaving the Event for the relay.
+    "RAISE_ON_PUBLISH_ERROR": False,
+    # Seconds between runs of the relay (a django-celery-beat PeriodicTask made by migrate).
+    "RELAY_INTERVAL": 30,
+    # Seconds an Event may stay recorded-not-published before the relay publishes it.
+    "RELAY_GRACE": 10,
+    # Seconds after which a publisher's claim on an Event is presumed dead and the relay retakes it.
+    "PUBLISH_CLAIM_TIMEOUT": 300,
+    # Days succeeded / failed records are kept by the prune task; None keeps them forever.
+    "RETAIN_SUCCEEDED_DAYS": 30,
+    "RETAIN_FAILED_DAYS": 90,
+    # Rows deleted per statement by the prune task and messagio_prune.
+    "PRUNE_BATCH_SIZE": 1000,
+    # Seconds between prune runs (a django-celery-beat PeriodicTask made by migrate).
+    "PRUNE_INTERVAL": 3600,
+    # Create or update the relay and prune PeriodicTasks on migrate.
+    "SCHEDULE_PERIODIC_TASKS": True,
+    # Longest listener result repr and traceback kept in a Delivery / Attempt, in characters.
+    "RESULT_MAX_CHARS": 2000,
+    "TRACEBACK_MAX_CHARS": 20000,
 }
 
 _cache: dict[str, Any] | None = None

@@ -1,7 +1,9 @@
-"""The Celery side: the task that runs a group of listeners, and how groups are published.
+"""The Celery side: the tasks messagio runs, and how a group of listeners is published.
 
 Task names are stable strings under ``messagio.tasks.`` so that routes such as
 ``('messagio.tasks.*', {'queue': 'messagio'})`` apply, and queued messages survive refactors.
+messagio tasks store no Celery result (``ignore_result``): the Delivery rows are the record,
+and a result row per task would double the write load.
 """
 
 from __future__ import annotations
@@ -12,61 +14,50 @@ from typing import Any
 from celery import shared_task
 
 from messagio.brokers import broker_priority
-from messagio.dispatch import resolve_listener, should_retry
-from messagio.exceptions import ListenerNotFoundError, PayloadSignatureError
-from messagio.payload import decode
 
 logger = logging.getLogger("messagio")
 
-#: Name of the task that runs one group of listeners of one fired messagio.
+#: Runs one group of listeners of one fired messagio, in subscription order.
 DELIVER_TASK = "messagio.tasks.deliver"
+#: Publishes events left recorded-not-published (broker outage, crash before on_commit).
+RELAY_TASK = "messagio.tasks.relay"
+#: Deletes records past their retention.
+PRUNE_TASK = "messagio.tasks.prune"
+#: Fires a messagio named by a django-celery-beat PeriodicTask.
+FIRE_SCHEDULED_TASK = "messagio.tasks.fire_scheduled"
+#: Runs a bulk replay asked for from the admin.
+REPLAY_TASK = "messagio.tasks.replay"
 
 
 @shared_task(name=DELIVER_TASK, bind=True, ignore_result=True, serializer="pickle")
-def deliver(self: Any, envelope: dict[str, Any]) -> dict[str, str]:
+def deliver(self: Any, envelope: dict[str, Any]) -> None:
     """Run the listeners of one group in order; a failure never stops the others.
 
     A listener that fails with one of its ``autoretry_for`` exceptions is retried alone,
     in a task of its own, after its ``default_retry_delay``.
     """
-    outcomes: dict[str, str] = {}
+    from messagio.execution import RunContext, load_messagio, run_once
+
+    ctx = RunContext(
+        event_id=envelope["event"],
+        messagio_type=envelope["type"],
+        record=bool(envelope.get("record")),
+        task_id=self.request.id or "",
+        worker=self.request.hostname or "",
+        replay_id=envelope.get("replay"),
+        envelope=envelope,
+    )
+    messagio = None
+    load_error: BaseException | None = None
     try:
-        messagio = decode(envelope["payload"])
-    except PayloadSignatureError as exc:
-        logger.error("messagio: event %s not delivered: %s", envelope.get("event"), exc)
-        return {spec["id"]: "failed" for spec in envelope["listeners"]}
+        messagio = load_messagio(envelope["payload"], envelope["type"])
+    except Exception as exc:  # noqa: BLE001 - recorded on every delivery of the group
+        load_error = exc
     for spec in envelope["listeners"]:
-        try:
-            listener = resolve_listener(spec["id"], spec["import_path"])
-            listener(messagio)
-        except ListenerNotFoundError as exc:
-            logger.error("messagio: event %s: %s", envelope["event"], exc)
-            outcomes[spec["id"]] = "failed"
-        except Exception as exc:
-            if should_retry(spec, exc):
-                logger.warning(
-                    "messagio: listener %s failed for %s (attempt %d), retrying in %ss: %r",
-                    spec["id"],
-                    envelope["type"],
-                    spec["attempt"],
-                    spec["retry_delay"],
-                    exc,
-                )
-                retry_spec = dict(spec, attempt=spec["attempt"] + 1)
-                publish(dict(envelope, listeners=[retry_spec]), countdown=spec["retry_delay"])
-                outcomes[spec["id"]] = "retrying"
-            else:
-                logger.error(
-                    "messagio: listener %s failed for %s (attempt %d)",
-                    spec["id"],
-                    envelope["type"],
-                    spec["attempt"],
-                    exc_info=True,
-                )
-                outcomes[spec["id"]] = "failed"
-        else:
-            outcomes[spec["id"]] = "succeeded"
-    return outcomes
+        _, will_retry = run_once(messagio, spec, ctx, load_error=load_error)
+        if will_retry:
+            retry = dict(envelope, listeners=[dict(spec, attempt=spec["attempt"] + 1)])
+            publish(retry, countdown=spec["retry_delay"])
 
 
 def publish(envelope: dict[str, Any], countdown: float | None = None) -> str:

@@ -17,6 +17,8 @@ from messagio import (
 )
 from messagio.center import get_message_center
 
+pytestmark = pytest.mark.django_db(transaction=True)
+
 IN_PROCESS = {"MESSAGE_CENTER": "messagio.center.InProcessMessageCenter"}
 
 

@@ -1,0 +1,192 @@
+"""Running one listener for one delivery: claim, run, record, decide on a retry.
+
+Shared by the Celery task and by the in-process paths (sync fire, InProcessMessageCenter),
+so that every run is recorded the same way wherever it happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils import timezone
+
+from messagio.dispatch import resolve_listener, should_retry
+from messagio.exceptions import ListenerNotFoundError, PayloadSignatureError
+from messagio.report import ListenerOutcome
+
+logger = logging.getLogger("messagio")
+
+
+class MessagioClassMissingError(LookupError):
+    """The payload names a messagio class that no longer imports."""
+
+
+#: Failures that no retry can mend: they are recorded as failed at once.
+NOT_RETRYABLE = (ListenerNotFoundError, PayloadSignatureError, MessagioClassMissingError)
+
+
+@dataclass
+class RunContext:
+    """Where an attempt runs and what it belongs to."""
+
+    event_id: str
+    messagio_type: str
+    record: bool = True
+    task_id: str = ""
+    worker: str = ""
+    replay_id: int | None = None
+    #: Set when the whole envelope is known, so missing records can be recreated from it.
+    envelope: dict[str, Any] | None = None
+
+
+def load_messagio(payload: bytes, messagio_type: str) -> Any:
+    """Verify and unpickle a payload; a class that moved becomes a clear error."""
+    from messagio.payload import decode
+
+    try:
+        return decode(payload)
+    except PayloadSignatureError:
+        raise
+    except (ImportError, AttributeError) as exc:
+        raise MessagioClassMissingError(
+            f"messagio class {messagio_type} no longer imports ({exc}); restore it or "
+            "keep an alias at its old path to run or replay its events"
+        ) from exc
+
+
+def run_once(
+    messagio: Any,
+    spec: dict[str, Any],
+    ctx: RunContext,
+    *,
+    listener: Callable[[Any], Any] | None = None,
+    retry_on: tuple[type[BaseException], ...] | None = None,
+    load_error: BaseException | None = None,
+) -> tuple[ListenerOutcome | None, bool]:
+    """Run one attempt of one listener. Returns its outcome (None when skipped because the
+    delivery is already finished) and whether a retry is due."""
+    from messagio import signals
+
+    number = spec["attempt"]
+    if ctx.record:
+        from messagio.records import claim, recreate_from_envelope
+
+        claimed = claim(spec["delivery"], ctx.task_id, ctx.worker, ctx.replay_id)
+        if claimed is None and ctx.envelope is not None:
+            recreate_from_envelope(ctx.envelope)
+            claimed = claim(spec["delivery"], ctx.task_id, ctx.worker, ctx.replay_id)
+        if claimed is None:
+            logger.error("messagio: delivery %s is not recorded; skipped", spec["delivery"])
+            return None, False
+        if not claimed.run:
+            logger.info(
+                "messagio: delivery %s of %s already %s; not run again",
+                spec["delivery"],
+                spec["id"],
+                claimed.status_before,
+            )
+            return None, False
+        number = claimed.number
+
+    started_at = timezone.now()
+    start = time.perf_counter()
+    result: Any = None
+    error: BaseException | None = None
+    try:
+        if load_error is not None:
+            raise load_error
+        if listener is None:
+            listener = resolve_listener(spec["id"], spec["import_path"])
+        result = listener(messagio)
+    except Exception as exc:  # noqa: BLE001 - whatever a listener raises is recorded
+        error = exc
+    duration_ms = (time.perf_counter() - start) * 1000
+
+    will_retry = False
+    if error is not None and not isinstance(error, NOT_RETRYABLE):
+        if retry_on is not None:
+            will_retry = spec["attempt"] <= spec["max_retries"] and isinstance(error, retry_on)
+        else:
+            will_retry = should_retry(spec, error)
+
+    if ctx.record:
+        from messagio.records import finish
+
+        finish(
+            spec["delivery"],
+            number,
+            started_at,
+            duration_ms,
+            task_id=ctx.task_id,
+            worker=ctx.worker,
+            replay_id=ctx.replay_id,
+            result=result,
+            exception=error,
+            will_retry=will_retry,
+        )
+
+    delivery_id = spec.get("delivery")
+    if error is None:
+        signals.delivery_succeeded.send(
+            sender=RunContext,
+            delivery_id=delivery_id,
+            event_id=ctx.event_id,
+            listener=spec["id"],
+            messagio=messagio,
+            result=result,
+        )
+        return ListenerOutcome(spec["id"], True, result=result, attempts=spec["attempt"]), False
+
+    if will_retry:
+        logger.warning(
+            "messagio: listener %s failed for %s (attempt %d), retrying: %r",
+            spec["id"],
+            ctx.messagio_type,
+            number,
+            error,
+        )
+    else:
+        logger.error(
+            "messagio: listener %s failed for %s (attempt %d)",
+            spec["id"],
+            ctx.messagio_type,
+            number,
+            exc_info=error,
+        )
+    signals.delivery_failed.send(
+        sender=RunContext,
+        delivery_id=delivery_id,
+        event_id=ctx.event_id,
+        listener=spec["id"],
+        messagio=messagio,
+        exception=error,
+        will_retry=will_retry,
+    )
+    outcome = ListenerOutcome(spec["id"], False, exception=error, attempts=spec["attempt"])
+    return outcome, will_retry
+
+
+def run_all_here(
+    messagio: Any,
+    specs: list[dict[str, Any]],
+    ctx: RunContext,
+    listeners: list[Callable[[Any], Any]],
+    retry_on: list[tuple[type[BaseException], ...]],
+) -> list[ListenerOutcome]:
+    """Run listeners in this process, in order, retrying each at once per its policy."""
+    outcomes = []
+    for spec, listener, exc_types in zip(specs, listeners, retry_on, strict=True):
+        while True:
+            outcome, will_retry = run_once(
+                messagio, spec, ctx, listener=listener, retry_on=exc_types
+            )
+            if not will_retry:
+                break
+            spec = dict(spec, attempt=spec["attempt"] + 1)
+        if outcome is not None:
+            outcomes.append(outcome)
+    return outcomes

@@ -1,0 +1,235 @@
+"""What messagio remembers: every fired messagio (Event), every listener's delivery of it
+(Delivery), every attempt at it (Attempt), and every replay asked for (Replay).
+
+These names and fields are a public data contract: users query them.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from messagio.querysets import DeliveryQuerySet, EventQuerySet
+
+
+class Event(models.Model):
+    """One row per fire of a messagio."""
+
+    class Origin(models.TextChoices):
+        FIRE = "fire", _("fire")
+        SYNC = "sync", _("sync fire")
+        SCHEDULE = "schedule", _("schedule")
+        REPLAY = "replay", _("replay")
+
+    class State(models.TextChoices):
+        #: Written, not yet handed to the broker: the relay publishes it.
+        RECORDED = "recorded", _("recorded, not published")
+        #: Claimed by a publisher (on_commit or the relay), so no one else publishes it.
+        PUBLISHING = "publishing", _("publishing")
+        PUBLISHED = "published", _("published")
+        #: Run in the firing process (sync fire, in-process center): nothing to publish.
+        INLINE = "inline", _("run in process")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    messagio_type = models.CharField(_("messagio type"), max_length=255)
+    fired_at = models.DateTimeField(_("fired at"), default=timezone.now)
+    #: The pickled messagio, prefixed with its HMAC (see messagio.payload). Never unpickled
+    #: without verifying it; the admin shows ``summary`` instead.
+    payload = models.BinaryField(_("signed payload"))
+    #: A JSON-safe, size-capped, field-by-field view of the payload, for display and search.
+    summary = models.JSONField(_("summary"), default=dict)
+    origin = models.CharField(_("origin"), max_length=16, choices=Origin, default=Origin.FIRE)
+    replay_of = models.ForeignKey(
+        "self",
+        verbose_name=_("replay of"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="replays",
+    )
+    state = models.CharField(_("dispatch state"), max_length=16, choices=State)
+    published_at = models.DateTimeField(_("published at"), null=True, blank=True)
+    #: When a publisher claimed it (state publishing), so a dead publisher's claim expires.
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    publish_error = models.TextField(_("last publish error"), blank=True)
+    listener_count = models.PositiveSmallIntegerField(_("listeners"), default=0)
+
+    objects = EventQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("event")
+        verbose_name_plural = _("events")
+        ordering = ["-fired_at"]
+        indexes = [
+            models.Index(fields=["-fired_at"], name="messagio_ev_fired"),
+            models.Index(fields=["messagio_type", "-fired_at"], name="messagio_ev_type_fired"),
+            models.Index(
+                fields=["state", "fired_at"],
+                name="messagio_ev_unpublished",
+                condition=models.Q(state__in=["recorded", "publishing"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.short_type} {self.id}"
+
+    @property
+    def short_type(self) -> str:
+        return self.messagio_type.rsplit(".", 1)[-1]
+
+
+class Replay(models.Model):
+    """A request to re-run deliveries: who asked, when, why, and how far it got."""
+
+    class Source(models.TextChoices):
+        ADMIN = "admin", _("admin")
+        COMMAND = "command", _("command")
+        CODE = "code", _("code")
+
+    class State(models.TextChoices):
+        RUNNING = "running", _("running")
+        FINISHED = "finished", _("finished")
+        STOPPED = "stopped", _("stopped itself")
+
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("requested by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    requested_at = models.DateTimeField(_("requested at"), default=timezone.now)
+    reason = models.TextField(_("reason"), blank=True)
+    source = models.CharField(_("source"), max_length=16, choices=Source, default=Source.CODE)
+    description = models.CharField(_("selection"), max_length=500, blank=True)
+    state = models.CharField(_("state"), max_length=16, choices=State, default=State.RUNNING)
+    #: The selection is frozen at this instant: deliveries that fail after it are not picked up.
+    snapshot_at = models.DateTimeField(_("snapshot at"), default=timezone.now)
+    total = models.PositiveIntegerField(_("selected"), default=0)
+    queued = models.PositiveIntegerField(_("queued"), default=0)
+    canary = models.PositiveIntegerField(_("canary size"), null=True, blank=True)
+    rate = models.FloatField(_("rate (per second)"), null=True, blank=True)
+    max_failure_rate = models.FloatField(_("stop above failure rate"), null=True, blank=True)
+    stopped_reason = models.TextField(_("why it stopped"), blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("replay")
+        verbose_name_plural = _("replays")
+        ordering = ["-requested_at"]
+        permissions = [("replay_delivery", _("Can replay deliveries"))]
+
+    def __str__(self) -> str:
+        return f"Replay #{self.pk} ({self.get_state_display()})"
+
+
+class Delivery(models.Model):
+    """One listener's delivery of one event: its options at fire time and its outcome."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        RUNNING = "running", _("running")
+        RETRYING = "retrying", _("retrying")
+        SUCCEEDED = "succeeded", _("succeeded")
+        FAILED = "failed", _("failed")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    event = models.ForeignKey(
+        Event, verbose_name=_("event"), on_delete=models.CASCADE, related_name="deliveries"
+    )
+    #: Subscription order of this listener among the event's listeners.
+    position = models.PositiveSmallIntegerField(_("position"), default=0)
+    #: Denormalised from the event, so deliveries filter by type without a join.
+    messagio_type = models.CharField(_("messagio type"), max_length=255)
+    listener = models.CharField(_("listener"), max_length=255)
+    import_path = models.CharField(max_length=255, blank=True)
+    priority = models.PositiveSmallIntegerField(_("priority"), default=5)
+    queue = models.CharField(_("queue"), max_length=200, blank=True)
+    autoretry_for = models.JSONField(_("retry on"), default=list, blank=True)
+    max_retries = models.PositiveSmallIntegerField(_("max retries"), default=0)
+    retry_delay = models.FloatField(_("retry delay (s)"), default=0)
+    status = models.CharField(_("status"), max_length=16, choices=Status, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    duration_ms = models.FloatField(_("duration (ms)"), null=True, blank=True)
+    result = models.TextField(_("result"), blank=True)
+    error_type = models.CharField(_("error class"), max_length=255, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    traceback = models.TextField(_("traceback"), blank=True)
+    task_id = models.CharField(_("Celery task id"), max_length=255, blank=True)
+    worker = models.CharField(_("worker"), max_length=255, blank=True)
+    replay = models.ForeignKey(
+        Replay,
+        verbose_name=_("last replay"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="deliveries",
+    )
+
+    objects = DeliveryQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("delivery")
+        verbose_name_plural = _("deliveries")
+        ordering = ["event", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event", "position"], name="messagio_dl_event_position"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["status", "listener", "error_type"], name="messagio_dl_status_listener"
+            ),
+            models.Index(fields=["status", "started_at"], name="messagio_dl_status_started"),
+            models.Index(fields=["listener", "finished_at"], name="messagio_dl_listener_finished"),
+            models.Index(fields=["messagio_type", "status"], name="messagio_dl_type_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.listener} for {self.event_id}"
+
+
+class Attempt(models.Model):
+    """One attempt at a delivery. Append-only: a retry or replay never erases what came before."""
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded", _("succeeded")
+        FAILED = "failed", _("failed")
+        RETRIED = "retried", _("failed, retry scheduled")
+        #: The worker died (or lost its connection) mid-listener; the message came back.
+        LOST = "lost", _("lost with its worker")
+
+    delivery = models.ForeignKey(
+        Delivery, verbose_name=_("delivery"), on_delete=models.CASCADE, related_name="history"
+    )
+    number = models.PositiveIntegerField(_("attempt"))
+    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    duration_ms = models.FloatField(_("duration (ms)"), null=True, blank=True)
+    result = models.TextField(_("result"), blank=True)
+    error_type = models.CharField(_("error class"), max_length=255, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    traceback = models.TextField(_("traceback"), blank=True)
+    task_id = models.CharField(_("Celery task id"), max_length=255, blank=True)
+    worker = models.CharField(_("worker"), max_length=255, blank=True)
+    replay = models.ForeignKey(
+        Replay, null=True, blank=True, on_delete=models.SET_NULL, related_name="attempts"
+    )
+
+    class Meta:
+        verbose_name = _("attempt")
+        verbose_name_plural = _("attempts")
+        ordering = ["delivery", "number"]
+        indexes = [models.Index(fields=["delivery", "number"], name="messagio_at_delivery")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.delivery_id}: {self.outcome}"

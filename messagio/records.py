@@ -1,0 +1,362 @@
+"""How a fire becomes records and tasks, and how a worker records what a listener did.
+
+The database is the truth. A fire writes one Event and its Deliveries (two statements);
+each Celery task carries the event id, the signed payload and, per listener, its delivery
+id and options, so a worker needs no read to start and can even recreate the records if
+the firing process died between publishing and writing them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import traceback as tb
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import router, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from messagio.conf import get_setting
+from messagio.dispatch import effective_priority, effective_queue, listener_spec
+from messagio.message import Messagio
+from messagio.models import Attempt, Delivery, Event
+from messagio.registry import Subscription
+from messagio.summary import summarize
+
+logger = logging.getLogger("messagio")
+
+#: Statuses a delivery is no longer run from, unless a replay puts it back to pending.
+TERMINAL = (Delivery.Status.SUCCEEDED, Delivery.Status.FAILED)
+
+
+def db_alias() -> str:
+    return router.db_for_write(Event)
+
+
+# --- Firing ---------------------------------------------------------------------------------
+
+
+def build_records(
+    messagio: Messagio,
+    payload: bytes,
+    subscriptions: Sequence[Subscription],
+    origin: str = Event.Origin.FIRE,
+    state: str = Event.State.RECORDED,
+) -> tuple[Event, list[Delivery]]:
+    """Unsaved Event and Deliveries for one fire, with ids made here (no RETURNING needed)."""
+    event = Event(
+        id=uuid.uuid4(),
+        messagio_type=type(messagio).get_name(),
+        fired_at=timezone.now(),
+        payload=payload,
+        summary=summarize(messagio),
+        origin=origin,
+        state=state,
+        listener_count=len(subscriptions),
+    )
+    deliveries = []
+    for position, subscription in enumerate(subscriptions):
+        spec = listener_spec(subscription)
+        deliveries.append(
+            Delivery(
+                id=uuid.uuid4(),
+                event=event,
+                position=position,
+                messagio_type=event.messagio_type,
+                listener=subscription.listener_id,
+                import_path=subscription.import_path or "",
+                priority=effective_priority(subscription),
+                queue=effective_queue(subscription) or "",
+                autoretry_for=spec["autoretry_for"],
+                max_retries=spec["max_retries"],
+                retry_delay=spec["retry_delay"],
+            )
+        )
+    return event, deliveries
+
+
+def save_records(event: Event, deliveries: list[Delivery]) -> None:
+    """Insert the Event and its Deliveries: two statements, one transaction.
+
+    Conflicts are ignored: a worker may have recreated them from its message first.
+    """
+    with transaction.atomic(using=db_alias(), savepoint=False):
+        Event.objects.bulk_create([event], ignore_conflicts=True)
+        if deliveries:
+            Delivery.objects.bulk_create(deliveries, ignore_conflicts=True)
+
+
+def spec_of(delivery: Delivery) -> dict[str, Any]:
+    """What a task carries about one delivery's listener."""
+    return {
+        "delivery": str(delivery.id),
+        "position": delivery.position,
+        "id": delivery.listener,
+        "import_path": delivery.import_path or None,
+        "autoretry_for": list(delivery.autoretry_for or []),
+        "max_retries": delivery.max_retries,
+        "retry_delay": delivery.retry_delay,
+        "attempt": 1,
+    }
+
+
+def envelopes(
+    event: Event,
+    deliveries: Iterable[Delivery],
+    replay_id: int | None = None,
+    record: bool = True,
+) -> list[dict[str, Any]]:
+    """One task envelope per (priority, queue) group of deliveries, most important first."""
+    groups: dict[tuple[int, str], list[Delivery]] = {}
+    for delivery in sorted(deliveries, key=lambda d: d.position):
+        groups.setdefault((delivery.priority, delivery.queue), []).append(delivery)
+    result = []
+    for (priority, queue), members in sorted(groups.items(), key=lambda item: -item[0][0]):
+        result.append(
+            {
+                "v": 1,
+                "event": str(event.id),
+                "type": event.messagio_type,
+                "payload": bytes(event.payload),
+                "origin": event.origin,
+                "fired_at": event.fired_at.isoformat(),
+                "listener_count": event.listener_count,
+                "priority": priority,
+                "queue": queue or None,
+                "replay": replay_id,
+                "record": record,
+                "listeners": [spec_of(d) for d in members],
+            }
+        )
+    return result
+
+
+def publish_all(envelope_list: list[dict[str, Any]]) -> list[str]:
+    from messagio.tasks import publish
+
+    return [publish(envelope) for envelope in envelope_list]
+
+
+def publish_recorded(event: Event, deliveries: list[Delivery]) -> bool:
+    """Publish a recorded Event once: claim it, publish, mark it published.
+
+    The claim is a conditional UPDATE, so ``on_commit`` and the relay never both publish it.
+    Returns whether it was published by this call.
+    """
+    now = timezone.now()
+    claimed = Event.objects.filter(pk=event.pk, state=event.state).update(
+        state=Event.State.PUBLISHING, claimed_at=now
+    )
+    if not claimed:
+        return False
+    try:
+        publish_all(envelopes(event, deliveries))
+    except Exception as exc:  # noqa: BLE001 - any publish failure leaves it to the relay
+        Event.objects.filter(pk=event.pk).update(
+            state=Event.State.RECORDED, claimed_at=None, publish_error=_describe_exc(exc)
+        )
+        logger.warning(
+            "messagio: could not publish event %s (%s); the relay will retry: %r",
+            event.pk,
+            event.messagio_type,
+            exc,
+        )
+        if get_setting("RAISE_ON_PUBLISH_ERROR"):
+            raise
+        return False
+    Event.objects.filter(pk=event.pk).update(
+        state=Event.State.PUBLISHED, published_at=timezone.now(), claimed_at=None, publish_error=""
+    )
+    return True
+
+
+def record_and_publish(event: Event, deliveries: list[Delivery]) -> list[str]:
+    """Record a fire and publish it: in the caller's transaction, publish on commit;
+    outside one, publish first and record with the outcome (two statements in all)."""
+    alias = db_alias()
+    connection = transaction.get_connection(alias)
+    if connection.in_atomic_block:
+        event.state = Event.State.RECORDED
+        save_records(event, deliveries)
+        transaction.on_commit(lambda: publish_recorded(event, deliveries), using=alias)
+        return []
+    task_ids: list[str] = []
+    error: Exception | None = None
+    try:
+        task_ids = publish_all(envelopes(event, deliveries))
+    except Exception as exc:  # noqa: BLE001 - any publish failure leaves it to the relay
+        error = exc
+        event.state = Event.State.RECORDED
+        event.publish_error = _describe_exc(exc)
+        logger.warning(
+            "messagio: could not publish event %s (%s); recorded for the relay: %r",
+            event.pk,
+            event.messagio_type,
+            exc,
+        )
+    else:
+        event.state = Event.State.PUBLISHED
+        event.published_at = timezone.now()
+    save_records(event, deliveries)
+    if error is not None and get_setting("RAISE_ON_PUBLISH_ERROR"):
+        raise error
+    return task_ids
+
+
+def recreate_from_envelope(envelope: dict[str, Any]) -> None:
+    """Write the Event and this group's Deliveries from a task, when the fire never did."""
+    event = Event(
+        id=uuid.UUID(envelope["event"]),
+        messagio_type=envelope["type"],
+        fired_at=datetime.datetime.fromisoformat(envelope["fired_at"]),
+        payload=envelope["payload"],
+        summary=_summary_from_payload(envelope["payload"]),
+        origin=envelope.get("origin") or Event.Origin.FIRE,
+        state=Event.State.PUBLISHED,
+        published_at=timezone.now(),
+        listener_count=envelope.get("listener_count") or len(envelope["listeners"]),
+    )
+    deliveries = [
+        Delivery(
+            id=uuid.UUID(spec["delivery"]),
+            event=event,
+            position=spec["position"],
+            messagio_type=event.messagio_type,
+            listener=spec["id"],
+            import_path=spec["import_path"] or "",
+            priority=envelope["priority"],
+            queue=envelope["queue"] or "",
+            autoretry_for=spec["autoretry_for"],
+            max_retries=spec["max_retries"],
+            retry_delay=spec["retry_delay"],
+        )
+        for spec in envelope["listeners"]
+    ]
+    save_records(event, deliveries)
+
+
+def _summary_from_payload(payload: bytes) -> dict[str, Any]:
+    from messagio.payload import decode
+
+    try:
+        return summarize(decode(payload))
+    except Exception as exc:  # noqa: BLE001 - the summary is for display only
+        return {"error": f"payload could not be loaded: {exc}"}
+
+
+# --- Running --------------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    """A worker's right to run one attempt of a delivery."""
+
+    run: bool
+    number: int = 0
+    status_before: str = ""
+
+
+def claim(
+    delivery_id: str, task_id: str, worker: str, replay_id: int | None = None
+) -> Claim | None:
+    """Mark a delivery running and count the attempt; None when it is not recorded.
+
+    A delivery already succeeded or failed is not run again (a redelivered message). One left
+    ``running`` belonged to a worker that died: its attempt is recorded as lost, then rerun.
+    """
+    alias = db_alias()
+    with transaction.atomic(using=alias):
+        row = (
+            Delivery.objects.select_for_update()
+            .filter(pk=delivery_id)
+            .values("status", "attempts", "started_at", "worker", "task_id", "replay_id")
+            .first()
+        )
+        if row is None:
+            return None
+        if row["status"] in TERMINAL:
+            return Claim(run=False, status_before=row["status"])
+        if row["status"] == Delivery.Status.RUNNING:
+            Attempt.objects.create(
+                delivery_id=delivery_id,
+                number=row["attempts"],
+                outcome=Attempt.Outcome.LOST,
+                started_at=row["started_at"],
+                finished_at=timezone.now(),
+                error_type="WorkerLost",
+                error="the worker running this attempt died or lost its connection; "
+                "the message was delivered again",
+                task_id=row["task_id"],
+                worker=row["worker"],
+                replay_id=row["replay_id"],
+            )
+        Delivery.objects.filter(pk=delivery_id).update(
+            status=Delivery.Status.RUNNING,
+            attempts=F("attempts") + 1,
+            started_at=timezone.now(),
+            finished_at=None,
+            task_id=task_id or "",
+            worker=worker or "",
+        )
+        return Claim(run=True, number=row["attempts"] + 1, status_before=row["status"])
+
+
+def _cap(text: str, setting: str) -> str:
+    limit = int(get_setting(setting))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _describe_exc(exc: BaseException) -> str:
+    return f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+
+
+def finish(
+    delivery_id: str,
+    number: int,
+    started_at: datetime.datetime,
+    duration_ms: float,
+    *,
+    task_id: str = "",
+    worker: str = "",
+    replay_id: int | None = None,
+    result: Any = None,
+    exception: BaseException | None = None,
+    will_retry: bool = False,
+) -> None:
+    """Record the outcome of one attempt on the delivery and in its history."""
+    now = timezone.now()
+    if exception is None:
+        status, outcome = Delivery.Status.SUCCEEDED, Attempt.Outcome.SUCCEEDED
+        fields = {"result": _cap(repr(result), "RESULT_MAX_CHARS") if result is not None else ""}
+        fields.update(error_type="", error="", traceback="")
+    else:
+        if will_retry:
+            status, outcome = Delivery.Status.RETRYING, Attempt.Outcome.RETRIED
+        else:
+            status, outcome = Delivery.Status.FAILED, Attempt.Outcome.FAILED
+        fields = {
+            "result": "",
+            "error_type": f"{type(exception).__module__}.{type(exception).__qualname__}",
+            "error": _cap(str(exception), "RESULT_MAX_CHARS"),
+            "traceback": _cap("".join(tb.format_exception(exception)), "TRACEBACK_MAX_CHARS"),
+        }
+    with transaction.atomic(using=db_alias()):
+        Delivery.objects.filter(pk=delivery_id).update(
+            status=status, finished_at=now, duration_ms=duration_ms, **fields
+        )
+        Attempt.objects.create(
+            delivery_id=delivery_id,
+            number=number,
+            outcome=outcome,
+            started_at=started_at,
+            finished_at=now,
+            duration_ms=duration_ms,
+            task_id=task_id or "",
+            worker=worker or "",
+            replay_id=replay_id,
+            **fields,
+        )
