@@ -91,12 +91,11 @@ class AbstractMessageCenter(abc.ABC):
         report = DispatchReport(uuid.uuid4(), type(messagio).get_name(), sync=origin == "sync")
         specs = [listener_spec(s) for s in subscriptions]
         if record:
-            from messagio.models import Event
             from messagio.records import build_records, save_records, spec_of
 
             payload = encode(messagio, get_setting("MAX_PAYLOAD_BYTES"))
             event, deliveries = build_records(
-                messagio, payload, subscriptions, origin=origin, state=Event.State.INLINE
+                messagio, payload, subscriptions, origin=origin, state="inline"
             )
             save_records(event, deliveries)
             report.event_id = event.id

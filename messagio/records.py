@@ -44,8 +44,8 @@ def build_records(
     messagio: Messagio,
     payload: bytes,
     subscriptions: Sequence[Subscription],
-    origin: str = Event.Origin.FIRE,
-    state: str = Event.State.RECORDED,
+    origin: str = "fire",
+    state: str = "recorded",
 ) -> tuple[Event, list[Delivery]]:
     """Unsaved Event and Deliveries for one fire, with ids made here (no RETURNING needed)."""
     event = Event(
