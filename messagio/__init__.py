@@ -3,6 +3,8 @@
 This package imports no models, so it can be imported before Django's app registry is ready.
 """
 
+from typing import Any
+
 from messagio.center import AbstractMessageCenter, InProcessMessageCenter, MessageCenter
 from messagio.const import TASK_PRIORITY
 from messagio.discovery import autodiscover_listeners
@@ -12,6 +14,17 @@ from messagio.registry import Subscription, listen_to_message
 from messagio.report import DispatchReport, ListenerOutcome
 
 __version__ = "1.0.0.dev0"
+
+
+def replay(target: Any, **options: Any) -> Any:
+    """Replay deliveries with their original payload; see :func:`messagio.replays.replay`.
+
+    Imported lazily: this package must load before Django's app registry is ready.
+    """
+    from messagio.replays import replay as _replay
+
+    return _replay(target, **options)
+
 
 __all__ = [
     # Events
@@ -27,6 +40,8 @@ __all__ = [
     "InProcessMessageCenter",
     "DispatchReport",
     "ListenerOutcome",
+    # Records
+    "replay",
     # Errors
     "MessageProcessingError",
     "PayloadError",

@@ -10,7 +10,12 @@ class MessagioConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
         from messagio import checks  # noqa: F401 - registers the system checks
+        from messagio.schedules import ensure_periodic_tasks
+
+        post_migrate.connect(ensure_periodic_tasks, sender=self, dispatch_uid="messagio.schedules")
         from messagio.conf import get_setting
         from messagio.discovery import autodiscover_listeners
 

@@ -139,7 +139,10 @@ def _fired(messagio: Messagio, report: DispatchReport) -> None:
 class MessageCenter(AbstractMessageCenter):
     """Publishes to Celery: one task per group of listeners of equal priority and queue."""
 
-    def send(self, messagio: Messagio, sync: bool = False, **options: Any) -> DispatchReport:
+    def send(
+        self, messagio: Messagio, sync: bool = False, *, origin: str = "fire", **options: Any
+    ) -> DispatchReport:
+        """Publish ``messagio``; ``origin`` records where the fire came from."""
         if sync:
             return self.send_sync(messagio, **options)
         if options:
@@ -151,7 +154,7 @@ class MessageCenter(AbstractMessageCenter):
 
         subscriptions = self.subscriptions_for(type(messagio))
         payload = encode(messagio, get_setting("MAX_PAYLOAD_BYTES"))
-        event, deliveries = build_records(messagio, payload, subscriptions)
+        event, deliveries = build_records(messagio, payload, subscriptions, origin=origin)
         report = DispatchReport(event.id, event.messagio_type, sync=False)
         if get_setting("RECORD"):
             report.task_ids = record_and_publish(event, deliveries)
@@ -195,6 +198,8 @@ def get_message_center() -> AbstractMessageCenter:
 
     from messagio.conf import get_setting
 
+    if _overrides:
+        return _overrides[-1]
     path = get_setting("MESSAGE_CENTER")
     center_class = _center_classes.get(path)
     if center_class is None:
@@ -209,3 +214,5 @@ def get_message_center() -> AbstractMessageCenter:
 
 
 _center_classes: dict[str, type[AbstractMessageCenter]] = {}
+#: Centers installed over the configured one by messagio.testing.capture_messagios().
+_overrides: list[AbstractMessageCenter] = []

@@ -141,16 +141,19 @@ def publish_all(envelope_list: list[dict[str, Any]]) -> list[str]:
     return [publish(envelope) for envelope in envelope_list]
 
 
-def publish_recorded(event: Event, deliveries: list[Delivery]) -> bool:
+def publish_recorded(
+    event: Event, deliveries: list[Delivery], raise_errors: bool | None = None
+) -> bool:
     """Publish a recorded Event once: claim it, publish, mark it published.
 
-    The claim is a conditional UPDATE, so ``on_commit`` and the relay never both publish it.
+    The claim is a conditional UPDATE on the state (and claim time) read before, so
+    ``on_commit`` and the relay, or two relays, never both publish it.
     Returns whether it was published by this call.
     """
     now = timezone.now()
-    claimed = Event.objects.filter(pk=event.pk, state=event.state).update(
-        state=Event.State.PUBLISHING, claimed_at=now
-    )
+    claimed = Event.objects.filter(
+        pk=event.pk, state=event.state, claimed_at=event.claimed_at
+    ).update(state=Event.State.PUBLISHING, claimed_at=now)
     if not claimed:
         return False
     try:
@@ -165,7 +168,9 @@ def publish_recorded(event: Event, deliveries: list[Delivery]) -> bool:
             event.messagio_type,
             exc,
         )
-        if get_setting("RAISE_ON_PUBLISH_ERROR"):
+        if raise_errors is None:
+            raise_errors = bool(get_setting("RAISE_ON_PUBLISH_ERROR"))
+        if raise_errors:
             raise
         return False
     Event.objects.filter(pk=event.pk).update(

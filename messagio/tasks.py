@@ -71,3 +71,55 @@ def publish(envelope: dict[str, Any], countdown: float | None = None) -> str:
     if countdown:
         options["countdown"] = countdown
     return deliver.apply_async(args=(envelope,), **options).id
+
+
+@shared_task(name=RELAY_TASK, ignore_result=True)
+def relay() -> int:
+    """Publish events left recorded-not-published; scheduled by django-celery-beat."""
+    from messagio.relay import relay as run_relay
+
+    return run_relay().published
+
+
+@shared_task(name=PRUNE_TASK, ignore_result=True)
+def prune() -> int:
+    """Delete records past their retention (RETAIN_SUCCEEDED_DAYS / RETAIN_FAILED_DAYS)."""
+    from messagio.retention import prune_expired
+
+    return prune_expired()
+
+
+@shared_task(name=FIRE_SCHEDULED_TASK, ignore_result=True)
+def fire_scheduled(messagio: str, fields: dict[str, Any] | None = None) -> str:
+    """Fire ``messagio`` (a dotted class path) built from JSON ``fields``, from a PeriodicTask."""
+    from messagio.center import MessageCenter, get_message_center
+    from messagio.dispatch import import_object
+    from messagio.message import Messagio
+
+    cls = import_object(messagio)
+    if not (isinstance(cls, type) and issubclass(cls, Messagio)):
+        raise TypeError(f"{messagio} is not a Messagio subclass")
+    instance = cls(**(fields or {}))
+    center = get_message_center()
+    if isinstance(center, MessageCenter):
+        report = center.send(instance, origin="schedule")
+    else:
+        report = center.send(instance)
+    return str(report.event_id)
+
+
+@shared_task(name=REPLAY_TASK, ignore_result=True)
+def replay(replay_id: int, delivery_filter: dict[str, Any]) -> None:
+    """Run a bulk replay recorded by the admin, over deliveries matching ``delivery_filter``."""
+    from django.db.models import Q
+
+    from messagio.models import Delivery, Replay
+    from messagio.replays import IN_FLIGHT, run_replay
+
+    record = Replay.objects.get(pk=replay_id)
+    frozen = (
+        Delivery.objects.filter(**delivery_filter)
+        .exclude(status__in=IN_FLIGHT)
+        .filter(Q(finished_at__isnull=True) | Q(finished_at__lte=record.snapshot_at))
+    )
+    run_replay(record, frozen)

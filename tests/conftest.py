@@ -4,6 +4,9 @@ import pytest
 
 from messagio.registry import registry
 
+# Installed with pip, messagio registers this plugin itself (entry point pytest11).
+pytest_plugins = ["messagio.testing"]
+
 
 @pytest.fixture(autouse=True)
 def isolated_registry():

@@ -1,0 +1,75 @@
+"""Replay failed deliveries from the command line, in batches, with a progress bar."""
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils.dateparse import parse_datetime
+
+from messagio.models import Delivery, Replay
+from messagio.replays import replay
+
+
+class Command(BaseCommand):
+    help = "Replay failed messagio deliveries with their original payload."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--type", help="Messagio type (dotted path, or its end).")
+        parser.add_argument("--listener", help="Listener id (dotted path, or its end).")
+        parser.add_argument("--error", help="Error class (dotted path, or its end).")
+        parser.add_argument("--since", help="Failed at or after (ISO 8601).")
+        parser.add_argument("--until", help="Failed before (ISO 8601).")
+        parser.add_argument("--reason", default="", help="Why, for the audit trail.")
+        parser.add_argument("--canary", type=int, help="Replay this many first and check.")
+        parser.add_argument("--rate", type=float, help="At most this many per second.")
+        parser.add_argument(
+            "--max-failure-rate", type=float, help="Stop above this share failing again (0-1)."
+        )
+        parser.add_argument("--batch-size", type=int, default=500)
+        parser.add_argument("--dry-run", action="store_true", help="Only count what would run.")
+
+    def _when(self, value, option):
+        if value is None:
+            return None
+        parsed = parse_datetime(value)
+        if parsed is None:
+            raise CommandError(f"--{option} must be an ISO 8601 date and time, not {value!r}")
+        return parsed
+
+    def handle(self, *args, **options):
+        selection = Delivery.objects.failed()
+        for option, field in (
+            ("type", "messagio_type"),
+            ("listener", "listener"),
+            ("error", "error_type"),
+        ):
+            if options[option]:
+                selection = selection.filter(**{f"{field}__endswith": options[option]})
+        since, until = self._when(options["since"], "since"), self._when(options["until"], "until")
+        if since:
+            selection = selection.filter(finished_at__gte=since)
+        if until:
+            selection = selection.filter(finished_at__lt=until)
+        if options["dry_run"]:
+            self.stdout.write(f"{selection.count()} failed deliveries would be replayed.")
+            return
+
+        def progress(record: Replay) -> None:
+            total = max(record.total, 1)
+            done = int(30 * record.queued / total)
+            self.stdout.write(
+                f"\r[{'#' * done}{'.' * (30 - done)}] {record.queued}/{record.total}", ending=""
+            )
+            self.stdout.flush()
+
+        record = replay(
+            selection,
+            reason=options["reason"],
+            source="command",
+            canary=options["canary"],
+            rate=options["rate"],
+            max_failure_rate=options["max_failure_rate"],
+            batch_size=options["batch_size"],
+            progress=progress,
+        )
+        self.stdout.write("")
+        if record.state == Replay.State.STOPPED:
+            raise CommandError(f"Replay #{record.pk} stopped itself: {record.stopped_reason}")
+        self.stdout.write(f"Replay #{record.pk}: queued {record.queued} of {record.total}.")

@@ -1,0 +1,56 @@
+"""The relay: publishes events that were recorded but never reached the broker.
+
+It runs as a django-celery-beat periodic task and as ``manage.py messagio_relay``. Events
+get here when the broker was down at fire time, or the process died between commit and
+publish. The same claim as ``on_commit`` guards each event, so none is published twice.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+
+from messagio.conf import get_setting
+
+logger = logging.getLogger("messagio")
+
+
+@dataclass
+class RelayReport:
+    published: int = 0
+    failed: int = 0
+    #: Events still waiting after this run (the broker is still down, or the batch was full).
+    remaining: int = 0
+
+
+def relay(batch_size: int = 500, grace: float | None = None) -> RelayReport:
+    """Publish up to ``batch_size`` unpublished events, oldest first.
+
+    Stops at the first publish failure: the broker is presumably still down.
+    """
+    from messagio.models import Event
+    from messagio.records import publish_recorded
+
+    if grace is None:
+        grace = float(get_setting("RELAY_GRACE"))
+    claim_timeout = datetime.timedelta(seconds=float(get_setting("PUBLISH_CLAIM_TIMEOUT")))
+    waiting = Event.objects.unpublished(datetime.timedelta(seconds=grace), claim_timeout)
+    report = RelayReport()
+    events = list(waiting.order_by("fired_at").prefetch_related("deliveries")[:batch_size])
+    for event in events:
+        deliveries = list(event.deliveries.all())
+        if publish_recorded(event, deliveries, raise_errors=False):
+            report.published += 1
+        elif Event.objects.filter(pk=event.pk, state=Event.State.RECORDED).exists():
+            report.failed += 1
+            break
+    report.remaining = waiting.count() if report.failed or len(events) == batch_size else 0
+    if report.published or report.failed:
+        logger.info(
+            "messagio relay: published %d event(s), %d failed, %d waiting",
+            report.published,
+            report.failed,
+            report.remaining,
+        )
+    return report

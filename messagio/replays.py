@@ -1,0 +1,186 @@
+"""Replay: re-run deliveries with their original payload, through the broker, as new attempts.
+
+Bulk replay is safe by construction: it works from a snapshot of the selection frozen when
+it starts (deliveries that fail again afterwards are not picked up again), can go at a
+bounded rate, can run a canary first, and stops itself when what it replayed fails too often.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+from messagio.models import Delivery, Event, Replay
+from messagio.records import envelopes, publish_all
+
+logger = logging.getLogger("messagio")
+
+IN_FLIGHT = (Delivery.Status.PENDING, Delivery.Status.RUNNING, Delivery.Status.RETRYING)
+#: Finished outcomes needed before the failure rate may stop a bulk replay.
+MIN_SAMPLE = 10
+#: Failure rate above which a canary stops the replay when no max_failure_rate is given.
+CANARY_DEFAULT_MAX_FAILURE_RATE = 0.5
+
+Progress = Callable[[Replay], None]
+
+
+def _selection(target: Any) -> tuple[models.QuerySet, str]:
+    if isinstance(target, Delivery):
+        return Delivery.objects.filter(pk=target.pk), f"delivery {target.pk} ({target.listener})"
+    if isinstance(target, Event):
+        return target.deliveries.all(), f"event {target.pk} ({target.short_type}), all listeners"
+    if isinstance(target, models.QuerySet) and target.model is Delivery:
+        return target.filter(status=Delivery.Status.FAILED), "failed deliveries of a selection"
+    if isinstance(target, models.QuerySet) and target.model is Event:
+        failed = Delivery.objects.filter(event__in=target, status=Delivery.Status.FAILED)
+        return failed, "failed deliveries of selected events"
+    raise TypeError(
+        f"replay() takes a Delivery, an Event, or a queryset of either, not {type(target).__name__}"
+    )
+
+
+def replay(
+    target: Any,
+    *,
+    reason: str = "",
+    requested_by: Any = None,
+    source: str = "code",
+    canary: int | None = None,
+    rate: float | None = None,
+    max_failure_rate: float | None = None,
+    canary_timeout: float = 300.0,
+    batch_size: int = 500,
+    progress: Progress | None = None,
+) -> Replay:
+    """Replay ``target``: a Delivery or an Event (all its listeners), or a queryset of
+    deliveries or events (their failed deliveries). Returns the recorded :class:`Replay`.
+
+    Deliveries still in flight are left alone. ``canary``: replay that many first and wait
+    for their outcome; ``rate``: at most that many per second; ``max_failure_rate``: stop
+    when more than that share of what was replayed fails again.
+    """
+    selection, description = _selection(target)
+    snapshot_at = timezone.now()
+    frozen = selection.exclude(status__in=IN_FLIGHT).filter(
+        models.Q(finished_at__isnull=True) | models.Q(finished_at__lte=snapshot_at)
+    )
+    record = Replay.objects.create(
+        requested_by=requested_by if getattr(requested_by, "pk", None) else None,
+        reason=reason,
+        source=source,
+        description=description[:500],
+        snapshot_at=snapshot_at,
+        total=frozen.count(),
+        canary=canary,
+        rate=rate,
+        max_failure_rate=max_failure_rate,
+    )
+    run_replay(
+        record, frozen, canary_timeout=canary_timeout, batch_size=batch_size, progress=progress
+    )
+    return record
+
+
+def _outcomes(record: Replay) -> tuple[int, int]:
+    """(failed, finished) among the deliveries this replay queued."""
+    mine = Delivery.objects.filter(replay=record, finished_at__gt=record.snapshot_at)
+    counts = mine.aggregate(
+        failed=models.Count("pk", filter=models.Q(status=Delivery.Status.FAILED)),
+        finished=models.Count(
+            "pk",
+            filter=models.Q(status__in=[Delivery.Status.FAILED, Delivery.Status.SUCCEEDED]),
+        ),
+    )
+    return counts["failed"], counts["finished"]
+
+
+def _stop(record: Replay, reason: str) -> None:
+    record.state = Replay.State.STOPPED
+    record.stopped_reason = reason
+    record.finished_at = timezone.now()
+    record.save(update_fields=["state", "stopped_reason", "finished_at", "queued"])
+    logger.warning("messagio: replay %s stopped itself: %s", record.pk, reason)
+
+
+def _wait_for_canary(record: Replay, ids: list[Any], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while Delivery.objects.filter(pk__in=ids, status__in=IN_FLIGHT).exists():
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.2)  # polling the outcome of work running elsewhere, bounded by timeout
+
+
+def run_replay(
+    record: Replay,
+    frozen: models.QuerySet,
+    *,
+    canary_timeout: float = 300.0,
+    batch_size: int = 500,
+    progress: Progress | None = None,
+) -> Replay:
+    """Queue the frozen selection in batches (keyset by pk), recording progress on ``record``."""
+    threshold = record.max_failure_rate
+    if record.canary and threshold is None:
+        threshold = CANARY_DEFAULT_MAX_FAILURE_RATE
+    interval = 1.0 / record.rate if record.rate else 0.0
+    next_at = time.monotonic()
+    last_pk = None
+    canary_pending = bool(record.canary)
+    while True:
+        page = frozen.order_by("pk")
+        if last_pk is not None:
+            page = page.filter(pk__gt=last_pk)
+        limit = batch_size
+        if canary_pending:
+            limit = min(batch_size, record.canary - record.queued)
+        batch = list(page.select_related("event")[:limit])
+        if not batch:
+            break
+        last_pk = batch[-1].pk
+        ids = [d.pk for d in batch]
+        taken = Delivery.objects.filter(pk__in=ids).exclude(status__in=IN_FLIGHT)
+        taken.update(status=Delivery.Status.PENDING, replay=record)
+        by_event: dict[Any, list[Delivery]] = {}
+        for delivery in batch:
+            by_event.setdefault(delivery.event_id, []).append(delivery)
+        for members in by_event.values():
+            for envelope in envelopes(members[0].event, members, replay_id=record.pk):
+                if interval:
+                    time.sleep(max(0.0, next_at - time.monotonic()))  # rate limit, not a sync
+                    next_at = max(next_at, time.monotonic()) + interval * len(envelope["listeners"])
+                publish_all([envelope])
+        record.queued += len(batch)
+        record.save(update_fields=["queued"])
+        if progress:
+            progress(record)
+        if canary_pending and record.queued >= (record.canary or 0):
+            canary_pending = False
+            _wait_for_canary(record, ids, canary_timeout)
+            failed, finished = _outcomes(record)
+            if threshold is not None and finished and failed / finished > threshold:
+                _stop(
+                    record,
+                    f"canary: {failed} of {finished} replayed deliveries failed again "
+                    f"({failed / finished:.0%} > {threshold:.0%}); stopped after "
+                    f"{record.queued} of {record.total}",
+                )
+                return record
+        elif threshold is not None:
+            failed, finished = _outcomes(record)
+            if finished >= MIN_SAMPLE and failed / finished > threshold:
+                _stop(
+                    record,
+                    f"{failed} of {finished} replayed deliveries failed again "
+                    f"({failed / finished:.0%} > {threshold:.0%}); stopped after "
+                    f"{record.queued} of {record.total}",
+                )
+                return record
+    record.state = Replay.State.FINISHED
+    record.finished_at = timezone.now()
+    record.save(update_fields=["state", "finished_at", "queued"])
+    return record
