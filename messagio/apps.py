@@ -16,6 +16,12 @@ class MessagioConfig(AppConfig):
         from messagio.schedules import ensure_periodic_tasks
 
         post_migrate.connect(ensure_periodic_tasks, sender=self, dispatch_uid="messagio.schedules")
+
+        from celery.signals import worker_ready
+
+        from messagio.recovery import on_worker_ready
+
+        worker_ready.connect(on_worker_ready, dispatch_uid="messagio.recovery")
         from messagio.conf import get_setting
         from messagio.discovery import autodiscover_listeners
 

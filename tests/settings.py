@@ -14,6 +14,7 @@ os.environ.setdefault("MESSAGIO_VAR_DIR", os.path.join(tempfile.gettempdir(), f"
 os.environ.setdefault("MESSAGIO_QUEUE", f"messagio-test-{RUN}")
 os.environ.setdefault("CELERY_DEFAULT_QUEUE", f"celery-test-{RUN}")
 os.environ.setdefault("MESSAGIO_TEST_PRIORITY_QUEUE", f"messagio-prio-{RUN}")
+os.environ.setdefault("MESSAGIO_TEST_CRASH_QUEUE", f"messagio-crash-{RUN}")
 
 from kombu import Exchange, Queue  # noqa: E402
 
@@ -28,7 +29,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 
 TEST_PRIORITY_QUEUE = os.environ["MESSAGIO_TEST_PRIORITY_QUEUE"]
+TEST_CRASH_QUEUE = os.environ["MESSAGIO_TEST_CRASH_QUEUE"]
 CELERY_TASK_QUEUES = (
     *CELERY_TASK_QUEUES,  # noqa: F405
-    Queue(TEST_PRIORITY_QUEUE, Exchange(TEST_PRIORITY_QUEUE), routing_key=TEST_PRIORITY_QUEUE),
+    *(
+        Queue(name, Exchange(name), routing_key=name)
+        for name in (TEST_PRIORITY_QUEUE, TEST_CRASH_QUEUE)
+    ),
 )

@@ -4,6 +4,7 @@ The stack is the one the environment names (DATABASE_URL, CELERY_BROKER_URL), so
 suite runs on SQLite + the filesystem broker, PostgreSQL + Redis and PostgreSQL + RabbitMQ.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,8 @@ from messagio.brokers import is_amqp, is_redis
 from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The broker workers use, even while a test points this process at a proxy.
+BROKER_URL = settings.CELERY_BROKER_URL
 
 
 def database_url() -> str:
@@ -60,12 +63,15 @@ def start_worker(django_db_setup, django_db_blocker, tmp_path_factory):
     workers: list[Worker] = []
     logs = tmp_path_factory.mktemp("workers")
 
-    def start(queues: list[str], concurrency: int = 2, ready_timeout: float = 60) -> Worker:
-        name = f"test-{uuid.uuid4().hex[:8]}"
-        log = logs / f"{name}.log"
+    def start(
+        queues: list[str], concurrency: int = 2, ready_timeout: float = 60, name: str = ""
+    ) -> Worker:
+        name = name or f"test-{uuid.uuid4().hex[:8]}"
+        log = logs / f"{name}-{uuid.uuid4().hex[:4]}.log"
         env = dict(os.environ)
         env.update(
             DATABASE_URL=database_url(),
+            CELERY_BROKER_URL=BROKER_URL,
             DJANGO_SETTINGS_MODULE="tests.settings",
             C_FORCE_ROOT="1",  # tests run as root here; never do this in production
             PYTHONUNBUFFERED="1",
@@ -115,6 +121,15 @@ def purge_test_queues() -> None:
             keys = [*client.scan_iter(f"{name}*"), *client.scan_iter(f"_kombu.binding*.{name}")]
             if keys:
                 client.delete(*keys)
+        # Messages a killed worker left unacknowledged sit in kombu's shared "unacked" hash.
+        for tag, raw in client.hscan_iter("unacked"):
+            try:
+                _, exchange, routing_key = json.loads(raw)
+            except (ValueError, TypeError):
+                continue
+            if exchange in names or routing_key in names:
+                client.hdel("unacked", tag)
+                client.zrem("unacked_index", tag)
     elif is_amqp(app):
         with app.connection_for_write() as conn:
             channel = conn.default_channel
@@ -127,3 +142,68 @@ def purge_test_queues() -> None:
 def worker(start_worker):
     """One worker for the session, on this run's messagio queue only (the README's route)."""
     return start_worker([settings.MESSAGIO_QUEUE])
+
+
+def reset_celery_connections() -> None:
+    """Drop the Celery app's pooled connections, so the next publish uses the current URL."""
+    from kombu import pools
+
+    from project.celery import app
+
+    pools.reset()  # kombu keeps producer pools per connection URL, process-wide
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def broker_outage(monkeypatch, tmp_path):
+    """Lets a test cut this process's broker connection and bring it back.
+
+    Network brokers are reached through a TCP proxy of the test's own; the filesystem broker
+    gets an unusable folder. Workers keep their direct connection.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    from project.celery import app
+    from tests.tcp_proxy import TcpProxy
+
+    class Outage:
+        def __init__(self):
+            self.proxy = None
+            url = urlsplit(BROKER_URL)
+            if url.scheme.startswith(("redis", "amqp", "pyamqp")):
+                default_port = 6379 if url.scheme.startswith("redis") else 5672
+                target = (url.hostname or "127.0.0.1", url.port or default_port)
+                self.proxy = TcpProxy(target).start()
+                netloc = url.netloc.rsplit("@", 1)
+                host = f"127.0.0.1:{self.proxy.port}"
+                netloc = f"{netloc[0]}@{host}" if len(netloc) == 2 else host
+                monkeypatch.setenv("CELERY_BROKER_URL", urlunsplit(url._replace(netloc=netloc)))
+                reset_celery_connections()
+
+        def cut(self):
+            if self.proxy is not None:
+                self.proxy.cut()
+            else:
+                broken = tmp_path / "not-a-folder"
+                broken.write_text("")
+                options = dict(app.conf.broker_transport_options)
+                options["data_folder_out"] = str(broken)
+                monkeypatch.setitem(app.conf, "broker_transport_options", options)
+            reset_celery_connections()
+
+        def restore(self):
+            if self.proxy is not None:
+                self.proxy.restore()
+            else:
+                monkeypatch.setitem(
+                    app.conf, "broker_transport_options", settings.CELERY_BROKER_TRANSPORT_OPTIONS
+                )
+            reset_celery_connections()
+
+    outage = Outage()
+    yield outage
+    if outage.proxy is not None:
+        outage.proxy.stop()
+    monkeypatch.undo()
+    reset_celery_connections()

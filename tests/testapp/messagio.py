@@ -1,5 +1,6 @@
 """Messagios and listeners of the test app, autodiscovered by test processes and workers."""
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,3 +113,34 @@ def low(event: BacklogLow) -> None:
 @listen_to_message(BacklogHigh, priority=TASK_PRIORITY.EPIC, queue=settings.TEST_PRIORITY_QUEUE)
 def high(event: BacklogHigh) -> None:
     record("high", event, note=str(event.n))
+
+
+@dataclass
+class Fixable(Messagio):
+    token: str
+
+
+@listen_to_message(Fixable)
+def fixable(event: Fixable) -> str:
+    """Fails until a test "deploys the fix" (a Call row named fix-deployed for the token)."""
+    record("fixable", event)
+    if not Call.objects.filter(token=event.token, listener="fix-deployed").exists():
+        raise ValueError("bug not fixed yet")
+    return "fixed"
+
+
+@dataclass
+class Slow(Messagio):
+    token: str
+
+
+@listen_to_message(Slow, queue=settings.TEST_CRASH_QUEUE)
+def slow(event: Slow) -> None:
+    """Runs until a test releases it (a Call row named release), so a test can kill its worker."""
+    record("slow-started", event)
+    deadline = time.monotonic() + 120
+    while not Call.objects.filter(token=event.token, listener="release").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("never released")
+        time.sleep(0.05)
+    record("slow-finished", event)

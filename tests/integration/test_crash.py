@@ -1,0 +1,47 @@
+"""A worker killed mid-listener: the delivery completes once, and its attempts show the crash."""
+
+import signal
+import uuid
+
+import pytest
+from django.conf import settings
+
+from messagio.models import Delivery
+from tests.polling import wait_for
+from tests.testapp.messagio import Slow
+from tests.testapp.models import Call
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def test_a_worker_killed_mid_listener_is_followed_by_one_success_with_two_attempts(start_worker):
+    token = uuid.uuid4().hex
+    name = f"crash-{token[:8]}"
+    first = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, name=name)
+    report = Slow(token).fire()
+    wait_for(
+        lambda: Call.objects.filter(token=token, listener="slow-started").exists(),
+        what="the slow listener to start",
+    )
+
+    first.stop(signal.SIGKILL)  # the whole process group: main process and pool child
+    # RabbitMQ hands the unacked message back at once; on Redis and the filesystem broker
+    # the restarted worker of the same name requeues what its predecessor left running.
+    second = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, name=name)
+    wait_for(
+        lambda: Call.objects.filter(token=token, listener="slow-started").count() == 2,
+        what="the listener to start again on the restarted worker",
+    )
+    Call.objects.create(token=token, listener="release")
+
+    delivery = wait_for(
+        lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").first(),
+        what="the delivery to succeed",
+    )
+    second.stop()
+    assert delivery.attempts == 2
+    assert list(delivery.history.order_by("number").values_list("number", "outcome")) == [
+        (1, "lost"),
+        (2, "succeeded"),
+    ]
+    assert Call.objects.filter(token=token, listener="slow-finished").count() == 1

@@ -1,0 +1,301 @@
+"""What a fire leaves behind: Events, Deliveries and Attempts, written by a real worker."""
+
+import pickle
+import uuid
+from pathlib import Path
+
+import pytest
+from django.db import connection, transaction
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+
+import messagio
+from messagio.models import Delivery, Event, Replay
+from messagio.payload import MAGIC, sign
+from messagio.records import publish_recorded
+from messagio.relay import relay
+from tests.polling import wait_for
+from tests.testapp.messagio import Fixable, Flaky, Ping
+from tests.testapp.models import Call
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def wait_finished(event_id, timeout: float = 30) -> list[Delivery]:
+    def finished():
+        deliveries = list(Delivery.objects.filter(event_id=event_id).order_by("position"))
+        done = deliveries and all(d.status in ("succeeded", "failed") for d in deliveries)
+        return deliveries if done else None
+
+    return wait_for(finished, timeout=timeout, what=f"deliveries of {event_id} to finish")
+
+
+def test_a_fire_records_the_event_and_each_listeners_outcome(worker):
+    report = Ping(new_token()).fire()
+
+    deliveries = wait_finished(report.event_id)
+    event = Event.objects.get(pk=report.event_id)
+    assert event.messagio_type == "tests.testapp.messagio.Ping"
+    assert event.state == "published"
+    assert event.origin == "fire"
+    assert event.summary["token"] == Event.objects.get(pk=report.event_id).summary["token"]
+    assert event.listener_count == 5
+    assert [d.listener.rsplit(".", 1)[-1] for d in deliveries] == [
+        "first",
+        "second",
+        "broken",
+        "third",
+        "of_many",
+    ]
+    assert [d.status for d in deliveries] == [
+        "succeeded",
+        "succeeded",
+        "failed",
+        "succeeded",
+        "succeeded",
+    ]
+    first, broken = deliveries[0], deliveries[2]
+    assert first.result == "'first done'"
+    assert first.attempts == 1 and first.duration_ms is not None
+    assert first.task_id == report.task_ids[0]
+    assert first.worker.startswith("test-")
+    assert broken.error_type == "builtins.RuntimeError"
+    assert broken.error == "broken listener fails on purpose"
+    assert "Traceback" in broken.traceback
+    assert list(broken.history.values_list("outcome", flat=True)) == ["failed"]
+
+
+def test_a_fire_outside_a_transaction_costs_at_most_two_statements(worker):
+    Ping(new_token()).fire()  # warm up connections
+    with CaptureQueriesContext(connection) as queries:
+        report = Ping(new_token()).fire()
+    control = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE")  # SQLite logs its transaction control
+    statements = [q["sql"] for q in queries if not q["sql"].startswith(control)]
+    assert len(statements) <= 2, statements
+    wait_finished(report.event_id)
+
+
+def test_a_rolled_back_fire_leaves_no_record_and_runs_no_listener(worker):
+    token = new_token()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        report = Ping(token).fire()
+        raise RuntimeError("the caller's transaction fails")
+
+    assert report.task_ids == []
+    assert not Event.objects.filter(pk=report.event_id).exists()
+    # A later fire goes through the same worker; the rolled-back one never shows up.
+    later = Ping(new_token()).fire()
+    wait_finished(later.event_id)
+    assert not Call.objects.filter(token=token).exists()
+
+
+def test_a_fire_in_a_transaction_publishes_when_it_commits(worker):
+    token = new_token()
+    with transaction.atomic():
+        report = Ping(token).fire()
+        assert Event.objects.get(pk=report.event_id).state == "recorded"
+
+    deliveries = wait_finished(report.event_id)
+    assert Event.objects.get(pk=report.event_id).state == "published"
+    assert len(deliveries) == 5
+
+
+def test_retries_are_recorded_as_attempts_of_one_delivery(worker):
+    report = Flaky(new_token(), fail_times=2).fire()
+
+    deliveries = wait_finished(report.event_id)
+    flaky = next(d for d in deliveries if d.listener.endswith(".flaky"))
+    assert flaky.status == "succeeded"
+    assert flaky.attempts == 3
+    assert list(flaky.history.order_by("number").values_list("number", "outcome")) == [
+        (1, "retried"),
+        (2, "retried"),
+        (3, "succeeded"),
+    ]
+    sibling = next(d for d in deliveries if d.listener.endswith(".flaky_sibling"))
+    assert sibling.attempts == 1
+
+
+def test_a_failure_replayed_after_the_fix_succeeds_and_keeps_the_failed_attempt(worker):
+    token = new_token()
+    report = Fixable(token).fire()
+    (delivery,) = wait_finished(report.event_id)
+    assert delivery.status == "failed"
+
+    Call.objects.create(token=token, listener="fix-deployed")
+    record = messagio.replay(delivery, reason="bug #12 fixed")
+
+    wait_for(
+        lambda: Delivery.objects.get(pk=delivery.pk).status == "succeeded",
+        what="the replayed delivery to succeed",
+    )
+    delivery.refresh_from_db()
+    assert delivery.attempts == 2
+    assert delivery.result == "'fixed'"
+    assert list(delivery.history.order_by("number").values_list("outcome", flat=True)) == [
+        "failed",
+        "succeeded",
+    ]
+    assert delivery.history.get(number=2).replay_id == record.pk
+    assert (record.reason, record.source, record.queued, record.state) == (
+        "bug #12 fixed",
+        "code",
+        1,
+        "finished",
+    )
+
+
+def test_replaying_a_whole_event_reruns_every_listener(worker):
+    report = Ping(new_token()).fire()
+    wait_finished(report.event_id)
+
+    messagio.replay(Event.objects.get(pk=report.event_id))
+
+    deliveries = wait_for(
+        lambda: (ds := wait_finished(report.event_id)) and all(d.attempts == 2 for d in ds) and ds,
+        what="every listener to run a second time",
+    )
+    assert len(deliveries) == 5
+
+
+def test_a_bulk_replay_does_not_pick_up_what_fails_again(worker):
+    reports = [Fixable(new_token()).fire() for _ in range(3)]
+    for report in reports:
+        wait_finished(report.event_id)
+    selection = Delivery.objects.filter(event_id__in=[r.event_id for r in reports])
+
+    record = messagio.replay(selection, reason="still broken")
+
+    assert record.total == 3 and record.queued == 3
+    for report in reports:
+        wait_for(
+            lambda r=report: Delivery.objects.get(event_id=r.event_id).attempts == 2,
+            what="the replayed attempt",
+        )
+    assert list(selection.values_list("status", flat=True)) == ["failed"] * 3
+    assert Replay.objects.count() == 1
+
+
+def test_a_bulk_replay_with_a_canary_stops_itself_when_the_canary_fails(worker):
+    reports = [Fixable(new_token()).fire() for _ in range(4)]
+    for report in reports:
+        wait_finished(report.event_id)
+    selection = Delivery.objects.filter(event_id__in=[r.event_id for r in reports])
+
+    record = messagio.replay(selection, canary=1, canary_timeout=30)
+
+    assert record.state == "stopped"
+    assert record.queued == 1
+    assert "canary: 1 of 1" in record.stopped_reason
+    assert selection.filter(attempts=1).count() == 3
+
+
+def test_a_tampered_payload_runs_no_code_and_fails_its_delivery(worker, tmp_path):
+    token = new_token()
+    report = Fixable(token).fire()
+    (delivery,) = wait_finished(report.event_id)
+    marker = tmp_path / "pwned"
+    hostile = pickle.dumps(_WritesFile(str(marker)))
+    for forged in (hostile, MAGIC + b"\0" * 32 + hostile):
+        Event.objects.filter(pk=report.event_id).update(payload=forged)
+        messagio.replay(delivery)
+        wait_for(
+            lambda: (
+                Delivery.objects.get(pk=delivery.pk).status == "failed"
+                and Delivery.objects.get(pk=delivery.pk).replay_id is not None
+                and Delivery.objects.get(pk=delivery.pk).attempts >= 2
+            ),
+            what="the tampered replay to fail",
+        )
+        delivery.refresh_from_db()
+        assert "payload signature mismatch" in delivery.error
+        assert delivery.error_type.endswith("PayloadSignatureError")
+    assert not Path(marker).exists()
+    assert Call.objects.filter(token=token, listener="fixable").count() == 1
+
+
+class _WritesFile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_listener_that_no_longer_exists_fails_its_replay_saying_which(worker):
+    report = Fixable(new_token()).fire()
+    (delivery,) = wait_finished(report.event_id)
+    Delivery.objects.filter(pk=delivery.pk).update(
+        listener="shop.listeners.removed_listener", import_path="shop.listeners:removed_listener"
+    )
+
+    messagio.replay(Delivery.objects.get(pk=delivery.pk))
+
+    wait_for(lambda: Delivery.objects.get(pk=delivery.pk).attempts == 2, what="the replay")
+    delivery.refresh_from_db()
+    assert delivery.status == "failed"
+    assert "'shop.listeners.removed_listener' is not registered in this worker" in delivery.error
+
+
+def test_a_messagio_class_that_no_longer_imports_fails_its_replay_saying_which(worker):
+    report = Fixable(new_token()).fire()
+    (delivery,) = wait_finished(report.event_id)
+    event = Event.objects.get(pk=report.event_id)
+    data = bytes(event.payload)[len(MAGIC) + 32 :]
+    moved = data.replace(b"tests.testapp.messagio", b"tests.testapp.vanished")
+    Event.objects.filter(pk=event.pk).update(payload=sign(moved))
+
+    messagio.replay(Delivery.objects.get(pk=delivery.pk))
+
+    wait_for(lambda: Delivery.objects.get(pk=delivery.pk).attempts == 2, what="the replay")
+    delivery.refresh_from_db()
+    assert delivery.status == "failed"
+    assert "messagio class tests.testapp.messagio.Fixable no longer imports" in delivery.error
+
+
+def test_a_fire_while_the_broker_is_down_is_recorded_and_relayed_once_it_is_back(
+    worker, broker_outage
+):
+    token = new_token()
+    broker_outage.cut()
+
+    report = Ping(token).fire()
+
+    event = Event.objects.get(pk=report.event_id)
+    assert event.state == "recorded"
+    assert event.publish_error
+    assert Delivery.objects.filter(event=event, status="pending").count() == 5
+    assert relay(grace=0).published == 0  # still down: nothing published, nothing lost
+
+    broker_outage.restore()
+    assert relay(grace=0).published == 1
+
+    deliveries = wait_finished(report.event_id)
+    assert [d.attempts for d in deliveries] == [1] * 5
+    assert Event.objects.get(pk=report.event_id).state == "published"
+    assert Call.objects.filter(token=token).count() == 5
+
+
+def test_a_setting_makes_fire_raise_when_the_broker_is_down(worker, broker_outage):
+    broker_outage.cut()
+    with override_settings(MESSAGIO={"RAISE_ON_PUBLISH_ERROR": True}):
+        with pytest.raises(Exception):  # noqa: B017 - whatever the transport raises
+            Ping(new_token()).fire()
+    assert Event.objects.filter(state="recorded").count() == 1
+
+
+def test_on_commit_and_the_relay_never_both_publish_an_event(worker):
+    with transaction.atomic():
+        report = Ping(new_token()).fire()
+        event = Event.objects.get(pk=report.event_id)
+        deliveries = list(event.deliveries.all())
+        # The relay claims it first, still inside the transaction; on_commit then finds it taken.
+        assert publish_recorded(event, deliveries) is True
+        assert publish_recorded(event, deliveries) is False
+
+    wait_finished(report.event_id)
+    assert Delivery.objects.filter(event_id=report.event_id, attempts=1).count() == 5
