@@ -72,6 +72,7 @@ class AbstractMessageCenter(abc.ABC):
         *,
         runs_on: Messagio | None = None,
         by_priority: bool = False,
+        defer_to_commit: bool = False,
     ) -> DispatchReport:
         """Record (when recording is on) and run every listener in this process, in order.
 
@@ -101,13 +102,24 @@ class AbstractMessageCenter(abc.ABC):
             report.event_id = event.id
             specs = [spec_of(d) for d in deliveries]
         ctx = RunContext(str(report.event_id), report.messagio_type, record=record)
-        report.outcomes = run_all_here(
-            messagio if runs_on is None else runs_on,
-            specs,
-            ctx,
-            [s.listener for s in subscriptions],
-            [s.autoretry_for for s in subscriptions],
-        )
+
+        def run() -> None:
+            report.outcomes = run_all_here(
+                messagio if runs_on is None else runs_on,
+                specs,
+                ctx,
+                [s.listener for s in subscriptions],
+                [s.autoretry_for for s in subscriptions],
+            )
+
+        if defer_to_commit:
+            # Recorded in the caller's transaction; listeners run only if it commits.
+            from django.db import transaction
+
+            transaction.on_commit(run)
+            _fired(messagio, report)  # also on commit, after the listeners
+            return report
+        run()
         _fired(messagio, report)
         if raise_errors is None:
             raise_errors = bool(get_setting("SYNC_RAISE_ERRORS"))
@@ -129,11 +141,20 @@ class AbstractMessageCenter(abc.ABC):
 
 
 def _fired(messagio: Messagio, report: DispatchReport) -> None:
+    """Send ``messagio_fired``; inside a transaction, only once it commits."""
+    from django.db import transaction
+
     from messagio.signals import messagio_fired
 
-    messagio_fired.send(
-        sender=type(messagio), messagio=messagio, event_id=report.event_id, report=report
-    )
+    def send() -> None:
+        messagio_fired.send(
+            sender=type(messagio), messagio=messagio, event_id=report.event_id, report=report
+        )
+
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(send)
+    else:
+        send()
 
 
 class MessageCenter(AbstractMessageCenter):
@@ -181,14 +202,17 @@ class InProcessMessageCenter(AbstractMessageCenter):
         from messagio.conf import get_setting
         from messagio.payload import decode, encode
 
+        raise_errors = options.pop("raise_errors", None)
+        if options:
+            raise TypeError(f"Unknown fire() options: {', '.join(sorted(options))}")
         copy = decode(encode(messagio, get_setting("MAX_PAYLOAD_BYTES")))
-        if transaction.get_connection().in_atomic_block:
-            transaction.on_commit(
-                lambda: self.run_here(messagio, "fire", runs_on=copy, by_priority=True)
-            )
-            return DispatchReport(uuid.uuid4(), type(messagio).get_name(), sync=False)
         return self.run_here(
-            messagio, "fire", options.get("raise_errors"), runs_on=copy, by_priority=True
+            messagio,
+            "fire",
+            raise_errors,
+            runs_on=copy,
+            by_priority=True,
+            defer_to_commit=transaction.get_connection().in_atomic_block,
         )
 
 

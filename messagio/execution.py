@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -134,7 +135,7 @@ def run_once(
         signals.delivery_succeeded.send(
             sender=RunContext,
             delivery_id=delivery_id,
-            event_id=ctx.event_id,
+            event_id=uuid.UUID(ctx.event_id),
             listener=spec["id"],
             messagio=messagio,
             result=result,

@@ -27,9 +27,15 @@ def ensure_periodic_tasks(using: str = "default", **kwargs: Any) -> None:
         (RELAY_SCHEDULE_NAME, RELAY_TASK, int(get_setting("RELAY_INTERVAL"))),
         (PRUNE_SCHEDULE_NAME, PRUNE_TASK, int(get_setting("PRUNE_INTERVAL"))),
     ):
-        interval, _ = IntervalSchedule.objects.using(using).get_or_create(
-            every=seconds, period=IntervalSchedule.SECONDS
-        )
-        PeriodicTask.objects.using(using).update_or_create(
-            name=name, defaults={"task": task, "interval": interval}
-        )
+        intervals = IntervalSchedule.objects.using(using)
+        # Not unique in django-celery-beat: take the first equal one, as its scheduler does.
+        interval = intervals.filter(every=seconds, period=IntervalSchedule.SECONDS).first()
+        if interval is None:
+            interval = intervals.create(every=seconds, period=IntervalSchedule.SECONDS)
+        existing = PeriodicTask.objects.using(using).filter(name=name).first()
+        if existing is None:
+            PeriodicTask.objects.using(using).create(name=name, task=task, interval=interval)
+        elif existing.interval_id is not None:
+            # An operator who moved it to another kind of schedule keeps that schedule.
+            existing.task, existing.interval = task, interval
+            existing.save(update_fields=["task", "interval"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
+import math
 import uuid
 from typing import Any
 
@@ -21,6 +22,8 @@ def _cap(text: str, limit: int = FIELD_LIMIT) -> str:
 
 
 def _model_label(value: Any) -> str | None:
+    if isinstance(value, type):
+        return None  # a model class, not an instance
     meta = getattr(value, "_meta", None)
     if meta is None or not hasattr(meta, "label") or not hasattr(value, "pk"):
         return None
@@ -33,8 +36,10 @@ def _model_label(value: Any) -> str | None:
 
 def describe(value: Any) -> Any:
     """A JSON-safe rendering of one field value."""
-    if value is None or isinstance(value, (bool, int, float)):
+    if value is None or isinstance(value, (bool, int)):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # JSON has no NaN or Infinity
     if isinstance(value, str):
         return _cap(value)
     if isinstance(value, (decimal.Decimal, uuid.UUID, datetime.date, datetime.time)):

@@ -88,10 +88,13 @@ class CapturingMessageCenter(AbstractMessageCenter):
         self.fired = fired
 
     def send(self, messagio: Messagio, sync: bool = False, **options: Any) -> DispatchReport:
+        from messagio.conf import get_setting
         from messagio.payload import dumps
 
+        if set(options) - {"raise_errors"} or (options and not sync):
+            raise TypeError(f"Unknown fire() options: {', '.join(sorted(options))}")
         self._check_messagio(messagio)
-        dumps(messagio)  # the same refusal a real fire would give
+        dumps(messagio, get_setting("MAX_PAYLOAD_BYTES"))  # the refusal a real fire would give
         self.fired.messagios.append(messagio)
         return DispatchReport(uuid.uuid4(), type(messagio).get_name(), sync=sync)
 

@@ -1,6 +1,8 @@
 """Replay failed deliveries from the command line, in batches, with a progress bar."""
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Q
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from messagio.models import Delivery, Replay
@@ -31,6 +33,8 @@ class Command(BaseCommand):
         parsed = parse_datetime(value)
         if parsed is None:
             raise CommandError(f"--{option} must be an ISO 8601 date and time, not {value!r}")
+        if timezone.is_naive(parsed):
+            parsed = timezone.make_aware(parsed)  # in the current time zone
         return parsed
 
     def handle(self, *args, **options):
@@ -41,7 +45,11 @@ class Command(BaseCommand):
             ("error", "error_type"),
         ):
             if options[option]:
-                selection = selection.filter(**{f"{field}__endswith": options[option]})
+                # The whole dotted name, or its last parts: "Ping" is not "PlainPing".
+                value = options[option]
+                selection = selection.filter(
+                    Q(**{field: value}) | Q(**{f"{field}__endswith": f".{value}"})
+                )
         since, until = self._when(options["since"], "since"), self._when(options["until"], "until")
         if since:
             selection = selection.filter(finished_at__gte=since)

@@ -1,0 +1,333 @@
+"""Retention: finished records older than their cut-off are deleted, in-flight ones never."""
+
+import datetime
+import io
+
+import pytest
+from django.core.management import call_command
+from django.test import override_settings
+from django.utils import timezone
+
+from messagio import tasks
+from messagio.models import Attempt, Delivery, Event
+from messagio.retention import cutoff, prune_expired
+
+pytestmark = pytest.mark.django_db
+
+TYPE = "tests.testapp.messagio.Ping"
+OUTCOME = {"succeeded": "succeeded", "failed": "failed"}
+
+
+def make_event(
+    days_old: float, *statuses: str, state: str = "published", messagio_type: str = TYPE
+) -> Event:
+    """An event fired ``days_old`` days ago with one delivery per status, each with an attempt."""
+    event = Event.objects.create(
+        messagio_type=messagio_type,
+        fired_at=timezone.now() - datetime.timedelta(days=days_old),
+        payload=b"x",
+        state=state,
+        listener_count=len(statuses),
+    )
+    for position, status in enumerate(statuses):
+        delivery = Delivery.objects.create(
+            event=event,
+            position=position,
+            messagio_type=messagio_type,
+            listener=f"tests.listener_{position}",
+            status=status,
+            attempts=1,
+        )
+        Attempt.objects.create(delivery=delivery, number=1, outcome=OUTCOME.get(status, "lost"))
+    return event
+
+
+def days_ago(days: float) -> datetime.datetime:
+    return timezone.now() - datetime.timedelta(days=days)
+
+
+def exists(event: Event) -> bool:
+    return Event.objects.filter(pk=event.pk).exists()
+
+
+def test_an_all_succeeded_event_older_than_the_cutoff_is_deleted_with_its_records():
+    old = make_event(40, "succeeded", "succeeded")
+
+    deleted = Event.objects.prune(succeeded_before=days_ago(30), failed_before=days_ago(90))
+
+    assert deleted == 1
+    assert not exists(old)
+    assert not Delivery.objects.filter(event_id=old.pk).exists()
+    assert not Attempt.objects.filter(delivery__event_id=old.pk).exists()
+    assert Attempt.objects.count() == 0
+
+
+def test_an_all_succeeded_event_newer_than_the_cutoff_is_kept():
+    recent = make_event(10, "succeeded")
+
+    deleted = Event.objects.prune(succeeded_before=days_ago(30), failed_before=days_ago(90))
+
+    assert deleted == 0
+    assert exists(recent)
+    assert Attempt.objects.filter(delivery__event=recent).count() == 1
+
+
+def test_a_failed_event_past_the_succeeded_cutoff_but_not_the_failed_one_is_kept():
+    failed = make_event(40, "succeeded", "failed")
+
+    Event.objects.prune(succeeded_before=days_ago(30), failed_before=days_ago(90))
+
+    assert exists(failed)
+    assert Delivery.objects.filter(event=failed).count() == 2
+
+
+def test_a_failed_event_older_than_the_failed_cutoff_is_deleted_with_its_records():
+    failed = make_event(100, "succeeded", "failed")
+
+    deleted = Event.objects.prune(succeeded_before=days_ago(30), failed_before=days_ago(90))
+
+    assert deleted == 1
+    assert not exists(failed)
+    assert Delivery.objects.count() == 0
+    assert Attempt.objects.count() == 0
+
+
+def test_only_expired_events_go_and_the_others_keep_their_records():
+    expired_ok = make_event(40, "succeeded")
+    expired_failed = make_event(100, "failed")
+    recent_ok = make_event(1, "succeeded")
+    recent_failed = make_event(40, "failed")
+
+    deleted = Event.objects.prune(succeeded_before=days_ago(30), failed_before=days_ago(90))
+
+    assert deleted == 2
+    assert set(Event.objects.values_list("pk", flat=True)) == {recent_ok.pk, recent_failed.pk}
+    assert set(Delivery.objects.values_list("event_id", flat=True)) == {
+        recent_ok.pk,
+        recent_failed.pk,
+    }
+    assert Attempt.objects.count() == 2
+    assert not exists(expired_ok) and not exists(expired_failed)
+
+
+@pytest.mark.parametrize("status", ["pending", "running", "retrying"])
+def test_an_event_with_a_delivery_in_flight_is_kept_however_old(status):
+    in_flight = make_event(1000, "succeeded", status)
+    failing_in_flight = make_event(1000, "failed", status)
+
+    deleted = Event.objects.prune(succeeded_before=days_ago(1), failed_before=days_ago(1))
+
+    assert deleted == 0
+    assert exists(in_flight) and exists(failing_in_flight)
+    assert Attempt.objects.count() == 4
+
+
+@pytest.mark.parametrize("state", ["recorded", "publishing"])
+def test_an_event_not_yet_published_is_kept_however_old(state):
+    unpublished = make_event(1000, "succeeded", state=state)
+
+    deleted = Event.objects.prune(succeeded_before=days_ago(1), failed_before=days_ago(1))
+
+    assert deleted == 0
+    assert exists(unpublished)
+
+
+def test_an_event_run_in_process_is_pruned_like_a_published_one():
+    inline = make_event(40, "succeeded", state="inline")
+
+    Event.objects.prune(succeeded_before=days_ago(30), failed_before=None)
+
+    assert not exists(inline)
+
+
+def test_an_old_event_without_listeners_is_pruned_with_the_succeeded_ones():
+    unheard = make_event(40)
+
+    Event.objects.prune(succeeded_before=days_ago(30), failed_before=None)
+
+    assert not exists(unheard)
+
+
+def test_no_succeeded_cutoff_keeps_succeeded_events_forever():
+    succeeded = make_event(10_000, "succeeded")
+    failed = make_event(10_000, "failed")
+
+    deleted = Event.objects.prune(succeeded_before=None, failed_before=days_ago(1))
+
+    assert deleted == 1
+    assert exists(succeeded)
+    assert not exists(failed)
+
+
+def test_no_failed_cutoff_keeps_failed_events_forever():
+    succeeded = make_event(10_000, "succeeded")
+    failed = make_event(10_000, "failed")
+
+    deleted = Event.objects.prune(succeeded_before=days_ago(1), failed_before=None)
+
+    assert deleted == 1
+    assert not exists(succeeded)
+    assert exists(failed)
+
+
+def test_a_batch_smaller_than_the_expired_rows_still_deletes_them_all():
+    for _ in range(5):
+        make_event(40, "succeeded", "succeeded")
+    for _ in range(3):
+        make_event(100, "failed")
+    kept = make_event(1, "succeeded")
+
+    deleted = Event.objects.prune(
+        succeeded_before=days_ago(30), failed_before=days_ago(90), batch_size=2
+    )
+
+    assert deleted == 8
+    assert list(Event.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert Delivery.objects.count() == 1
+    assert Attempt.objects.count() == 1
+
+
+def test_progress_is_called_with_the_running_total_after_each_batch():
+    for _ in range(5):
+        make_event(40, "succeeded")
+    seen: list[int] = []
+
+    Event.objects.prune(
+        succeeded_before=days_ago(30), failed_before=None, batch_size=2, progress=seen.append
+    )
+
+    assert seen == [2, 4, 5]
+
+
+def test_a_newer_replay_of_a_pruned_event_is_kept_and_loses_its_link():
+    original = make_event(40, "succeeded")
+    replayed = make_event(1, "succeeded")
+    Event.objects.filter(pk=replayed.pk).update(replay_of=original, origin="replay")
+
+    Event.objects.prune(succeeded_before=days_ago(30), failed_before=None)
+
+    replayed.refresh_from_db()
+    assert not exists(original)
+    assert replayed.replay_of is None
+
+
+def test_cutoff_is_that_many_days_before_now_or_none():
+    before = timezone.now() - datetime.timedelta(days=2)
+    result = cutoff(2)
+    after = timezone.now() - datetime.timedelta(days=2)
+
+    assert before <= result <= after
+    assert cutoff(None) is None
+
+
+def test_prune_expired_uses_the_retention_settings():
+    succeeded = make_event(6, "succeeded")
+    failed_recent = make_event(6, "failed")
+    failed_old = make_event(11, "failed")
+
+    with override_settings(MESSAGIO={"RETAIN_SUCCEEDED_DAYS": 5, "RETAIN_FAILED_DAYS": 10}):
+        deleted = prune_expired()
+
+    assert deleted == 2
+    assert not exists(succeeded) and not exists(failed_old)
+    assert exists(failed_recent)
+
+
+def test_prune_expired_keeps_forever_what_the_settings_set_to_none():
+    succeeded = make_event(10_000, "succeeded")
+    failed = make_event(10_000, "failed")
+
+    with override_settings(MESSAGIO={"RETAIN_SUCCEEDED_DAYS": None, "RETAIN_FAILED_DAYS": None}):
+        deleted = prune_expired()
+
+    assert deleted == 0
+    assert exists(succeeded) and exists(failed)
+
+
+def test_prune_expired_days_given_win_over_the_settings():
+    succeeded = make_event(3, "succeeded")
+    failed = make_event(3, "failed")
+
+    deleted = prune_expired(succeeded_days=2, failed_days=4)
+
+    assert deleted == 1
+    assert not exists(succeeded)
+    assert exists(failed)
+
+
+def test_prune_expired_without_settings_keeps_forever_what_is_not_given():
+    succeeded = make_event(10_000, "succeeded")
+    failed = make_event(10_000, "failed")
+
+    deleted = prune_expired(failed_days=1, use_settings=False)
+
+    assert deleted == 1
+    assert exists(succeeded)
+    assert not exists(failed)
+
+
+def test_prune_expired_batches_by_the_setting_and_reports_progress():
+    for _ in range(3):
+        make_event(40, "succeeded")
+    seen: list[int] = []
+
+    with override_settings(MESSAGIO={"PRUNE_BATCH_SIZE": 2}):
+        prune_expired(progress=seen.append)
+
+    assert seen == [2, 3]
+
+
+def test_the_prune_task_applies_the_retention_settings():
+    make_event(40, "succeeded")
+    kept = make_event(40, "failed")
+
+    assert tasks.prune() == 1
+    assert list(Event.objects.values_list("pk", flat=True)) == [kept.pk]
+
+
+def test_the_prune_command_deletes_past_the_days_given():
+    succeeded = make_event(3, "succeeded")
+    failed_recent = make_event(3, "failed")
+    failed_old = make_event(6, "failed")
+    out = io.StringIO()
+
+    call_command("messagio_prune", "--succeeded-days=2", "--failed-days=5", stdout=out)
+
+    assert not exists(succeeded) and not exists(failed_old)
+    assert exists(failed_recent)
+    assert out.getvalue().endswith("Deleted 2 event(s).\n")
+
+
+def test_the_prune_command_defaults_to_the_retention_settings():
+    succeeded = make_event(40, "succeeded")
+    failed = make_event(40, "failed")
+    out = io.StringIO()
+
+    call_command("messagio_prune", stdout=out)
+
+    assert not exists(succeeded)
+    assert exists(failed)
+    assert "Deleted 1 event(s)." in out.getvalue()
+
+
+def test_the_prune_command_deletes_in_batches_showing_progress():
+    for _ in range(3):
+        make_event(40, "succeeded")
+    out = io.StringIO()
+
+    call_command("messagio_prune", "--succeeded-days", "1", "--batch-size", "2", stdout=out)
+
+    assert Event.objects.count() == 0
+    assert "deleted 2 event(s)" in out.getvalue()
+    assert "deleted 3 event(s)" in out.getvalue()
+    assert out.getvalue().endswith("Deleted 3 event(s).\n")
+
+
+def test_the_prune_command_with_nothing_expired_deletes_nothing():
+    recent = make_event(1, "succeeded")
+    out = io.StringIO()
+
+    call_command("messagio_prune", "--succeeded-days", "2", "--failed-days", "2", stdout=out)
+
+    assert exists(recent)
+    assert out.getvalue().endswith("Deleted 0 event(s).\n")
