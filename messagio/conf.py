@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "PRUNE_INTERVAL": 3600,
     # Create or update the relay and prune PeriodicTasks on migrate.
     "SCHEDULE_PERIODIC_TASKS": True,
+    # Further permissions needed to replay chosen messagio types, beyond
+    # messagio.replay_delivery: {"shop.events.PaymentFailed": "shop.replay_payments"}.
+    "REPLAY_PERMISSIONS": {},
     # Longest listener result repr and traceback kept in a Delivery / Attempt, in characters.
     "RESULT_MAX_CHARS": 2000,
     "TRACEBACK_MAX_CHARS": 20000,
