@@ -16,6 +16,7 @@ from messagio import (
     listen_to_message,
 )
 from messagio.center import get_message_center
+from messagio.models import Event
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -153,11 +154,21 @@ def test_sending_something_that_is_not_a_messagio_is_a_type_error():
         MessageCenter.singleton().send("hello")
 
 
-def test_async_fire_refuses_an_unpicklable_payload_before_publishing():
+def test_async_fire_refuses_an_unpicklable_payload_before_publishing_or_recording():
     subscribe_all()
     with pytest.raises(PayloadError, match="'extra'"):
         Shout("hi", extra=threading.Lock()).fire()
     assert calls == []
+    assert not Event.objects.exists()
+
+
+def test_fire_refuses_an_oversized_payload_and_records_nothing():
+    subscribe_all()
+    with override_settings(MESSAGIO={"MAX_PAYLOAD_BYTES": 200}):
+        with pytest.raises(PayloadError, match="MAX_PAYLOAD_BYTES"):
+            Shout("x" * 1000).fire()
+    assert calls == []
+    assert not Event.objects.exists()
 
 
 def test_the_setting_selects_the_in_process_center():

@@ -1,0 +1,57 @@
+"""Operations through a real worker: scheduled messagios and the relay and replay commands."""
+
+import uuid
+
+import pytest
+from django.core.management import call_command
+
+from messagio.models import Delivery, Event, Replay
+from messagio.tasks import fire_scheduled
+from tests.polling import wait_for
+from tests.testapp.messagio import Fixable, Ping
+from tests.testapp.models import Call
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def test_a_scheduled_messagio_is_fired_by_a_worker_with_its_fields(worker):
+    token = uuid.uuid4().hex
+
+    # What a django-celery-beat PeriodicTask with task "messagio.tasks.fire_scheduled" sends.
+    fire_scheduled.delay("tests.testapp.messagio.Ping", {"token": token})
+
+    wait_for(lambda: Call.objects.filter(token=token).count() == 5, what="the scheduled fire")
+    event = Event.objects.get(summary__token=token)
+    assert event.origin == "schedule"
+
+
+def test_the_replay_command_replays_the_selected_failures(worker):
+    tokens = [uuid.uuid4().hex for _ in range(3)]
+    events = [Fixable(token).fire().event_id for token in tokens]
+    wait_for(
+        lambda: Delivery.objects.filter(event_id__in=events, status="failed").count() == 3,
+        what="three failures",
+    )
+    for token in tokens:
+        Call.objects.create(token=token, listener="fix-deployed")
+
+    call_command("messagio_replay", "--listener", "fixable", "--reason", "fix deployed")
+
+    wait_for(
+        lambda: Delivery.objects.filter(event_id__in=events, status="succeeded").count() == 3,
+        what="the replays to succeed",
+    )
+    replay = Replay.objects.get()
+    assert (replay.source, replay.reason, replay.queued) == ("command", "fix deployed", 3)
+
+
+def test_the_relay_command_publishes_what_the_broker_missed(worker, broker_outage):
+    token = uuid.uuid4().hex
+    broker_outage.cut()
+    report = Ping(token).fire()
+    broker_outage.restore()
+
+    call_command("messagio_relay", "--grace", "0")
+
+    wait_for(lambda: Call.objects.filter(token=token).count() == 5, what="the relayed event")
+    assert Event.objects.get(pk=report.event_id).state == "published"
