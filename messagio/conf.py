@@ -28,6 +28,12 @@ DEFAULTS: dict[str, Any] = {
     # How priorities reach the broker: "auto" (by broker URL), "inverted" (0 is highest, Redis)
     # or "direct" (higher is more important, RabbitMQ).
     "BROKER_PRIORITY": "auto",
+    # Seconds a listener may run in a worker before it is stopped and recorded as timed out
+    # (a subscription's time_limit overrides it); None sets no limit.
+    "DEFAULT_TIME_LIMIT": 600.0,
+    # Seconds a delivery may stay running (or retrying) before the relay presumes its worker
+    # dead and queues it again; keep it above your longest time limit.
+    "STUCK_TIMEOUT": 3600.0,
     # fire(sync=True) raises MessageProcessingError when a listener fails, instead of reporting it.
     "SYNC_RAISE_ERRORS": False,
     # Largest pickled messagio accepted by fire(), in bytes.

@@ -75,6 +75,11 @@ def listener_spec(subscription: Subscription) -> dict[str, Any]:
         "autoretry_for": [_dotted(t) for t in autoretry_for],
         "max_retries": max_retries,
         "retry_delay": float(delay),
+        "time_limit": (
+            subscription.time_limit
+            if subscription.time_limit is not None
+            else get_setting("DEFAULT_TIME_LIMIT")
+        ),
         "attempt": 1,
     }
 

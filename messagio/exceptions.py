@@ -22,3 +22,7 @@ class PayloadSignatureError(ValueError):
 
 class ListenerNotFoundError(LookupError):
     """A worker could not find a listener by its id or dotted path."""
+
+
+class ListenerTimeoutError(Exception):
+    """A listener ran past its time limit in a worker and was stopped."""

@@ -7,16 +7,23 @@ so that every run is recorded the same way wherever it happens.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from django.utils import timezone
 
 from messagio.dispatch import resolve_listener, should_retry
-from messagio.exceptions import ListenerNotFoundError, PayloadSignatureError
+from messagio.exceptions import (
+    ListenerNotFoundError,
+    ListenerTimeoutError,
+    PayloadSignatureError,
+)
 from messagio.report import ListenerOutcome
 
 logger = logging.getLogger("messagio")
@@ -42,6 +49,37 @@ class RunContext:
     replay_id: int | None = None
     #: Set when the whole envelope is known, so missing records can be recreated from it.
     envelope: dict[str, Any] | None = None
+    #: Stop a listener at its time limit (in a worker's main thread only).
+    enforce_time_limit: bool = False
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise ListenerTimeoutError in the running listener after ``seconds`` (SIGALRM).
+
+    Works in the main thread of a worker process (prefork and solo pools); elsewhere the
+    limit is not enforced.
+    """
+    if (
+        not seconds
+        or threading.current_thread() is not threading.main_thread()
+        or not hasattr(signal, "setitimer")
+    ):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise ListenerTimeoutError(
+            f"the listener ran past its time limit of {seconds:g}s and was stopped"
+        )
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def load_messagio(payload: bytes, messagio_type: str) -> Any:
@@ -102,7 +140,9 @@ def run_once(
             raise load_error
         if listener is None:
             listener = resolve_listener(spec["id"], spec["import_path"])
-        result = listener(messagio)
+        limit = spec.get("time_limit") if ctx.enforce_time_limit else None
+        with time_limit(limit):
+            result = listener(messagio)
     except Exception as exc:  # noqa: BLE001 - whatever a listener raises is recorded
         error = exc
     duration_ms = (time.perf_counter() - start) * 1000
@@ -115,9 +155,10 @@ def run_once(
             will_retry = should_retry(spec, error)
 
     if ctx.record:
-        from messagio.records import finish
+        from messagio.records import finish, with_db_retry
 
-        finish(
+        with_db_retry(
+            finish,
             spec["delivery"],
             number,
             started_at,

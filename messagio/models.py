@@ -153,6 +153,7 @@ class Delivery(models.Model):
     autoretry_for = models.JSONField(_("retry on"), default=list, blank=True)
     max_retries = models.PositiveSmallIntegerField(_("max retries"), default=0)
     retry_delay = models.FloatField(_("retry delay (s)"), default=0)
+    time_limit = models.FloatField(_("time limit (s)"), null=True, blank=True)
     status = models.CharField(_("status"), max_length=16, choices=Status, default=Status.PENDING)
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
@@ -206,6 +207,8 @@ class Attempt(models.Model):
         RETRIED = "retried", _("failed, retry scheduled")
         #: The worker died (or lost its connection) mid-listener; the message came back.
         LOST = "lost", _("lost with its worker")
+        #: The listener ran past its time limit and was stopped.
+        TIMEOUT = "timeout", _("timed out")
 
     delivery = models.ForeignKey(
         Delivery, verbose_name=_("delivery"), on_delete=models.CASCADE, related_name="history"

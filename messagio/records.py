@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 import traceback as tb
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import router, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from messagio.conf import get_setting
 from messagio.dispatch import effective_priority, effective_queue, listener_spec
+from messagio.exceptions import ListenerTimeoutError
 from messagio.message import Messagio
 from messagio.models import Attempt, Delivery, Event
 from messagio.registry import Subscription
@@ -74,6 +76,7 @@ def build_records(
                 autoretry_for=spec["autoretry_for"],
                 max_retries=spec["max_retries"],
                 retry_delay=spec["retry_delay"],
+                time_limit=spec["time_limit"],
             )
         )
     return event, deliveries
@@ -100,6 +103,7 @@ def spec_of(delivery: Delivery) -> dict[str, Any]:
         "autoretry_for": list(delivery.autoretry_for or []),
         "max_retries": delivery.max_retries,
         "retry_delay": delivery.retry_delay,
+        "time_limit": delivery.time_limit,
         "attempt": 1,
     }
 
@@ -238,6 +242,7 @@ def recreate_from_envelope(envelope: dict[str, Any]) -> None:
             autoretry_for=spec["autoretry_for"],
             max_retries=spec["max_retries"],
             retry_delay=spec["retry_delay"],
+            time_limit=spec.get("time_limit"),
         )
         for spec in envelope["listeners"]
     ]
@@ -341,6 +346,8 @@ def finish(
     else:
         if will_retry:
             status, outcome = Delivery.Status.RETRYING, Attempt.Outcome.RETRIED
+        elif isinstance(exception, ListenerTimeoutError):
+            status, outcome = Delivery.Status.FAILED, Attempt.Outcome.TIMEOUT
         else:
             status, outcome = Delivery.Status.FAILED, Attempt.Outcome.FAILED
         fields = {
@@ -365,3 +372,29 @@ def finish(
             replay_id=replay_id,
             **fields,
         )
+
+
+#: How long a worker keeps trying to record an outcome while the database is unreachable.
+DB_RETRY_SECONDS = 60.0
+
+
+def with_db_retry(write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a write, reconnecting and retrying while the database is unreachable.
+
+    A worker that loses its database mid-listener must not leave the delivery ``running``
+    for ever: it keeps trying for DB_RETRY_SECONDS, then gives up (and the relay requeues
+    the delivery once it is stuck past STUCK_TIMEOUT).
+    """
+    deadline = time.monotonic() + DB_RETRY_SECONDS
+    pause = 0.2
+    while True:
+        try:
+            return write(*args, **kwargs)
+        except DatabaseError as exc:
+            connection = connections[db_alias()]
+            if connection.in_atomic_block or time.monotonic() > deadline:
+                raise
+            logger.warning("messagio: database unavailable (%s); retrying in %.1fs", exc, pause)
+            connection.close()
+            time.sleep(pause)  # back-off while the database is down, not a synchronisation
+            pause = min(pause * 2, 5.0)

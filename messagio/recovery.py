@@ -1,42 +1,80 @@
-"""Recovering deliveries whose worker died mid-listener.
+"""Recovering deliveries whose worker died mid-listener, or that are stuck.
 
 RabbitMQ hands an unacknowledged message back as soon as the dead worker's connection
 closes. kombu's Redis transport only restores it after its visibility timeout (an hour by
-default), and the filesystem broker not at all. So when a worker starts, it republishes
-the deliveries that its predecessor of the same name (``-n``) left ``running``; the claim
-records the lost attempt and runs the listener again.
+default), and the filesystem broker not at all. So when a worker starts, it requeues the
+deliveries that its predecessor of the same name (``-n``) left ``running``; and the relay
+requeues any delivery left ``running`` or ``retrying`` past STUCK_TIMEOUT.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
 
 logger = logging.getLogger("messagio")
 
 
-def requeue_orphans(worker_name: str) -> int:
-    """Republish deliveries left ``running`` by a worker named ``worker_name``."""
-    from messagio.models import Delivery
+def requeue(deliveries: Any, why: str) -> int:
+    """Record the interrupted attempt of each delivery as lost, mark it pending, publish it."""
+    from messagio.models import Attempt, Delivery
     from messagio.records import envelopes, publish_all
 
-    orphans = list(
-        Delivery.objects.filter(status=Delivery.Status.RUNNING, worker=worker_name)
-        .select_related("event")
-        .order_by("event_id", "position")
-    )
+    now = timezone.now()
+    requeued = 0
     by_event: dict[Any, list[Delivery]] = {}
-    for delivery in orphans:
-        by_event.setdefault(delivery.event_id, []).append(delivery)
-    for members in by_event.values():
-        publish_all(envelopes(members[0].event, members))
-    if orphans:
-        logger.warning(
-            "messagio: %s requeued %d delivery(ies) its predecessor left running",
-            worker_name,
-            len(orphans),
+    for delivery in deliveries.select_related("event").order_by("event_id", "position"):
+        taken = Delivery.objects.filter(pk=delivery.pk, status=delivery.status).update(
+            status=Delivery.Status.PENDING
         )
-    return len(orphans)
+        if not taken:
+            continue  # it moved on meanwhile
+        if delivery.status == Delivery.Status.RUNNING:
+            Attempt.objects.create(
+                delivery=delivery,
+                number=delivery.attempts,
+                outcome=Attempt.Outcome.LOST,
+                started_at=delivery.started_at,
+                finished_at=now,
+                error_type="WorkerLost",
+                error=why,
+                task_id=delivery.task_id,
+                worker=delivery.worker,
+                replay_id=delivery.replay_id,
+            )
+        by_event.setdefault(delivery.event_id, []).append(delivery)
+        requeued += 1
+    for members in by_event.values():
+        publish_all(envelopes(members[0].event, members, replay_id=members[0].replay_id))
+    if requeued:
+        logger.warning("messagio: requeued %d delivery(ies): %s", requeued, why)
+    return requeued
+
+
+def requeue_orphans(worker_name: str) -> int:
+    """Requeue deliveries left ``running`` by a worker named ``worker_name``."""
+    from messagio.models import Delivery
+
+    orphans = Delivery.objects.filter(status=Delivery.Status.RUNNING, worker=worker_name)
+    return requeue(orphans, f"its worker {worker_name} stopped while it ran")
+
+
+def requeue_stuck(timeout: float | None = None) -> int:
+    """Requeue deliveries ``running`` or ``retrying`` for longer than STUCK_TIMEOUT."""
+    from messagio.conf import get_setting
+    from messagio.models import Delivery
+
+    seconds = float(timeout if timeout is not None else get_setting("STUCK_TIMEOUT"))
+    cutoff = timezone.now() - datetime.timedelta(seconds=seconds)
+    stuck = Delivery.objects.filter(
+        Q(status=Delivery.Status.RUNNING, started_at__lt=cutoff)
+        | Q(status=Delivery.Status.RETRYING, finished_at__lt=cutoff)
+    )
+    return requeue(stuck, f"it was stuck for more than {seconds:g}s; its worker is presumed dead")
 
 
 def on_worker_ready(sender: Any = None, **kwargs: Any) -> None:

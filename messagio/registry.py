@@ -37,6 +37,8 @@ class Subscription:
     autoretry_for: tuple[type[BaseException], ...] = ()
     max_retries: int | None = None
     default_retry_delay: float | None = None
+    #: Seconds the listener may run in a worker before it is stopped and recorded as timed out.
+    time_limit: float | None = None
 
 
 def _describe(obj: Any) -> str:
@@ -63,6 +65,7 @@ def _validate(
     autoretry_for: Any,
     max_retries: Any,
     default_retry_delay: Any,
+    time_limit: Any = None,
 ) -> tuple[type[BaseException], ...]:
     if not isinstance(messagio_type, type) or not issubclass(messagio_type, Messagio):
         raise TypeError(
@@ -109,6 +112,10 @@ def _validate(
             f"{where}: default_retry_delay must be a number of seconds >= 0, "
             f"not {default_retry_delay!r}."
         )
+    if time_limit is not None and (
+        isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or time_limit <= 0
+    ):
+        raise TypeError(f"{where}: time_limit must be a number of seconds > 0, not {time_limit!r}.")
     return autoretry_for
 
 
@@ -131,6 +138,7 @@ class Registry:
         autoretry_for: Iterable[type[BaseException]] = (),
         max_retries: int | None = None,
         default_retry_delay: float | None = None,
+        time_limit: float | None = None,
     ) -> Subscription:
         """Subscribe ``listener`` to ``messagio_type``; subscribing it again is a no-op."""
         retry_on = _validate(
@@ -141,6 +149,7 @@ class Registry:
             autoretry_for,
             max_retries,
             default_retry_delay,
+            time_limit,
         )
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty string, not {name!r}.")
@@ -166,6 +175,7 @@ class Registry:
                 autoretry_for=retry_on,
                 max_retries=max_retries,
                 default_retry_delay=default_retry_delay,
+                time_limit=time_limit,
             )
             self._by_type.setdefault(messagio_type, []).append(subscription)
             self._by_id[listener_id] = listener
@@ -234,6 +244,7 @@ def listen_to_message(
     autoretry_for: Iterable[type[BaseException]] = (),
     max_retries: int | None = None,
     default_retry_delay: float | None = None,
+    time_limit: float | None = None,
 ) -> Callable[[F], F]:
     """Subscribe the decorated function to each of ``messagio_types``; return it unchanged."""
     if not messagio_types:
@@ -257,6 +268,7 @@ def listen_to_message(
                 autoretry_for=autoretry_for,
                 max_retries=max_retries,
                 default_retry_delay=default_retry_delay,
+                time_limit=time_limit,
             )
         return listener
 

@@ -22,6 +22,8 @@ class RelayReport:
     failed: int = 0
     #: Events still waiting after this run (the broker is still down, or the batch was full).
     remaining: int = 0
+    #: Deliveries found stuck running or retrying and queued again.
+    requeued: int = 0
 
 
 def relay(batch_size: int = 500, grace: float | None = None) -> RelayReport:
@@ -46,11 +48,16 @@ def relay(batch_size: int = 500, grace: float | None = None) -> RelayReport:
             report.failed += 1
             break
     report.remaining = waiting.count() if report.failed or len(events) == batch_size else 0
-    if report.published or report.failed:
+    if not report.failed:
+        from messagio.recovery import requeue_stuck
+
+        report.requeued = requeue_stuck()
+    if report.published or report.failed or report.requeued:
         logger.info(
-            "messagio relay: published %d event(s), %d failed, %d waiting",
+            "messagio relay: published %d event(s), %d failed, %d waiting, %d requeued",
             report.published,
             report.failed,
             report.remaining,
+            report.requeued,
         )
     return report

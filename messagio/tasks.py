@@ -17,6 +17,9 @@ from messagio.brokers import broker_priority
 
 logger = logging.getLogger("messagio")
 
+#: Seconds before a group interrupted by a database outage is tried again.
+DB_OUTAGE_REQUEUE_DELAY = 10.0
+
 #: Runs one group of listeners of one fired messagio, in subscription order.
 DELIVER_TASK = "messagio.tasks.deliver"
 #: Publishes events left recorded-not-published (broker outage, crash before on_commit).
@@ -36,6 +39,8 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
     A listener that fails with one of its ``autoretry_for`` exceptions is retried alone,
     in a task of its own, after its ``default_retry_delay``.
     """
+    from django.db import DatabaseError
+
     from messagio.execution import RunContext, load_messagio, run_once
 
     ctx = RunContext(
@@ -46,6 +51,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
         worker=self.request.hostname or "",
         replay_id=envelope.get("replay"),
         envelope=envelope,
+        enforce_time_limit=True,
     )
     messagio = None
     load_error: BaseException | None = None
@@ -54,7 +60,16 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
     except Exception as exc:  # noqa: BLE001 - recorded on every delivery of the group
         load_error = exc
     for spec in envelope["listeners"]:
-        _, will_retry = run_once(messagio, spec, ctx, load_error=load_error)
+        try:
+            _, will_retry = run_once(messagio, spec, ctx, load_error=load_error)
+        except DatabaseError as exc:
+            # The database stayed unreachable: send the group again later. Finished
+            # listeners are skipped then; the interrupted one is recorded as lost and rerun.
+            logger.error(
+                "messagio: database unavailable, group of %s requeued: %r", ctx.event_id, exc
+            )
+            publish(envelope, countdown=DB_OUTAGE_REQUEUE_DELAY)
+            return
         if will_retry:
             retry = dict(envelope, listeners=[dict(spec, attempt=spec["attempt"] + 1)])
             publish(retry, countdown=spec["retry_delay"])

@@ -157,6 +157,7 @@ def test_decorator_used_bare_raises_type_error():
         ({"max_retries": -1}, "max_retries must be an int >= 0"),
         ({"default_retry_delay": "soon"}, "default_retry_delay must be a number"),
         ({"queue": ""}, "queue must be a non-empty queue name"),
+        ({"time_limit": 0}, "time_limit must be a number of seconds > 0"),
     ],
 )
 def test_bad_options_raise_type_error_at_subscription(options, message):

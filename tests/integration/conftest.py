@@ -64,10 +64,15 @@ def start_worker(django_db_setup, django_db_blocker, tmp_path_factory):
     logs = tmp_path_factory.mktemp("workers")
 
     def start(
-        queues: list[str], concurrency: int = 2, ready_timeout: float = 60, name: str = ""
+        queues: list[str],
+        concurrency: int = 2,
+        ready_timeout: float = 60,
+        name: str = "",
+        env: dict[str, str] | None = None,
     ) -> Worker:
         name = name or f"test-{uuid.uuid4().hex[:8]}"
         log = logs / f"{name}-{uuid.uuid4().hex[:4]}.log"
+        extra_env = env
         env = dict(os.environ)
         env.update(
             DATABASE_URL=database_url(),
@@ -76,6 +81,7 @@ def start_worker(django_db_setup, django_db_blocker, tmp_path_factory):
             C_FORCE_ROOT="1",  # tests run as root here; never do this in production
             PYTHONUNBUFFERED="1",
         )
+        env.update(extra_env or {})
         command = [
             sys.executable, "-m", "celery", "-A", "project", "worker",
             "--loglevel=INFO", f"--concurrency={concurrency}", "--prefetch-multiplier=1",

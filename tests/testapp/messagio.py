@@ -2,6 +2,7 @@
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -144,3 +145,35 @@ def slow(event: Slow) -> None:
             raise TimeoutError("never released")
         time.sleep(0.05)
     record("slow-finished", event)
+
+
+@dataclass
+class Hang(Messagio):
+    token: str
+
+
+@listen_to_message(Hang, time_limit=0.5)
+def hangs(event: Hang) -> None:
+    record("hangs", event)
+    time.sleep(60)
+    record("hangs-woke", event)
+
+
+@dataclass
+class FileGated(Messagio):
+    """Its listener waits for a file, not the database, so a test can cut the database."""
+
+    token: str
+    folder: str
+
+
+@listen_to_message(FileGated, queue=settings.TEST_CRASH_QUEUE)
+def file_gated(event: FileGated) -> str:
+    folder = Path(event.folder)
+    (folder / "started").touch()
+    deadline = time.monotonic() + 120
+    while not (folder / "release").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("never released")
+        time.sleep(0.05)
+    return "released"

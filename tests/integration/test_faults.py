@@ -1,0 +1,96 @@
+"""Faults a worker survives: a hanging listener, a database outage, a stuck delivery."""
+
+import datetime
+import uuid
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from messagio.models import Delivery
+from messagio.relay import relay
+from tests.integration.conftest import database_url
+from tests.polling import wait_for
+from tests.tcp_proxy import TcpProxy
+from tests.testapp.messagio import FileGated, Fixable, Hang
+from tests.testapp.models import Call
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def test_a_listener_past_its_time_limit_is_stopped_and_recorded_as_timed_out(worker):
+    token = uuid.uuid4().hex
+    report = Hang(token).fire()
+
+    delivery = wait_for(
+        lambda: Delivery.objects.filter(event_id=report.event_id, status="failed").first(),
+        what="the hanging listener to be stopped",
+    )
+    assert delivery.error_type == "messagio.exceptions.ListenerTimeoutError"
+    assert "time limit of 0.5s" in delivery.error
+    assert list(delivery.history.values_list("outcome", flat=True)) == ["timeout"]
+    assert not Call.objects.filter(token=token, listener="hangs-woke").exists()
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="needs a database server to cut the way to"
+)
+def test_a_worker_that_loses_its_database_mid_listener_records_the_outcome_once_it_is_back(
+    start_worker, tmp_path
+):
+    db = connection.settings_dict
+    proxy = TcpProxy((db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))).start()
+    proxied = database_url().replace(
+        f"@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/", f"@127.0.0.1:{proxy.port}/"
+    )
+    assert str(proxy.port) in proxied
+    worker = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, env={"DATABASE_URL": proxied})
+    try:
+        report = FileGated(uuid.uuid4().hex, str(tmp_path)).fire()
+        wait_for(lambda: (tmp_path / "started").exists(), what="the listener to start")
+
+        proxy.cut()
+        (tmp_path / "release").touch()
+        wait_for(
+            lambda: "database unavailable" in worker.output(),
+            what="the worker to notice the outage",
+        )
+        proxy.restore()
+
+        delivery = wait_for(
+            lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").first(),
+            what="the outcome to be recorded after the outage",
+        )
+        assert delivery.attempts == 1
+        assert delivery.result == "'released'"
+    finally:
+        worker.stop()
+        proxy.stop()
+
+
+def test_the_relay_requeues_a_delivery_stuck_running_past_the_timeout(worker):
+    token = uuid.uuid4().hex
+    report = Fixable(token).fire()
+    wait_for(
+        lambda: Delivery.objects.filter(event_id=report.event_id, status="failed").exists(),
+        what="the first attempt",
+    )
+    Call.objects.create(token=token, listener="fix-deployed")
+    # As a worker that died on a broker without redelivery would leave it:
+    long_ago = timezone.now() - datetime.timedelta(hours=2)
+    Delivery.objects.filter(event_id=report.event_id).update(
+        status="running", started_at=long_ago, worker="gone@nowhere"
+    )
+
+    assert relay(grace=0).requeued == 1
+
+    delivery = wait_for(
+        lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").first(),
+        what="the requeued delivery to succeed",
+    )
+    assert list(delivery.history.order_by("number").values_list("outcome", flat=True)) == [
+        "failed",
+        "lost",
+        "succeeded",
+    ]
