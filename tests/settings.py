@@ -15,6 +15,7 @@ os.environ.setdefault("MESSAGIO_QUEUE", f"messagio-test-{RUN}")
 os.environ.setdefault("CELERY_DEFAULT_QUEUE", f"celery-test-{RUN}")
 os.environ.setdefault("MESSAGIO_TEST_PRIORITY_QUEUE", f"messagio-prio-{RUN}")
 os.environ.setdefault("MESSAGIO_TEST_CRASH_QUEUE", f"messagio-crash-{RUN}")
+os.environ.setdefault("MESSAGIO_TEST_LOAD_QUEUE", f"messagio-load-{RUN}")
 
 from kombu import Exchange, Queue  # noqa: E402
 
@@ -30,10 +31,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 TEST_PRIORITY_QUEUE = os.environ["MESSAGIO_TEST_PRIORITY_QUEUE"]
 TEST_CRASH_QUEUE = os.environ["MESSAGIO_TEST_CRASH_QUEUE"]
+TEST_LOAD_QUEUE = os.environ["MESSAGIO_TEST_LOAD_QUEUE"]
 CELERY_TASK_QUEUES = (
     *CELERY_TASK_QUEUES,  # noqa: F405
     *(
         Queue(name, Exchange(name), routing_key=name)
-        for name in (TEST_PRIORITY_QUEUE, TEST_CRASH_QUEUE)
+        for name in (TEST_PRIORITY_QUEUE, TEST_CRASH_QUEUE, TEST_LOAD_QUEUE)
     ),
 )

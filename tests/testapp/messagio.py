@@ -177,3 +177,13 @@ def file_gated(event: FileGated) -> str:
             raise TimeoutError("never released")
         time.sleep(0.05)
     return "released"
+
+
+@dataclass
+class LoadPing(Messagio):
+    token: str
+
+
+@listen_to_message(LoadPing, queue=settings.TEST_LOAD_QUEUE)
+def count_load(event: LoadPing) -> None:
+    record("load", event)

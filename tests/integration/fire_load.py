@@ -1,0 +1,18 @@
+"""Fire LoadPing messagios from a process of its own: python -m tests.integration.fire_load RUN N."""
+
+import sys
+
+import django
+
+
+def main() -> None:
+    run, count = sys.argv[1], int(sys.argv[2])
+    django.setup()
+    from tests.testapp.messagio import LoadPing
+
+    for n in range(count):
+        LoadPing(f"{run}-{n}").fire()
+
+
+if __name__ == "__main__":
+    main()
