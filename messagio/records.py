@@ -19,6 +19,8 @@ from typing import Any
 
 from django.db import DatabaseError, connections, router, transaction
 from django.db.models import F
+from django.db.models.constants import OnConflict
+from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from messagio.conf import get_setting
@@ -82,12 +84,32 @@ def build_records(
     return event, deliveries
 
 
-def save_records(event: Event, deliveries: list[Delivery]) -> None:
-    """Insert the Event and its Deliveries: two statements, one transaction.
+def _insert_sql(model: Any, objs: list[Any], connection: Any) -> tuple[str, list[Any]]:
+    query = InsertQuery(model, on_conflict=OnConflict.IGNORE)
+    query.insert_values(model._meta.concrete_fields, objs)
+    ((sql, params),) = query.get_compiler(connection=connection).as_sql()
+    return sql, list(params)
 
-    Conflicts are ignored: a worker may have recreated them from its message first.
+
+def save_records(event: Event, deliveries: list[Delivery]) -> None:
+    """Insert the Event and its Deliveries in one transaction.
+
+    On PostgreSQL outside a transaction this is one statement (a data-modifying CTE, atomic
+    on its own: one round trip, one commit); elsewhere two. Conflicts are ignored: a worker
+    may have recreated the records from its message first.
     """
-    with transaction.atomic(using=db_alias(), savepoint=False):
+    alias = db_alias()
+    connection = connections[alias]
+    if connection.vendor == "postgresql" and deliveries and not connection.in_atomic_block:
+        event_sql, event_params = _insert_sql(Event, [event], connection)
+        delivery_sql, delivery_params = _insert_sql(Delivery, deliveries, connection)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH messagio_new_event AS ({event_sql}) {delivery_sql}",
+                event_params + delivery_params,
+            )
+        return
+    with transaction.atomic(using=alias, savepoint=False):
         Event.objects.bulk_create([event], ignore_conflicts=True)
         if deliveries:
             Delivery.objects.bulk_create(deliveries, ignore_conflicts=True)
