@@ -38,8 +38,11 @@ DEFAULTS: dict[str, Any] = {
     "SYNC_RAISE_ERRORS": False,
     # Largest pickled messagio accepted by fire(), in bytes.
     "MAX_PAYLOAD_BYTES": 512 * 1024,
-    # Key of the payload signatures; None derives one from settings.SECRET_KEY.
+    # Key of the payload signatures; None derives one from settings.SECRET_KEY (and accepts
+    # SECRET_KEY_FALLBACKS).
     "SIGNING_KEY": None,
+    # Former SIGNING_KEYs still accepted when verifying, for key rotation.
+    "SIGNING_KEY_FALLBACKS": [],
     # Record every fire (Event), delivery and attempt in the database. Off, messagio runs
     # without a database: nothing is remembered, the relay and replay have nothing to work on.
     "RECORD": True,

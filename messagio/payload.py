@@ -66,7 +66,7 @@ def _keys() -> list[str | bytes]:
 
     key = get_setting("SIGNING_KEY")
     if key:
-        return [key]
+        return [key, *get_setting("SIGNING_KEY_FALLBACKS")]
     return [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
 
 

@@ -84,3 +84,10 @@ def test_an_open_file_is_refused_naming_the_field(tmp_path):
 def test_a_payload_over_the_limit_is_refused_with_the_setting_named():
     with pytest.raises(PayloadError, match=r"MAX_PAYLOAD_BYTES'\] = 100"):
         dumps(Note("x" * 1000), max_bytes=100)
+
+
+def test_a_former_signing_key_still_verifies_during_rotation():
+    with override_settings(MESSAGIO={"SIGNING_KEY": "old"}):
+        blob = encode(Note("hello"))
+    with override_settings(MESSAGIO={"SIGNING_KEY": "new", "SIGNING_KEY_FALLBACKS": ["old"]}):
+        assert decode(blob) == Note("hello")
