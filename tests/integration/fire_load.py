@@ -1,4 +1,4 @@
-"""Fire LoadPing messagios from a process of its own: python -m tests.integration.fire_load RUN N."""
+"""Fire LoadPing messagios from a process of its own (RUN and N as arguments)."""
 
 import sys
 

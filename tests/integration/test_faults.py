@@ -2,15 +2,18 @@
 
 import datetime
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from messagio.brokers import is_amqp, is_redis
 from messagio.models import Delivery
 from messagio.relay import relay
-from tests.integration.conftest import database_url
+from project.celery import app
+from tests.integration.conftest import BROKER_URL, database_url
 from tests.polling import wait_for
 from tests.tcp_proxy import TcpProxy
 from tests.testapp.messagio import FileGated, Fixable, Hang
@@ -94,3 +97,46 @@ def test_the_relay_requeues_a_delivery_stuck_running_past_the_timeout(worker):
         "lost",
         "succeeded",
     ]
+
+
+@pytest.mark.skipif(
+    not (is_redis(app) or is_amqp(app)), reason="the filesystem broker has no connection to cut"
+)
+def test_a_broker_connection_cut_while_a_listener_runs_is_recorded_once(start_worker, tmp_path):
+    url = urlsplit(BROKER_URL)
+    proxy = TcpProxy((url.hostname or "127.0.0.1", url.port or (6379 if is_redis(app) else 5672)))
+    proxy.start()
+    proxied = urlunsplit(
+        url._replace(
+            netloc=url.netloc.replace(f"{url.hostname}:{url.port}", f"127.0.0.1:{proxy.port}")
+        )
+    )
+    worker = start_worker(
+        [settings.TEST_CRASH_QUEUE], concurrency=1, env={"CELERY_BROKER_URL": proxied}
+    )
+    try:
+        report = FileGated(uuid.uuid4().hex, str(tmp_path)).fire()
+        wait_for(lambda: (tmp_path / "started").exists(), what="the listener to start")
+
+        proxy.cut()  # the worker holds the message unacknowledged
+        (tmp_path / "release").touch()
+        delivery = wait_for(
+            lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").first(),
+            what="the outcome to be recorded",
+        )
+        proxy.restore()
+        if is_amqp(app):
+            # RabbitMQ requeued the unacknowledged message when the connection died; the
+            # reconnected worker gets it again and finds the delivery already succeeded.
+            wait_for(
+                lambda: "already succeeded; not run again" in worker.output(),
+                timeout=60,
+                what="the redelivered message to be skipped",
+            )
+    finally:
+        worker.stop()
+        proxy.stop()
+
+    delivery.refresh_from_db()
+    assert delivery.attempts == 1
+    assert (tmp_path / "runs").read_text().count("run") == 1

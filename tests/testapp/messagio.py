@@ -170,6 +170,8 @@ class FileGated(Messagio):
 @listen_to_message(FileGated, queue=settings.TEST_CRASH_QUEUE)
 def file_gated(event: FileGated) -> str:
     folder = Path(event.folder)
+    with open(folder / "runs", "a") as runs:
+        runs.write("run\n")
     (folder / "started").touch()
     deadline = time.monotonic() + 120
     while not (folder / "release").exists():
