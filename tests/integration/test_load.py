@@ -35,7 +35,7 @@ FIRES_EACH = int(os.environ.get("MESSAGIO_LOAD_FIRES", "5000"))
 
 
 def test_twenty_thousand_fires_from_four_processes_are_each_delivered_exactly_once(
-    start_worker, record_property
+    start_worker, capsys
 ):
     workers = [start_worker([settings.TEST_LOAD_QUEUE], concurrency=2) for _ in range(2)]
     run = uuid.uuid4().hex[:8]
@@ -71,6 +71,9 @@ def test_twenty_thousand_fires_from_four_processes_are_each_delivered_exactly_on
     calls = Call.objects.filter(listener="load", token__startswith=run)
     assert calls.count() == total
     assert calls.values("token").distinct().count() == total
-    record_property("fires_per_second", round(total / fired_in))
-    record_property("deliveries_per_second", round(total / elapsed))
-    print(f"\nload: {total} fired in {fired_in:.1f}s, all delivered in {elapsed:.1f}s")
+    with capsys.disabled():  # the figures go to the CI log and docs/reliability.md
+        print(
+            f"\nload ({BROKER_URL.split(':')[0]}): {total} fired by {FIRING_PROCESSES} processes "
+            f"in {fired_in:.1f}s ({total / fired_in:.0f}/s), all {total} delivered exactly once "
+            f"in {elapsed:.1f}s ({total / elapsed:.0f}/s); 0 lost, 0 duplicated"
+        )
