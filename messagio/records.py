@@ -300,41 +300,82 @@ def claim(
     A delivery already succeeded or failed is not run again (a redelivered message). One left
     ``running`` belonged to a worker that died: its attempt is recorded as lost, then rerun.
     """
-    alias = db_alias()
-    with transaction.atomic(using=alias):
-        row = (
-            Delivery.objects.select_for_update()
-            .filter(pk=delivery_id)
-            .values("status", "attempts", "started_at", "worker", "task_id", "replay_id")
-            .first()
-        )
+    connection = connections[db_alias()]
+    now = timezone.now()
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        row = _claim_in_one_statement(connection, delivery_id, now, task_id, worker)
         if row is None:
             return None
         if row["status"] in TERMINAL:
             return Claim(run=False, status_before=row["status"])
-        if row["status"] == Delivery.Status.RUNNING:
-            Attempt.objects.create(
-                delivery_id=delivery_id,
-                number=row["attempts"],
-                outcome=Attempt.Outcome.LOST,
-                started_at=row["started_at"],
-                finished_at=timezone.now(),
-                error_type="WorkerLost",
-                error="the worker running this attempt died or lost its connection; "
-                "the message was delivered again",
-                task_id=row["task_id"],
-                worker=row["worker"],
-                replay_id=row["replay_id"],
+    else:
+        with transaction.atomic(using=connection.alias):
+            row = (
+                Delivery.objects.select_for_update()
+                .filter(pk=delivery_id)
+                .values("status", "attempts", "started_at", "worker", "task_id", "replay_id")
+                .first()
             )
-        Delivery.objects.filter(pk=delivery_id).update(
-            status=Delivery.Status.RUNNING,
-            attempts=F("attempts") + 1,
-            started_at=timezone.now(),
-            finished_at=None,
-            task_id=task_id or "",
-            worker=worker or "",
+            if row is None:
+                return None
+            if row["status"] in TERMINAL:
+                return Claim(run=False, status_before=row["status"])
+            Delivery.objects.filter(pk=delivery_id).update(
+                status=Delivery.Status.RUNNING,
+                attempts=F("attempts") + 1,
+                started_at=now,
+                finished_at=None,
+                task_id=task_id or "",
+                worker=worker or "",
+            )
+    if row["status"] == Delivery.Status.RUNNING:
+        Attempt.objects.create(
+            delivery_id=delivery_id,
+            number=row["attempts"],
+            outcome=Attempt.Outcome.LOST,
+            started_at=row["started_at"],
+            finished_at=now,
+            error_type="WorkerLost",
+            error="the worker running this attempt died or lost its connection; "
+            "the message was delivered again",
+            task_id=row["task_id"],
+            worker=row["worker"],
+            replay_id=row["replay_id"],
         )
-        return Claim(run=True, number=row["attempts"] + 1, status_before=row["status"])
+    return Claim(run=True, number=row["attempts"] + 1, status_before=row["status"])
+
+
+def _claim_in_one_statement(
+    connection: Any, delivery_id: str, now: datetime.datetime, task_id: str, worker: str
+) -> dict[str, Any] | None:
+    """The claim as one PostgreSQL statement: lock, read the row as it was, and update it
+    unless it is finished. One round trip and one commit on a worker's hot path."""
+    table = connection.ops.quote_name(Delivery._meta.db_table)
+    columns = ("status", "attempts", "started_at", "worker", "task_id", "replay_id")
+    sql = f"""
+        WITH old AS (
+            SELECT "id", {", ".join(f'"{c}"' for c in columns)}
+            FROM {table} WHERE "id" = %s FOR UPDATE
+        ), claimed AS (
+            UPDATE {table} AS d
+            SET "status" = %s, "attempts" = d."attempts" + 1, "started_at" = %s,
+                "finished_at" = NULL, "task_id" = %s, "worker" = %s
+            FROM old WHERE d."id" = old."id" AND old."status" NOT IN (%s, %s)
+        )
+        SELECT {", ".join(f'old."{c}"' for c in columns)} FROM old
+    """  # noqa: S608 - identifiers come from model meta; values are parameters
+    params = [
+        uuid.UUID(str(delivery_id)),
+        "running",
+        now,
+        task_id or "",
+        worker or "",
+        *[str(status) for status in TERMINAL],
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = cursor.fetchone()
+    return None if found is None else dict(zip(columns, found, strict=True))
 
 
 def _cap(text: str, setting: str) -> str:
@@ -378,7 +419,26 @@ def finish(
             "error": _cap(str(exception), "RESULT_MAX_CHARS"),
             "traceback": _cap("".join(tb.format_exception(exception)), "TRACEBACK_MAX_CHARS"),
         }
-    with transaction.atomic(using=db_alias()):
+    connection = connections[db_alias()]
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        _finish_in_one_statement(
+            connection,
+            delivery_id,
+            status,
+            now,
+            duration_ms,
+            fields,
+            attempt={
+                "number": number,
+                "outcome": outcome,
+                "started_at": started_at,
+                "task_id": task_id or "",
+                "worker": worker or "",
+                "replay_id": replay_id,
+            },
+        )
+        return
+    with transaction.atomic(using=connection.alias):
         Delivery.objects.filter(pk=delivery_id).update(
             status=status, finished_at=now, duration_ms=duration_ms, **fields
         )
@@ -394,6 +454,34 @@ def finish(
             replay_id=replay_id,
             **fields,
         )
+
+
+def _finish_in_one_statement(
+    connection: Any,
+    delivery_id: str,
+    status: Any,
+    now: datetime.datetime,
+    duration_ms: float,
+    fields: dict[str, str],
+    attempt: dict[str, Any],
+) -> None:
+    """Update the delivery and append its attempt in one PostgreSQL statement."""
+    quote = connection.ops.quote_name
+    delivery_table = quote(Delivery._meta.db_table)
+    attempt_table = quote(Attempt._meta.db_table)
+    outcome = {"finished_at": now, "duration_ms": duration_ms, **fields}
+    delivery_set = ", ".join(f"{quote(name)} = %s" for name in ("status", *outcome))
+    row = {"delivery_id": uuid.UUID(str(delivery_id)), **attempt, **outcome}
+    sql = f"""
+        WITH finished AS (
+            UPDATE {delivery_table} SET {delivery_set} WHERE "id" = %s
+        )
+        INSERT INTO {attempt_table} ({", ".join(quote(name) for name in row)})
+        VALUES ({", ".join(["%s"] * len(row))})
+    """  # noqa: S608 - identifiers come from model meta; values are parameters
+    params = [str(status), *outcome.values(), uuid.UUID(str(delivery_id)), *row.values()]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 #: How long a worker keeps trying to record an outcome while the database is unreachable.
