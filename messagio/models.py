@@ -128,7 +128,24 @@ class Replay(models.Model):
         return f"Replay #{self.pk} ({self.get_state_display()})"
 
 
-class Delivery(models.Model):
+class RunRecord(models.Model):
+    """What one run of a listener left: when, how long, its result or error, where it ran."""
+
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    duration_ms = models.FloatField(_("duration (ms)"), null=True, blank=True)
+    result = models.TextField(_("result"), blank=True)
+    error_type = models.CharField(_("error class"), max_length=255, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    traceback = models.TextField(_("traceback"), blank=True)
+    task_id = models.CharField(_("Celery task id"), max_length=255, blank=True)
+    worker = models.CharField(_("worker"), max_length=255, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class Delivery(RunRecord):
     """One listener's delivery of one event: its options at fire time and its outcome."""
 
     class Status(models.TextChoices):
@@ -156,15 +173,6 @@ class Delivery(models.Model):
     time_limit = models.FloatField(_("time limit (s)"), null=True, blank=True)
     status = models.CharField(_("status"), max_length=16, choices=Status, default=Status.PENDING)
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
-    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
-    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
-    duration_ms = models.FloatField(_("duration (ms)"), null=True, blank=True)
-    result = models.TextField(_("result"), blank=True)
-    error_type = models.CharField(_("error class"), max_length=255, blank=True)
-    error = models.TextField(_("error"), blank=True)
-    traceback = models.TextField(_("traceback"), blank=True)
-    task_id = models.CharField(_("Celery task id"), max_length=255, blank=True)
-    worker = models.CharField(_("worker"), max_length=255, blank=True)
     replay = models.ForeignKey(
         Replay,
         verbose_name=_("last replay"),
@@ -198,7 +206,7 @@ class Delivery(models.Model):
         return f"{self.listener} for {self.event_id}"
 
 
-class Attempt(models.Model):
+class Attempt(RunRecord):
     """One attempt at a delivery. Append-only: a retry or replay never erases what came before."""
 
     class Outcome(models.TextChoices):
@@ -215,15 +223,6 @@ class Attempt(models.Model):
     )
     number = models.PositiveIntegerField(_("attempt"))
     outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome)
-    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
-    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
-    duration_ms = models.FloatField(_("duration (ms)"), null=True, blank=True)
-    result = models.TextField(_("result"), blank=True)
-    error_type = models.CharField(_("error class"), max_length=255, blank=True)
-    error = models.TextField(_("error"), blank=True)
-    traceback = models.TextField(_("traceback"), blank=True)
-    task_id = models.CharField(_("Celery task id"), max_length=255, blank=True)
-    worker = models.CharField(_("worker"), max_length=255, blank=True)
     replay = models.ForeignKey(
         Replay, null=True, blank=True, on_delete=models.SET_NULL, related_name="attempts"
     )
