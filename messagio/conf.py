@@ -46,6 +46,10 @@ DEFAULTS: dict[str, Any] = {
     # Record every fire (Event), delivery and attempt in the database. Off, messagio runs
     # without a database: nothing is remembered, the relay and replay have nothing to work on.
     "RECORD": True,
+    # On PostgreSQL, commit the records of published fires and of deliveries with
+    # synchronous_commit off: a write lost in a database crash is covered (the published
+    # message recreates a fire's records; a lost outcome makes the delivery run again).
+    "ASYNC_COMMIT": True,
     # fire() raises when the broker cannot be reached, instead of leaving the Event for the relay.
     "RAISE_ON_PUBLISH_ERROR": False,
     # Seconds between runs of the relay (a django-celery-beat PeriodicTask made by migrate).

@@ -19,8 +19,6 @@ from typing import Any
 
 from django.db import DatabaseError, connections, router, transaction
 from django.db.models import F
-from django.db.models.constants import OnConflict
-from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from messagio.conf import get_setting
@@ -44,15 +42,60 @@ def db_alias() -> str:
 # --- Firing ---------------------------------------------------------------------------------
 
 
+@dataclass
+class NewEvent:
+    """An Event about to be written: plain attributes, cheaper than a model instance."""
+
+    id: uuid.UUID
+    messagio_type: str
+    fired_at: datetime.datetime
+    payload: bytes
+    summary: dict[str, Any]
+    origin: str
+    state: str
+    listener_count: int
+    published_at: datetime.datetime | None = None
+    publish_error: str = ""
+    claimed_at: datetime.datetime | None = None
+
+    @property
+    def pk(self) -> uuid.UUID:
+        return self.id
+
+    def as_model(self) -> Event:
+        return Event(**{f: getattr(self, f) for f in self.__dataclass_fields__})
+
+
+@dataclass
+class NewDelivery:
+    """A Delivery about to be written, pending."""
+
+    id: uuid.UUID
+    event_id: uuid.UUID
+    position: int
+    messagio_type: str
+    listener: str
+    import_path: str
+    priority: int
+    queue: str
+    autoretry_for: list[str]
+    max_retries: int
+    retry_delay: float
+    time_limit: float | None
+
+    def as_model(self) -> Delivery:
+        return Delivery(**{f: getattr(self, f) for f in self.__dataclass_fields__})
+
+
 def build_records(
     messagio: Messagio,
     payload: bytes,
     subscriptions: Sequence[Subscription],
     origin: str = "fire",
     state: str = "recorded",
-) -> tuple[Event, list[Delivery]]:
-    """Unsaved Event and Deliveries for one fire, with ids made here (no RETURNING needed)."""
-    event = Event(
+) -> tuple[NewEvent, list[NewDelivery]]:
+    """The Event and Deliveries of one fire, with ids made here (no RETURNING needed)."""
+    event = NewEvent(
         id=uuid.uuid4(),
         messagio_type=type(messagio).get_name(),
         fired_at=timezone.now(),
@@ -66,9 +109,9 @@ def build_records(
     for position, subscription in enumerate(subscriptions):
         spec = listener_spec(subscription)
         deliveries.append(
-            Delivery(
+            NewDelivery(
                 id=uuid.uuid4(),
-                event=event,
+                event_id=event.id,
                 position=position,
                 messagio_type=event.messagio_type,
                 listener=subscription.listener_id,
@@ -84,38 +127,98 @@ def build_records(
     return event, deliveries
 
 
-def _insert_sql(model: Any, objs: list[Any], connection: Any) -> tuple[str, list[Any]]:
-    query = InsertQuery(model, on_conflict=OnConflict.IGNORE)
-    query.insert_values(model._meta.concrete_fields, objs)
-    ((sql, params),) = query.get_compiler(connection=connection).as_sql()
-    return sql, list(params)
+#: A CTE that turns off PostgreSQL's synchronous commit for the statement's own transaction.
+#: Used where a lost write is covered: a published fire's message recreates its records, and
+#: a lost claim or outcome makes the delivery run again (at least once).
+ASYNC_COMMIT_CTE = "messagio_async AS (SELECT set_config('synchronous_commit', 'off', true))"
+
+#: Columns of a pending Delivery, in the order of _delivery_row().
+DELIVERY_COLUMNS = (
+    "id", "event_id", "position", "messagio_type", "listener", "import_path", "priority",
+    "queue", "autoretry_for", "max_retries", "retry_delay", "time_limit", "status", "attempts",
+    "started_at", "finished_at", "duration_ms", "result", "error_type", "error", "traceback",
+    "task_id", "worker", "replay_id",
+)  # fmt: skip
+EVENT_COLUMNS = (
+    "id", "messagio_type", "fired_at", "payload", "summary", "origin", "replay_of_id", "state",
+    "published_at", "claimed_at", "publish_error", "listener_count",
+)  # fmt: skip
 
 
-def save_records(event: Event, deliveries: list[Delivery]) -> None:
+def _delivery_row(d: NewDelivery) -> tuple[Any, ...]:
+    from psycopg.types.json import Jsonb  # only on PostgreSQL, whose driver this is
+
+    return (
+        d.id, d.event_id, d.position, d.messagio_type, d.listener, d.import_path, d.priority,
+        d.queue, Jsonb(d.autoretry_for), d.max_retries, d.retry_delay, d.time_limit, "pending",
+        0, None, None, None, "", "", "", "", "", "", None,
+    )  # fmt: skip
+
+
+def _event_row(e: NewEvent) -> tuple[Any, ...]:
+    from psycopg.types.json import Jsonb
+
+    return (
+        e.id, e.messagio_type, e.fired_at, bytes(e.payload), Jsonb(e.summary), e.origin, None,
+        e.state, e.published_at, e.claimed_at, e.publish_error, e.listener_count,
+    )  # fmt: skip
+
+
+def use_async_commit(connection: Any) -> bool:
+    return connection.vendor == "postgresql" and bool(get_setting("ASYNC_COMMIT"))
+
+
+def _save_in_one_statement(connection: Any, event: NewEvent, deliveries: list[NewDelivery]) -> None:
+    """Event and Deliveries in one PostgreSQL statement, atomic on its own: one round trip.
+
+    With ASYNC_COMMIT, a published event's commit does not wait for the WAL flush.
+    """
+    quote = connection.ops.quote_name
+    event_table, delivery_table = quote(Event._meta.db_table), quote(Delivery._meta.db_table)
+    asynchronous = event.state == Event.State.PUBLISHED and use_async_commit(connection)
+    ctes = [ASYNC_COMMIT_CTE] if asynchronous else []
+    source = " FROM messagio_async" if asynchronous else ""
+    ctes.append(
+        f"messagio_new_event AS (INSERT INTO {event_table} "
+        f"({', '.join(quote(c) for c in EVENT_COLUMNS)}) "
+        f"SELECT {', '.join(['%s'] * len(EVENT_COLUMNS))}{source} ON CONFLICT DO NOTHING)"
+    )
+    row = f"({', '.join(['%s'] * len(DELIVERY_COLUMNS))})"
+    # Identifiers come from model meta; values are parameters.
+    sql = (
+        f"WITH {', '.join(ctes)} INSERT INTO {delivery_table} "  # noqa: S608
+        f"({', '.join(quote(c) for c in DELIVERY_COLUMNS)}) "
+        f"VALUES {', '.join([row] * len(deliveries))} ON CONFLICT DO NOTHING"
+    )
+    params = list(_event_row(event))
+    for delivery in deliveries:
+        params.extend(_delivery_row(delivery))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def save_records(event: Any, deliveries: list[Any]) -> None:
     """Insert the Event and its Deliveries in one transaction.
 
     On PostgreSQL outside a transaction this is one statement (a data-modifying CTE, atomic
     on its own: one round trip, one commit); elsewhere two. Conflicts are ignored: a worker
     may have recreated the records from its message first.
     """
-    alias = db_alias()
-    connection = connections[alias]
+    connection = connections[db_alias()]
     if connection.vendor == "postgresql" and deliveries and not connection.in_atomic_block:
-        event_sql, event_params = _insert_sql(Event, [event], connection)
-        delivery_sql, delivery_params = _insert_sql(Delivery, deliveries, connection)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"WITH messagio_new_event AS ({event_sql}) {delivery_sql}",
-                event_params + delivery_params,
-            )
+        _save_in_one_statement(connection, event, deliveries)
         return
-    with transaction.atomic(using=alias, savepoint=False):
-        Event.objects.bulk_create([event], ignore_conflicts=True)
+    with transaction.atomic(using=connection.alias, savepoint=False):
+        Event.objects.bulk_create([_model(event)], ignore_conflicts=True)
         if deliveries:
-            Delivery.objects.bulk_create(deliveries, ignore_conflicts=True)
+            Delivery.objects.bulk_create([_model(d) for d in deliveries], ignore_conflicts=True)
 
 
-def spec_of(delivery: Delivery) -> dict[str, Any]:
+def _model(record: Any) -> Any:
+    return record.as_model() if hasattr(record, "as_model") else record
+
+
+def spec_of(delivery: Any) -> dict[str, Any]:
     """What a task carries about one delivery's listener."""
     return {
         "delivery": str(delivery.id),
@@ -131,8 +234,8 @@ def spec_of(delivery: Delivery) -> dict[str, Any]:
 
 
 def envelopes(
-    event: Event,
-    deliveries: Iterable[Delivery],
+    event: Any,
+    deliveries: Iterable[Any],
     replay_id: int | None = None,
     record: bool = True,
 ) -> list[dict[str, Any]]:
@@ -167,9 +270,7 @@ def publish_all(envelope_list: list[dict[str, Any]]) -> list[str]:
     return [publish(envelope) for envelope in envelope_list]
 
 
-def publish_recorded(
-    event: Event, deliveries: list[Delivery], raise_errors: bool | None = None
-) -> bool:
+def publish_recorded(event: Any, deliveries: list[Any], raise_errors: bool | None = None) -> bool:
     """Publish a recorded Event once: claim it, publish, mark it published.
 
     The claim is a conditional UPDATE on the state (and claim time) read before, so
@@ -205,13 +306,13 @@ def publish_recorded(
     return True
 
 
-def record_and_publish(event: Event, deliveries: list[Delivery]) -> list[str]:
+def record_and_publish(event: NewEvent, deliveries: list[NewDelivery]) -> list[str]:
     """Record a fire and publish it: in the caller's transaction, publish on commit;
     outside one, publish first and record with the outcome (two statements in all)."""
     alias = db_alias()
     connection = transaction.get_connection(alias)
     if connection.in_atomic_block:
-        event.state = Event.State.RECORDED
+        event.state = "recorded"
         save_records(event, deliveries)
         transaction.on_commit(lambda: publish_recorded(event, deliveries), using=alias)
         return []
@@ -221,7 +322,7 @@ def record_and_publish(event: Event, deliveries: list[Delivery]) -> list[str]:
         task_ids = publish_all(envelopes(event, deliveries))
     except Exception as exc:  # noqa: BLE001 - any publish failure leaves it to the relay
         error = exc
-        event.state = Event.State.RECORDED
+        event.state = "recorded"
         event.publish_error = _describe_exc(exc)
         logger.warning(
             "messagio: could not publish event %s (%s); recorded for the relay: %r",
@@ -230,7 +331,7 @@ def record_and_publish(event: Event, deliveries: list[Delivery]) -> list[str]:
             exc,
         )
     else:
-        event.state = Event.State.PUBLISHED
+        event.state = "published"
         event.published_at = timezone.now()
     save_records(event, deliveries)
     if error is not None and get_setting("RAISE_ON_PUBLISH_ERROR"):
@@ -240,21 +341,21 @@ def record_and_publish(event: Event, deliveries: list[Delivery]) -> list[str]:
 
 def recreate_from_envelope(envelope: dict[str, Any]) -> None:
     """Write the Event and this group's Deliveries from a task, when the fire never did."""
-    event = Event(
+    event = NewEvent(
         id=uuid.UUID(envelope["event"]),
         messagio_type=envelope["type"],
         fired_at=datetime.datetime.fromisoformat(envelope["fired_at"]),
         payload=envelope["payload"],
         summary=_summary_from_payload(envelope["payload"]),
-        origin=envelope.get("origin") or Event.Origin.FIRE,
-        state=Event.State.PUBLISHED,
+        origin=envelope.get("origin") or "fire",
+        state="published",
         published_at=timezone.now(),
         listener_count=envelope.get("listener_count") or len(envelope["listeners"]),
     )
     deliveries = [
-        Delivery(
+        NewDelivery(
             id=uuid.UUID(spec["delivery"]),
-            event=event,
+            event_id=event.id,
             position=spec["position"],
             messagio_type=event.messagio_type,
             listener=spec["id"],
@@ -352,8 +453,9 @@ def _claim_in_one_statement(
     unless it is finished. One round trip and one commit on a worker's hot path."""
     table = connection.ops.quote_name(Delivery._meta.db_table)
     columns = ("status", "attempts", "started_at", "worker", "task_id", "replay_id")
+    asynchronous = use_async_commit(connection)
     sql = f"""
-        WITH old AS (
+        WITH {ASYNC_COMMIT_CTE + "," if asynchronous else ""} old AS (
             SELECT "id", {", ".join(f'"{c}"' for c in columns)}
             FROM {table} WHERE "id" = %s FOR UPDATE
         ), claimed AS (
@@ -362,7 +464,8 @@ def _claim_in_one_statement(
                 "finished_at" = NULL, "task_id" = %s, "worker" = %s
             FROM old WHERE d."id" = old."id" AND old."status" NOT IN (%s, %s)
         )
-        SELECT {", ".join(f'old."{c}"' for c in columns)} FROM old
+        SELECT {", ".join(f'old."{c}"' for c in columns)}
+        FROM old{", messagio_async" if asynchronous else ""}
     """  # noqa: S608 - identifiers come from model meta; values are parameters
     params = [
         uuid.UUID(str(delivery_id)),
@@ -472,12 +575,13 @@ def _finish_in_one_statement(
     outcome = {"finished_at": now, "duration_ms": duration_ms, **fields}
     delivery_set = ", ".join(f"{quote(name)} = %s" for name in ("status", *outcome))
     row = {"delivery_id": uuid.UUID(str(delivery_id)), **attempt, **outcome}
+    asynchronous = use_async_commit(connection)
     sql = f"""
-        WITH finished AS (
+        WITH {ASYNC_COMMIT_CTE + "," if asynchronous else ""} finished AS (
             UPDATE {delivery_table} SET {delivery_set} WHERE "id" = %s
         )
         INSERT INTO {attempt_table} ({", ".join(quote(name) for name in row)})
-        VALUES ({", ".join(["%s"] * len(row))})
+        SELECT {", ".join(["%s"] * len(row))}{" FROM messagio_async" if asynchronous else ""}
     """  # noqa: S608 - identifiers come from model meta; values are parameters
     params = [str(status), *outcome.values(), uuid.UUID(str(delivery_id)), *row.values()]
     with connection.cursor() as cursor:
