@@ -187,7 +187,7 @@ class Delivery(RunRecord):
     class Meta:
         verbose_name = _("delivery")
         verbose_name_plural = _("deliveries")
-        ordering = ["event", "position"]
+        ordering = ["event_id", "position"]
         constraints = [
             models.UniqueConstraint(
                 fields=["event", "position"], name="messagio_dl_event_position"
@@ -200,6 +200,12 @@ class Delivery(RunRecord):
             models.Index(fields=["status", "started_at"], name="messagio_dl_status_started"),
             models.Index(fields=["listener", "finished_at"], name="messagio_dl_listener_finished"),
             models.Index(fields=["messagio_type", "status"], name="messagio_dl_type_status"),
+            models.Index(fields=["-started_at"], name="messagio_dl_started"),
+            models.Index(
+                fields=["listener", "messagio_type", "error_type", "finished_at"],
+                name="messagio_dl_failed_groups",
+                condition=models.Q(status="failed"),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -230,7 +236,7 @@ class Attempt(RunRecord):
     class Meta:
         verbose_name = _("attempt")
         verbose_name_plural = _("attempts")
-        ordering = ["delivery", "number"]
+        ordering = ["delivery_id", "number"]
         indexes = [models.Index(fields=["delivery", "number"], name="messagio_at_delivery")]
 
     def __str__(self) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import DatabaseError, connections, router, transaction
+from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -604,7 +604,7 @@ def with_db_retry(write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     while True:
         try:
             return write(*args, **kwargs)
-        except DatabaseError as exc:
+        except (OperationalError, InterfaceError) as exc:  # not an IntegrityError: a real bug
             connection = connections[db_alias()]
             if connection.in_atomic_block or time.monotonic() > deadline:
                 raise

@@ -148,12 +148,30 @@ def run_replay(
         by_event: dict[Any, list[Delivery]] = {}
         for delivery in batch:
             by_event.setdefault(delivery.event_id, []).append(delivery)
-        for members in by_event.values():
-            for envelope in envelopes(members[0].event, members, replay_id=record.pk):
-                if interval:
-                    time.sleep(max(0.0, next_at - time.monotonic()))  # rate limit, not a sync
-                    next_at = max(next_at, time.monotonic()) + interval * len(envelope["listeners"])
-                publish_all([envelope])
+        published: set[Any] = set()
+        try:
+            for members in by_event.values():
+                for envelope in envelopes(members[0].event, members, replay_id=record.pk):
+                    if interval:
+                        time.sleep(max(0.0, next_at - time.monotonic()))  # a rate, not a sync
+                        next_at = max(next_at, time.monotonic()) + interval * len(
+                            envelope["listeners"]
+                        )
+                    publish_all([envelope])
+                    published.update(spec["delivery"] for spec in envelope["listeners"])
+        except Exception as exc:  # noqa: BLE001 - the broker is down: stop, undo, report
+            unsent = [d for d in batch if str(d.pk) not in published]
+            for delivery in unsent:  # back to how they were, not stuck pending
+                Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.PENDING).update(
+                    status=delivery.status, replay=delivery.replay_id
+                )
+            record.queued += len(batch) - len(unsent)
+            _stop(
+                record,
+                f"the broker refused a publish ({exc!r}); stopped after "
+                f"{record.queued} of {record.total}; replay the rest when it is back",
+            )
+            return record
         record.queued += len(batch)
         record.save(update_fields=["queued"])
         if progress:

@@ -39,7 +39,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
     A listener that fails with one of its ``autoretry_for`` exceptions is retried alone,
     in a task of its own, after its ``default_retry_delay``.
     """
-    from django.db import DatabaseError
+    from django.db import InterfaceError, OperationalError
 
     from messagio.execution import RunContext, load_messagio, run_once
 
@@ -62,7 +62,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
     for spec in envelope["listeners"]:
         try:
             _, will_retry = run_once(messagio, spec, ctx, load_error=load_error)
-        except DatabaseError as exc:
+        except (OperationalError, InterfaceError) as exc:
             # The database stayed unreachable: send the group again later. Finished
             # listeners are skipped then; the interrupted one is recorded as lost and rerun.
             logger.error(

@@ -60,8 +60,12 @@ class Worker:
 @pytest.fixture(scope="session")
 def start_worker(django_db_setup, django_db_blocker, tmp_path_factory):
     """Start `celery -A project worker` on the given queues; all are stopped at the end."""
+    from project.celery import app
+
     workers: list[Worker] = []
     logs = tmp_path_factory.mktemp("workers")
+    # Unit tests may have published to this run's queues (replays of rolled-back records).
+    app.control.purge()
 
     def start(
         queues: list[str],

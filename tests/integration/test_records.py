@@ -299,3 +299,19 @@ def test_on_commit_and_the_relay_never_both_publish_an_event(worker):
 
     wait_finished(report.event_id)
     assert Delivery.objects.filter(event_id=report.event_id, attempts=1).count() == 5
+
+
+def test_a_replay_while_the_broker_is_down_stops_and_leaves_deliveries_as_they_were(
+    worker, broker_outage
+):
+    report = Fixable(new_token()).fire()
+    (delivery,) = wait_finished(report.event_id)
+    broker_outage.cut()
+
+    record = messagio.replay(Delivery.objects.filter(pk=delivery.pk))
+
+    assert record.state == "stopped"
+    assert "the broker refused a publish" in record.stopped_reason
+    assert record.queued == 0
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.replay_id) == ("failed", None)
