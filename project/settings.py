@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "django_celery_results",
     "django_celery_beat",
     "messagio",
+    "messagio_admin",
     "project.shop",
 ]
 

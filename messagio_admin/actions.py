@@ -1,0 +1,134 @@
+"""The "replay selected" admin actions: a confirmation page asking why, then the replay task."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.admin import helpers
+from django.db.models import QuerySet
+from django.template.response import TemplateResponse
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
+
+from messagio.models import Delivery, Replay
+from messagio_admin import permissions
+from messagio_admin.forms import ReplayOptionsForm
+from messagio_admin.replaying import BULK_LIMIT, IN_FLIGHT, not_sent, start_bulk_replay
+
+logger = logging.getLogger("messagio_admin")
+
+
+def replay_deliveries(
+    model_admin: Any, request: Any, deliveries: QuerySet, *, action: str, what: str
+) -> TemplateResponse | None:
+    """Replay ``deliveries`` (finished ones, of types the user may replay) after a
+    confirmation page. ``what`` describes the selection for the page and the Replay record.
+
+    At most :data:`BULK_LIMIT` deliveries go by id; a larger selection is refused with a
+    pointer to the Failures page, which replays a whole group without listing it.
+    """
+    rows = list(
+        deliveries.order_by().values_list("pk", "messagio_type", "status")[: BULK_LIMIT + 1]
+    )
+    if len(rows) > BULK_LIMIT:
+        model_admin.message_user(
+            request,
+            _(
+                "More than %(limit)d deliveries are selected. Replay a whole group from the "
+                "Failures page, or use the messagio_replay command."
+            )
+            % {"limit": BULK_LIMIT},
+            messages.ERROR,
+        )
+        return None
+    forbidden = permissions.forbidden_types(request.user)
+    in_flight = [pk for pk, _type, status in rows if status in IN_FLIGHT]
+    refused = [
+        (pk, messagio_type)
+        for pk, messagio_type, status in rows
+        if messagio_type in forbidden and status not in IN_FLIGHT
+    ]
+    refused_types = sorted({messagio_type for _pk, messagio_type in refused})
+    chosen = [
+        str(pk)
+        for pk, messagio_type, status in rows
+        if status not in IN_FLIGHT and messagio_type not in forbidden
+    ]
+    notes = []
+    if in_flight:
+        notes.append(
+            ngettext(
+                "%(count)d delivery is still in flight and is left alone.",
+                "%(count)d deliveries are still in flight and are left alone.",
+                len(in_flight),
+            )
+            % {"count": len(in_flight)}
+        )
+    if refused:
+        notes.append(
+            ngettext(
+                "%(count)d delivery is skipped: you may not replay %(types)s.",
+                "%(count)d deliveries are skipped: you may not replay %(types)s.",
+                len(refused),
+            )
+            % {"count": len(refused), "types": ", ".join(refused_types)}
+        )
+    if not chosen:
+        for note in notes:
+            model_admin.message_user(request, note, messages.WARNING)
+        model_admin.message_user(request, _("Nothing to replay."), messages.WARNING)
+        return None
+
+    form = ReplayOptionsForm(request.POST if request.POST.get("post") else None)
+    if form.is_valid():
+        try:
+            record = start_bulk_replay(
+                {"pk__in": chosen},
+                user=request.user,
+                description=what,
+                **form.options(),
+            )
+        except Exception:
+            logger.exception("messagio_admin: could not start the replay of %s", what)
+            model_admin.message_user(
+                request, _("The replay could not be started; the error is logged."), messages.ERROR
+            )
+            return None
+        if record.state == Replay.State.STOPPED:
+            model_admin.message_user(request, not_sent(record), messages.ERROR)
+            return None
+        for note in notes:
+            model_admin.message_user(request, note, messages.WARNING)
+        model_admin.message_user(
+            request,
+            ngettext(
+                "Replay #%(id)d started: %(count)d delivery goes to a worker.",
+                "Replay #%(id)d started: %(count)d deliveries go to a worker.",
+                record.total,
+            )
+            % {"id": record.pk, "count": record.total},
+            messages.SUCCESS,
+        )
+        return None
+
+    opts = model_admin.model._meta
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": _("Replay %(what)s") % {"what": what},
+        "subtitle": None,
+        "opts": opts,
+        "app_label": opts.app_label,
+        "form": form,
+        "what": what,
+        "count": len(chosen),
+        "notes": notes,
+        "action": action,
+        "select_across": request.POST.get("select_across", "0"),
+        "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "delivery_opts": Delivery._meta,
+    }
+    request.current_app = model_admin.admin_site.name
+    return TemplateResponse(request, "admin/messagio/replay_selected_confirmation.html", context)

@@ -1,0 +1,305 @@
+"""The Events screens: the changelist with the 24-hour overview, and each event's page with
+its deliveries, their attempts, and the replay buttons."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
+from django.http import Http404
+from django.urls import path, reverse
+from django.utils.decorators import method_decorator
+from django.utils.html import format_html
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
+from django.views.decorators.http import require_POST
+
+from messagio.models import Attempt, Delivery, Event, Replay
+from messagio_admin import display, permissions, queries
+from messagio_admin.actions import replay_deliveries
+from messagio_admin.changelist import RecordAdmin
+from messagio_admin.filters import EventStatusFilter, EventTypeFilter
+from messagio_admin.overview import chart
+from messagio_admin.replaying import BULK_LIMIT
+from messagio_admin.search import as_uuid, search_terms
+from messagio_admin.single import replay_from_page
+
+
+class EventAdmin(RecordAdmin):
+    list_display = (
+        "type_display",
+        "fired_at",
+        "status_display",
+        "listener_count",
+        "origin",
+        "summary_display",
+    )
+    list_display_links = ("type_display",)
+    # No filter on origin: no index serves it, and a rare origin would scan the table.
+    list_filter = (EventStatusFilter, EventTypeFilter)
+    date_hierarchy = "fired_at"
+    ordering = ("-fired_at",)
+    # Only orderings an index serves.
+    sortable_by = ("fired_at",)
+    # The search box searches these; get_search_results says how, at scale.
+    search_fields = ("=id", "messagio_type", "summary")
+    search_help_text = gettext_lazy(
+        "An event id, a messagio type (or part of it), or text of the payload summary."
+    )
+    actions = ["replay_failed_of_selected"]
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "messagio_type",
+                    "fired_at",
+                    "origin",
+                    "state",
+                    "published_at",
+                    "publish_error",
+                    "listener_count",
+                    "replay_of_display",
+                )
+            },
+        ),
+        (gettext_lazy("Payload summary"), {"fields": ("summary_display_table",)}),
+    )
+    readonly_fields = (
+        "id",
+        "messagio_type",
+        "fired_at",
+        "origin",
+        "state",
+        "published_at",
+        "publish_error",
+        "listener_count",
+        "replay_of_display",
+        "summary_display_table",
+    )
+
+    # --- Queries ---------------------------------------------------------------------------
+
+    def get_queryset(self, request: Any) -> QuerySet:
+        # The admin never unpickles a payload, and never needs to read one.
+        return super().get_queryset(request).defer("payload")
+
+    def annotate_page(self, request: Any, objects: list[Any]) -> None:
+        counts = queries.delivery_counts(event.pk for event in objects)
+        for event in objects:
+            event.messagio_counts = counts.get(event.pk, queries.EventCounts())
+
+    def get_search_results(
+        self, request: Any, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        """Each term is an event id (exact, by primary key), or matches a messagio type (the
+        types are found by walking their index, then selected through it) or the text of
+        the payload summary."""
+        types: list[str] | None = None
+        for term in search_terms(search_term):
+            event_id = as_uuid(term)
+            if event_id is not None:
+                queryset = queryset.filter(pk=event_id)
+                continue
+            if types is None:
+                types = queries.distinct_values(Event, "messagio_type")
+            matching = [t for t in types if term.lower() in t.lower()]
+            condition = Q(summary__icontains=term)
+            if matching:
+                condition |= Q(messagio_type__in=matching)
+            queryset = queryset.filter(condition)
+        return queryset, False
+
+    # --- Columns ---------------------------------------------------------------------------
+
+    @admin.display(description=gettext_lazy("type"))
+    def type_display(self, event: Event) -> str:
+        return display.short_type(event.messagio_type)
+
+    @admin.display(description=gettext_lazy("status"))
+    def status_display(self, event: Event) -> str:
+        counts = getattr(event, "messagio_counts", None)
+        if counts is None:  # not on a changelist page
+            counts = queries.delivery_counts([event.pk]).get(event.pk, queries.EventCounts())
+        return display.event_badge(event, counts)
+
+    @admin.display(description=gettext_lazy("summary"))
+    def summary_display(self, event: Event) -> str:
+        return display.summary_preview(event.summary)
+
+    @admin.display(description=gettext_lazy("payload summary"))
+    def summary_display_table(self, event: Event) -> str:
+        return display.summary_table(event.summary)
+
+    @admin.display(description=gettext_lazy("replay of"))
+    def replay_of_display(self, event: Event) -> str:
+        if not event.replay_of_id:
+            return "–"
+        url = reverse("admin:messagio_event_change", args=[event.replay_of_id])
+        return format_html('<a href="{}">{}</a>', url, event.replay_of_id)
+
+    # --- The event's page ------------------------------------------------------------------
+
+    def render_change_form(
+        self,
+        request: Any,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Any = None,
+    ) -> Any:
+        if obj is not None:
+            context.update(self.event_context(request, obj))
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def event_context(self, request: Any, event: Event) -> dict[str, Any]:
+        """The event's deliveries, their attempts, task results and replays: five queries."""
+        deliveries = list(Delivery.objects.filter(event=event).order_by("position"))
+        attempts = Attempt.objects.filter(delivery__in=[d.pk for d in deliveries]).order_by(
+            "number"
+        )
+        history: dict[Any, list[Attempt]] = {}
+        for attempt in attempts:
+            history.setdefault(attempt.delivery_id, []).append(attempt)
+        task_ids = [d.task_id for d in deliveries] + [
+            a.task_id for items in history.values() for a in items
+        ]
+        results = display.task_results(task_ids)
+        replay_ids = {d.replay_id for d in deliveries} | {
+            a.replay_id for items in history.values() for a in items
+        }
+        replays = Replay.objects.in_bulk([pk for pk in replay_ids if pk])
+        for delivery in deliveries:
+            delivery.history_list = history.get(delivery.pk, [])
+            delivery.task_result_id = results.get(delivery.task_id)
+            delivery.last_replay = replays.get(delivery.replay_id)
+            for attempt in delivery.history_list:
+                attempt.task_result_id = results.get(attempt.task_id)
+                attempt.replay_record = replays.get(attempt.replay_id)
+        replayed_as = list(
+            Event.objects.filter(replay_of=event)
+            .order_by("-fired_at")
+            .only("id", "fired_at", "messagio_type")[:50]
+        )
+        can_replay = self.has_replay_permission(request)
+        return {
+            "deliveries": deliveries,
+            "replayed_as": replayed_as,
+            "can_replay": can_replay,
+            "can_replay_type": can_replay
+            and permissions.can_replay_type(request.user, event.messagio_type),
+            "type_permission": permissions.type_permission(event.messagio_type),
+            # Each delivery's own replay button posts to the Deliveries admin.
+            "can_replay_deliveries": can_replay and request.user.has_perm("messagio.view_delivery"),
+            "has_failed": any(d.status == Delivery.Status.FAILED for d in deliveries),
+            "in_flight": any(d.status in queries.IN_FLIGHT for d in deliveries),
+            "show_task_results": request.user.has_perm("django_celery_results.view_taskresult"),
+            "here": request.get_full_path(),
+        }
+
+    # --- Replays ---------------------------------------------------------------------------
+
+    def has_replay_permission(self, request: Any) -> bool:
+        return permissions.can_replay(request.user) and self.has_view_permission(request)
+
+    def get_urls(self) -> list[Any]:
+        info = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [
+            path(
+                "<path:object_id>/replay/",
+                self.admin_site.admin_view(self.replay_view),
+                name=f"{info}_replay",
+            ),
+            path(
+                "<path:object_id>/replay-failed/",
+                self.admin_site.admin_view(self.replay_failed_view),
+                name=f"{info}_replay_failed",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _event_or_404(self, object_id: str) -> Event:
+        event_id = as_uuid(unquote(object_id))
+        # The payload is read by the replay itself, with the deliveries it publishes.
+        event = Event.objects.defer("payload").filter(pk=event_id).first() if event_id else None
+        if event is None:
+            raise Http404(_("No event with the id %(id)s.") % {"id": object_id})
+        return event
+
+    @method_decorator(require_POST)
+    def replay_view(self, request: Any, object_id: str) -> Any:
+        """Replay every delivery of the event (those in flight are left alone)."""
+        if not self.has_replay_permission(request):
+            raise PermissionDenied
+        event = self._event_or_404(object_id)
+        return replay_from_page(
+            self,
+            request,
+            event,
+            messagio_type=event.messagio_type,
+            what=_("event %(id)s") % {"id": event.pk},
+            back=reverse("admin:messagio_event_change", args=[event.pk]),
+        )
+
+    @method_decorator(require_POST)
+    def replay_failed_view(self, request: Any, object_id: str) -> Any:
+        """Replay the event's failed deliveries."""
+        if not self.has_replay_permission(request):
+            raise PermissionDenied
+        event = self._event_or_404(object_id)
+        return replay_from_page(
+            self,
+            request,
+            Event.objects.filter(pk=event.pk),
+            messagio_type=event.messagio_type,
+            what=_("event %(id)s") % {"id": event.pk},
+            back=reverse("admin:messagio_event_change", args=[event.pk]),
+        )
+
+    @admin.action(
+        description=gettext_lazy("Replay failed deliveries of selected events"),
+        permissions=["replay"],
+    )
+    def replay_failed_of_selected(self, request: Any, queryset: QuerySet) -> Any:
+        event_ids = list(queryset.order_by().values_list("pk", flat=True)[: BULK_LIMIT + 1])
+        if len(event_ids) > BULK_LIMIT:
+            self.message_user(
+                request,
+                _(
+                    "More than %(limit)d events are selected. Replay a whole group from the "
+                    "Failures page, or use the messagio_replay command."
+                )
+                % {"limit": BULK_LIMIT},
+                messages.ERROR,
+            )
+            return None
+        failed = Delivery.objects.failed().filter(event_id__in=event_ids)
+        return replay_deliveries(
+            self,
+            request,
+            failed,
+            action="replay_failed_of_selected",
+            what=ngettext(
+                "failed deliveries of %(count)d selected event",
+                "failed deliveries of %(count)d selected events",
+                len(event_ids),
+            )
+            % {"count": len(event_ids)},
+        )
+
+    # --- The changelist --------------------------------------------------------------------
+
+    def changelist_view(self, request: Any, extra_context: dict[str, Any] | None = None) -> Any:
+        context = dict(extra_context or {})
+        if request.method == "GET" and self.has_view_permission(request):
+            summary = queries.overview()
+            context["overview"] = summary
+            context["overview_chart"] = chart(summary)
+            context["delivery_opts"] = Delivery._meta
+            context["can_view_deliveries"] = request.user.has_perm("messagio.view_delivery")
+        return super().changelist_view(request, context)

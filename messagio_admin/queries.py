@@ -1,0 +1,385 @@
+"""The admin's queries over the records, each sized for millions of rows.
+
+Every function here runs a fixed number of statements, whatever the table size or the number
+of rows shown, and reads an index rather than scanning a table where one exists (counts are
+``COUNT(*)``, which an index-only scan can answer; ``COUNT(id)`` would read each row):
+
+- distinct values of an indexed column walk the index one value at a time ("loose index
+  scan", a recursive CTE that PostgreSQL and SQLite both run), instead of a DISTINCT over the
+  table;
+- the status of a page of events is one aggregate over that page's event ids;
+- statistics cover the last 24 hours only, through the indexes on ``fired_at``,
+  ``(status, started_at)`` and ``(listener, finished_at)``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connections
+from django.db.models import (
+    Aggregate,
+    Count,
+    Exists,
+    F,
+    FloatField,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Window,
+)
+from django.db.models.functions import RowNumber, TruncHour
+from django.utils import timezone
+
+from messagio.models import Delivery, Event
+
+IN_FLIGHT = (Delivery.Status.PENDING, Delivery.Status.RUNNING, Delivery.Status.RETRYING)
+FINISHED = (Delivery.Status.SUCCEEDED, Delivery.Status.FAILED)
+UNPUBLISHED = (Event.State.RECORDED, Event.State.PUBLISHING)
+
+#: Most distinct values a filter lists (a runaway column must not make a page slow).
+DISTINCT_LIMIT = 500
+#: Failure groups shown on the Failures page, most recently seen first.
+FAILURE_GROUP_LIMIT = 100
+#: On databases without percentile_cont, the most recent durations per listener read to
+#: compute the median and p95 in Python.
+DURATION_SAMPLE = 1000
+
+
+# --- Distinct values ------------------------------------------------------------------------
+
+
+def distinct_values(
+    model: Any, field_name: str, *, limit: int = DISTINCT_LIMIT, using: str = "default"
+) -> list[str]:
+    """The distinct values of ``field_name``, sorted, by walking an index that starts with it.
+
+    One statement, one index lookup per value: fast on a table of millions of rows as long
+    as an index leads with the column, and as long as the values are few.
+    """
+    connection = connections[using]
+    qn = connection.ops.quote_name
+    table = qn(model._meta.db_table)
+    column = qn(model._meta.get_field(field_name).column)
+    # Identifiers come from the model's meta, quoted; the only parameter is the limit.
+    sql = (
+        f"WITH RECURSIVE walk(value) AS ("  # noqa: S608
+        f" SELECT (SELECT t.{column} FROM {table} t ORDER BY t.{column} LIMIT 1)"
+        f" UNION ALL"
+        f" SELECT (SELECT t.{column} FROM {table} t WHERE t.{column} > walk.value"
+        f" ORDER BY t.{column} LIMIT 1) FROM walk WHERE walk.value IS NOT NULL"
+        f") SELECT walk.value FROM walk WHERE walk.value IS NOT NULL LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [limit])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def last_finished(listeners: Iterable[str]) -> dict[str, datetime.datetime]:
+    """``{listener: when its latest delivery finished}``, in one statement: per listener, a
+    ``LIMIT 1`` subquery reading the end of the index on ``(listener, finished_at)``."""
+    names = sorted(set(listeners))
+    if not names:
+        return {}
+    picks = [
+        Subquery(
+            Delivery.objects.filter(listener=name, finished_at__isnull=False)
+            .order_by("-finished_at")
+            .values("pk")[:1]
+        )
+        for name in names
+    ]
+    return dict(
+        Delivery.objects.filter(pk__in=picks).order_by().values_list("listener", "finished_at")
+    )
+
+
+# --- Events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventCounts:
+    """How an event's deliveries stand."""
+
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.total - self.succeeded - self.failed
+
+
+def delivery_counts(event_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, EventCounts]:
+    """``{event id: EventCounts}`` for these events, in one aggregate query."""
+    ids = list(event_ids)
+    if not ids:
+        return {}
+    rows = (
+        Delivery.objects.filter(event_id__in=ids)
+        .order_by()
+        .values("event_id")
+        .annotate(
+            total=Count("*"),
+            succeeded=Count("pk", filter=Q(status=Delivery.Status.SUCCEEDED)),
+            failed=Count("pk", filter=Q(status=Delivery.Status.FAILED)),
+        )
+    )
+    return {
+        row["event_id"]: EventCounts(row["total"], row["succeeded"], row["failed"]) for row in rows
+    }
+
+
+def with_failures(events: QuerySet) -> QuerySet:
+    return events.filter(pk__in=Delivery.objects.failed().order_by().values("event_id"))
+
+
+def in_flight(events: QuerySet) -> QuerySet:
+    return events.exclude(state__in=UNPUBLISHED).filter(
+        pk__in=Delivery.objects.in_flight().order_by().values("event_id")
+    )
+
+
+def all_ok(events: QuerySet) -> QuerySet:
+    # NOT EXISTS, not NOT IN: PostgreSQL turns it into an anti-join, probing each event's
+    # deliveries through the (event, position) index, instead of hashing every delivery.
+    not_ok = Delivery.objects.filter(event=OuterRef("pk")).exclude(status=Delivery.Status.SUCCEEDED)
+    return events.exclude(state__in=UNPUBLISHED).exclude(Exists(not_ok))
+
+
+def never_published(events: QuerySet) -> QuerySet:
+    # Served by the partial index messagio_ev_unpublished.
+    return events.filter(state__in=UNPUBLISHED)
+
+
+# --- Overview -------------------------------------------------------------------------------
+
+
+@dataclass
+class HourBar:
+    hour: datetime.datetime
+    events: int = 0
+    failed: int = 0
+
+
+@dataclass
+class Overview:
+    """The last 24 hours at a glance."""
+
+    since: datetime.datetime
+    hours: list[HourBar]
+    by_status: dict[str, int]
+    unpublished: int
+
+    @property
+    def events(self) -> int:
+        return sum(bar.events for bar in self.hours)
+
+    @property
+    def failed(self) -> int:
+        return self.by_status.get("failed", 0)
+
+
+def overview(now: datetime.datetime | None = None) -> Overview:
+    """Events per hour and deliveries by status over the last 24 hours: five statements."""
+    now = now or timezone.now()
+    current_hour = timezone.localtime(now).replace(minute=0, second=0, microsecond=0)
+    since = current_hour - datetime.timedelta(hours=23)
+    bars = {
+        since + datetime.timedelta(hours=i): HourBar(since + datetime.timedelta(hours=i))
+        for i in range(24)
+    }
+    fired = (
+        Event.objects.filter(fired_at__gte=since)
+        .order_by()
+        .annotate(hour=TruncHour("fired_at"))
+        .values("hour")
+        .annotate(n=Count("*"))
+    )
+    for row in fired:
+        bar = bars.get(timezone.localtime(row["hour"]))
+        if bar:
+            bar.events = row["n"]
+    failed = (
+        Delivery.objects.filter(status=Delivery.Status.FAILED, started_at__gte=since)
+        .order_by()
+        .annotate(hour=TruncHour("started_at"))
+        .values("hour")
+        .annotate(n=Count("*"))
+    )
+    for row in failed:
+        bar = bars.get(timezone.localtime(row["hour"]))
+        if bar:
+            bar.failed = row["n"]
+    # Started in the window, through (status, started_at); pending ones have not started:
+    # all of them are counted, a backlog is what this should show. Two statements: with an
+    # OR, PostgreSQL reads the whole index instead of two ranges of it.
+    started = [s for s in Delivery.Status.values if s != Delivery.Status.PENDING]
+    by_status = dict(
+        Delivery.objects.filter(status__in=started, started_at__gte=since)
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("*"))
+    )
+    by_status[Delivery.Status.PENDING] = Delivery.objects.filter(
+        status=Delivery.Status.PENDING
+    ).count()
+    unpublished = never_published(Event.objects.order_by()).count()
+    return Overview(
+        since=since, hours=list(bars.values()), by_status=by_status, unpublished=unpublished
+    )
+
+
+# --- Failures -------------------------------------------------------------------------------
+
+
+@dataclass
+class FailureGroup:
+    """Failed deliveries of one listener for one messagio type with one error class."""
+
+    listener: str
+    messagio_type: str
+    error_type: str
+    count: int
+    first_seen: datetime.datetime | None
+    last_seen: datetime.datetime | None
+    sample: dict[str, Any] | None = None
+
+    @property
+    def delivery_filter(self) -> dict[str, str]:
+        """What selects this group's deliveries (and what the replay task receives)."""
+        return {
+            "status": "failed",
+            "listener": self.listener,
+            "messagio_type": self.messagio_type,
+            "error_type": self.error_type,
+        }
+
+
+def failure_groups(limit: int | None = None) -> tuple[list[FailureGroup], bool]:
+    """The most recently seen groups of failed deliveries, and whether there are more.
+
+    Two statements: the grouping (over failed deliveries only, through the index on
+    ``(status, listener, error_type)``), then one sample delivery per group shown, each
+    picked by a ``LIMIT 1`` subquery that stops at the first matching index entry.
+    """
+    limit = FAILURE_GROUP_LIMIT if limit is None else limit
+    rows = list(
+        Delivery.objects.failed()
+        .order_by()
+        .values("listener", "messagio_type", "error_type")
+        .annotate(count=Count("*"), first_seen=Min("finished_at"), last_seen=Max("finished_at"))
+        .order_by(F("last_seen").desc(nulls_last=True), "listener", "messagio_type", "error_type")[
+            : limit + 1
+        ]
+    )
+    more = len(rows) > limit
+    groups = [FailureGroup(**row) for row in rows[:limit]]
+    if groups:
+        picks = [
+            Subquery(Delivery.objects.filter(**group.delivery_filter).order_by().values("pk")[:1])
+            for group in groups
+        ]
+        samples = {
+            (s["listener"], s["messagio_type"], s["error_type"]): s
+            for s in Delivery.objects.filter(pk__in=picks)
+            .order_by()
+            .values("pk", "event_id", "listener", "messagio_type", "error_type", "error")
+        }
+        for group in groups:
+            group.sample = samples.get((group.listener, group.messagio_type, group.error_type))
+    return groups, more
+
+
+# --- Listener statistics --------------------------------------------------------------------
+
+
+class Percentile(Aggregate):
+    """PostgreSQL's ``percentile_cont(fraction) WITHIN GROUP (ORDER BY expression)``."""
+
+    function = "PERCENTILE_CONT"
+    name = "Percentile"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+
+    def __init__(self, expression: Any, fraction: float, **extra: Any) -> None:
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be between 0 and 1, not {fraction!r}")
+        super().__init__(
+            expression, fraction=repr(float(fraction)), output_field=FloatField(), **extra
+        )
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """Linear interpolation between closest ranks: what ``percentile_cont`` computes."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * fraction
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class ListenerStats:
+    runs: int = 0
+    failures: int = 0
+    p50: float | None = None
+    p95: float | None = None
+    durations: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def failure_rate(self) -> float | None:
+        return self.failures / self.runs if self.runs else None
+
+
+def listener_stats(
+    listeners: Iterable[str], since: datetime.datetime, using: str = "default"
+) -> dict[str, ListenerStats]:
+    """Runs, failures and median / p95 duration per listener of deliveries finished since
+    ``since``. One statement on PostgreSQL (percentile_cont), two elsewhere (the most recent
+    :data:`DURATION_SAMPLE` durations per listener, read with a window function)."""
+    names = sorted(set(listeners))
+    if not names:
+        return {}
+    # listener IN (...) lets PostgreSQL read (listener, finished_at) range by range.
+    finished = Delivery.objects.filter(
+        listener__in=names, finished_at__gte=since, status__in=FINISHED
+    ).order_by()
+    postgres = connections[using].vendor == "postgresql"
+    annotations: dict[str, Any] = {
+        "runs": Count("*"),
+        "failures": Count("pk", filter=Q(status=Delivery.Status.FAILED)),
+    }
+    if postgres:
+        annotations["p50"] = Percentile("duration_ms", 0.5)
+        annotations["p95"] = Percentile("duration_ms", 0.95)
+    stats = {}
+    for row in finished.values("listener").annotate(**annotations):
+        stats[row["listener"]] = ListenerStats(
+            runs=row["runs"], failures=row["failures"], p50=row.get("p50"), p95=row.get("p95")
+        )
+    if not postgres:
+        recent = (
+            finished.filter(duration_ms__isnull=False)
+            .annotate(
+                rank=Window(
+                    RowNumber(), partition_by=F("listener"), order_by=F("finished_at").desc()
+                )
+            )
+            .filter(rank__lte=DURATION_SAMPLE)
+            .values_list("listener", "duration_ms")
+        )
+        for listener, duration in recent:
+            stats.setdefault(listener, ListenerStats()).durations.append(duration)
+        for entry in stats.values():
+            entry.p50 = percentile(entry.durations, 0.5)
+            entry.p95 = percentile(entry.durations, 0.95)
+    return stats

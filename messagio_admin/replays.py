@@ -1,0 +1,124 @@
+"""The Replays screens: who replayed what and why, and how far each replay got."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib import admin
+from django.db.models import Count, Q
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.text import Truncator
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from messagio.models import Delivery, Replay
+from messagio_admin import display, permissions, queries
+from messagio_admin.changelist import RecordAdmin
+
+STATE_CLASSES = {
+    Replay.State.RUNNING: "flight",
+    Replay.State.FINISHED: "ok",
+    Replay.State.STOPPED: "failed",
+}
+
+
+class ReplayAdmin(RecordAdmin):
+    list_display = (
+        "replay_display",
+        "requested_at",
+        "requested_by",
+        "source",
+        "description",
+        "state_display",
+        "progress_display",
+        "reason_display",
+    )
+    list_display_links = ("replay_display",)
+    list_filter = ("state", "source")
+    list_select_related = ("requested_by",)
+    ordering = ("-requested_at",)
+    sortable_by = ("requested_at",)
+    search_fields = ("reason", "description")
+    fields = (
+        "id",
+        "state_display",
+        "progress_display",
+        "stopped_reason",
+        "outcome_display",
+        "requested_by",
+        "requested_at",
+        "source",
+        "reason",
+        "description",
+        "snapshot_at",
+        "canary",
+        "rate",
+        "max_failure_rate",
+        "finished_at",
+    )
+    readonly_fields = fields
+
+    def has_view_permission(self, request: Any, obj: Any = None) -> bool:
+        # Whoever may replay may watch the replays.
+        return super().has_view_permission(request, obj) or permissions.can_replay(request.user)
+
+    @admin.display(description=gettext_lazy("replay"), ordering="-requested_at")
+    def replay_display(self, replay: Replay) -> str:
+        return f"#{replay.pk}"
+
+    @admin.display(description=gettext_lazy("state"))
+    def state_display(self, replay: Replay) -> str:
+        return display.badge(replay.get_state_display(), STATE_CLASSES.get(replay.state, "muted"))
+
+    @admin.display(description=gettext_lazy("queued"))
+    def progress_display(self, replay: Replay) -> str:
+        percent = 100 * replay.queued / replay.total if replay.total else 100
+        return format_html(
+            '<span class="messagio-progress" title="{}%"><span style="width: {}%"></span></span>'
+            " {} / {}",
+            round(percent),
+            round(min(percent, 100)),
+            replay.queued,
+            replay.total,
+        )
+
+    @admin.display(description=gettext_lazy("reason"))
+    def reason_display(self, replay: Replay) -> str:
+        return Truncator(replay.reason).chars(80)
+
+    @admin.display(description=gettext_lazy("outcome of the replayed deliveries"))
+    def outcome_display(self, replay: Replay) -> str:
+        counts = (
+            Delivery.objects.filter(replay=replay)
+            .order_by()
+            .aggregate(
+                succeeded=Count("pk", filter=Q(status=Delivery.Status.SUCCEEDED)),
+                failed=Count("pk", filter=Q(status=Delivery.Status.FAILED)),
+                in_flight=Count("pk", filter=Q(status__in=queries.IN_FLIGHT)),
+            )
+        )
+        url = reverse("admin:messagio_delivery_changelist")
+        link = f"{url}?{urlencode({'replay__id__exact': replay.pk})}"
+        return format_html(
+            '{} · {} · {} · <a href="{}">{}</a>',
+            display.badge(_("%(count)d succeeded") % {"count": counts["succeeded"]}, "ok"),
+            display.badge(_("%(count)d failed") % {"count": counts["failed"]}, "failed"),
+            display.badge(_("%(count)d in flight") % {"count": counts["in_flight"]}, "flight"),
+            link,
+            _("see the deliveries"),
+        )
+
+    def render_change_form(
+        self,
+        request: Any,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Any = None,
+    ) -> Any:
+        if obj is not None:
+            context["running"] = obj.state == Replay.State.RUNNING
+        return super().render_change_form(request, context, add, change, form_url, obj)

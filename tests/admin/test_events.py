@@ -1,0 +1,568 @@
+"""The Events changelist and each event's page."""
+
+import datetime
+import re
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_celery_results.models import TaskResult
+
+from messagio import tasks
+from messagio.models import Attempt, Delivery, Event, Replay
+from tests.admin.factories import ERROR, HOSTILE, PING, make_event
+
+pytestmark = pytest.mark.django_db
+
+EVENTS = "/admin/messagio/event/"
+FLAKY = "tests.testapp.messagio.Flaky"
+
+
+def event_url(event: Event) -> str:
+    return f"{EVENTS}{event.pk}/change/"
+
+
+def listed(response) -> list[str]:
+    """Ids of the events on a changelist page, in order."""
+    html = response.content.decode()
+    return re.findall(r'href="/admin/messagio/event/([0-9a-f-]{36})/change/', html)
+
+
+def ago(**delta) -> datetime.datetime:
+    return timezone.now() - datetime.timedelta(**delta)
+
+
+def count_queries(client, url: str) -> int:
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(url)
+    assert response.status_code == 200
+    return len(captured.captured_queries)
+
+
+# --- The list -------------------------------------------------------------------------------
+
+
+def test_the_events_list_shows_the_newest_event_first(admin_client):
+    old = make_event("succeeded", fired_at=ago(hours=2))
+    new = make_event("succeeded", fired_at=ago(minutes=1))
+
+    response = admin_client.get(EVENTS)
+
+    assert response.status_code == 200
+    assert listed(response) == [str(new.pk), str(old.pk)]
+
+
+def test_the_events_list_shows_the_short_type_with_the_dotted_path_on_hover(admin_client):
+    make_event("succeeded")
+
+    response = admin_client.get(EVENTS)
+
+    assert '<span title="tests.testapp.messagio.Ping">Ping</span>' in response.content.decode()
+
+
+def test_the_status_badge_counts_succeeded_and_failed_deliveries(admin_client, failed_event):
+    response = admin_client.get(EVENTS)
+
+    assert "3/4 ok, 1 failed" in response.content.decode()
+
+
+def test_the_status_badge_counts_deliveries_in_flight(admin_client):
+    make_event("succeeded", "pending", "running")
+
+    response = admin_client.get(EVENTS)
+
+    assert "1/3 ok, 2 in flight" in response.content.decode()
+
+
+def test_the_status_badge_of_an_unpublished_event_says_so(admin_client):
+    make_event("pending", state=Event.State.RECORDED)
+
+    response = admin_client.get(EVENTS)
+
+    assert "not published yet" in response.content.decode()
+
+
+def test_the_status_badge_of_an_event_without_listeners_says_so(admin_client):
+    make_event()
+
+    response = admin_client.get(EVENTS)
+
+    assert "no listeners" in response.content.decode()
+
+
+def test_the_events_list_shows_listener_count_and_origin(admin_client):
+    make_event("succeeded", "succeeded", origin=Event.Origin.SYNC)
+
+    response = admin_client.get(EVENTS)
+
+    html = response.content.decode()
+    assert '<td class="field-listener_count">2</td>' in html
+    assert '<td class="field-origin">sync fire</td>' in html
+
+
+def test_the_status_badges_of_a_page_cost_one_query_whatever_the_number_of_events(admin_client):
+    for _ in range(5):
+        make_event("succeeded", "failed")
+    admin_client.get(EVENTS)  # warm caches (content types, session)
+    few = count_queries(admin_client, EVENTS)
+    for _ in range(45):
+        make_event("succeeded", "failed")
+
+    many = count_queries(admin_client, EVENTS)
+
+    assert many == few
+
+
+def test_the_events_list_never_reads_a_payload(admin_client, failed_event):
+    with CaptureQueriesContext(connection) as captured:
+        admin_client.get(EVENTS)
+
+    assert not any('"payload"' in query["sql"] for query in captured.captured_queries)
+
+
+def test_the_events_list_never_counts_the_whole_table(admin_client, failed_event):
+    with CaptureQueriesContext(connection) as captured:
+        admin_client.get(EVENTS + "?status=failed")
+
+    counts = [q["sql"] for q in captured.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert any("LIMIT 1001" in sql for sql in counts)
+    assert not [sql for sql in counts if "WHERE" not in sql.upper()]
+
+
+# --- Filters --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_of_each():
+    """One event per status filter choice."""
+    return {
+        "failed": make_event("succeeded", "failed"),
+        "ok": make_event("succeeded", "succeeded"),
+        "in_flight": make_event("succeeded", "running"),
+        "unpublished": make_event("pending", state=Event.State.RECORDED),
+    }
+
+
+@pytest.mark.parametrize("choice", ["failed", "ok", "in_flight", "unpublished"])
+def test_the_status_filter_selects_the_events_of_its_choice(admin_client, one_of_each, choice):
+    response = admin_client.get(f"{EVENTS}?status={choice}")
+
+    assert listed(response) == [str(one_of_each[choice].pk)]
+
+
+def test_the_status_filter_offers_its_four_choices(admin_client):
+    response = admin_client.get(EVENTS)
+
+    html = response.content.decode()
+    for label in ("has failures", "all ok", "in flight", "never published"):
+        assert label in html
+
+
+def test_the_type_filter_offers_each_recorded_type_by_its_short_name(admin_client):
+    make_event("succeeded")
+    make_event("succeeded", messagio_type=FLAKY)
+
+    response = admin_client.get(EVENTS)
+
+    html = response.content.decode()
+    assert f'href="?messagio_type={PING}"' in html
+    assert f'href="?messagio_type={FLAKY}"' in html
+    assert ">Flaky</a>" in html
+
+
+def test_the_type_filter_selects_the_events_of_one_type(admin_client):
+    make_event("succeeded")
+    flaky = make_event("succeeded", messagio_type=FLAKY)
+
+    response = admin_client.get(f"{EVENTS}?messagio_type={FLAKY}")
+
+    assert listed(response) == [str(flaky.pk)]
+
+
+def test_the_date_hierarchy_selects_one_day(admin_client):
+    march_10 = make_event(
+        "succeeded", fired_at=datetime.datetime(2024, 3, 10, 12, tzinfo=datetime.UTC)
+    )
+    make_event("succeeded", fired_at=datetime.datetime(2024, 3, 12, 12, tzinfo=datetime.UTC))
+
+    response = admin_client.get(f"{EVENTS}?fired_at__year=2024&fired_at__month=3&fired_at__day=10")
+
+    assert listed(response) == [str(march_10.pk)]
+
+
+def test_the_date_hierarchy_lists_the_days_from_the_first_event_to_the_last(admin_client):
+    make_event("succeeded", fired_at=datetime.datetime(2024, 3, 10, 12, tzinfo=datetime.UTC))
+    make_event("succeeded", fired_at=datetime.datetime(2024, 3, 12, 12, tzinfo=datetime.UTC))
+
+    response = admin_client.get(EVENTS)
+
+    html = response.content.decode()
+    for day in (10, 11, 12):
+        assert f"fired_at__day={day}&amp;fired_at__month=3&amp;fired_at__year=2024" in html
+
+
+def test_the_date_hierarchy_reads_first_and_last_dates_not_every_date(admin_client):
+    make_event("succeeded", fired_at=datetime.datetime(2023, 3, 10, 12, tzinfo=datetime.UTC))
+    make_event("succeeded", fired_at=datetime.datetime(2024, 5, 12, 12, tzinfo=datetime.UTC))
+
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(EVENTS + "?fired_at__year=2024")
+
+    assert "fired_at__month=5&amp;fired_at__year=2024" in response.content.decode()
+    assert not any("DISTINCT" in q["sql"].upper() for q in captured.captured_queries)
+
+
+def test_the_date_hierarchy_lists_the_years_from_the_first_event_to_the_last(admin_client):
+    make_event("succeeded", fired_at=datetime.datetime(2022, 3, 10, 12, tzinfo=datetime.UTC))
+    make_event("succeeded", fired_at=datetime.datetime(2024, 5, 12, 12, tzinfo=datetime.UTC))
+
+    html = admin_client.get(EVENTS).content.decode()
+
+    assert re.findall(r'href="\?fired_at__year=(\d+)"', html) == ["2022", "2023", "2024"]
+
+
+def test_the_date_hierarchy_is_left_out_during_a_search(admin_client, failed_event):
+    html = admin_client.get(f"{EVENTS}?q=token").content.decode()
+
+    assert 'class="toplinks"' not in html
+
+
+# --- Search ---------------------------------------------------------------------------------
+
+
+def test_searching_an_event_id_finds_that_event(admin_client):
+    wanted = make_event("succeeded")
+    make_event("succeeded")
+
+    response = admin_client.get(f"{EVENTS}?q={wanted.pk}")
+
+    assert listed(response) == [str(wanted.pk)]
+
+
+def test_searching_part_of_a_type_finds_the_events_of_that_type(admin_client):
+    make_event("succeeded")
+    flaky = make_event("succeeded", messagio_type=FLAKY)
+
+    response = admin_client.get(f"{EVENTS}?q=flak")
+
+    assert listed(response) == [str(flaky.pk)]
+
+
+def test_searching_text_of_the_summary_finds_the_event(admin_client):
+    alice = make_event("succeeded", summary={"customer": "alice@example.com", "total": "12.50"})
+    make_event("succeeded", summary={"customer": "bob@example.com", "total": "3.00"})
+
+    response = admin_client.get(f"{EVENTS}?q=alice")
+
+    assert listed(response) == [str(alice.pk)]
+
+
+def test_a_search_that_matches_nothing_lists_nothing(admin_client, failed_event):
+    response = admin_client.get(f"{EVENTS}?q=nothing-like-this")
+
+    assert listed(response) == []
+
+
+# --- The event's page -----------------------------------------------------------------------
+
+
+def test_the_event_page_shows_the_summary_as_a_field_table(admin_client):
+    event = make_event("succeeded", summary={"order_id": 42, "email": "alice@example.com"})
+
+    response = admin_client.get(event_url(event))
+
+    html = response.content.decode()
+    assert '<th scope="row">order_id</th><td><code>42</code></td>' in html
+    assert '<th scope="row">email</th><td><code>alice@example.com</code></td>' in html
+
+
+def test_the_event_page_lists_deliveries_in_subscription_order(admin_client, failed_event):
+    response = admin_client.get(event_url(failed_event))
+
+    html = response.content.decode()
+    ids = re.findall(r'<tr id="delivery-([0-9a-f-]{36})">', html)
+    expected = Delivery.objects.filter(event=failed_event).order_by("position")
+    assert ids == [str(d.pk) for d in expected]
+
+
+def test_the_event_page_shows_the_error_and_a_collapsible_traceback(admin_client, failed_event):
+    response = admin_client.get(event_url(failed_event))
+
+    html = response.content.decode()
+    assert ERROR in html
+    assert '<details class="messagio-traceback"><summary>Traceback</summary><pre>Traceback' in html
+
+
+def test_the_event_page_shows_each_attempt_of_a_delivery(admin_client, failed_event):
+    broken = failed_event.deliveries.get(position=2)
+    Attempt.objects.create(delivery=broken, number=2, outcome="failed", error="second try")
+
+    response = admin_client.get(event_url(failed_event))
+
+    html = response.content.decode()
+    assert "History: 2 attempts" in html
+    assert "second try" in html
+
+
+def test_the_event_page_links_the_celery_task_result_where_one_exists(admin_client, failed_event):
+    delivery = failed_event.deliveries.get(position=0)
+    result = TaskResult.objects.create(task_id=delivery.task_id, status="SUCCESS")
+
+    response = admin_client.get(event_url(failed_event))
+
+    html = response.content.decode()
+    url = f"/admin/django_celery_results/taskresult/{result.pk}/change/"
+    assert f'<a href="{url}">{delivery.task_id}</a>' in html
+
+
+def test_the_event_page_links_the_event_it_replays_and_its_replays(admin_client, failed_event):
+    again = make_event("succeeded", origin=Event.Origin.REPLAY)
+    Event.objects.filter(pk=again.pk).update(replay_of=failed_event)
+
+    original_page = admin_client.get(event_url(failed_event)).content.decode()
+    replay_page = admin_client.get(event_url(again)).content.decode()
+
+    assert f'href="{event_url(again)}"' in original_page
+    assert f'<a href="{event_url(failed_event)}">{failed_event.pk}</a>' in replay_page
+
+
+def test_the_event_page_links_the_replay_of_a_replayed_delivery(admin_client, failed_event):
+    record = Replay.objects.create(reason="fixed")
+    failed_event.deliveries.filter(position=2).update(replay=record)
+
+    response = admin_client.get(event_url(failed_event))
+
+    assert f'href="/admin/messagio/replay/{record.pk}/change/"' in response.content.decode()
+
+
+def test_the_event_page_refreshes_itself_while_a_delivery_is_in_flight(admin_client):
+    running = make_event("succeeded", "running")
+    done = make_event("succeeded")
+
+    assert 'http-equiv="refresh"' in admin_client.get(event_url(running)).content.decode()
+    assert 'http-equiv="refresh"' not in admin_client.get(event_url(done)).content.decode()
+
+
+def test_the_event_page_costs_as_many_queries_for_ten_deliveries_as_for_two(admin_client):
+    small = make_event("succeeded", "failed")
+    big = make_event(*(["succeeded", "failed"] * 5))
+    admin_client.get(event_url(small))
+
+    assert count_queries(admin_client, event_url(big)) == count_queries(
+        admin_client, event_url(small)
+    )
+
+
+def test_the_event_page_never_reads_the_payload(admin_client, failed_event):
+    with CaptureQueriesContext(connection) as captured:
+        admin_client.get(event_url(failed_event))
+
+    assert not any('"payload"' in query["sql"] for query in captured.captured_queries)
+
+
+def test_the_event_page_offers_both_replay_buttons_to_a_superuser(admin_client, failed_event):
+    response = admin_client.get(event_url(failed_event))
+
+    html = response.content.decode()
+    assert f'action="{EVENTS}{failed_event.pk}/replay-failed/"' in html
+    assert f'action="{EVENTS}{failed_event.pk}/replay/"' in html
+
+
+def test_the_event_page_of_an_event_without_failures_offers_no_replay_of_failures(
+    admin_client,
+):
+    event = make_event("succeeded")
+
+    html = admin_client.get(event_url(event)).content.decode()
+
+    assert "replay-failed/" not in html
+    assert f'action="{EVENTS}{event.pk}/replay/"' in html
+
+
+def test_an_unknown_event_id_redirects_to_the_list_with_a_message(admin_client):
+    response = admin_client.get(
+        f"{EVENTS}00000000-0000-0000-0000-000000000000/change/", follow=True
+    )
+
+    assert response.redirect_chain[-1][0] == "/admin/"
+    assert b"doesn" in response.content
+
+
+# --- Replays from the event's page ----------------------------------------------------------
+
+
+def test_replaying_the_failed_deliveries_requeues_only_those(admin_client, failed_event):
+    response = admin_client.post(
+        f"{EVENTS}{failed_event.pk}/replay-failed/", {"reason": "bug #12 fixed"}
+    )
+
+    assert response.status_code == 302
+    assert response["Location"] == event_url(failed_event)
+    statuses = list(failed_event.deliveries.order_by("position").values_list("status", flat=True))
+    assert statuses == ["succeeded", "succeeded", "pending", "succeeded"]
+
+
+def test_replaying_the_failed_deliveries_records_who_asked_and_why(
+    admin_client, superuser, failed_event
+):
+    admin_client.post(f"{EVENTS}{failed_event.pk}/replay-failed/", {"reason": "bug #12 fixed"})
+
+    record = Replay.objects.get()
+    assert (record.requested_by, record.reason, record.source) == (
+        superuser,
+        "bug #12 fixed",
+        "admin",
+    )
+    assert (record.total, record.queued, record.state) == (1, 1, "finished")
+    assert failed_event.deliveries.get(position=2).replay == record
+
+
+def test_replaying_the_whole_event_requeues_every_delivery(admin_client, failed_event):
+    admin_client.post(f"{EVENTS}{failed_event.pk}/replay/")
+
+    assert set(failed_event.deliveries.values_list("status", flat=True)) == {"pending"}
+    assert Replay.objects.get().total == 4
+
+
+def test_replaying_an_event_says_how_many_deliveries_were_queued(admin_client, failed_event):
+    response = admin_client.post(f"{EVENTS}{failed_event.pk}/replay/", follow=True)
+
+    record = Replay.objects.get()
+    assert f"Replay #{record.pk}: 4 deliveries of event {failed_event.pk} queued." in (
+        response.content.decode()
+    )
+
+
+def test_replaying_an_event_whose_deliveries_are_in_flight_queues_nothing_and_says_so(
+    admin_client,
+):
+    event = make_event("running")
+
+    response = admin_client.post(f"{EVENTS}{event.pk}/replay/", follow=True)
+
+    assert "nothing to replay" in response.content.decode()
+    assert event.deliveries.get().status == "running"
+
+
+def test_a_replay_the_broker_refuses_is_reported_with_why_it_stopped(
+    admin_client, failed_event, monkeypatch
+):
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr("messagio.replays.publish_all", broker_down)
+
+    response = admin_client.post(f"{EVENTS}{failed_event.pk}/replay/", follow=True)
+
+    html = response.content.decode()
+    assert "stopped: the broker refused a publish" in html
+    assert "broker down" in html
+
+
+def test_replaying_an_unknown_event_is_a_404(admin_client):
+    response = admin_client.post(f"{EVENTS}00000000-0000-0000-0000-000000000000/replay/")
+
+    assert response.status_code == 404
+
+
+# --- Escaping -------------------------------------------------------------------------------
+
+
+def test_a_hostile_summary_is_escaped_on_the_event_page(admin_client):
+    event = make_event("failed", summary={"note": HOSTILE, HOSTILE: "key"})
+
+    html = admin_client.get(event_url(event)).content.decode()
+
+    assert HOSTILE not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_a_hostile_error_and_result_are_escaped_on_the_event_page(admin_client):
+    event = make_event("failed", error=HOSTILE, error_type=f"x.{HOSTILE}")
+    event.deliveries.update(result=HOSTILE)
+
+    html = admin_client.get(event_url(event)).content.decode()
+
+    assert HOSTILE not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_a_hostile_summary_is_escaped_in_the_events_list(admin_client):
+    make_event("succeeded", summary={"note": HOSTILE})
+
+    html = admin_client.get(EVENTS).content.decode()
+
+    assert HOSTILE not in html
+    assert "&lt;script&gt;" in html
+
+
+def test_a_hostile_type_is_escaped_in_the_events_list(admin_client):
+    make_event("succeeded", messagio_type=f"evil.{HOSTILE}")
+
+    html = admin_client.get(EVENTS).content.decode()
+
+    assert HOSTILE not in html
+
+
+# --- Read-only ------------------------------------------------------------------------------
+
+
+def test_events_cannot_be_added(admin_client):
+    assert admin_client.get(f"{EVENTS}add/").status_code == 403
+
+
+def test_an_event_cannot_be_changed(admin_client, failed_event):
+    response = admin_client.post(event_url(failed_event), {"messagio_type": "x.Y"})
+
+    assert response.status_code == 403
+    failed_event.refresh_from_db()
+    assert failed_event.messagio_type == PING
+
+
+def test_a_superuser_may_delete_an_event_with_its_records(admin_client, failed_event):
+    response = admin_client.post(f"{EVENTS}{failed_event.pk}/delete/", {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not Event.objects.filter(pk=failed_event.pk).exists()
+    assert not Delivery.objects.filter(event_id=failed_event.pk).exists()
+
+
+# --- Replaying the failed deliveries of selected events -------------------------------------
+
+
+def test_the_event_action_replays_the_failed_deliveries_of_the_selected_events(
+    admin_client, failed_event, monkeypatch, django_capture_on_commit_callbacks
+):
+    sent = []
+    monkeypatch.setattr(tasks.replay, "delay", lambda *args: sent.append(args))
+    make_event("failed")  # not selected
+    form = {
+        "action": "replay_failed_of_selected",
+        "_selected_action": [str(failed_event.pk)],
+        "post": "yes",
+        "reason": "fixed",
+    }
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(EVENTS, form)
+
+    assert response.status_code == 302
+    broken = failed_event.deliveries.get(position=2)
+    record = Replay.objects.get()
+    assert sent == [(record.pk, {"pk__in": [str(broken.pk)]})]
+    assert record.description == "failed deliveries of 1 selected event"
+
+
+def test_the_event_action_refuses_more_events_than_it_lists(admin_client, monkeypatch):
+    monkeypatch.setattr("messagio_admin.events.BULK_LIMIT", 1)
+    events = [make_event("failed"), make_event("failed")]
+
+    response = admin_client.post(
+        EVENTS,
+        {"action": "replay_failed_of_selected", "_selected_action": [str(e.pk) for e in events]},
+        follow=True,
+    )
+
+    assert "More than 1 events are selected" in response.content.decode()
+    assert not Replay.objects.exists()

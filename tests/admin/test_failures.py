@@ -1,0 +1,275 @@
+"""The Failures page: failed deliveries grouped, and "replay this group" with its progress."""
+
+import datetime
+import re
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from messagio import tasks
+from messagio.models import Delivery, Replay
+from tests.admin.factories import ERROR_TYPE, HOSTILE, LISTENERS, PING, make_event
+
+pytestmark = pytest.mark.django_db
+
+FAILURES = "/admin/messagio/delivery/failures/"
+REPLAY_GROUP = "/admin/messagio/delivery/failures/replay/"
+BROKEN = LISTENERS[2]
+
+
+def groups(response) -> list[tuple[str, str, str, str]]:
+    """(listener, type, error class, count) of each group row shown."""
+    html = response.content.decode()
+    return re.findall(
+        r'<tr class="failure-group">\s*<td title="([^"]*)">.*?</td>\s*<td title="([^"]*)">.*?</td>'
+        r'\s*<td title="([^"]*)">.*?</td>\s*<td><a href="[^"]*">(\d+)</a></td>',
+        html,
+        re.S,
+    )
+
+
+def group_form(listener=BROKEN, messagio_type=PING, error_type=ERROR_TYPE, **options) -> dict:
+    return {
+        "listener": listener,
+        "messagio_type": messagio_type,
+        "error_type": error_type,
+        "reason": "bug #12 fixed",
+        **options,
+    }
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tasks.replay, "delay", lambda *args: calls.append(args))
+    return calls
+
+
+# --- The groups -----------------------------------------------------------------------------
+
+
+def test_failed_deliveries_are_grouped_by_listener_type_and_error_class(admin_client):
+    for _ in range(3):
+        make_event("succeeded", "succeeded", "failed")
+    make_event("succeeded", "succeeded", "failed", error_type="builtins.ValueError")
+
+    response = admin_client.get(FAILURES)
+
+    assert response.status_code == 200
+    assert sorted(groups(response)) == [
+        (BROKEN, PING, "builtins.RuntimeError", "3"),
+        (BROKEN, PING, "builtins.ValueError", "1"),
+    ]
+
+
+def test_only_failed_deliveries_are_grouped(admin_client):
+    make_event("succeeded", "running", "pending")
+
+    response = admin_client.get(FAILURES)
+
+    assert groups(response) == []
+    assert "No failed delivery" in response.content.decode()
+
+
+def test_the_most_recently_seen_group_comes_first(admin_client):
+    now = timezone.now()
+    make_event("failed", fired_at=now - datetime.timedelta(hours=5))
+    make_event("succeeded", "failed", fired_at=now - datetime.timedelta(hours=1))
+
+    response = admin_client.get(FAILURES)
+
+    assert [group[0] for group in groups(response)] == [LISTENERS[1], LISTENERS[0]]
+
+
+def test_a_group_shows_first_and_last_seen_and_a_sample_message(admin_client):
+    make_event("failed", fired_at=datetime.datetime(2024, 3, 10, 12, tzinfo=datetime.UTC))
+    make_event("failed", fired_at=datetime.datetime(2024, 3, 12, 12, tzinfo=datetime.UTC))
+
+    html = admin_client.get(FAILURES).content.decode()
+
+    assert "<td>March 10, 2024, noon</td>\n        <td>March 12, 2024, noon</td>" in html
+    sample = re.search(r'delivery/([0-9a-f-]{36})/change/" class="messagio-pre">([^<]*)</a>', html)
+    assert sample.group(2) == "broken listener fails on purpose"
+    assert sample.group(1) in {str(pk) for pk in Delivery.objects.values_list("pk", flat=True)}
+
+
+def test_a_group_links_to_its_failed_deliveries(admin_client, failed_event):
+    html = admin_client.get(FAILURES).content.decode()
+
+    assert (
+        "/admin/messagio/delivery/?status__exact=failed&amp;listener=tests.testapp.messagio.broken"
+        "&amp;messagio_type=tests.testapp.messagio.Ping&amp;error_type=builtins.RuntimeError"
+    ) in html
+
+
+def test_the_failures_page_costs_as_many_queries_for_thirty_groups_as_for_three(admin_client):
+    def count() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(FAILURES).status_code == 200
+        return len(captured.captured_queries)
+
+    for index in range(3):
+        make_event("failed", error_type=f"errors.E{index}")
+    admin_client.get(FAILURES)
+    few = count()
+    for index in range(3, 30):
+        make_event("failed", error_type=f"errors.E{index}")
+
+    assert count() == few
+
+
+def test_only_the_most_recent_groups_are_shown_past_the_limit(admin_client, monkeypatch):
+    monkeypatch.setattr("messagio_admin.queries.FAILURE_GROUP_LIMIT", 2)
+    for index in range(3):
+        make_event("failed", error_type=f"errors.E{index}")
+
+    response = admin_client.get(FAILURES)
+
+    assert len(groups(response)) == 2
+    assert "Only the 2 most recently seen groups are shown." in response.content.decode()
+
+
+def test_a_hostile_error_message_is_escaped_on_the_failures_page(admin_client):
+    make_event("failed", error=HOSTILE, error_type=f"x.{HOSTILE}")
+
+    html = admin_client.get(FAILURES).content.decode()
+
+    assert HOSTILE not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_each_group_offers_a_replay_form_asking_reason_canary_rate_and_threshold(
+    admin_client, failed_event
+):
+    html = admin_client.get(FAILURES).content.decode()
+
+    assert f'action="{REPLAY_GROUP}"' in html
+    for field in ("reason", "canary", "rate", "max_failure_percent"):
+        assert f'name="{field}"' in html
+    assert "Replay 1 failed delivery" in html
+
+
+# --- Replaying a group ----------------------------------------------------------------------
+
+
+def test_replaying_a_group_records_the_replay_with_who_why_and_how(
+    admin_client, superuser, failed_event, sent, django_capture_on_commit_callbacks
+):
+    before = timezone.now()
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            REPLAY_GROUP, group_form(canary="5", rate="2.5", max_failure_percent="20")
+        )
+
+    record = Replay.objects.get()
+    assert (record.source, record.requested_by, record.reason) == (
+        "admin",
+        superuser,
+        "bug #12 fixed",
+    )
+    assert (record.canary, record.rate, record.max_failure_rate) == (5, 2.5, 0.2)
+    assert record.total == 1
+    assert record.snapshot_at >= before
+    assert "broken" in record.description
+
+
+def test_replaying_a_group_sends_the_replay_task_with_the_group_filter(
+    admin_client, failed_event, sent, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(REPLAY_GROUP, group_form())
+
+    record = Replay.objects.get()
+    assert sent == [
+        (
+            record.pk,
+            {
+                "status": "failed",
+                "listener": BROKEN,
+                "messagio_type": PING,
+                "error_type": ERROR_TYPE,
+            },
+        )
+    ]
+
+
+def test_replaying_a_group_shows_the_replay_progress_page(
+    admin_client, failed_event, sent, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(REPLAY_GROUP, group_form(), follow=True)
+
+    record = Replay.objects.get()
+    assert response.redirect_chain == [(f"/admin/messagio/replay/{record.pk}/change/", 302)]
+    html = response.content.decode()
+    assert f"Replay #{record.pk} started: 1 failed delivery goes to a worker." in html
+    assert "0 / 1" in html
+    assert 'http-equiv="refresh"' in html
+
+
+def test_the_replay_task_of_a_group_requeues_only_that_group(
+    admin_client, sent, django_capture_on_commit_callbacks
+):
+    event = make_event("failed", "succeeded", "failed")
+    make_event("failed", error_type="builtins.ValueError")
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(REPLAY_GROUP, group_form(listener=LISTENERS[0]))
+
+    tasks.replay.apply(args=sent[0])
+
+    record = Replay.objects.get()
+    assert (record.state, record.queued, record.total) == ("finished", 1, 1)
+    assert event.deliveries.get(position=0).status == "pending"
+    assert event.deliveries.get(position=2).status == "failed"
+
+
+def test_the_replay_page_says_where_a_replay_stopped_itself(admin_client):
+    record = Replay.objects.create(
+        state=Replay.State.STOPPED,
+        total=100,
+        queued=10,
+        stopped_reason="canary: 5 of 5 replayed deliveries failed again",
+    )
+
+    html = admin_client.get(f"/admin/messagio/replay/{record.pk}/change/").content.decode()
+
+    assert "canary: 5 of 5 replayed deliveries failed again" in html
+    assert "10 / 100" in html
+    assert 'http-equiv="refresh"' not in html
+
+
+def test_a_group_replay_needs_a_reason(admin_client, failed_event, sent):
+    response = admin_client.post(REPLAY_GROUP, group_form(reason=""))
+
+    assert response.status_code == 400
+    assert "This field is required." in response.content.decode()
+    assert not Replay.objects.exists()
+
+
+def test_a_group_replay_refuses_a_failure_rate_above_100_percent(admin_client, failed_event, sent):
+    response = admin_client.post(REPLAY_GROUP, group_form(max_failure_percent="150"))
+
+    assert response.status_code == 400
+    assert not Replay.objects.exists()
+
+
+def test_replaying_a_group_with_nothing_left_records_nothing(admin_client, sent):
+    make_event("succeeded")
+
+    response = admin_client.post(REPLAY_GROUP, group_form(), follow=True)
+
+    assert "no failed delivery left to replay" in response.content.decode()
+    assert not Replay.objects.exists()
+    assert sent == []
+
+
+def test_the_replays_list_shows_state_progress_and_reason(admin_client):
+    Replay.objects.create(reason="bug #12 fixed", total=4, queued=2, description="group x")
+
+    html = admin_client.get("/admin/messagio/replay/").content.decode()
+
+    assert "bug #12 fixed" in html
+    assert "2 / 4" in html
+    assert "running" in html

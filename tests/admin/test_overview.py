@@ -1,0 +1,105 @@
+"""The overview at the top of the Events list: the last 24 hours by status and by hour."""
+
+import datetime
+import re
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from messagio.models import Event
+from messagio_admin.overview import chart
+from messagio_admin.queries import overview
+from tests.admin.factories import make_event
+
+pytestmark = pytest.mark.django_db
+
+EVENTS = "/admin/messagio/event/"
+
+
+def counts(html: str) -> dict[str, str]:
+    """{label: number} of the overview's counters."""
+    section = html[html.index('id="messagio-overview"') : html.index('<svg class="messagio-chart"')]
+    pairs = re.findall(r"<strong>(?:<a [^>]*>)?(\d+)(?:</a>)?</strong>\s*([^<]+)</div>", section)
+    return {label.strip(): number for number, label in pairs}
+
+
+def test_the_overview_counts_events_and_deliveries_by_status(admin_client):
+    make_event("succeeded", "failed", "running")
+    make_event("succeeded", "retrying", "pending")
+    make_event("pending", state=Event.State.RECORDED)
+
+    html = admin_client.get(EVENTS).content.decode()
+
+    assert counts(html) == {
+        "events fired": "3",
+        "deliveries succeeded": "2",
+        "deliveries failed": "1",
+        "retrying": "1",
+        "running": "1",
+        "pending (all)": "2",
+        "events not published yet (all)": "1",
+    }
+
+
+def test_the_overview_leaves_out_what_is_older_than_24_hours(admin_client):
+    make_event("succeeded", "failed", fired_at=timezone.now() - datetime.timedelta(hours=30))
+
+    html = admin_client.get(EVENTS).content.decode()
+
+    assert counts(html)["events fired"] == "0"
+    assert counts(html)["deliveries failed"] == "0"
+
+
+def test_the_chart_has_a_bar_per_hour_for_24_hours():
+    result = overview()
+
+    assert len(result.hours) == 24
+    assert len(chart(result).bars) == 24
+
+
+def test_the_chart_puts_an_event_in_the_bar_of_its_hour(admin_client):
+    make_event("failed", fired_at=timezone.now() - datetime.timedelta(hours=3))
+
+    result = overview()
+
+    assert [bar.events for bar in result.hours][-4] == 1
+    assert [bar.failed for bar in result.hours][-4] == 1
+    assert sum(bar.events for bar in result.hours) == 1
+
+
+def test_the_chart_is_inline_svg_with_a_title_per_hour(admin_client):
+    make_event("failed", fired_at=timezone.now() - datetime.timedelta(minutes=5))
+
+    html = admin_client.get(EVENTS).content.decode()
+
+    assert '<svg class="messagio-chart"' in html
+    assert html.count('<rect class="events"') == 24
+    assert "1 event, 1 failed delivery</title>" in html
+
+
+def test_the_overview_costs_as_many_queries_with_many_events_as_with_few(admin_client):
+    def count() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            overview()
+        return len(captured.captured_queries)
+
+    make_event("succeeded")
+    few = count()
+    for hours in range(20):
+        make_event("succeeded", "failed", fired_at=timezone.now() - datetime.timedelta(hours=hours))
+
+    assert count() == few == 5
+
+
+def test_the_overview_is_not_computed_for_a_user_who_may_not_see_events(client):
+    from tests.admin.factories import make_user
+
+    client.force_login(make_user("nobody"))
+
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(EVENTS)
+
+    assert response.status_code == 403
+    assert not any("messagio_event" in q["sql"] for q in captured.captured_queries)

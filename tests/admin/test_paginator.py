@@ -1,0 +1,104 @@
+"""Counting large tables without counting them: the estimate and the capped count."""
+
+import pytest
+from django.db import connection
+
+from messagio.models import Event
+from messagio_admin.paginator import LargeTablePaginator, estimated_row_count, is_unfiltered
+from tests.admin.factories import make_event
+
+pytestmark = pytest.mark.django_db
+
+postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the estimate is PostgreSQL's pg_class.reltuples"
+)
+
+
+def test_a_small_selection_is_counted_exactly():
+    for _ in range(3):
+        make_event("succeeded")
+
+    paginator = LargeTablePaginator(Event.objects.filter(listener_count=1).order_by("pk"), 2)
+
+    assert paginator.count == 3
+    assert not paginator.count_is_capped
+    assert not paginator.count_is_estimate
+
+
+def test_a_selection_past_the_cap_is_counted_up_to_the_cap_and_flagged(monkeypatch):
+    monkeypatch.setattr(LargeTablePaginator, "cap", 2)
+    for _ in range(5):
+        make_event("succeeded")
+
+    paginator = LargeTablePaginator(Event.objects.filter(listener_count=1).order_by("pk"), 2)
+
+    assert paginator.count == 3
+    assert paginator.count_is_capped
+    assert paginator.num_pages == 2
+
+
+def test_a_list_is_counted_by_its_length():
+    assert LargeTablePaginator([1, 2, 3], 2).count == 3
+
+
+def test_ordering_does_not_make_a_queryset_filtered():
+    assert is_unfiltered(Event.objects.order_by("-fired_at"))
+    assert not is_unfiltered(Event.objects.filter(origin="fire"))
+
+
+@pytest.mark.skipif(connection.vendor == "postgresql", reason="SQLite has no estimate")
+def test_sqlite_has_no_estimate():
+    assert estimated_row_count(Event.objects.all()) is None
+
+
+@postgres_only
+def test_an_unfiltered_table_past_the_cap_is_estimated_by_postgresql(monkeypatch):
+    monkeypatch.setattr(LargeTablePaginator, "cap", 1)
+    for _ in range(3):
+        make_event("succeeded")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE messagio_event")
+
+    paginator = LargeTablePaginator(Event.objects.order_by("-fired_at"), 2)
+
+    assert paginator.count == 3
+    assert paginator.count_is_estimate
+
+
+@postgres_only
+def test_the_events_list_says_its_count_is_an_estimate(admin_client, monkeypatch):
+    monkeypatch.setattr(LargeTablePaginator, "cap", 1)
+    for _ in range(3):
+        make_event("succeeded")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE messagio_event")
+
+    response = admin_client.get("/admin/messagio/event/")
+
+    assert "about 3 events (an estimate)" in response.content.decode()
+
+
+def test_an_estimated_count_links_no_page_past_the_cap(monkeypatch):
+    monkeypatch.setattr(LargeTablePaginator, "count_is_estimate", True)
+    paginator = LargeTablePaginator(list(range(1000)), 10)
+    paginator.cap = 50
+
+    pages = list(paginator.get_elided_page_range(1))
+
+    assert pages == [1, 2, 3, 4, paginator.ELLIPSIS]
+
+
+def test_an_estimated_count_still_links_around_the_current_page(monkeypatch):
+    monkeypatch.setattr(LargeTablePaginator, "count_is_estimate", True)
+    paginator = LargeTablePaginator(list(range(1000)), 10)
+    paginator.cap = 50
+
+    pages = list(paginator.get_elided_page_range(30))
+
+    assert pages == [1, 2, paginator.ELLIPSIS, 27, 28, 29, 30, paginator.ELLIPSIS]
+
+
+def test_an_exact_count_links_the_last_pages():
+    paginator = LargeTablePaginator(list(range(1000)), 10)
+
+    assert list(paginator.get_elided_page_range(1))[-2:] == [99, 100]

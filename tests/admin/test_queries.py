@@ -1,0 +1,111 @@
+"""The admin's queries: index walks, per-page aggregates, percentiles."""
+
+import datetime
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from messagio.models import Delivery, Event
+from messagio_admin import queries
+from tests.admin.factories import LISTENERS, make_event
+
+pytestmark = pytest.mark.django_db
+
+
+def test_distinct_values_lists_each_value_once_in_order():
+    make_event("succeeded", messagio_type="b.Two")
+    make_event("succeeded", messagio_type="a.One")
+    make_event("succeeded", messagio_type="b.Two")
+
+    assert queries.distinct_values(Event, "messagio_type") == ["a.One", "b.Two"]
+
+
+def test_distinct_values_of_an_empty_table_is_empty():
+    assert queries.distinct_values(Event, "messagio_type") == []
+
+
+def test_distinct_values_stops_at_its_limit():
+    for name in ("a.A", "b.B", "c.C"):
+        make_event("succeeded", messagio_type=name)
+
+    assert queries.distinct_values(Event, "messagio_type", limit=2) == ["a.A", "b.B"]
+
+
+def test_distinct_values_is_one_statement():
+    for name in ("a.A", "b.B", "c.C"):
+        make_event("succeeded", messagio_type=name)
+
+    with CaptureQueriesContext(connection) as captured:
+        queries.distinct_values(Event, "messagio_type")
+
+    assert len(captured.captured_queries) == 1
+
+
+def test_delivery_counts_counts_each_events_deliveries_by_outcome():
+    event = make_event("succeeded", "failed", "running", "succeeded")
+    empty = make_event()
+
+    counts = queries.delivery_counts([event.pk, empty.pk])
+
+    assert counts == {event.pk: queries.EventCounts(total=4, succeeded=2, failed=1)}
+    assert counts[event.pk].in_flight == 1
+
+
+def test_last_finished_gives_each_listeners_latest_finish():
+    make_event("succeeded", fired_at=datetime.datetime(2024, 3, 10, tzinfo=datetime.UTC))
+    latest = make_event("succeeded", fired_at=datetime.datetime(2024, 3, 12, tzinfo=datetime.UTC))
+
+    finished = queries.last_finished([LISTENERS[0], "never.ran"])
+
+    assert finished == {LISTENERS[0]: latest.deliveries.get().finished_at}
+
+
+@pytest.mark.parametrize(
+    ("values", "fraction", "expected"),
+    [
+        ([10.0, 20.0, 30.0, 40.0], 0.5, 25.0),
+        ([10.0, 20.0, 30.0, 40.0], 0.95, 38.5),
+        ([7.0], 0.95, 7.0),
+        ([], 0.5, None),
+    ],
+)
+def test_percentile_interpolates_like_percentile_cont(values, fraction, expected):
+    assert queries.percentile(values, fraction) == expected
+
+
+def test_listener_stats_count_runs_failures_and_durations_since_a_time():
+    for status in ("succeeded", "failed", "succeeded"):
+        make_event(status)
+    Delivery.objects.filter(listener=LISTENERS[0]).update(duration_ms=10.0)
+
+    stats = queries.listener_stats([LISTENERS[0]], timezone.now() - datetime.timedelta(hours=1))
+
+    entry = stats[LISTENERS[0]]
+    assert (entry.runs, entry.failures, entry.p50, entry.p95) == (3, 1, 10.0, 10.0)
+    assert entry.failure_rate == pytest.approx(1 / 3)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="percentile_cont is PostgreSQL's")
+def test_on_postgresql_percentiles_cost_no_extra_query():
+    make_event("succeeded")
+
+    with CaptureQueriesContext(connection) as captured:
+        queries.listener_stats([LISTENERS[0]], timezone.now() - datetime.timedelta(hours=1))
+
+    assert len(captured.captured_queries) == 1
+    assert "PERCENTILE_CONT" in captured.captured_queries[0]["sql"]
+
+
+def test_failure_groups_pick_a_sample_per_group_in_one_more_query():
+    for error_type in ("errors.A", "errors.B", "errors.C"):
+        make_event("failed", error_type=error_type)
+
+    with CaptureQueriesContext(connection) as captured:
+        groups, more = queries.failure_groups()
+
+    assert len(captured.captured_queries) == 2
+    assert not more
+    assert {g.error_type for g in groups} == {"errors.A", "errors.B", "errors.C"}
+    assert all(g.sample["error_type"] == g.error_type for g in groups)
