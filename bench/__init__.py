@@ -1,0 +1,1 @@
+"""messagio's benchmarks: run ``python bench/run.py [--quick]`` (see README.md)."""
