@@ -1,16 +1,12 @@
-"""How a fire becomes work: listeners grouped into tasks, and how a listener is found and run.
+"""What a task carries about a listener, and how a worker finds and retries it.
 
-Listeners of one messagio that share priority and queue form one group, published as one
-Celery task that runs them in subscription order ("a single published messagio is executed
-by a single worker"). A listener with its own priority or queue gets its own task.
+The grouping of a fire's listeners into tasks is ``messagio.records.envelopes``.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from messagio.conf import get_setting
@@ -23,15 +19,6 @@ logger = logging.getLogger("messagio")
 ENVELOPE_VERSION = 1
 
 
-@dataclass
-class Group:
-    """Subscriptions of one messagio that travel in one task."""
-
-    priority: int
-    queue: str | None
-    subscriptions: list[Subscription] = field(default_factory=list)
-
-
 def effective_priority(subscription: Subscription) -> int:
     if subscription.priority is not None:
         return subscription.priority
@@ -40,20 +27,6 @@ def effective_priority(subscription: Subscription) -> int:
 
 def effective_queue(subscription: Subscription) -> str | None:
     return subscription.queue or get_setting("DEFAULT_QUEUE")
-
-
-def plan(subscriptions: Iterable[Subscription]) -> list[Group]:
-    """Group subscriptions by (priority, queue), most important group first.
-
-    Within a group the subscription order is kept.
-    """
-    groups: dict[tuple[int, str | None], Group] = {}
-    for subscription in subscriptions:
-        key = (effective_priority(subscription), effective_queue(subscription))
-        if key not in groups:
-            groups[key] = Group(priority=key[0], queue=key[1])
-        groups[key].subscriptions.append(subscription)
-    return sorted(groups.values(), key=lambda group: -group.priority)
 
 
 def _dotted(exc_type: type[BaseException]) -> str:

@@ -239,7 +239,12 @@ def envelopes(
     replay_id: int | None = None,
     record: bool = True,
 ) -> list[dict[str, Any]]:
-    """One task envelope per (priority, queue) group of deliveries, most important first."""
+    """One task envelope per (priority, queue) group of deliveries, most important first.
+
+    Listeners of one messagio that share priority and queue travel in one Celery task that
+    runs them in subscription order ("a single published messagio is executed by a single
+    worker"); a listener with its own priority or queue gets its own task.
+    """
     groups: dict[tuple[int, str], list[Delivery]] = {}
     for delivery in sorted(deliveries, key=lambda d: d.position):
         groups.setdefault((delivery.priority, delivery.queue), []).append(delivery)

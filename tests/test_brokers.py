@@ -8,7 +8,8 @@ from django.test import override_settings
 
 from messagio import Messagio
 from messagio.brokers import broker_priority
-from messagio.dispatch import plan
+from messagio.payload import encode
+from messagio.records import build_records, envelopes
 from messagio.registry import registry
 
 
@@ -56,29 +57,36 @@ def d(m):
     pass
 
 
-def test_listeners_of_equal_priority_and_queue_share_one_group_in_order():
+def tasks_of(messagio):
+    """The task envelopes a fire of ``messagio`` would publish."""
+    subscriptions = registry.subscriptions_for(type(messagio))
+    return envelopes(*build_records(messagio, encode(messagio), subscriptions))
+
+
+def names(envelope):
+    return [spec["id"].rsplit(".", 1)[-1] for spec in envelope["listeners"]]
+
+
+def test_listeners_of_equal_priority_and_queue_share_one_task_in_order():
     for listener in (c, a, b):
         registry.subscribe(Evt, listener)
     registry.subscribe(Evt, d, priority=9)
 
-    groups = plan(registry.subscriptions_for(Evt))
+    tasks = tasks_of(Evt())
 
-    assert [(g.priority, [s.listener for s in g.subscriptions]) for g in groups] == [
-        (9, [d]),
-        (5, [c, a, b]),
-    ]
+    assert [(t["priority"], names(t)) for t in tasks] == [(9, ["d"]), (5, ["c", "a", "b"])]
 
 
-def test_a_listener_with_its_own_queue_gets_its_own_group():
+def test_a_listener_with_its_own_queue_gets_its_own_task():
     registry.subscribe(Evt, a)
     registry.subscribe(Evt, b, queue="slow")
 
-    groups = plan(registry.subscriptions_for(Evt))
+    tasks = tasks_of(Evt())
 
-    assert sorted((g.queue or "", len(g.subscriptions)) for g in groups) == [("", 1), ("slow", 1)]
+    assert sorted((t["queue"] or "", names(t)) for t in tasks) == [("", ["a"]), ("slow", ["b"])]
 
 
 def test_default_priority_comes_from_settings():
     registry.subscribe(Evt, a)
     with override_settings(MESSAGIO={"DEFAULT_PRIORITY": 2}):
-        assert plan(registry.subscriptions_for(Evt))[0].priority == 2
+        assert tasks_of(Evt())[0]["priority"] == 2
