@@ -264,6 +264,21 @@ def test_a_search_that_matches_nothing_lists_nothing(admin_client, failed_event)
     assert listed(response) == []
 
 
+@pytest.mark.parametrize(
+    "hostile_query",
+    ["%", "_", "100%_off", "' OR 1=1 --", '"; DROP TABLE messagio_event; --', "\\", "[a-z]*"],
+)
+def test_sql_and_wildcard_characters_in_a_search_are_matched_literally(admin_client, hostile_query):
+    make_event("succeeded", summary={"note": "plain text"})
+    literal = make_event("succeeded", summary={"note": f"has {hostile_query} inside"})
+
+    response = admin_client.get(EVENTS, {"q": hostile_query})
+
+    assert response.status_code == 200
+    assert listed(response) == [str(literal.pk)]
+    assert Event.objects.count() == 2  # and the table is still there
+
+
 # --- The event's page -----------------------------------------------------------------------
 
 
