@@ -1,8 +1,9 @@
 """messagio's benchmarks: A (messagio, recording everything) against B (messagio 0.7 from PyPI)
 and C (raw Celery), in one run, on PostgreSQL + Redis and PostgreSQL + RabbitMQ.
 
-    python bench/run.py            figures 1 to 5 (under 20 minutes on 2 cores)
-    python bench/run.py --quick    figures 1 to 4, fewer and smaller runs (under 3 minutes)
+    python bench/run.py              figures 1 to 5 (under 20 minutes on 2 cores)
+    python bench/run.py --quick      figures 1 to 4, fewer and smaller runs (under 3 minutes)
+    python bench/run.py --figures 6  figure 6 alone: the admin at 1M events (about 6 minutes)
 
 Run it with an interpreter that has messagio's requirements (``.venv`` made by bin/test, or
 any virtualenv with requirements.txt). B's side runs in bench/.venv-0.7, made here on first
@@ -57,7 +58,7 @@ SIDE_NAMES = {
 }
 LISTENER_COUNTS = (1, 4, 16)
 
-#: The issue's targets, checked at the end (figure 6's is measured elsewhere: see the hook).
+#: The issue's targets, checked at the end (figure 6's in bench/admin_at_scale.py).
 TARGETS = {
     "fire4": "fire throughput, 4 listeners: A/B >= 2.0 (each broker)",
     "fire16": "fire throughput, 16 listeners: A/B >= 5.0 (each broker)",
@@ -402,6 +403,8 @@ class Run:
         self.results: dict[str, Any] = {"brokers": {}}
         self.db: Any = None
         self.memory_brokers: list[str] = brokers[:1]
+        #: Events of figure 6's large database (None: the issue's 1,000,000).
+        self.admin_events: int | None = None
 
     # Database -------------------------------------------------------------------------------
 
@@ -623,16 +626,39 @@ def count_deliveries(memory: dict[str, Any] | None, name: str, count: int, side:
         )
 
 
-def figure_6_admin_at_scale(run: Run) -> dict:
-    """HOOK (figure 6, admin at 1M events / 4M deliveries): prepared separately.
+def admin_at_scale() -> Any:
+    """bench/admin_at_scale.py, imported the same way whether run.py runs as a script
+    (``python bench/run.py``) or as a module."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from bench import admin_at_scale as module
 
-    To plug it in: seed its own database (COPY or bulk_create in batches), time every admin
-    screen and count its queries, and return ``{"screens": {name: {"seconds": s,
-    "queries": q, "queries_small": q0}}}``; :func:`check_targets` then judges the "admin"
-    target and :func:`write_results` prints the table. Until then the target is reported
-    as NOT MEASURED.
+    return module
+
+
+def figure_6_admin_at_scale(run: Run) -> dict:
+    """The admin at 1M events / 4M deliveries: its own databases (large and small), seeded
+    with COPY, every screen timed and its queries counted, the databases dropped.
+
+    Returns ``{"screens": {name: {"seconds": s, "queries": q, "queries_small": q0, ...}},
+    "seed": ..., "run": ...}``; :func:`check_targets` judges the "admin" target and
+    :func:`report` renders it (see bench/admin_at_scale.py).
     """
-    return {"pending": True}
+    began = time.time()
+    module = admin_at_scale()
+    result = module.figure(
+        run.id, run.tmp, log, events=run.admin_events or module.EVENTS, profiles=PROFILES
+    )
+    result["run"] = {
+        "command": run.command,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+        "run_id": run.id,
+        "load_start": run.results["machine"]["load_start"],
+        "load_end": load_average(),
+        "git": run.results["machine"]["git"],
+        "minutes": (time.time() - began) / 60,
+    }
+    return result
 
 
 def profiles(run: Run, sides: dict[str, Side], broker: str, admin: BrokerAdmin) -> dict:
@@ -750,6 +776,13 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release(), "git": git, "load_start": load_average()}  # fmt: skip
 
 
+def postgres_version() -> str:
+    import psycopg
+
+    with psycopg.connect(f"{POSTGRES}/postgres") as db:
+        return db.execute("SHOW server_version").fetchone()[0]
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages: other work on the machine skews every figure."""
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -822,7 +855,12 @@ def check_targets(results: dict) -> dict[str, tuple[str, str]]:
     }
     for target, verdict in checks.items():
         verdicts[target] = verdict or ("NOT RUN", "figure not selected in this run")
-    verdicts["admin"] = ("NOT MEASURED", "figure 6 is prepared separately (hook in run.py)")
+    admin = results.get("admin") or {}
+    verdicts["admin"] = (
+        admin_at_scale().verdict(admin)
+        if admin.get("screens")
+        else ("NOT RUN", "figure 6 not selected in this run (python bench/run.py --figures 6)")
+    )
     return verdicts
 
 
@@ -969,14 +1007,42 @@ def report(run: Run, verdicts: dict[str, tuple[str, str]], elapsed: float) -> st
             lines += ["", "Profiles (pyinstrument): " + ", ".join(links)]
     if "breakdown" in r:
         lines += ["", *breakdown_lines(r["breakdown"])]
-    lines += [
-        "",
-        "## 6. Admin at scale",
-        "",
-        "Not measured by this run: figure 6 (1,000,000 events, 4,000,000 deliveries) is being "
-        "prepared separately and plugs into `figure_6_admin_at_scale` in bench/run.py.",
-    ]
+    lines += ["", *figure_6_lines(r.get("admin"), r["machine"], verdicts["admin"])]
     return "\n".join(lines) + "\n"
+
+
+FIGURE_6_START = "<!-- figure-6:start -->"
+FIGURE_6_END = "<!-- figure-6:end -->"
+
+
+def figure_6_lines(admin: dict | None, machine: dict, verdict: tuple[str, str]) -> list[str]:
+    """Figure 6's section, between its markers: a run without figure 6 keeps the previous
+    run's section (see :func:`write_results`), so it carries its own command and date."""
+    lines = [FIGURE_6_START, "## 6. Admin at scale", ""]
+    if not admin or not admin.get("screens"):
+        lines += [
+            "Not measured by this run: `python bench/run.py --figures 6` (about 5 minutes) "
+            "seeds 1,000,000 events and 4,000,000 deliveries and times every admin screen.",
+            FIGURE_6_END,
+        ]
+        return lines
+    module = admin_at_scale()
+    meta, seed = admin["run"], admin["seed"]
+    lines += [
+        f"- command: `{meta['command']}`; date: {meta['date']} (UTC), run id `{meta['run_id']}`, "
+        f"wall time {meta['minutes']:.1f} min of which seeding {seed['seconds'] / 60:.1f} min",
+        f"- machine: {machine['nproc']} cores ({machine['cpu']}); load average "
+        f"{meta['load_start']} at the start, {meta['load_end']} at the end; PostgreSQL "
+        f"{admin.get('postgres', '?')}; messagio at `{meta['git']}`",
+        *module.method_lines(admin),
+        "",
+        f"**{verdict[0]}**: {verdict[1]}.",
+        "",
+        *module.table_lines(admin),
+        *module.notes_lines(admin),
+        FIGURE_6_END,
+    ]
+    return lines
 
 
 def breakdown_lines(breakdown: dict) -> list[str]:
@@ -1066,17 +1132,71 @@ FINDINGS_START = "<!-- findings:start -->"
 FINDINGS_END = "<!-- findings:end -->"
 
 
-def write_results(text: str, path: Path) -> None:
-    """Write the report, keeping the hand-written findings section of the previous one."""
+def section(text: str, start: str, end: str) -> tuple[int, int] | None:
+    """Where the section between the markers ``start`` and ``end`` (included) is."""
+    if start not in text or end not in text:
+        return None
+    return text.index(start), text.index(end) + len(end)
+
+
+def figure_6_section(text: str) -> tuple[int, int] | None:
+    """Figure 6's section: between its markers, or (a report of before the markers) from
+    its heading to the findings."""
+    found = section(text, FIGURE_6_START, FIGURE_6_END)
+    if found or "## 6. Admin at scale" not in text:
+        return found
+    begin = text.index("## 6. Admin at scale")
+    end = text.index(FINDINGS_START) if FINDINGS_START in text else len(text)
+    return begin, end
+
+
+def admin_target_line(text: str) -> str | None:
+    return next(
+        (line for line in text.splitlines() if line.startswith(f"| {TARGETS['admin']} |")), None
+    )
+
+
+def merge(text: str, old: str, ran_brokers: bool, ran_admin: bool) -> str:
+    """The report to write, given the previous one: a run of figure 6 alone changes only
+    figure 6's section and target row of the previous report; a run without figure 6 keeps
+    the previous figure 6 (section and target row)."""
+
+    def replace_section(into: str, donor: str) -> str:
+        mine, theirs = figure_6_section(into), figure_6_section(donor)
+        if not mine or not theirs:
+            return into
+        block = donor[theirs[0] : theirs[1]].strip("\n")
+        rest = into[mine[1] :].lstrip("\n")
+        return into[: mine[0]] + block + "\n" + ("\n" + rest if rest else "")
+
+    def replace_row(into: str, donor: str) -> str:
+        mine, theirs = admin_target_line(into), admin_target_line(donor)
+        return into.replace(mine, theirs) if mine and theirs else into
+
+    if not ran_brokers and ran_admin:
+        if not old or figure_6_section(old) is None:
+            return text
+        return replace_row(replace_section(old, text), text)
+    if ran_brokers and not ran_admin and old and section(old, FIGURE_6_START, FIGURE_6_END):
+        return replace_row(replace_section(text, old), old)
+    return text
+
+
+def write_results(text: str, path: Path, ran_brokers: bool = True, ran_admin: bool = False) -> None:
+    """Write the report, keeping the hand-written findings section of the previous one, and
+    figure 6 or figures 1 to 5 of the previous one when this run did not make them."""
+    old = path.read_text() if path.exists() else ""
+    text = merge(text, old, ran_brokers, ran_admin)
+    if FINDINGS_START in text:  # the previous report, with only figure 6 replaced
+        path.write_text(text)
+        return
     findings = (
         f"{FINDINGS_START}\n## Findings\n\n(written by hand after a run: what the time goes "
         f"to where a target falls short, and what would close it)\n{FINDINGS_END}\n"
     )
-    if path.exists():
-        old = path.read_text()
-        if FINDINGS_START in old and FINDINGS_END in old:
-            start = old.index(FINDINGS_START)
-            findings = old[start : old.index(FINDINGS_END) + len(FINDINGS_END)] + "\n"
+    if FINDINGS_START in old and FINDINGS_END in old:
+        start = old.index(FINDINGS_START)
+        findings = old[start : old.index(FINDINGS_END) + len(FINDINGS_END)] + "\n"
     path.write_text(text + "\n" + findings)
 
 
@@ -1089,7 +1209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--brokers", default="redis,rabbitmq", help="comma-separated: redis,rabbitmq"
     )
-    parser.add_argument("--figures", help="comma-separated figure numbers, e.g. 1,4")
+    parser.add_argument(
+        "--figures", help="comma-separated figure numbers, e.g. 1,4; 6 runs only when asked"
+    )
     parser.add_argument("--prefetch", type=int, help="worker --prefetch-multiplier (default 4)")
     parser.add_argument(
         "--profile", action=argparse.BooleanOptionalAction, default=None,
@@ -1100,6 +1222,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--memory-deliveries", type=int, help="deliveries of figure 5 (default 100,000)"
+    )
+    parser.add_argument(
+        "--admin-events", type=int, help="events of figure 6 (default 1,000,000; to try it out)"
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="default bench/RESULTS.md")
     args = parser.parse_args(argv)
@@ -1122,22 +1247,29 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/run.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
 
     started = time.time()
-    ensure_venv_07()
+    #: Figures 1 to 5 need the brokers, B's virtualenv and the bench's database; figure 6
+    #: makes its own databases and needs none of them.
+    ran_brokers = bool({1, 2, 3, 4, 5} & set(plan.figures))
+    if ran_brokers:
+        ensure_venv_07()
     run = Run(plan, brokers, command, profile)
+    run.admin_events = args.admin_events
     if args.memory_brokers:
         run.memory_brokers = [b for b in args.memory_brokers.split(",") if b]
     log(f"run {run.id}: figures {plan.figures} on {', '.join(brokers)}; logs in {run.tmp}")
     failed = False
     try:
-        run.create_database()
+        if ran_brokers:
+            run.create_database()
         run.results.update(
             date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
             machine=machine(),
             versions={"A": versions(sys.executable, ROOT),
-                      "B": versions(str(VENV_07 / "bin" / "python"), BENCH)},
-            postgres="PostgreSQL " + run.db.execute("SHOW server_version").fetchone()[0],
+                      "B": versions(str(VENV_07 / "bin" / "python"), BENCH)
+                      if ran_brokers else {}},
+            postgres="PostgreSQL " + postgres_version(),
         )  # fmt: skip
-        for broker in brokers:
+        for broker in brokers if ran_brokers else []:
             log(f"{broker}:")
             began = time.time()
             run.results["brokers"][broker] = bench_broker(run, broker)
@@ -1159,12 +1291,22 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.time() - started
     run.results["machine"]["load_end"] = load_average()
     verdicts = check_targets(run.results)
-    write_results(report(run, verdicts, elapsed), args.output)
-    # The raw numbers beside the report (RESULTS.md -> RESULTS.json).
-    args.output.with_suffix(".json").write_text(json.dumps(run.results, indent=1, default=str))
+    ran_admin = bool(run.results.get("admin", {}).get("screens"))
+    write_results(report(run, verdicts, elapsed), args.output, ran_brokers, ran_admin)
+    # The raw numbers beside the report (RESULTS.md -> RESULTS.json), merged like the report.
+    raw = args.output.with_suffix(".json")
+    results = run.results
+    if raw.exists():
+        previous = json.loads(raw.read_text())
+        if not ran_brokers:
+            results = {**previous, "admin": results.get("admin")}
+        elif not ran_admin and previous.get("admin"):
+            results = {**results, "admin": previous["admin"]}
+    raw.write_text(json.dumps(results, indent=1, default=str))
     print()
     for target, (verdict, detail) in verdicts.items():
-        print(f"{verdict:>12}  {TARGETS[target]}: {detail}")
+        if ran_brokers or target == "admin":
+            print(f"{verdict:>12}  {TARGETS[target]}: {detail}")
     log(f"done in {elapsed / 60:.1f} min; results in {args.output}")
     return 0
 
