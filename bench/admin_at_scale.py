@@ -970,13 +970,13 @@ def notes_lines(result: dict[str, Any]) -> list[str]:
             "",
             f"### {s['title']}: {s['seconds'] * 1000:.0f} ms (`{s['url']}`)",
             "",
-            f"{s['queries']} queries, {s['sql_seconds'] * 1000:.0f} ms of SQL. "
-            + ("Its slowest queries, `EXPLAIN (ANALYZE, BUFFERS)`:" if s.get("explain") else
-               "No query over 50 ms: the rest is Python (the view and its template) and, on "
-               "a loaded machine, waiting for a core.")
-            + (f" Profile (pyinstrument, one request): [{Path(s['profile_path']).name}]"
-               f"({Path(s['profile_path']).relative_to('bench')})."
-               if s.get("profile_path") else ""),
+            f"{s['queries']} queries, {s['sql_seconds'] * 1000:.0f} ms of SQL."
+            + (" Most of the time is not SQL: the view and its template (and, on a loaded "
+               "machine, waiting for a core); a pyinstrument profile of one request: "
+               f"[{Path(s['profile_path']).name}]({Path(s['profile_path']).relative_to('bench')})."
+               if s.get("profile_path") else "")
+            + (" Its slowest queries, `EXPLAIN (ANALYZE, BUFFERS)`:" if s.get("explain") else
+               " No query over 50 ms."),
         ]  # fmt: skip
         for plan in s.get("explain", []):
             lines += [

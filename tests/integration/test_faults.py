@@ -51,7 +51,7 @@ def test_a_worker_that_loses_its_database_mid_listener_records_the_outcome_once_
     worker = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, env={"DATABASE_URL": proxied})
     try:
         report = FileGated(uuid.uuid4().hex, str(tmp_path)).fire()
-        wait_for(lambda: (tmp_path / "started").exists(), what="the listener to start")
+        wait_for(lambda: (tmp_path / "started").exists(), timeout=90, what="the listener to start")
 
         proxy.cut()
         (tmp_path / "release").touch()
@@ -116,7 +116,7 @@ def test_a_broker_connection_cut_while_a_listener_runs_is_recorded_once(start_wo
     )
     try:
         report = FileGated(uuid.uuid4().hex, str(tmp_path)).fire()
-        wait_for(lambda: (tmp_path / "started").exists(), what="the listener to start")
+        wait_for(lambda: (tmp_path / "started").exists(), timeout=90, what="the listener to start")
 
         proxy.cut()  # the worker holds the message unacknowledged
         (tmp_path / "release").touch()
