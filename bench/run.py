@@ -3,7 +3,7 @@ and C (raw Celery), in one run, on PostgreSQL + Redis and PostgreSQL + RabbitMQ.
 
     python bench/run.py              figures 1 to 5 (under 20 minutes on 2 cores)
     python bench/run.py --quick      figures 1 to 4, fewer and smaller runs (under 3 minutes)
-    python bench/run.py --figures 6  figure 6 alone: the admin at 1M events (about 6 minutes)
+    python bench/run.py --figures 6  figure 6 alone: the admin at 1M events (3 to 7 minutes)
 
 Run it with an interpreter that has messagio's requirements (``.venv`` made by bin/test, or
 any virtualenv with requirements.txt). B's side runs in bench/.venv-0.7, made here on first
@@ -1021,7 +1021,7 @@ def figure_6_lines(admin: dict | None, machine: dict, verdict: tuple[str, str]) 
     lines = [FIGURE_6_START, "## 6. Admin at scale", ""]
     if not admin or not admin.get("screens"):
         lines += [
-            "Not measured by this run: `python bench/run.py --figures 6` (about 5 minutes) "
+            "Not measured by this run: `python bench/run.py --figures 6` (3 to 7 minutes) "
             "seeds 1,000,000 events and 4,000,000 deliveries and times every admin screen.",
             FIGURE_6_END,
         ]
