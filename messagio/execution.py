@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.utils import timezone
@@ -51,6 +51,9 @@ class RunContext:
     envelope: dict[str, Any] | None = None
     #: Stop a listener at its time limit (in a worker's main thread only).
     enforce_time_limit: bool = False
+    #: Claims already taken, by delivery id: the one statement that records a listener's
+    #: outcome also claims the next listener of its group.
+    claims: dict[str, Any] = field(default_factory=dict)
 
 
 @contextmanager
@@ -105,16 +108,20 @@ def run_once(
     listener: Callable[[Any], Any] | None = None,
     retry_on: tuple[type[BaseException], ...] | None = None,
     load_error: BaseException | None = None,
+    next_spec: dict[str, Any] | None = None,
 ) -> tuple[ListenerOutcome | None, bool]:
     """Run one attempt of one listener. Returns its outcome (None when skipped because the
-    delivery is already finished) and whether a retry is due."""
+    delivery is already finished) and whether a retry is due. ``next_spec``, the listener
+    that runs next in this group, is claimed along with this one's outcome."""
     from messagio import signals
 
     number = spec["attempt"]
     if ctx.record:
         from messagio.records import claim, recreate_from_envelope
 
-        claimed = claim(spec["delivery"], ctx.task_id, ctx.worker, ctx.replay_id)
+        claimed = ctx.claims.pop(spec["delivery"], None) or claim(
+            spec["delivery"], ctx.task_id, ctx.worker, ctx.replay_id
+        )
         if claimed is None and ctx.envelope is not None:
             recreate_from_envelope(ctx.envelope)
             claimed = claim(spec["delivery"], ctx.task_id, ctx.worker, ctx.replay_id)
@@ -157,7 +164,8 @@ def run_once(
     if ctx.record:
         from messagio.records import finish, with_db_retry
 
-        with_db_retry(
+        claim_next = next_spec["delivery"] if next_spec is not None else None
+        claimed_next = with_db_retry(
             finish,
             spec["delivery"],
             number,
@@ -169,7 +177,10 @@ def run_once(
             result=result,
             exception=error,
             will_retry=will_retry,
+            claim_next=claim_next,
         )
+        if claim_next is not None and claimed_next is not None:
+            ctx.claims[claim_next] = claimed_next
 
     delivery_id = spec.get("delivery")
     if error is None:

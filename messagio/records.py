@@ -132,31 +132,51 @@ def build_records(
 #: a lost claim or outcome makes the delivery run again (at least once).
 ASYNC_COMMIT_CTE = "messagio_async AS (SELECT set_config('synchronous_commit', 'off', true))"
 
-#: Columns of a pending Delivery, in the order of _delivery_row().
-DELIVERY_COLUMNS = (
-    "id", "event_id", "position", "messagio_type", "listener", "import_path", "priority",
-    "queue", "autoretry_for", "max_retries", "retry_delay", "time_limit", "status", "attempts",
-    "started_at", "finished_at", "duration_ms", "result", "error_type", "error", "traceback",
-    "task_id", "worker", "replay_id",
-)  # fmt: skip
 EVENT_COLUMNS = (
     "id", "messagio_type", "fired_at", "payload", "summary", "origin", "replay_of_id", "state",
     "published_at", "claimed_at", "publish_error", "listener_count",
 )  # fmt: skip
+EVENT_TYPES = (
+    "uuid", "varchar", "timestamptz", "bytea", "jsonb", "varchar", "uuid", "varchar",
+    "timestamptz", "timestamptz", "text", "integer",
+)  # fmt: skip
+
+#: What varies between the Deliveries of one fire: one JSON document for all of them,
+#: unpacked by jsonb_to_recordset, so the statement has the same few parameters whatever
+#: the number of listeners (adapting a parameter costs more than the row it fills).
+DELIVERY_RECORD = (
+    ("id", "uuid"), ("position", "integer"), ("listener", "varchar"),
+    ("import_path", "varchar"), ("priority", "integer"), ("queue", "varchar"),
+    ("autoretry_for", "jsonb"), ("max_retries", "integer"), ("retry_delay", "double precision"),
+    ("time_limit", "double precision"),
+)  # fmt: skip
+#: A pending Delivery's other columns: the same for every fire, written as literals.
+PENDING_DELIVERY = (
+    ("status", "'pending'"), ("attempts", "0"), ("result", "''"), ("error_type", "''"),
+    ("error", "''"), ("traceback", "''"), ("task_id", "''"), ("worker", "''"),
+)  # fmt: skip
 
 
-def _delivery_row(d: NewDelivery) -> tuple[Any, ...]:
-    from psycopg.types.json import Jsonb  # only on PostgreSQL, whose driver this is
-
-    return (
-        d.id, d.event_id, d.position, d.messagio_type, d.listener, d.import_path, d.priority,
-        d.queue, Jsonb(d.autoretry_for), d.max_retries, d.retry_delay, d.time_limit, "pending",
-        0, None, None, None, "", "", "", "", "", "", None,
-    )  # fmt: skip
+def _delivery_document(deliveries: list[NewDelivery]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": str(d.id),
+            "position": d.position,
+            "listener": d.listener,
+            "import_path": d.import_path,
+            "priority": d.priority,
+            "queue": d.queue,
+            "autoretry_for": d.autoretry_for,
+            "max_retries": d.max_retries,
+            "retry_delay": d.retry_delay,
+            "time_limit": d.time_limit,
+        }
+        for d in deliveries
+    ]
 
 
 def _event_row(e: NewEvent) -> tuple[Any, ...]:
-    from psycopg.types.json import Jsonb
+    from psycopg.types.json import Jsonb  # only on PostgreSQL, whose driver this is
 
     return (
         e.id, e.messagio_type, e.fired_at, bytes(e.payload), Jsonb(e.summary), e.origin, None,
@@ -168,33 +188,64 @@ def use_async_commit(connection: Any) -> bool:
     return connection.vendor == "postgresql" and bool(get_setting("ASYNC_COMMIT"))
 
 
+_fire_statements: dict[tuple[str, bool], str] = {}
+
+
+def _fire_statement(connection: Any, asynchronous: bool) -> str:
+    """The one INSERT of a fire on PostgreSQL (built once per connection kind)."""
+    key = (connection.alias, asynchronous)
+    if key in _fire_statements:
+        return _fire_statements[key]
+    quote = connection.ops.quote_name
+    event_table, delivery_table = quote(Event._meta.db_table), quote(Delivery._meta.db_table)
+    ctes = [ASYNC_COMMIT_CTE] if asynchronous else []
+    event_values = ", ".join(f"%s::{kind}" for kind in EVENT_TYPES)
+    new_event = (
+        f"messagio_new_event AS (INSERT INTO {event_table} "  # noqa: S608
+        f"({', '.join(quote(c) for c in EVENT_COLUMNS)}) "
+        f"SELECT {event_values}{' FROM messagio_async' if asynchronous else ''} "
+        "ON CONFLICT DO NOTHING)"
+    )
+    ctes.append(new_event)
+    record = ", ".join(f"{quote(name)} {kind}" for name, kind in DELIVERY_RECORD)
+    columns = [
+        "event_id",
+        "messagio_type",
+        *(name for name, _ in DELIVERY_RECORD),
+        *(name for name, _ in PENDING_DELIVERY),
+    ]
+    values = [
+        "%s::uuid",
+        "%s::varchar",
+        *(f"r.{quote(name)}" for name, _ in DELIVERY_RECORD),
+        *(literal for _, literal in PENDING_DELIVERY),
+    ]
+    # Identifiers come from model meta and literals from this module; values are parameters.
+    sql = (
+        f"WITH {', '.join(ctes)} INSERT INTO {delivery_table} "  # noqa: S608
+        f"({', '.join(quote(c) for c in columns)}) SELECT {', '.join(values)} "
+        f"FROM jsonb_to_recordset(%s::jsonb) AS r({record}) ON CONFLICT DO NOTHING"
+    )
+    _fire_statements[key] = sql
+    return sql
+
+
 def _save_in_one_statement(connection: Any, event: NewEvent, deliveries: list[NewDelivery]) -> None:
     """Event and Deliveries in one PostgreSQL statement, atomic on its own: one round trip.
 
     With ASYNC_COMMIT, a published event's commit does not wait for the WAL flush.
     """
-    quote = connection.ops.quote_name
-    event_table, delivery_table = quote(Event._meta.db_table), quote(Delivery._meta.db_table)
+    from psycopg.types.json import Jsonb
+
     asynchronous = event.state == Event.State.PUBLISHED and use_async_commit(connection)
-    ctes = [ASYNC_COMMIT_CTE] if asynchronous else []
-    source = " FROM messagio_async" if asynchronous else ""
-    ctes.append(
-        f"messagio_new_event AS (INSERT INTO {event_table} "
-        f"({', '.join(quote(c) for c in EVENT_COLUMNS)}) "
-        f"SELECT {', '.join(['%s'] * len(EVENT_COLUMNS))}{source} ON CONFLICT DO NOTHING)"
-    )
-    row = f"({', '.join(['%s'] * len(DELIVERY_COLUMNS))})"
-    # Identifiers come from model meta; values are parameters.
-    sql = (
-        f"WITH {', '.join(ctes)} INSERT INTO {delivery_table} "  # noqa: S608
-        f"({', '.join(quote(c) for c in DELIVERY_COLUMNS)}) "
-        f"VALUES {', '.join([row] * len(deliveries))} ON CONFLICT DO NOTHING"
-    )
-    params = list(_event_row(event))
-    for delivery in deliveries:
-        params.extend(_delivery_row(delivery))
+    params = [
+        *_event_row(event),
+        event.id,
+        event.messagio_type,
+        Jsonb(_delivery_document(deliveries)),
+    ]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_fire_statement(connection, asynchronous), params)
 
 
 def save_records(event: Any, deliveries: list[Any]) -> None:
@@ -409,23 +460,21 @@ def claim(
     connection = connections[db_alias()]
     now = timezone.now()
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        row = _claim_in_one_statement(connection, delivery_id, now, task_id, worker)
-        if row is None:
-            return None
-        if row["status"] in TERMINAL:
-            return Claim(run=False, status_before=row["status"])
-    else:
-        with transaction.atomic(using=connection.alias):
-            row = (
-                Delivery.objects.select_for_update()
-                .filter(pk=delivery_id)
-                .values("status", "attempts", "started_at", "worker", "task_id", "replay_id")
-                .first()
-            )
-            if row is None:
-                return None
-            if row["status"] in TERMINAL:
-                return Claim(run=False, status_before=row["status"])
+        ctes, params, select = _claim_sql(connection, delivery_id, now, task_id, worker)
+        sql = f"WITH {', '.join(ctes)} {select}"
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            found = cursor.fetchone()
+        row = None if found is None else dict(zip(CLAIM_COLUMNS, found, strict=True))
+        return _claimed(delivery_id, row, now)
+    with transaction.atomic(using=connection.alias):
+        row = (
+            Delivery.objects.select_for_update()
+            .filter(pk=delivery_id)
+            .values(*CLAIM_COLUMNS)
+            .first()
+        )
+        if row is not None and row["status"] not in TERMINAL:
             Delivery.objects.filter(pk=delivery_id).update(
                 status=Delivery.Status.RUNNING,
                 attempts=F("attempts") + 1,
@@ -434,6 +483,19 @@ def claim(
                 task_id=task_id or "",
                 worker=worker or "",
             )
+    return _claimed(delivery_id, row, now)
+
+
+#: What a claim reads of the delivery as it was.
+CLAIM_COLUMNS = ("status", "attempts", "started_at", "worker", "task_id", "replay_id")
+
+
+def _claimed(delivery_id: str, row: dict[str, Any] | None, now: datetime.datetime) -> Claim | None:
+    """The claim's verdict from the row as it was; records the lost attempt of a dead worker."""
+    if row is None:
+        return None
+    if row["status"] in TERMINAL:
+        return Claim(run=False, status_before=row["status"])
     if row["status"] == Delivery.Status.RUNNING:
         Attempt.objects.create(
             delivery_id=delivery_id,
@@ -451,27 +513,28 @@ def claim(
     return Claim(run=True, number=row["attempts"] + 1, status_before=row["status"])
 
 
-def _claim_in_one_statement(
+def _claim_sql(
     connection: Any, delivery_id: str, now: datetime.datetime, task_id: str, worker: str
-) -> dict[str, Any] | None:
-    """The claim as one PostgreSQL statement: lock, read the row as it was, and update it
-    unless it is finished. One round trip and one commit on a worker's hot path."""
-    table = connection.ops.quote_name(Delivery._meta.db_table)
-    columns = ("status", "attempts", "started_at", "worker", "task_id", "replay_id")
+) -> tuple[list[str], list[Any], str]:
+    """The claim as CTEs of one PostgreSQL statement: lock, read the row as it was, and update
+    it unless it is finished; the final SELECT returns the row as it was."""
+    quote = connection.ops.quote_name
+    table = quote(Delivery._meta.db_table)
     asynchronous = use_async_commit(connection)
-    sql = f"""
-        WITH {ASYNC_COMMIT_CTE + "," if asynchronous else ""} old AS (
-            SELECT "id", {", ".join(f'"{c}"' for c in columns)}
+    # Identifiers come from model meta; values are parameters.
+    ctes = [
+        *([ASYNC_COMMIT_CTE] if asynchronous else []),
+        f"""old AS (
+            SELECT "id", {", ".join(f'"{c}"' for c in CLAIM_COLUMNS)}
             FROM {table} WHERE "id" = %s FOR UPDATE
-        ), claimed AS (
+        )""",  # noqa: S608
+        f"""claimed AS (
             UPDATE {table} AS d
             SET "status" = %s, "attempts" = d."attempts" + 1, "started_at" = %s,
                 "finished_at" = NULL, "task_id" = %s, "worker" = %s
             FROM old WHERE d."id" = old."id" AND old."status" NOT IN (%s, %s)
-        )
-        SELECT {", ".join(f'old."{c}"' for c in columns)}
-        FROM old{", messagio_async" if asynchronous else ""}
-    """  # noqa: S608 - identifiers come from model meta; values are parameters
+        )""",  # noqa: S608
+    ]
     params = [
         uuid.UUID(str(delivery_id)),
         "running",
@@ -480,10 +543,11 @@ def _claim_in_one_statement(
         worker or "",
         *[str(status) for status in TERMINAL],
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        found = cursor.fetchone()
-    return None if found is None else dict(zip(columns, found, strict=True))
+    select = (
+        f"SELECT {', '.join('old.' + quote(c) for c in CLAIM_COLUMNS)} "  # noqa: S608
+        f"FROM old{', messagio_async' if asynchronous else ''}"
+    )
+    return ctes, params, select
 
 
 def _cap(text: str, setting: str) -> str:
@@ -507,8 +571,13 @@ def finish(
     result: Any = None,
     exception: BaseException | None = None,
     will_retry: bool = False,
-) -> None:
-    """Record the outcome of one attempt on the delivery and in its history."""
+    claim_next: str | None = None,
+) -> Claim | None:
+    """Record the outcome of one attempt on the delivery and in its history.
+
+    With ``claim_next`` (the next delivery of the group), claim it in the same statement
+    on PostgreSQL and return that claim: one round trip between two listeners.
+    """
     now = timezone.now()
     if exception is None:
         status, outcome = Delivery.Status.SUCCEEDED, Attempt.Outcome.SUCCEEDED
@@ -529,7 +598,7 @@ def finish(
         }
     connection = connections[db_alias()]
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        _finish_in_one_statement(
+        return _finish_in_one_statement(
             connection,
             delivery_id,
             status,
@@ -544,8 +613,9 @@ def finish(
                 "worker": worker or "",
                 "replay_id": replay_id,
             },
+            claim_next=claim_next,
+            claim_as=(task_id, worker),
         )
-        return
     with transaction.atomic(using=connection.alias):
         Delivery.objects.filter(pk=delivery_id).update(
             status=status, finished_at=now, duration_ms=duration_ms, **fields
@@ -562,6 +632,7 @@ def finish(
             replay_id=replay_id,
             **fields,
         )
+    return None if claim_next is None else claim(claim_next, task_id, worker, replay_id)
 
 
 def _finish_in_one_statement(
@@ -572,8 +643,11 @@ def _finish_in_one_statement(
     duration_ms: float,
     fields: dict[str, str],
     attempt: dict[str, Any],
-) -> None:
-    """Update the delivery and append its attempt in one PostgreSQL statement."""
+    claim_next: str | None = None,
+    claim_as: tuple[str, str] = ("", ""),
+) -> Claim | None:
+    """Update the delivery and append its attempt in one PostgreSQL statement, and claim
+    the next delivery of the group in it too when there is one."""
     quote = connection.ops.quote_name
     delivery_table = quote(Delivery._meta.db_table)
     attempt_table = quote(Attempt._meta.db_table)
@@ -581,16 +655,29 @@ def _finish_in_one_statement(
     delivery_set = ", ".join(f"{quote(name)} = %s" for name in ("status", *outcome))
     row = {"delivery_id": uuid.UUID(str(delivery_id)), **attempt, **outcome}
     asynchronous = use_async_commit(connection)
-    sql = f"""
-        WITH {ASYNC_COMMIT_CTE + "," if asynchronous else ""} finished AS (
+    ctes = [ASYNC_COMMIT_CTE] if asynchronous else []
+    # Identifiers come from model meta; values are parameters.
+    ctes.append(f"""finished AS (
             UPDATE {delivery_table} SET {delivery_set} WHERE "id" = %s
-        )
-        INSERT INTO {attempt_table} ({", ".join(quote(name) for name in row)})
-        SELECT {", ".join(["%s"] * len(row))}{" FROM messagio_async" if asynchronous else ""}
-    """  # noqa: S608 - identifiers come from model meta; values are parameters
-    params = [str(status), *outcome.values(), uuid.UUID(str(delivery_id)), *row.values()]
+        )""")  # noqa: S608
+    params: list[Any] = [str(status), *outcome.values(), uuid.UUID(str(delivery_id))]
+    insert = (
+        f"INSERT INTO {attempt_table} ({', '.join(quote(name) for name in row)}) "  # noqa: S608
+        f"SELECT {', '.join(['%s'] * len(row))}{' FROM messagio_async' if asynchronous else ''}"
+    )
+    if claim_next is None:
+        with connection.cursor() as cursor:
+            cursor.execute(f"WITH {', '.join(ctes)} {insert}", [*params, *row.values()])
+        return None
+    ctes.append(f"appended AS ({insert})")
+    params.extend(row.values())
+    claim_ctes, claim_params, select = _claim_sql(connection, claim_next, timezone.now(), *claim_as)
+    ctes.extend(cte for cte in claim_ctes if cte != ASYNC_COMMIT_CTE)
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(f"WITH {', '.join(ctes)} {select}", [*params, *claim_params])
+        found = cursor.fetchone()
+    next_row = None if found is None else dict(zip(CLAIM_COLUMNS, found, strict=True))
+    return _claimed(claim_next, next_row, now)
 
 
 #: How long a worker keeps trying to record an outcome while the database is unreachable.

@@ -59,9 +59,13 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
         messagio = load_messagio(envelope["payload"], envelope["type"])
     except Exception as exc:  # noqa: BLE001 - recorded on every delivery of the group
         load_error = exc
-    for spec in envelope["listeners"]:
+    specs = envelope["listeners"]
+    for position, spec in enumerate(specs):
+        next_spec = specs[position + 1] if position + 1 < len(specs) else None
         try:
-            _, will_retry = run_once(messagio, spec, ctx, load_error=load_error)
+            _, will_retry = run_once(
+                messagio, spec, ctx, load_error=load_error, next_spec=next_spec
+            )
         except (OperationalError, InterfaceError) as exc:
             # The database stayed unreachable: send the group again later. Finished
             # listeners are skipped then; the interrupted one is recorded as lost and rerun.
@@ -80,12 +84,21 @@ def publish(envelope: dict[str, Any], countdown: float | None = None) -> str:
     options: dict[str, Any] = {
         "serializer": "pickle",
         "priority": broker_priority(deliver.app, envelope["priority"]),
+        # What monitoring tools show for the task; Celery would otherwise build it with a
+        # safe repr of the whole envelope, payload bytes included, on every publish.
+        "argsrepr": _argsrepr(envelope),
+        "kwargsrepr": "{}",
     }
     if envelope["queue"]:
         options["queue"] = envelope["queue"]
     if countdown:
         options["countdown"] = countdown
     return deliver.apply_async(args=(envelope,), **options).id
+
+
+def _argsrepr(envelope: dict[str, Any]) -> str:
+    listeners = ", ".join(spec["id"] for spec in envelope["listeners"])
+    return f"(<{envelope['type']} event {envelope['event']} for {listeners}>,)"
 
 
 @shared_task(name=RELAY_TASK, ignore_result=True)
