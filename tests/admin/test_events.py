@@ -151,6 +151,26 @@ def test_the_status_filter_selects_the_events_of_its_choice(admin_client, one_of
     assert listed(response) == [str(one_of_each[choice].pk)]
 
 
+def test_the_in_flight_filter_selects_events_by_id_without_joining_their_deliveries(
+    admin_client,
+):
+    make_event("succeeded", "succeeded", fired_at=ago(hours=3))
+    flying = make_event("succeeded", "running", fired_at=ago(hours=2))
+    backlog = make_event("pending", "pending", fired_at=ago(hours=1))
+
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(f"{EVENTS}?status=in_flight")
+
+    assert listed(response) == [str(backlog.pk), str(flying.pk)]
+    # A join lets the planner walk every event to find the few in flight (issue #4).
+    both = [
+        q["sql"]
+        for q in captured.captured_queries
+        if '"messagio_event"' in q["sql"] and '"messagio_delivery"' in q["sql"]
+    ]
+    assert both == []
+
+
 def test_the_status_filter_offers_its_four_choices(admin_client):
     response = admin_client.get(EVENTS)
 

@@ -53,6 +53,43 @@ def test_delivery_counts_counts_each_events_deliveries_by_outcome():
     assert counts[event.pk].in_flight == 1
 
 
+def test_in_flight_event_ids_lists_each_event_once_up_to_one_past_the_limit():
+    three = make_event("running", "pending", "retrying")
+    one = make_event("succeeded", "running")
+    make_event("succeeded", "failed")
+
+    assert sorted(queries.in_flight_event_ids(limit=5)) == sorted([three.pk, one.pk])
+    assert len(queries.in_flight_event_ids(limit=1)) == 2
+    assert len(queries.in_flight_event_ids(limit=0)) == 1
+
+
+@pytest.mark.parametrize(
+    "limit", [1000, 1], ids=["by id under the limit", "by subquery past it (a backlog)"]
+)
+def test_in_flight_selects_the_published_events_with_a_delivery_in_flight(monkeypatch, limit):
+    monkeypatch.setattr(queries, "IN_FLIGHT_LIMIT", limit)
+    running = make_event("succeeded", "running")
+    pending = make_event("pending", "pending")
+    retrying = make_event("failed", "retrying")
+    make_event("succeeded", "failed")
+    make_event()
+    make_event("pending", state=Event.State.RECORDED)
+    make_event("pending", state=Event.State.PUBLISHING)
+
+    selected = queries.in_flight(Event.objects.all())
+
+    assert set(selected) == {running, pending, retrying}
+
+
+def test_in_flight_keeps_the_filters_it_is_given():
+    make_event("running")
+    flaky = make_event("running", messagio_type="tests.testapp.messagio.Flaky")
+
+    selected = queries.in_flight(Event.objects.filter(messagio_type=flaky.messagio_type))
+
+    assert list(selected) == [flaky]
+
+
 def test_last_finished_gives_each_listeners_latest_finish():
     make_event("succeeded", fired_at=datetime.datetime(2024, 3, 10, tzinfo=datetime.UTC))
     latest = make_event("succeeded", fired_at=datetime.datetime(2024, 3, 12, tzinfo=datetime.UTC))
