@@ -1,11 +1,20 @@
-"""The date hierarchy's periods, listed from the first and the last date alone."""
+"""The date hierarchy's periods, listed from the first and the last date alone, and how
+those two dates are found."""
 
 import datetime
+import re
 
 import pytest
+from django.contrib import admin
+from django.db import connection
+from django.test import RequestFactory
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from messagio_admin.hierarchy import periods_between
+from messagio.models import Event
+from messagio_admin.hierarchy import bounds, periods_between
+from messagio_admin.paginator import LargeTablePaginator
+from tests.admin.factories import make_event
 
 UTC = datetime.UTC
 
@@ -42,3 +51,110 @@ def test_periods_are_in_the_current_time_zone():
 def test_an_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="kind must be one of"):
         periods_between(at(2024, 1, 1), at(2024, 1, 2), "week")
+
+
+# --- The first and the last date, on the Events changelist ---------------------------------
+
+EVENTS = "/admin/messagio/event/"
+
+
+def day_links(response) -> list[tuple[int, int, int]]:
+    """(year, month, day) of each day the hierarchy lists."""
+    return [
+        (int(year), int(month), int(day))
+        for day, month, year in re.findall(
+            r'href="\?fired_at__day=(\d+)&amp;fired_at__month=(\d+)&amp;fired_at__year=(\d+)[&"]',
+            response.content.decode(),
+        )
+    ]
+
+
+def month_links(response) -> list[tuple[int, int]]:
+    return [
+        (int(year), int(month))
+        for month, year in re.findall(
+            r'href="\?fired_at__month=(\d+)&amp;fired_at__year=(\d+)[&"]', response.content.decode()
+        )
+    ]
+
+
+@pytest.fixture
+def in_flight_among_finished():
+    """March 2024: finished events on the 8th and the 14th, one in flight on the 11th."""
+    make_event("succeeded", fired_at=at(2024, 3, 8, 12))
+    make_event("succeeded", "running", fired_at=at(2024, 3, 11, 12))
+    make_event("failed", fired_at=at(2024, 3, 14, 12))
+
+
+@pytest.fixture
+def counted_selections_are_large(monkeypatch):
+    """Any filtered selection of two rows or more is past the changelists' count cap."""
+    monkeypatch.setattr(LargeTablePaginator, "cap", 1)
+
+
+@pytest.mark.django_db
+def test_a_small_selection_lists_the_days_of_its_own_first_and_last_date(
+    admin_client, in_flight_among_finished
+):
+    response = admin_client.get(f"{EVENTS}?status=in_flight")
+
+    assert day_links(response) == [(2024, 3, 11)]
+
+
+@pytest.mark.django_db
+def test_a_selection_past_the_count_cap_lists_the_days_between_the_tables_first_and_last(
+    admin_client, in_flight_among_finished, counted_selections_are_large
+):
+    make_event("succeeded", "pending", fired_at=at(2024, 3, 12, 12))
+
+    response = admin_client.get(f"{EVENTS}?status=in_flight")
+
+    # The selection's dates would walk the date index to its first row in flight: the
+    # table's first and last date instead, the empty days listed too.
+    assert day_links(response) == [(2024, 3, day) for day in range(8, 15)]
+
+
+@pytest.mark.django_db
+def test_a_large_selection_lists_only_the_months_of_the_chosen_year(
+    admin_client, counted_selections_are_large
+):
+    make_event("succeeded", fired_at=at(2023, 11, 5))
+    for month in (2, 4):
+        make_event("succeeded", fired_at=at(2024, month, 5))
+    make_event("succeeded", fired_at=at(2025, 1, 5))
+
+    response = admin_client.get(f"{EVENTS}?status=ok&fired_at__year=2024")
+
+    assert month_links(response) == [(2024, 2), (2024, 3), (2024, 4)]
+
+
+def changelist(user, query: str):
+    """The Events changelist of ``?query``, as the admin builds it for ``user``."""
+    request = RequestFactory().get(f"{EVENTS}?{query}")
+    request.user = user
+    return admin.site.get_model_admin(Event).get_changelist_instance(request)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("large", [False, True])
+def test_the_first_and_the_last_date_cost_one_statement(superuser, monkeypatch, large):
+    for day in (8, 11, 14):
+        make_event("succeeded", fired_at=at(2024, 3, day))
+    if large:
+        monkeypatch.setattr(LargeTablePaginator, "cap", 1)
+    cl = changelist(superuser, "status=ok")
+
+    with CaptureQueriesContext(connection) as captured:
+        first, last = bounds(cl)
+
+    assert len(captured.captured_queries) == 1
+    assert (first, last) == (at(2024, 3, 8), at(2024, 3, 14))
+
+
+@pytest.mark.django_db
+def test_an_empty_selection_shows_no_hierarchy(admin_client):
+    make_event("succeeded", fired_at=at(2024, 3, 8))
+
+    html = admin_client.get(f"{EVENTS}?status=in_flight").content.decode()
+
+    assert 'class="toplinks"' not in html
