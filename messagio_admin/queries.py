@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import (
     Aggregate,
     Count,
@@ -371,15 +371,18 @@ def listener_stats(
     listeners: Iterable[str], since: datetime.datetime, using: str = "default"
 ) -> dict[str, ListenerStats]:
     """Runs, failures and median / p95 duration per listener of deliveries finished since
-    ``since``. One statement on PostgreSQL (percentile_cont), two elsewhere (the most recent
-    :data:`DURATION_SAMPLE` durations per listener, read with a window function)."""
+    ``since``. One statement on PostgreSQL (percentile_cont, after ``SET LOCAL jit = off``),
+    two elsewhere (the most recent :data:`DURATION_SAMPLE` durations per listener, read with
+    a window function)."""
     names = sorted(set(listeners))
     if not names:
         return {}
     # listener IN (...) lets PostgreSQL read (listener, finished_at) range by range.
-    finished = Delivery.objects.filter(
-        listener__in=names, finished_at__gte=since, status__in=FINISHED
-    ).order_by()
+    finished = (
+        Delivery.objects.using(using)
+        .filter(listener__in=names, finished_at__gte=since, status__in=FINISHED)
+        .order_by()
+    )
     postgres = connections[using].vendor == "postgresql"
     annotations: dict[str, Any] = {
         "runs": Count("*"),
@@ -388,8 +391,17 @@ def listener_stats(
     if postgres:
         annotations["p50"] = Percentile("duration_ms", 0.5)
         annotations["p95"] = Percentile("duration_ms", 0.95)
+    rows: Iterable[dict[str, Any]] = finished.values("listener").annotate(**annotations)
+    if postgres:
+        # Sorting each listener's durations makes the plan costly enough for PostgreSQL to
+        # compile it with JIT first, which costs more than it saves (at 1,000,000 events:
+        # 290 ms with JIT, 54 of them compiling; 150-190 ms without). Off for this
+        # statement's transaction (within a request's transaction: until that one ends).
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            cursor.execute("SET LOCAL jit = off")
+            rows = list(rows)
     stats = {}
-    for row in finished.values("listener").annotate(**annotations):
+    for row in rows:
         stats[row["listener"]] = ListenerStats(
             runs=row["runs"], failures=row["failures"], p50=row.get("p50"), p95=row.get("p95")
         )
