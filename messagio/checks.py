@@ -5,12 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.checks import Error, Tags, Warning, register
+from django.db import connections, router
+from django.db.migrations.recorder import MigrationRecorder
 
 from messagio.brokers import is_amqp, is_redis
 from messagio.conf import get_setting, unknown_settings
 from messagio.tasks import DELIVER_TASK
 
 PICKLE_CONTENT_TYPES = {"pickle", "application/x-python-serialize"}
+#: The trigram index of the admin's search by summary text (migration 0004, PostgreSQL).
+SEARCH_INDEX = "messagio_ev_summary_trgm"
+SEARCH_INDEX_SQL = (
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm; "
+    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {SEARCH_INDEX} ON messagio_event "
+    "USING gin (UPPER(summary::text) gin_trgm_ops);"
+)
 
 
 def _celery_app() -> Any:
@@ -134,4 +143,39 @@ def celery_config_errors(app: Any) -> list[Any]:
                     id="messagio.W004",
                 )
             )
+    return errors
+
+
+@register(Tags.database)
+def check_search_index(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Any]:
+    """On PostgreSQL, once migration 0004 has run: the summary search has its index (the
+    migration goes on without it when the user may not create pg_trgm)."""
+    errors: list[Any] = []
+    for alias in databases or ():
+        connection = connections[alias]
+        if connection.vendor != "postgresql" or not router.allow_migrate(alias, "messagio"):
+            continue
+        recorder = MigrationRecorder(connection)
+        if ("messagio", "0004_summary_search_index") not in recorder.applied_migrations():
+            continue  # migrating will create it
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                [SEARCH_INDEX],
+            )
+            row = cursor.fetchone()
+        if row and row[0]:
+            continue
+        drop = f"DROP INDEX CONCURRENTLY {SEARCH_INDEX}; " if row else ""
+        errors.append(
+            Warning(
+                f"The admin's search of event summaries has no index on the database "
+                f"{alias!r} ({'invalid: an interrupted build' if row else 'missing'}): each "
+                "search reads every summary, about 2 s at 1,000,000 events instead of 0.1 s.",
+                hint="As a user who may create the pg_trgm extension (PostgreSQL 13+: the "
+                f"CREATE privilege on the database), run: {drop}{SEARCH_INDEX_SQL} "
+                "It takes about 70 MB per million events, and a little time per fire.",
+                id="messagio.W005",
+            )
+        )
     return errors
