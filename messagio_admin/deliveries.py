@@ -15,7 +15,7 @@ from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from messagio.models import Attempt, Delivery, Event, Replay
 from messagio_admin import display, failures, permissions, queries, registry
@@ -202,6 +202,7 @@ class DeliveryAdmin(RecordAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("failures/", wrap(self.failures_view), name=f"{info}_failures"),
+            path("failures/group/", wrap(self.failure_group_view), name=f"{info}_failure_group"),
             path(
                 "failures/replay/",
                 wrap(self.replay_group_view),
@@ -214,6 +215,10 @@ class DeliveryAdmin(RecordAdmin):
 
     def failures_view(self, request: Any) -> Any:
         return failures.failures_view(self, request)
+
+    @method_decorator(require_GET)
+    def failure_group_view(self, request: Any) -> Any:
+        return failures.group_view(self, request)
 
     @method_decorator(require_POST)
     def replay_group_view(self, request: Any) -> Any:

@@ -1,5 +1,6 @@
 """The Failures page: failed deliveries grouped by listener, messagio type and error class,
-and "replay this group" once the bug is fixed (a bulk replay on a worker)."""
+and "replay this group" once the bug is fixed (a bulk replay on a worker), from the group's
+own page."""
 
 from __future__ import annotations
 
@@ -32,37 +33,31 @@ def describe_group(listener: str, messagio_type: str, error_type: str) -> str:
     }
 
 
-def failures_view(model_admin: Any, request: Any, bound: GroupReplayForm | None = None) -> Any:
-    """The failure groups, most recently seen first; ``bound``: a group form with errors."""
+#: The fields that name a group (hidden in its replay form, in the query of its page).
+GROUP_KEY = ("listener", "messagio_type", "error_type")
+
+
+def failures_view(model_admin: Any, request: Any) -> Any:
+    """The failure groups, most recently seen first, each with a link to its replay page
+    (one form there, not one per group here: 100 forms took most of this page's time)."""
     if not model_admin.has_view_permission(request):
         raise PermissionDenied
     groups, more = queries.failure_groups()
     can_replay = model_admin.has_replay_permission(request)
     changelist = reverse("admin:messagio_delivery_changelist")
+    group_page = reverse("admin:messagio_delivery_failure_group")
     rows = []
-    for index, group in enumerate(groups):
-        key = {
-            "listener": group.listener,
-            "messagio_type": group.messagio_type,
-            "error_type": group.error_type,
-        }
+    for group in groups:
+        key = {name: getattr(group, name) for name in GROUP_KEY}
         query = urlencode({"status__exact": Delivery.Status.FAILED, **key})
-        form = GroupReplayForm(initial=key, auto_id=f"id_group{index}_%s")
-        is_bound = bound is not None and all(
-            bound.data.get(name, "") == value for name, value in key.items()
-        )
-        if bound is not None and is_bound:
-            form = bound
-            form.auto_id = f"id_group{index}_%s"
         rows.append(
             {
                 "group": group,
-                "form": form,
-                "open": is_bound,
                 "can_replay": can_replay
                 and permissions.can_replay_type(request.user, group.messagio_type),
                 "type_permission": permissions.type_permission(group.messagio_type),
                 "deliveries_url": f"{changelist}?{query}",
+                "replay_url": f"{group_page}?{urlencode(key)}",
             }
         )
     opts = model_admin.model._meta
@@ -78,9 +73,60 @@ def failures_view(model_admin: Any, request: Any, bound: GroupReplayForm | None 
         "can_replay": can_replay,
     }
     request.current_app = model_admin.admin_site.name
+    return TemplateResponse(request, "admin/messagio/delivery/failures.html", context)
+
+
+def group_view(model_admin: Any, request: Any, bound: GroupReplayForm | None = None) -> Any:
+    """One failure group and the form that replays it (reason, canary, rate, threshold);
+    ``bound``: that form posted, with errors."""
+    if not model_admin.has_replay_permission(request):
+        raise PermissionDenied
+    back = reverse("admin:messagio_delivery_failures")
+    data = bound.data if bound is not None else request.GET
+    key = {name: data.get(name, "") for name in GROUP_KEY}
+    if not (key["listener"] and key["messagio_type"]):
+        model_admin.message_user(
+            request, _("Choose a group to replay on the Failures page."), messages.WARNING
+        )
+        return HttpResponseRedirect(back)
+    if not permissions.can_replay_type(request.user, key["messagio_type"]):
+        return _type_refused(model_admin, request, key["messagio_type"], back)
+    group = queries.failure_group(**key)
+    if group is None and bound is None:
+        model_admin.message_user(
+            request, _("This group has no failed delivery left to replay."), messages.WARNING
+        )
+        return HttpResponseRedirect(back)
+    opts = model_admin.model._meta
+    query = urlencode({"status__exact": Delivery.Status.FAILED, **key})
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": _("Replay a failure group"),
+        "subtitle": None,
+        "opts": opts,
+        "app_label": opts.app_label,
+        "group": group,
+        "key": key,
+        "form": bound or GroupReplayForm(initial=key),
+        "deliveries_url": f"{reverse('admin:messagio_delivery_changelist')}?{query}",
+    }
+    request.current_app = model_admin.admin_site.name
     return TemplateResponse(
-        request, "admin/messagio/delivery/failures.html", context, status=400 if bound else 200
+        request,
+        "admin/messagio/delivery/failure_group.html",
+        context,
+        status=400 if bound is not None else 200,
     )
+
+
+def _type_refused(model_admin: Any, request: Any, messagio_type: str, back: str) -> Any:
+    model_admin.message_user(
+        request,
+        _("You may not replay %(type)s: it needs the permission %(permission)s.")
+        % {"type": messagio_type, "permission": permissions.type_permission(messagio_type)},
+        messages.ERROR,
+    )
+    return HttpResponseRedirect(back)
 
 
 def replay_group_view(model_admin: Any, request: Any) -> Any:
@@ -90,19 +136,10 @@ def replay_group_view(model_admin: Any, request: Any) -> Any:
     back = reverse("admin:messagio_delivery_failures")
     form = GroupReplayForm(request.POST)
     if not form.is_valid():
-        return failures_view(model_admin, request, bound=form)
-    key = {name: form.cleaned_data[name] for name in ("listener", "messagio_type", "error_type")}
+        return group_view(model_admin, request, bound=form)
+    key = {name: form.cleaned_data[name] for name in GROUP_KEY}
     if not permissions.can_replay_type(request.user, key["messagio_type"]):
-        model_admin.message_user(
-            request,
-            _("You may not replay %(type)s: it needs the permission %(permission)s.")
-            % {
-                "type": key["messagio_type"],
-                "permission": permissions.type_permission(key["messagio_type"]),
-            },
-            messages.ERROR,
-        )
-        return HttpResponseRedirect(back)
+        return _type_refused(model_admin, request, key["messagio_type"], back)
     delivery_filter = {"status": Delivery.Status.FAILED, **key}
     if not frozen_selection(delivery_filter, timezone.now()).exists():
         model_admin.message_user(

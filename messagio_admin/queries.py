@@ -326,6 +326,28 @@ def failure_groups(limit: int | None = None) -> tuple[list[FailureGroup], bool]:
     return groups, more
 
 
+def failure_group(listener: str, messagio_type: str, error_type: str) -> FailureGroup | None:
+    """One group of :func:`failure_groups` with its sample, if it has failed deliveries: two
+    statements, through the partial index of failed deliveries."""
+    selection = Delivery.objects.failed().filter(
+        listener=listener, messagio_type=messagio_type, error_type=error_type
+    )
+    row = selection.order_by().aggregate(
+        count=Count("*"), first_seen=Min("finished_at"), last_seen=Max("finished_at")
+    )
+    if not row["count"]:
+        return None
+    group = FailureGroup(
+        listener=listener, messagio_type=messagio_type, error_type=error_type, **row
+    )
+    # Unordered: first() would order by id, and might walk the primary key to find the group.
+    samples = selection.order_by().values(
+        "pk", "event_id", "listener", "messagio_type", "error_type", "error"
+    )[:1]
+    group.sample = next(iter(samples), None)
+    return group
+
+
 # --- Listener statistics --------------------------------------------------------------------
 
 

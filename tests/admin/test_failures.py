@@ -1,6 +1,8 @@
-"""The Failures page: failed deliveries grouped, and "replay this group" with its progress."""
+"""The Failures page: failed deliveries grouped; a group's page with its one replay form, and
+the replay's progress."""
 
 import datetime
+import html as html_module
 import re
 
 import pytest
@@ -10,11 +12,12 @@ from django.utils import timezone
 
 from messagio import tasks
 from messagio.models import Delivery, Replay
-from tests.admin.factories import ERROR_TYPE, HOSTILE, LISTENERS, PING, make_event
+from tests.admin.factories import ERROR_TYPE, HOSTILE, LISTENERS, PING, client_for, make_event
 
 pytestmark = pytest.mark.django_db
 
 FAILURES = "/admin/messagio/delivery/failures/"
+GROUP = "/admin/messagio/delivery/failures/group/"
 REPLAY_GROUP = "/admin/messagio/delivery/failures/replay/"
 BROKEN = LISTENERS[2]
 
@@ -30,14 +33,12 @@ def groups(response) -> list[tuple[str, str, str, str]]:
     )
 
 
+def group_key(listener=BROKEN, messagio_type=PING, error_type=ERROR_TYPE) -> dict:
+    return {"listener": listener, "messagio_type": messagio_type, "error_type": error_type}
+
+
 def group_form(listener=BROKEN, messagio_type=PING, error_type=ERROR_TYPE, **options) -> dict:
-    return {
-        "listener": listener,
-        "messagio_type": messagio_type,
-        "error_type": error_type,
-        "reason": "bug #12 fixed",
-        **options,
-    }
+    return {**group_key(listener, messagio_type, error_type), "reason": "bug #12 fixed", **options}
 
 
 @pytest.fixture
@@ -140,15 +141,109 @@ def test_a_hostile_error_message_is_escaped_on_the_failures_page(admin_client):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
-def test_each_group_offers_a_replay_form_asking_reason_canary_rate_and_threshold(
-    admin_client, failed_event
-):
+def test_each_group_links_to_its_replay_page(admin_client, failed_event):
     html = admin_client.get(FAILURES).content.decode()
 
+    assert (
+        f'<a href="{GROUP}?listener=tests.testapp.messagio.broken'
+        "&amp;messagio_type=tests.testapp.messagio.Ping&amp;error_type=builtins.RuntimeError"
+        '" class="button">Replay this group</a>'
+    ) in html
+
+
+def test_the_failures_page_holds_no_replay_form_however_many_groups(admin_client):
+    for index in range(30):
+        make_event("failed", error_type=f"errors.E{index}")
+
+    response = admin_client.get(FAILURES)
+
+    html = response.content.decode()
+    assert len(groups(response)) == 30
+    assert html.count("Replay this group") == 30
+    assert REPLAY_GROUP not in html
+    assert 'name="reason"' not in html
+
+
+# --- A group's replay page ------------------------------------------------------------------
+
+
+def test_the_group_page_offers_one_replay_form_asking_reason_canary_rate_and_threshold(
+    admin_client, failed_event
+):
+    response = admin_client.get(GROUP, group_key())
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert html.count('<form method="post" action=') == 1
     assert f'action="{REPLAY_GROUP}"' in html
     for field in ("reason", "canary", "rate", "max_failure_percent"):
         assert f'name="{field}"' in html
+    for name, value in group_key().items():
+        assert f'<input type="hidden" name="{name}" value="{value}"' in html
     assert "Replay 1 failed delivery" in html
+
+
+def test_the_group_page_shows_the_count_dates_and_a_sample_of_the_group(admin_client):
+    make_event("failed", fired_at=datetime.datetime(2024, 3, 10, 12, tzinfo=datetime.UTC))
+    make_event("failed", fired_at=datetime.datetime(2024, 3, 12, 12, tzinfo=datetime.UTC))
+    make_event("failed", error_type="builtins.ValueError")
+
+    html = admin_client.get(GROUP, group_key(listener=LISTENERS[0])).content.decode()
+
+    assert re.search(r"failed deliveries</th><td><a href=\"[^\"]*\">2</a>", html)
+    assert "March 10, 2024, noon" in html
+    assert "March 12, 2024, noon" in html
+    assert "broken listener fails on purpose" in html
+    assert "Replay 2 failed deliveries" in html
+
+
+def test_the_group_page_of_a_group_with_nothing_left_sends_back_to_the_failures(admin_client):
+    make_event("succeeded")
+
+    response = admin_client.get(GROUP, group_key(), follow=True)
+
+    assert response.redirect_chain == [(FAILURES, 302)]
+    assert "no failed delivery left to replay" in response.content.decode()
+
+
+def test_the_group_page_without_a_group_sends_back_to_the_failures(admin_client, failed_event):
+    response = admin_client.get(GROUP, follow=True)
+
+    assert response.redirect_chain == [(FAILURES, 302)]
+    assert "Choose a group to replay on the Failures page." in response.content.decode()
+
+
+def test_the_group_page_costs_as_many_queries_for_a_big_group_as_for_a_small_one(admin_client):
+    def count() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(GROUP, group_key()).status_code == 200
+        return len(captured.captured_queries)
+
+    make_event("failed", "failed", "failed")
+    admin_client.get(GROUP, group_key())
+    few = count()
+    for _ in range(20):
+        make_event("failed", "failed", "failed")
+
+    assert count() == few
+
+
+def test_a_group_is_replayed_from_the_failures_page_through_its_page_with_the_csrf_token(
+    superuser, failed_event, sent, django_capture_on_commit_callbacks
+):
+    client = client_for(superuser, enforce_csrf_checks=True)
+    failures = client.get(FAILURES).content.decode()
+    link = html_module.unescape(re.search(r'<a href="([^"]+)" class="button">', failures)[1])
+    page = client.get(link).content.decode()
+    form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(REPLAY_GROUP, {**form, "reason": "bug #12 fixed"})
+
+    record = Replay.objects.get()
+    assert response.status_code == 302
+    assert (record.reason, record.total, record.requested_by) == ("bug #12 fixed", 1, superuser)
+    assert sent == [(record.pk, {"status": "failed", **group_key()})]
 
 
 # --- Replaying a group ----------------------------------------------------------------------
@@ -241,10 +336,15 @@ def test_the_replay_page_says_where_a_replay_stopped_itself(admin_client):
 
 
 def test_a_group_replay_needs_a_reason(admin_client, failed_event, sent):
-    response = admin_client.post(REPLAY_GROUP, group_form(reason=""))
+    response = admin_client.post(REPLAY_GROUP, group_form(reason="", canary="5"))
 
+    html = response.content.decode()
     assert response.status_code == 400
-    assert "This field is required." in response.content.decode()
+    assert "This field is required." in html
+    # The group's page again, the form as it was posted.
+    assert "Replay 1 failed delivery" in html
+    assert '<input type="hidden" name="listener" value="tests.testapp.messagio.broken"' in html
+    assert 'name="canary" value="5"' in html
     assert not Replay.objects.exists()
 
 

@@ -2,6 +2,7 @@
 staff with the replay permission, superusers; CSRF; POST only; a permission per messagio type."""
 
 import re
+from urllib.parse import urlencode
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -51,6 +52,12 @@ def group_form(broken) -> dict:
         "error_type": broken.error_type,
         "reason": "fixed",
     }
+
+
+def group_page(broken) -> str:
+    """The replay page of the failure group of ``broken``."""
+    key = {name: getattr(broken, name) for name in ("listener", "messagio_type", "error_type")}
+    return f"{DELIVERIES}failures/group/?{urlencode(key)}"
 
 
 def replay_forms(html: str) -> list[str]:
@@ -133,6 +140,14 @@ def test_viewers_are_refused_every_replay(viewer, records):
     for url in records["replays"]:
         assert client.post(url, group_form(records["broken"])).status_code == 403, url
     assert not Replay.objects.exclude(reason="earlier").exists()
+
+
+def test_a_groups_replay_page_needs_the_replay_permission(client, viewer, replayer, records):
+    url = group_page(records["broken"])
+
+    assert client.get(url)["Location"].startswith("/admin/login/?next=")
+    assert client_for(viewer).get(url).status_code == 403
+    assert client_for(replayer).get(url).status_code == 200
 
 
 def test_viewers_cannot_run_the_replay_action(viewer, records):
@@ -313,6 +328,15 @@ def test_without_the_types_permission_a_group_replay_is_refused(replayer, record
 
     assert "You may not replay tests.testapp.messagio.Ping" in response.content.decode()
     assert not Replay.objects.exclude(reason="earlier").exists()
+
+
+def test_without_the_types_permission_a_groups_replay_page_sends_back_with_a_message(
+    replayer, records, ping_permission
+):
+    response = client_for(replayer).get(group_page(records["broken"]), follow=True)
+
+    assert response.redirect_chain == [(f"{DELIVERIES}failures/", 302)]
+    assert "You may not replay tests.testapp.messagio.Ping" in response.content.decode()
 
 
 def test_without_the_types_permission_the_failures_page_offers_no_group_replay(
