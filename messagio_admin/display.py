@@ -36,6 +36,12 @@ def short_type(dotted: str) -> SafeString:
     return format_html('<span title="{}">{}</span>', dotted, short_name(dotted))
 
 
+def dotted(path: str) -> SafeString:
+    """A dotted path that may wrap after each dot (``<wbr>``), and anywhere if it must."""
+    parts = format_html_join(SafeString(".<wbr>"), "{}", ((part,) for part in path.split(".")))
+    return format_html('<span class="messagio-dotted">{}</span>', parts)
+
+
 def badge(text: str, css: str) -> SafeString:
     return format_html('<span class="messagio-badge messagio-{}">{}</span>', css, text)
 

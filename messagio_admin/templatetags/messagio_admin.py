@@ -49,6 +49,12 @@ def short_name(dotted: str) -> str:
 
 
 @register.filter
+def dotted(path: str) -> str:
+    """A dotted path that wraps after its dots rather than widen the page."""
+    return display.dotted(path or "")
+
+
+@register.filter
 def status_badge(status: str) -> str:
     """A delivery status as a coloured badge."""
     return display.status_badge(status)

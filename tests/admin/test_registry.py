@@ -21,6 +21,11 @@ LISTENERS_PAGE = "/admin/messagio/delivery/listeners/"
 FIRST = LISTENERS[0]
 
 
+def page(client) -> str:
+    """The page's HTML without the line-break hints of dotted paths (``<wbr>``)."""
+    return client.get(LISTENERS_PAGE).content.decode().replace("<wbr>", "")
+
+
 def row_of(html: str, listener: str) -> list[str]:
     """The cells of the listener's row, tags stripped."""
     match = re.search(
@@ -43,7 +48,7 @@ def test_the_page_says_it_shows_the_live_registry_of_this_process(admin_client):
 
 
 def test_the_page_lists_a_types_listeners_in_subscription_order(admin_client):
-    html = admin_client.get(LISTENERS_PAGE).content.decode()
+    html = page(admin_client)
 
     section = html[html.index('<h2 title="tests.testapp.messagio.Ping">') :]
     section = section[: section.index("</table>")]
@@ -52,7 +57,7 @@ def test_the_page_lists_a_types_listeners_in_subscription_order(admin_client):
 
 
 def test_the_page_shows_each_listeners_priority_queue_and_retry_policy(admin_client):
-    html = admin_client.get(LISTENERS_PAGE).content.decode()
+    html = page(admin_client)
 
     flaky = row_of(html, "tests.testapp.messagio.flaky")
     high = row_of(html, "tests.testapp.messagio.high")
@@ -63,7 +68,7 @@ def test_the_page_shows_each_listeners_priority_queue_and_retry_policy(admin_cli
 def test_a_listener_subscribed_at_run_time_shows_up(admin_client):
     registry.subscribe(Unheard, runtime_listener)
 
-    html = admin_client.get(LISTENERS_PAGE).content.decode()
+    html = page(admin_client)
 
     assert "tests.testapp.runtime_listeners.runtime_listener" in html
 
@@ -73,7 +78,7 @@ def test_the_page_counts_runs_and_failures_of_the_last_24_hours(admin_client):
         make_event(status)
     make_event("failed", fired_at=timezone.now() - datetime.timedelta(days=2))
 
-    cells = row_of(admin_client.get(LISTENERS_PAGE).content.decode(), FIRST)
+    cells = row_of(page(admin_client), FIRST)
 
     assert cells[5:8] == ["4", "1", "25.0%"]
 
@@ -86,7 +91,7 @@ def test_the_page_shows_median_and_p95_durations(admin_client):
     ):
         Delivery.objects.filter(pk=delivery.pk).update(duration_ms=duration)
 
-    cells = row_of(admin_client.get(LISTENERS_PAGE).content.decode(), FIRST)
+    cells = row_of(page(admin_client), FIRST)
 
     assert cells[9:11] == ["25.0 ms", "38.5 ms"]
 
@@ -95,7 +100,7 @@ def test_the_page_shows_when_a_listener_last_ran(admin_client):
     make_event("succeeded", fired_at=datetime.datetime(2024, 3, 10, 12, tzinfo=datetime.UTC))
     make_event("succeeded", fired_at=datetime.datetime(2024, 3, 12, 12, tzinfo=datetime.UTC))
 
-    cells = row_of(admin_client.get(LISTENERS_PAGE).content.decode(), FIRST)
+    cells = row_of(page(admin_client), FIRST)
 
     assert cells[8] == "March 12, 2024, noon"
 
@@ -103,7 +108,7 @@ def test_the_page_shows_when_a_listener_last_ran(admin_client):
 def test_a_listener_seen_in_the_records_but_not_registered_is_flagged_an_orphan(admin_client):
     make_event("failed", listeners=["shop.listeners.removed_long_ago"])
 
-    html = admin_client.get(LISTENERS_PAGE).content.decode()
+    html = page(admin_client)
 
     orphans = html[html.index('id="orphans"') :]
     assert "shop.listeners.removed_long_ago" in orphans
@@ -112,24 +117,37 @@ def test_a_listener_seen_in_the_records_but_not_registered_is_flagged_an_orphan(
 
 
 def test_a_registered_listener_is_no_orphan(admin_client, failed_event):
-    html = admin_client.get(LISTENERS_PAGE).content.decode()
+    html = page(admin_client)
 
     orphans = html[html.index('id="orphans"') :]
     assert FIRST not in orphans
 
 
 def test_a_messagio_type_nobody_listens_to_is_flagged(admin_client):
-    html = admin_client.get(LISTENERS_PAGE).content.decode()
+    html = page(admin_client)
 
     unheard = html[html.index('id="unheard"') :]
-    assert '<li class="messagio-flag">tests.testapp.messagio.Unheard</li>' in unheard
+    assert (
+        '<li class="messagio-flag"><span class="messagio-dotted">tests.testapp.messagio.Unheard'
+        "</span></li>"
+    ) in unheard
     assert "tests.testapp.messagio.Ping<" not in unheard
+
+
+def test_dotted_paths_may_wrap_after_each_dot(admin_client):
+    make_event("failed", listeners=["shop.listeners.removed_long_ago"])
+
+    html = admin_client.get(LISTENERS_PAGE).content.decode()
+
+    assert '<h2 title="tests.testapp.messagio.Ping">' in html
+    assert "tests.<wbr>testapp.<wbr>messagio.<wbr>Ping</span></h2>" in html
+    assert ">shop.<wbr>listeners.<wbr>removed_long_ago</span></a>" in html
 
 
 def test_a_recorded_type_this_process_does_not_know_is_flagged(admin_client):
     make_event("succeeded", messagio_type="shop.events.RemovedLongAgo")
 
-    html = admin_client.get(LISTENERS_PAGE).content.decode()
+    html = page(admin_client)
 
     unheard = html[html.index('id="unheard"') :]
     assert "shop.events.RemovedLongAgo" in unheard

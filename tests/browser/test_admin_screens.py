@@ -228,3 +228,51 @@ def test_a_staff_member_with_view_permission_only_sees_no_replay_button(screen):
     expect(page.locator("input[value='Replay this delivery']")).to_have_count(0)
     screen.screenshot("4-delivery")
     screen.assert_clean()
+
+
+# --- Layout at 1280 pixels ------------------------------------------------------------------
+
+LONG_TYPE = "accounts.integrations.salesforce.events.ContactSynchronisationRequestedForNewCustomer"
+LONG_LISTENERS = [
+    "accounts.integrations.salesforce.synchronisation.handlers.sync_contact_with_salesforce_crm",
+    "accounts.integrations.salesforce.synchronisation.handlers.notify_account_manager_by_email",
+]
+
+#: Whether two elements' boxes overlap, in the page (selectors as arguments).
+OVERLAP = """([first, second]) => {
+    const a = document.querySelector(first).getBoundingClientRect();
+    const b = document.querySelector(second).getBoundingClientRect();
+    return !(a.right <= b.left || b.right <= a.left || a.bottom <= b.top || b.bottom <= a.top);
+}"""
+
+
+def test_the_events_buttons_leave_the_overview_chart_uncovered(screen):
+    make_user("root", superuser=True)
+    make_event("succeeded", "failed")
+    page = screen.page
+    screen.name = "layout"
+
+    screen.log_in("root")
+    screen.goto("/admin/messagio/event/")
+    expect(page.locator("#messagio-overview svg.messagio-chart")).to_be_visible()
+    expect(page.locator(".object-tools").get_by_role("link", name="Failures")).to_be_visible()
+
+    assert not page.evaluate(OVERLAP, [".object-tools", "#messagio-overview"])
+    screen.screenshot("1-events")
+    screen.assert_clean()
+
+
+def test_the_listener_registry_fits_a_1280_pixel_window_with_long_dotted_paths(screen):
+    make_user("root", superuser=True)
+    make_event("succeeded", "failed", messagio_type=LONG_TYPE, listeners=LONG_LISTENERS)
+    page = screen.page
+    screen.name = "layout"
+
+    screen.log_in("root")
+    screen.goto("/admin/messagio/delivery/listeners/")
+    expect(page.locator("#orphans")).to_contain_text("sync_contact_with_salesforce_crm")
+    expect(page.locator("#unheard")).to_contain_text("ContactSynchronisationRequested")
+
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    screen.screenshot("2-listeners")
+    screen.assert_clean()
