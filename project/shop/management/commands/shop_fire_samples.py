@@ -1,15 +1,17 @@
-"""Fire a few sample messagios, so the demo has something to show."""
+"""Fire a few sample messagios, and replay one, so every screen of the demo has something."""
 
 from decimal import Decimal
 
 from django.core.management.base import BaseCommand
 
+import messagio
+from messagio.models import Event, Replay
 from project.shop.messagio import OrderPlaced, PaymentFailed, StockLow
 from project.shop.models import Order
 
 
 class Command(BaseCommand):
-    help = "Create a few orders and fire the demo's messagios for them."
+    help = "Create a few orders, fire the demo's messagios for them, and replay one."
 
     def add_arguments(self, parser):
         parser.add_argument("--count", type=int, default=5)
@@ -24,3 +26,17 @@ class Command(BaseCommand):
                 PaymentFailed(order.pk, "card declined").fire()
         StockLow("SKU-42", 3).fire()
         self.stdout.write(self.style.SUCCESS(f"Fired messagios for {count} orders."))
+        # The Replays screen stays empty until someone replays: one replay, of a stock alert
+        # run here and now (so that it has finished), sent to the worker like any other.
+        report = StockLow("SKU-7", 1).fire(sync=True)
+        event = Event.objects.filter(pk=report.event_id).first()
+        if event is None:
+            return  # MESSAGIO["RECORD"] is off: nothing to replay
+        record = messagio.replay(
+            event,
+            reason="demo: a first replay, to show on the Replays screen",
+            source=Replay.Source.COMMAND,
+        )
+        self.stdout.write(
+            self.style.SUCCESS(f"Replayed the stock alert {event.pk} as replay #{record.pk}.")
+        )
