@@ -621,6 +621,8 @@ SCREENS = [
     ("delivery", "A delivery's page (failed, with retries)",
      "/admin/messagio/delivery/{delivery}/change/"),
     ("failures", "Failures", "/admin/messagio/delivery/failures/"),
+    ("failure_group", "A failure group's replay page (the target delivery's group)",
+     "/admin/messagio/delivery/failures/group/?{group}"),
     ("listeners", "Listener registry", "/admin/messagio/delivery/listeners/"),
     ("replays", "Replays", "/admin/messagio/replay/"),
 ]  # fmt: skip
@@ -628,15 +630,15 @@ SCREENS = [
 
 def targets(search: str) -> dict[str, str]:
     """What the URLs point at, chosen by the same rule in every database: the newest
-    failed delivery that was retried and not replayed, and its event."""
-    from urllib.parse import quote
+    failed delivery that was retried and not replayed, its event and its failure group."""
+    from urllib.parse import quote, urlencode
 
     from messagio.models import Delivery
 
-    delivery, event = (
+    delivery, event, listener, messagio_type, error_type = (
         Delivery.objects.filter(status="failed", attempts__gte=2, replay__isnull=True)
         .order_by("-started_at")
-        .values_list("pk", "event_id")
+        .values_list("pk", "event_id", "listener", "messagio_type", "error_type")
         .first()
     )
     return {
@@ -644,6 +646,9 @@ def targets(search: str) -> dict[str, str]:
         "search": quote(search),
         "event": str(event),
         "delivery": str(delivery),
+        "group": urlencode(
+            {"listener": listener, "messagio_type": messagio_type, "error_type": error_type}
+        ),
     }
 
 
