@@ -117,6 +117,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery (5.5 and later) closes Django's database connections before and after every task
+# unless this is set: each delivery would open a new PostgreSQL connection. Reuse one for
+# this many tasks (messagio reconnects by itself if the database drops it meanwhile).
+CELERY_DB_REUSE_MAX = int(os.environ.get("CELERY_DB_REUSE_MAX", "500"))
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = Path(os.environ.get("MESSAGIO_BROKER_DIR", VAR_DIR / "broker"))
