@@ -50,6 +50,7 @@ class Event(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="replays",
+        db_index=False,  # messagio_ev_replay_of: only replays are indexed
     )
     state = models.CharField(_("dispatch state"), max_length=16, choices=State)
     published_at = models.DateTimeField(_("published at"), null=True, blank=True)
@@ -71,6 +72,11 @@ class Event(models.Model):
                 fields=["state", "fired_at"],
                 name="messagio_ev_unpublished",
                 condition=models.Q(state__in=["recorded", "publishing"]),
+            ),
+            models.Index(
+                fields=["replay_of"],
+                name="messagio_ev_replay_of",
+                condition=models.Q(replay_of__isnull=False),
             ),
         ]
 
@@ -157,7 +163,13 @@ class Delivery(RunRecord):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     event = models.ForeignKey(
-        Event, verbose_name=_("event"), on_delete=models.CASCADE, related_name="deliveries"
+        Event,
+        verbose_name=_("event"),
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        # (event, position), the unique constraint, serves lookups by event: every index
+        # is one more write per fire and per status change.
+        db_index=False,
     )
     #: Subscription order of this listener among the event's listeners.
     position = models.PositiveSmallIntegerField(_("position"), default=0)
@@ -180,6 +192,7 @@ class Delivery(RunRecord):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="deliveries",
+        db_index=False,  # messagio_dl_replay: only replayed deliveries are indexed
     )
 
     objects = DeliveryQuerySet.as_manager()
@@ -198,7 +211,16 @@ class Delivery(RunRecord):
                 fields=["status", "listener", "error_type"], name="messagio_dl_status_listener"
             ),
             models.Index(fields=["status", "started_at"], name="messagio_dl_status_started"),
-            models.Index(fields=["listener", "finished_at"], name="messagio_dl_listener_finished"),
+            models.Index(
+                fields=["listener", "finished_at"],
+                name="messagio_dl_listener_done",
+                condition=models.Q(finished_at__isnull=False),
+            ),
+            models.Index(
+                fields=["replay"],
+                name="messagio_dl_replay",
+                condition=models.Q(replay__isnull=False),
+            ),
             models.Index(fields=["messagio_type", "status"], name="messagio_dl_type_status"),
             models.Index(fields=["-started_at"], name="messagio_dl_started"),
             models.Index(
@@ -225,19 +247,35 @@ class Attempt(RunRecord):
         TIMEOUT = "timeout", _("timed out")
 
     delivery = models.ForeignKey(
-        Delivery, verbose_name=_("delivery"), on_delete=models.CASCADE, related_name="history"
+        Delivery,
+        verbose_name=_("delivery"),
+        on_delete=models.CASCADE,
+        related_name="history",
+        db_index=False,  # messagio_at_delivery (delivery, number) serves it
     )
     number = models.PositiveIntegerField(_("attempt"))
     outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome)
     replay = models.ForeignKey(
-        Replay, null=True, blank=True, on_delete=models.SET_NULL, related_name="attempts"
+        Replay,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="attempts",
+        db_index=False,  # messagio_at_replay: only replayed attempts are indexed
     )
 
     class Meta:
         verbose_name = _("attempt")
         verbose_name_plural = _("attempts")
         ordering = ["delivery_id", "number"]
-        indexes = [models.Index(fields=["delivery", "number"], name="messagio_at_delivery")]
+        indexes = [
+            models.Index(fields=["delivery", "number"], name="messagio_at_delivery"),
+            models.Index(
+                fields=["replay"],
+                name="messagio_at_replay",
+                condition=models.Q(replay__isnull=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"attempt {self.number} of {self.delivery_id}: {self.outcome}"

@@ -1,0 +1,157 @@
+"""Fewer index writes per fire and per status change (issue #3, speed).
+
+Every index of a table is written on each insert and, as status and times change, on each
+update. This drops three indexes that another one already serves (the FK indexes of
+Delivery.event and Attempt.delivery, led by the same column in (event, position) and
+(delivery, number)) and makes the indexes of columns that are mostly NULL partial (replays),
+or that are NULL until a delivery finishes (listener, finished_at).
+
+The foreign keys stay as they are: only their indexes go, by name, so that upgrading does
+not validate the constraints again on a big table.
+"""
+
+import django.db.models.deletion
+from django.db import migrations, models
+
+#: The FK indexes Django made in 0001, and the table each is on.
+REDUNDANT = {
+    "messagio_attempt_delivery_id_0a3cd068": "messagio_attempt",
+    "messagio_attempt_replay_id_9788036c": "messagio_attempt",
+    "messagio_delivery_event_id_365a3e3b": "messagio_delivery",
+    "messagio_delivery_replay_id_a23c07ec": "messagio_delivery",
+    "messagio_event_replay_of_id_946372aa": "messagio_event",
+}
+
+
+def drop_redundant(apps, schema_editor):
+    if schema_editor.connection.vendor not in ("postgresql", "sqlite"):
+        return  # MySQL's foreign keys need an index of their own; keep them there
+    for name in REDUNDANT:
+        schema_editor.execute(f"DROP INDEX IF EXISTS {schema_editor.quote_name(name)}")
+
+
+def restore_redundant(apps, schema_editor):
+    if schema_editor.connection.vendor not in ("postgresql", "sqlite"):
+        return
+    column = {
+        "messagio_attempt_delivery_id_0a3cd068": "delivery_id",
+        "messagio_attempt_replay_id_9788036c": "replay_id",
+        "messagio_delivery_event_id_365a3e3b": "event_id",
+        "messagio_delivery_replay_id_a23c07ec": "replay_id",
+        "messagio_event_replay_of_id_946372aa": "replay_of_id",
+    }
+    quote = schema_editor.quote_name
+    for name, table in REDUNDANT.items():
+        schema_editor.execute(
+            f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {quote(table)} ({quote(column[name])})"
+        )
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("messagio", "0004_summary_search_index"),
+    ]
+
+    operations = [
+        migrations.SeparateDatabaseAndState(
+            database_operations=[migrations.RunPython(drop_redundant, restore_redundant)],
+            state_operations=[
+                migrations.AlterField(
+                    model_name="attempt",
+                    name="delivery",
+                    field=models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="history",
+                        to="messagio.delivery",
+                        verbose_name="delivery",
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="attempt",
+                    name="replay",
+                    field=models.ForeignKey(
+                        blank=True,
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="attempts",
+                        to="messagio.replay",
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="delivery",
+                    name="event",
+                    field=models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="deliveries",
+                        to="messagio.event",
+                        verbose_name="event",
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="delivery",
+                    name="replay",
+                    field=models.ForeignKey(
+                        blank=True,
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="deliveries",
+                        to="messagio.replay",
+                        verbose_name="last replay",
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="event",
+                    name="replay_of",
+                    field=models.ForeignKey(
+                        blank=True,
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="replays",
+                        to="messagio.event",
+                        verbose_name="replay of",
+                    ),
+                ),
+            ],
+        ),
+        migrations.RemoveIndex(
+            model_name="delivery",
+            name="messagio_dl_listener_finished",
+        ),
+        migrations.AddIndex(
+            model_name="attempt",
+            index=models.Index(
+                condition=models.Q(("replay__isnull", False)),
+                fields=["replay"],
+                name="messagio_at_replay",
+            ),
+        ),
+        migrations.AddIndex(
+            model_name="delivery",
+            index=models.Index(
+                condition=models.Q(("finished_at__isnull", False)),
+                fields=["listener", "finished_at"],
+                name="messagio_dl_listener_done",
+            ),
+        ),
+        migrations.AddIndex(
+            model_name="delivery",
+            index=models.Index(
+                condition=models.Q(("replay__isnull", False)),
+                fields=["replay"],
+                name="messagio_dl_replay",
+            ),
+        ),
+        migrations.AddIndex(
+            model_name="event",
+            index=models.Index(
+                condition=models.Q(("replay_of__isnull", False)),
+                fields=["replay_of"],
+                name="messagio_ev_replay_of",
+            ),
+        ),
+    ]
