@@ -143,7 +143,26 @@ def celery_config_errors(app: Any) -> list[Any]:
                     id="messagio.W004",
                 )
             )
+    if get_setting("RECORD") and app.conf.get("CELERY_DB_REUSE_MAX") is None:
+        vendor = connections[router.db_for_write(_event_model())].vendor
+        if vendor != "sqlite":
+            errors.append(
+                Warning(
+                    "Celery closes Django's database connections before and after every task "
+                    "unless CELERY_DB_REUSE_MAX is set, so each messagio delivery opens a new "
+                    "database connection (several times the cost of recording it).",
+                    hint="Set CELERY_DB_REUSE_MAX = 500 in your settings (the connection is "
+                    "then reused for 500 tasks; messagio reconnects if the database drops it).",
+                    id="messagio.W006",
+                )
+            )
     return errors
+
+
+def _event_model() -> Any:
+    from messagio.models import Event
+
+    return Event
 
 
 @register(Tags.database)

@@ -23,6 +23,7 @@ uses_no_subscriptions = pytest.mark.usefixtures("no_subscriptions")
 def app_with(**config):
     app = Celery(set_as_current=False)
     config.setdefault("accept_content", ["json", "pickle"])
+    config.setdefault("CELERY_DB_REUSE_MAX", 500)
     app.conf.update(config)
     return app
 
@@ -92,3 +93,17 @@ def test_a_bad_message_center_is_an_error():
     with override_settings(MESSAGIO={"MESSAGE_CENTER": "no.such.Center"}):
         messages = [m for m in checks.run_checks() if m.id == "messagio.E002"]
     assert len(messages) == 1
+
+
+@uses_no_subscriptions
+def test_closing_the_database_after_every_task_is_a_warning_unless_on_sqlite(settings):
+    app = app_with(broker_url="memory://")
+    del app.conf["CELERY_DB_REUSE_MAX"]
+    errors = celery_config_errors(app)
+    if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        assert errors == []  # opening a SQLite file costs next to nothing
+    else:
+        assert ids(errors) == ["messagio.W006"]
+        assert "CELERY_DB_REUSE_MAX" in errors[0].hint
+    with override_settings(MESSAGIO={"RECORD": False}):
+        assert celery_config_errors(app) == []
