@@ -211,11 +211,8 @@ class Delivery(RunRecord):
                 fields=["status", "listener", "error_type"], name="messagio_dl_status_listener"
             ),
             models.Index(fields=["status", "started_at"], name="messagio_dl_status_started"),
-            models.Index(
-                fields=["listener", "finished_at"],
-                name="messagio_dl_listener_done",
-                condition=models.Q(finished_at__isnull=False),
-            ),
+            # Whole, not partial: the admin walks it for the distinct listeners.
+            models.Index(fields=["listener", "finished_at"], name="messagio_dl_listener_finished"),
             models.Index(
                 fields=["replay"],
                 name="messagio_dl_replay",

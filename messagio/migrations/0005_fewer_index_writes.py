@@ -1,10 +1,9 @@
 """Fewer index writes per fire and per status change (issue #3, speed).
 
 Every index of a table is written on each insert and, as status and times change, on each
-update. This drops three indexes that another one already serves (the FK indexes of
-Delivery.event and Attempt.delivery, led by the same column in (event, position) and
-(delivery, number)) and makes the indexes of columns that are mostly NULL partial (replays),
-or that are NULL until a delivery finishes (listener, finished_at).
+update. This drops the foreign-key indexes that another index already serves (Delivery.event
+and Attempt.delivery, led by the same column in (event, position) and (delivery, number)) and
+replaces those of the replay columns, NULL on almost every row, with partial ones.
 
 The foreign keys stay as they are: only their indexes go, by name, so that upgrading does
 not validate the constraints again on a big table.
@@ -118,24 +117,12 @@ class Migration(migrations.Migration):
                 ),
             ],
         ),
-        migrations.RemoveIndex(
-            model_name="delivery",
-            name="messagio_dl_listener_finished",
-        ),
         migrations.AddIndex(
             model_name="attempt",
             index=models.Index(
                 condition=models.Q(("replay__isnull", False)),
                 fields=["replay"],
                 name="messagio_at_replay",
-            ),
-        ),
-        migrations.AddIndex(
-            model_name="delivery",
-            index=models.Index(
-                condition=models.Q(("finished_at__isnull", False)),
-                fields=["listener", "finished_at"],
-                name="messagio_dl_listener_done",
             ),
         ),
         migrations.AddIndex(
