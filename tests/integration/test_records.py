@@ -323,3 +323,56 @@ def test_a_replay_while_the_broker_is_down_stops_and_leaves_deliveries_as_they_w
     assert record.queued == 0
     delivery.refresh_from_db()
     assert (delivery.status, delivery.replay_id) == ("failed", None)
+
+
+def recorded_group(messagio_obj):
+    """Record a fire without publishing it, and return its one task envelope."""
+    from messagio.center import MessageCenter
+    from messagio.payload import encode
+    from messagio.records import build_records, envelopes, save_records
+
+    subscriptions = MessageCenter.singleton().subscriptions_for(type(messagio_obj))
+    event, deliveries = build_records(messagio_obj, encode(messagio_obj, 1 << 20), subscriptions)
+    event.state = "published"
+    save_records(event, deliveries)
+    (envelope,) = envelopes(event, deliveries)
+    return event, envelope
+
+
+def test_a_group_records_each_outcome_and_claims_the_next_listener_in_one_statement():
+    from messagio.tasks import deliver
+
+    event, envelope = recorded_group(Ping(new_token()))
+    listeners = len(envelope["listeners"])
+    with CaptureQueriesContext(connection) as queries:
+        deliver.apply(args=(envelope,))
+
+    deliveries = list(Delivery.objects.filter(event_id=event.id).order_by("position"))
+    assert [d.attempts for d in deliveries] == [1] * listeners
+    assert [d.history.count() for d in deliveries] == [1] * listeners
+    assert all(d.started_at <= d.finished_at for d in deliveries)
+    statements = [q["sql"] for q in queries if q["sql"].startswith("WITH")]
+    if connection.vendor == "postgresql":
+        # One claim, then one statement per listener: its outcome and the next one's claim.
+        assert len(statements) == listeners + 1, statements
+        assert [d.status for d in deliveries].count("failed") == 1
+
+
+def test_a_redelivered_group_runs_only_what_did_not_finish():
+    from messagio.tasks import deliver
+
+    token = new_token()
+    event, envelope = recorded_group(Ping(token))
+    first = Delivery.objects.get(event_id=event.id, position=0)
+    Delivery.objects.filter(pk=first.pk).update(status="succeeded", attempts=1)
+    second = Delivery.objects.get(event_id=event.id, position=1)
+    Delivery.objects.filter(pk=second.pk).update(status="running", attempts=1)
+
+    deliver.apply(args=(envelope,))
+
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.attempts == 1 and not first.history.exists()  # not run again
+    assert second.status == "succeeded" and second.attempts == 2
+    assert list(second.history.values_list("outcome", flat=True)) == ["lost", "succeeded"]
+    assert Call.objects.filter(token=token, listener="first").count() == 0
