@@ -90,7 +90,7 @@ def group_view(model_admin: Any, request: Any, bound: GroupReplayForm | None = N
         )
         return HttpResponseRedirect(back)
     if not permissions.can_replay_type(request.user, key["messagio_type"]):
-        return _type_refused(model_admin, request, key["messagio_type"], back)
+        return permissions.refuse_type(model_admin, request, key["messagio_type"], back)
     group = queries.failure_group(**key)
     if group is None and bound is None:
         model_admin.message_user(
@@ -119,16 +119,6 @@ def group_view(model_admin: Any, request: Any, bound: GroupReplayForm | None = N
     )
 
 
-def _type_refused(model_admin: Any, request: Any, messagio_type: str, back: str) -> Any:
-    model_admin.message_user(
-        request,
-        _("You may not replay %(type)s: it needs the permission %(permission)s.")
-        % {"type": messagio_type, "permission": permissions.type_permission(messagio_type)},
-        messages.ERROR,
-    )
-    return HttpResponseRedirect(back)
-
-
 def replay_group_view(model_admin: Any, request: Any) -> Any:
     """Record a Replay of one failure group and send the replay task; show its progress."""
     if not model_admin.has_replay_permission(request):
@@ -139,7 +129,7 @@ def replay_group_view(model_admin: Any, request: Any) -> Any:
         return group_view(model_admin, request, bound=form)
     key = {name: form.cleaned_data[name] for name in GROUP_KEY}
     if not permissions.can_replay_type(request.user, key["messagio_type"]):
-        return _type_refused(model_admin, request, key["messagio_type"], back)
+        return permissions.refuse_type(model_admin, request, key["messagio_type"], back)
     delivery_filter = {"status": Delivery.Status.FAILED, **key}
     if not frozen_selection(delivery_filter, timezone.now()).exists():
         model_admin.message_user(

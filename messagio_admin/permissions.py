@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib import messages
+from django.http import HttpResponseRedirect
+from django.utils.translation import gettext as _
+
 from messagio.conf import get_setting
 
 #: The permission every replay needs (defined on messagio.models.Replay).
@@ -40,3 +44,14 @@ def forbidden_types(user: Any) -> set[str]:
         for messagio_type, permission in (get_setting("REPLAY_PERMISSIONS") or {}).items()
         if not user.has_perm(permission)
     }
+
+
+def refuse_type(model_admin: Any, request: Any, messagio_type: str, back: str) -> Any:
+    """Go back to ``back`` saying which permission replaying ``messagio_type`` needs."""
+    model_admin.message_user(
+        request,
+        _("You may not replay %(type)s: it needs the permission %(permission)s.")
+        % {"type": messagio_type, "permission": type_permission(messagio_type)},
+        messages.ERROR,
+    )
+    return HttpResponseRedirect(back)

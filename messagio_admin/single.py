@@ -44,13 +44,7 @@ def replay_from_page(
         raise PermissionDenied
     back = safe_next(request, back)
     if not permissions.can_replay_type(request.user, messagio_type):
-        model_admin.message_user(
-            request,
-            _("You may not replay %(type)s: it needs the permission %(permission)s.")
-            % {"type": messagio_type, "permission": permissions.type_permission(messagio_type)},
-            messages.ERROR,
-        )
-        return HttpResponseRedirect(back)
+        return permissions.refuse_type(model_admin, request, messagio_type, back)
     form = ReplayReasonForm(request.POST)
     reason = form.cleaned_data["reason"] if form.is_valid() else ""
     try:
