@@ -218,6 +218,13 @@ class Delivery(RunRecord):
                 name="messagio_dl_replay",
                 condition=models.Q(replay__isnull=False),
             ),
+            # The admin's "has failures": which events have a failed delivery, without
+            # reading the deliveries themselves (only failed rows are in it).
+            models.Index(
+                fields=["event"],
+                name="messagio_dl_failed_events",
+                condition=models.Q(status="failed"),
+            ),
             models.Index(fields=["messagio_type", "status"], name="messagio_dl_type_status"),
             models.Index(fields=["-started_at"], name="messagio_dl_started"),
             models.Index(

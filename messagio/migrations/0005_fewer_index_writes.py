@@ -3,7 +3,8 @@
 Every index of a table is written on each insert and, as status and times change, on each
 update. This drops the foreign-key indexes that another index already serves (Delivery.event
 and Attempt.delivery, led by the same column in (event, position) and (delivery, number)) and
-replaces those of the replay columns, NULL on almost every row, with partial ones.
+replaces those of the replay columns, NULL on almost every row, with partial ones. One
+partial index is added: the events with a failed delivery, for the admin's "has failures".
 
 The foreign keys stay as they are: only their indexes go, by name, so that upgrading does
 not validate the constraints again on a big table.
@@ -131,6 +132,14 @@ class Migration(migrations.Migration):
                 condition=models.Q(("replay__isnull", False)),
                 fields=["replay"],
                 name="messagio_dl_replay",
+            ),
+        ),
+        migrations.AddIndex(
+            model_name="delivery",
+            index=models.Index(
+                condition=models.Q(("status", "failed")),
+                fields=["event"],
+                name="messagio_dl_failed_events",
             ),
         ),
         migrations.AddIndex(
