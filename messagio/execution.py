@@ -165,8 +165,11 @@ def run_once(
         from messagio.records import finish, with_db_retry
 
         claim_next = next_spec["delivery"] if next_spec is not None else None
+        # Only the first try claims the next listener: a retry after a lost reply would
+        # claim it twice and record a lost attempt that never ran.
+        tries = iter((claim_next,))
         claimed_next = with_db_retry(
-            finish,
+            lambda *args, **kwargs: finish(*args, **kwargs, claim_next=next(tries, None)),
             spec["delivery"],
             number,
             started_at,
@@ -177,7 +180,6 @@ def run_once(
             result=result,
             exception=error,
             will_retry=will_retry,
-            claim_next=claim_next,
         )
         if claim_next is not None and claimed_next is not None:
             ctx.claims[claim_next] = claimed_next
