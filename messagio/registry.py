@@ -6,6 +6,7 @@ filled at import time, before Django's app registry is ready.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -104,19 +105,23 @@ def _validate(
     ):
         raise TypeError(f"{where}: max_retries must be an int >= 0, not {max_retries!r}.")
     if default_retry_delay is not None and (
-        isinstance(default_retry_delay, bool)
-        or not isinstance(default_retry_delay, (int, float))
-        or default_retry_delay < 0
+        not _finite_seconds(default_retry_delay) or default_retry_delay < 0
     ):
         raise TypeError(
-            f"{where}: default_retry_delay must be a number of seconds >= 0, "
+            f"{where}: default_retry_delay must be a finite number of seconds >= 0, "
             f"not {default_retry_delay!r}."
         )
-    if time_limit is not None and (
-        isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or time_limit <= 0
-    ):
-        raise TypeError(f"{where}: time_limit must be a number of seconds > 0, not {time_limit!r}.")
+    if time_limit is not None and (not _finite_seconds(time_limit) or time_limit <= 0):
+        raise TypeError(
+            f"{where}: time_limit must be a finite number of seconds > 0, not {time_limit!r} "
+            "(leave it out for DEFAULT_TIME_LIMIT)."
+        )
     return autoretry_for
+
+
+def _finite_seconds(value: Any) -> bool:
+    """A number of seconds a timer and the records can hold: not a bool, inf or nan."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class Registry:

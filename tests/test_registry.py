@@ -155,9 +155,11 @@ def test_decorator_used_bare_raises_type_error():
         ({"priority": "high"}, "priority must be an int"),
         ({"autoretry_for": ("ValueError",)}, "autoretry_for must hold exception classes"),
         ({"max_retries": -1}, "max_retries must be an int >= 0"),
-        ({"default_retry_delay": "soon"}, "default_retry_delay must be a number"),
+        ({"default_retry_delay": "soon"}, "default_retry_delay must be a finite number"),
+        ({"default_retry_delay": float("nan")}, "default_retry_delay must be a finite number"),
         ({"queue": ""}, "queue must be a non-empty queue name"),
-        ({"time_limit": 0}, "time_limit must be a number of seconds > 0"),
+        ({"time_limit": 0}, "time_limit must be a finite number of seconds > 0"),
+        ({"time_limit": float("inf")}, "time_limit must be a finite number of seconds > 0"),
     ],
 )
 def test_bad_options_raise_type_error_at_subscription(options, message):
