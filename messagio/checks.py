@@ -143,7 +143,8 @@ def celery_config_errors(app: Any) -> list[Any]:
                     id="messagio.W004",
                 )
             )
-    if get_setting("RECORD") and app.conf.get("CELERY_DB_REUSE_MAX") is None:
+    # Celery's fixup treats 0 like unset: it closes the connections around every task.
+    if get_setting("RECORD") and not app.conf.get("CELERY_DB_REUSE_MAX"):
         vendor = connections[router.db_for_write(_event_model())].vendor
         if vendor != "sqlite":
             errors.append(

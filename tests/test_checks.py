@@ -107,3 +107,5 @@ def test_closing_the_database_after_every_task_is_a_warning_unless_on_sqlite(set
         assert "CELERY_DB_REUSE_MAX" in errors[0].hint
     with override_settings(MESSAGIO={"RECORD": False}):
         assert celery_config_errors(app) == []
+    app.conf["CELERY_DB_REUSE_MAX"] = 0  # Celery's fixup reads 0 as "close every time"
+    assert ids(celery_config_errors(app)) == ids(errors)
