@@ -6,13 +6,12 @@ These names and fields are a public data contract: users query them.
 
 from __future__ import annotations
 
-import uuid
-
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from messagio.ids import time_ordered_uuid
 from messagio.querysets import DeliveryQuerySet, EventQuerySet
 
 
@@ -34,7 +33,7 @@ class Event(models.Model):
         #: Run in the firing process (sync fire, in-process center): nothing to publish.
         INLINE = "inline", _("run in process")
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=time_ordered_uuid, editable=False)
     messagio_type = models.CharField(_("messagio type"), max_length=255)
     fired_at = models.DateTimeField(_("fired at"), default=timezone.now)
     #: The pickled messagio, prefixed with its HMAC (see messagio.payload). Never unpickled
@@ -161,7 +160,7 @@ class Delivery(RunRecord):
         SUCCEEDED = "succeeded", _("succeeded")
         FAILED = "failed", _("failed")
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = models.UUIDField(primary_key=True, default=time_ordered_uuid, editable=False)
     event = models.ForeignKey(
         Event,
         verbose_name=_("event"),

@@ -24,6 +24,7 @@ from django.utils import timezone
 from messagio.conf import get_setting
 from messagio.dispatch import effective_priority, effective_queue, listener_spec
 from messagio.exceptions import ListenerTimeoutError
+from messagio.ids import time_ordered_uuid
 from messagio.message import Messagio
 from messagio.models import Attempt, Delivery, Event
 from messagio.registry import Subscription
@@ -96,7 +97,7 @@ def build_records(
 ) -> tuple[NewEvent, list[NewDelivery]]:
     """The Event and Deliveries of one fire, with ids made here (no RETURNING needed)."""
     event = NewEvent(
-        id=uuid.uuid4(),
+        id=time_ordered_uuid(),
         messagio_type=type(messagio).get_name(),
         fired_at=timezone.now(),
         payload=payload,
@@ -110,7 +111,7 @@ def build_records(
         spec = listener_spec(subscription)
         deliveries.append(
             NewDelivery(
-                id=uuid.uuid4(),
+                id=time_ordered_uuid(),
                 event_id=event.id,
                 position=position,
                 messagio_type=event.messagio_type,

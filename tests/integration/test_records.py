@@ -376,3 +376,9 @@ def test_a_redelivered_group_runs_only_what_did_not_finish():
     assert second.status == "succeeded" and second.attempts == 2
     assert list(second.history.values_list("outcome", flat=True)) == ["lost", "succeeded"]
     assert Call.objects.filter(token=token, listener="first").count() == 0
+
+
+def test_records_get_time_ordered_ids():
+    event, envelope = recorded_group(Ping(new_token()))
+    assert event.id.version == 7
+    assert {uuid.UUID(spec["delivery"]).version for spec in envelope["listeners"]} == {7}
