@@ -160,18 +160,7 @@ PENDING_DELIVERY = (
 
 def _delivery_document(deliveries: list[NewDelivery]) -> list[dict[str, Any]]:
     return [
-        {
-            "id": str(d.id),
-            "position": d.position,
-            "listener": d.listener,
-            "import_path": d.import_path,
-            "priority": d.priority,
-            "queue": d.queue,
-            "autoretry_for": d.autoretry_for,
-            "max_retries": d.max_retries,
-            "retry_delay": d.retry_delay,
-            "time_limit": d.time_limit,
-        }
+        {name: str(d.id) if name == "id" else getattr(d, name) for name, _ in DELIVERY_RECORD}
         for d in deliveries
     ]
 
@@ -461,10 +450,11 @@ def claim(
     connection = connections[db_alias()]
     now = timezone.now()
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        ctes, params, select = _claim_sql(connection, delivery_id, now, task_id, worker)
-        sql = f"WITH {', '.join(ctes)} {select}"
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(
+                _worker_statement(connection, "claim"),
+                _claim_params(delivery_id, now, task_id, worker),
+            )
             found = cursor.fetchone()
         row = None if found is None else dict(zip(CLAIM_COLUMNS, found, strict=True))
         return _claimed(delivery_id, row, now)
@@ -514,41 +504,68 @@ def _claimed(delivery_id: str, row: dict[str, Any] | None, now: datetime.datetim
     return Claim(run=True, number=row["attempts"] + 1, status_before=row["status"])
 
 
-def _claim_sql(
-    connection: Any, delivery_id: str, now: datetime.datetime, task_id: str, worker: str
-) -> tuple[list[str], list[Any], str]:
-    """The claim as CTEs of one PostgreSQL statement: lock, read the row as it was, and update
-    it unless it is finished; the final SELECT returns the row as it was."""
-    quote = connection.ops.quote_name
-    table = quote(Delivery._meta.db_table)
+def _claim_params(delivery_id: str, now: datetime.datetime, task_id: str, worker: str) -> list[Any]:
+    """The parameters of the claim's CTEs, in their order."""
+    terminal = [str(status) for status in TERMINAL]
+    return [uuid.UUID(str(delivery_id)), "running", now, task_id or "", worker or "", *terminal]
+
+
+#: What a finish writes on the delivery and in its attempt, in the statement's order.
+OUTCOME_COLUMNS = ("finished_at", "duration_ms", "result", "error_type", "error", "traceback")
+ATTEMPT_COLUMNS = (
+    "delivery_id", "number", "outcome", "started_at", "task_id", "worker", "replay_id",
+    *OUTCOME_COLUMNS,
+)  # fmt: skip
+
+_worker_statements: dict[tuple[str, bool, str], str] = {}
+
+
+def _worker_statement(connection: Any, kind: str) -> str:
+    """A worker's statement on PostgreSQL, built once per connection and commit mode.
+
+    ``claim``: lock the delivery, read it as it was, mark it running unless it is finished,
+    and return it as it was. ``finish``: update the delivery with its outcome and append
+    the attempt. ``finish_and_claim``: both, the claim on the group's next delivery.
+    """
     asynchronous = use_async_commit(connection)
+    key = (connection.alias, asynchronous, kind)
+    if key in _worker_statements:
+        return _worker_statements[key]
+    quote = connection.ops.quote_name
+    deliveries = quote(Delivery._meta.db_table)
+    attempts = quote(Attempt._meta.db_table)
+    from_async = " FROM messagio_async" if asynchronous else ""
+    ctes = [ASYNC_COMMIT_CTE] if asynchronous else []
     # Identifiers come from model meta; values are parameters.
-    ctes = [
-        *([ASYNC_COMMIT_CTE] if asynchronous else []),
-        f"""old AS (
-            SELECT "id", {", ".join(f'"{c}"' for c in CLAIM_COLUMNS)}
-            FROM {table} WHERE "id" = %s FOR UPDATE
-        )""",  # noqa: S608
-        f"""claimed AS (
-            UPDATE {table} AS d
+    if kind in ("finish", "finish_and_claim"):
+        outcome = ", ".join(f"{quote(c)} = %s" for c in ("status", *OUTCOME_COLUMNS))
+        ctes.append(f'finished AS (UPDATE {deliveries} SET {outcome} WHERE "id" = %s)')  # noqa: S608
+        append = (
+            f"INSERT INTO {attempts} ({', '.join(quote(c) for c in ATTEMPT_COLUMNS)}) "  # noqa: S608
+            f"SELECT {', '.join(['%s'] * len(ATTEMPT_COLUMNS))}{from_async}"
+        )
+        if kind == "finish":
+            sql = f"WITH {', '.join(ctes)} {append}"
+            _worker_statements[key] = sql
+            return sql
+        ctes.append(f"appended AS ({append})")
+    read = ", ".join(quote(c) for c in CLAIM_COLUMNS)
+    ctes.append(
+        f'old AS (SELECT "id", {read} FROM {deliveries} WHERE "id" = %s FOR UPDATE)'  # noqa: S608
+    )
+    ctes.append(f"""claimed AS (
+            UPDATE {deliveries} AS d
             SET "status" = %s, "attempts" = d."attempts" + 1, "started_at" = %s,
                 "finished_at" = NULL, "task_id" = %s, "worker" = %s
             FROM old WHERE d."id" = old."id" AND old."status" NOT IN (%s, %s)
-        )""",  # noqa: S608
-    ]
-    params = [
-        uuid.UUID(str(delivery_id)),
-        "running",
-        now,
-        task_id or "",
-        worker or "",
-        *[str(status) for status in TERMINAL],
-    ]
-    select = (
-        f"SELECT {', '.join('old.' + quote(c) for c in CLAIM_COLUMNS)} "  # noqa: S608
+        )""")  # noqa: S608
+    returned = ", ".join("old." + quote(c) for c in CLAIM_COLUMNS)
+    sql = (
+        f"WITH {', '.join(ctes)} SELECT {returned} "  # noqa: S608
         f"FROM old{', messagio_async' if asynchronous else ''}"
     )
-    return ctes, params, select
+    _worker_statements[key] = sql
+    return sql
 
 
 def _cap(text: str, setting: str) -> str:
@@ -649,33 +666,21 @@ def _finish_in_one_statement(
 ) -> Claim | None:
     """Update the delivery and append its attempt in one PostgreSQL statement, and claim
     the next delivery of the group in it too when there is one."""
-    quote = connection.ops.quote_name
-    delivery_table = quote(Delivery._meta.db_table)
-    attempt_table = quote(Attempt._meta.db_table)
     outcome = {"finished_at": now, "duration_ms": duration_ms, **fields}
-    delivery_set = ", ".join(f"{quote(name)} = %s" for name in ("status", *outcome))
     row = {"delivery_id": uuid.UUID(str(delivery_id)), **attempt, **outcome}
-    asynchronous = use_async_commit(connection)
-    ctes = [ASYNC_COMMIT_CTE] if asynchronous else []
-    # Identifiers come from model meta; values are parameters.
-    ctes.append(f"""finished AS (
-            UPDATE {delivery_table} SET {delivery_set} WHERE "id" = %s
-        )""")  # noqa: S608
-    params: list[Any] = [str(status), *outcome.values(), uuid.UUID(str(delivery_id))]
-    insert = (
-        f"INSERT INTO {attempt_table} ({', '.join(quote(name) for name in row)}) "  # noqa: S608
-        f"SELECT {', '.join(['%s'] * len(row))}{' FROM messagio_async' if asynchronous else ''}"
-    )
+    params: list[Any] = [
+        str(status),
+        *(outcome[c] for c in OUTCOME_COLUMNS),
+        uuid.UUID(str(delivery_id)),
+        *(row[c] for c in ATTEMPT_COLUMNS),
+    ]
     if claim_next is None:
         with connection.cursor() as cursor:
-            cursor.execute(f"WITH {', '.join(ctes)} {insert}", [*params, *row.values()])
+            cursor.execute(_worker_statement(connection, "finish"), params)
         return None
-    ctes.append(f"appended AS ({insert})")
-    params.extend(row.values())
-    claim_ctes, claim_params, select = _claim_sql(connection, claim_next, timezone.now(), *claim_as)
-    ctes.extend(cte for cte in claim_ctes if cte != ASYNC_COMMIT_CTE)
+    params.extend(_claim_params(claim_next, timezone.now(), *claim_as))
     with connection.cursor() as cursor:
-        cursor.execute(f"WITH {', '.join(ctes)} {select}", [*params, *claim_params])
+        cursor.execute(_worker_statement(connection, "finish_and_claim"), params)
         found = cursor.fetchone()
     next_row = None if found is None else dict(zip(CLAIM_COLUMNS, found, strict=True))
     return _claimed(claim_next, next_row, now)
