@@ -145,8 +145,9 @@ def celery_config_errors(app: Any) -> list[Any]:
             )
     # Celery's fixup treats 0 like unset: it closes the connections around every task.
     if get_setting("RECORD") and not app.conf.get("CELERY_DB_REUSE_MAX"):
-        vendor = connections[router.db_for_write(_event_model())].vendor
-        if vendor != "sqlite":
+        from messagio.records import db_alias
+
+        if connections[db_alias()].vendor != "sqlite":
             errors.append(
                 Warning(
                     "Celery closes Django's database connections before and after every task "
@@ -158,12 +159,6 @@ def celery_config_errors(app: Any) -> list[Any]:
                 )
             )
     return errors
-
-
-def _event_model() -> Any:
-    from messagio.models import Event
-
-    return Event
 
 
 @register(Tags.database)
