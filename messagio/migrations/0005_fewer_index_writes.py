@@ -17,13 +17,13 @@ from django.db import migrations, models
 
 import messagio.ids
 
-#: The FK indexes Django made in 0001, and the table each is on.
+#: The FK indexes Django made in 0001: name -> (table, column).
 REDUNDANT = {
-    "messagio_attempt_delivery_id_0a3cd068": "messagio_attempt",
-    "messagio_attempt_replay_id_9788036c": "messagio_attempt",
-    "messagio_delivery_event_id_365a3e3b": "messagio_delivery",
-    "messagio_delivery_replay_id_a23c07ec": "messagio_delivery",
-    "messagio_event_replay_of_id_946372aa": "messagio_event",
+    "messagio_attempt_delivery_id_0a3cd068": ("messagio_attempt", "delivery_id"),
+    "messagio_attempt_replay_id_9788036c": ("messagio_attempt", "replay_id"),
+    "messagio_delivery_event_id_365a3e3b": ("messagio_delivery", "event_id"),
+    "messagio_delivery_replay_id_a23c07ec": ("messagio_delivery", "replay_id"),
+    "messagio_event_replay_of_id_946372aa": ("messagio_event", "replay_of_id"),
 }
 
 
@@ -37,17 +37,10 @@ def drop_redundant(apps, schema_editor):
 def restore_redundant(apps, schema_editor):
     if schema_editor.connection.vendor not in ("postgresql", "sqlite"):
         return
-    column = {
-        "messagio_attempt_delivery_id_0a3cd068": "delivery_id",
-        "messagio_attempt_replay_id_9788036c": "replay_id",
-        "messagio_delivery_event_id_365a3e3b": "event_id",
-        "messagio_delivery_replay_id_a23c07ec": "replay_id",
-        "messagio_event_replay_of_id_946372aa": "replay_of_id",
-    }
     quote = schema_editor.quote_name
-    for name, table in REDUNDANT.items():
+    for name, (table, column) in REDUNDANT.items():
         schema_editor.execute(
-            f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {quote(table)} ({quote(column[name])})"
+            f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {quote(table)} ({quote(column)})"
         )
 
 
