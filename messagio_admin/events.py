@@ -69,18 +69,7 @@ class EventAdmin(RecordAdmin):
         ),
         (gettext_lazy("Payload summary"), {"fields": ("summary_display_table",)}),
     )
-    readonly_fields = (
-        "id",
-        "messagio_type",
-        "fired_at",
-        "origin",
-        "state",
-        "published_at",
-        "publish_error",
-        "listener_count",
-        "replay_of_display",
-        "summary_display_table",
-    )
+    readonly_fields = tuple(field for _, options in fieldsets for field in options["fields"])
 
     # --- Queries ---------------------------------------------------------------------------
 
