@@ -1,9 +1,11 @@
 """How a fire becomes records and tasks, and how a worker records what a listener did.
 
-The database is the truth. A fire writes one Event and its Deliveries (two statements);
-each Celery task carries the event id, the signed payload and, per listener, its delivery
-id and options, so a worker needs no read to start and can even recreate the records if
-the firing process died between publishing and writing them.
+The database is the truth. Each Celery task carries the event id, the signed payload and,
+per listener, its delivery id and options, so a worker needs no read to start. A fire
+published outside a transaction writes only its Event; the worker writes each group's
+Delivery rows with its first claim (and the Event too if the firing process died between
+publishing and writing it). A fire in a transaction, or one the broker refused, writes the
+Event and its pending Deliveries, which on_commit or the relay publish.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, connections, router, transaction
+from django.db import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
 from django.db.models import F
 from django.utils import timezone
 
@@ -178,46 +187,66 @@ def use_async_commit(connection: Any) -> bool:
     return connection.vendor == "postgresql" and bool(get_setting("ASYNC_COMMIT"))
 
 
-_fire_statements: dict[tuple[str, bool], str] = {}
+_fire_statements: dict[tuple[str, bool, bool], str] = {}
 
 
-def _fire_statement(connection: Any, asynchronous: bool) -> str:
-    """The one INSERT of a fire on PostgreSQL (built once per connection kind)."""
-    key = (connection.alias, asynchronous)
+def _fire_statement(connection: Any, asynchronous: bool, with_deliveries: bool = True) -> str:
+    """The one INSERT of a fire on PostgreSQL (built once per connection kind): the Event
+    and, ``with_deliveries``, its pending Deliveries."""
+    key = (connection.alias, asynchronous, with_deliveries)
     if key in _fire_statements:
         return _fire_statements[key]
     quote = connection.ops.quote_name
     event_table, delivery_table = quote(Event._meta.db_table), quote(Delivery._meta.db_table)
-    ctes = [ASYNC_COMMIT_CTE] if asynchronous else []
     event_values = ", ".join(f"%s::{kind}" for kind in EVENT_TYPES)
-    new_event = (
-        f"messagio_new_event AS (INSERT INTO {event_table} "  # noqa: S608
+    insert_event = (
+        f"INSERT INTO {event_table} "  # noqa: S608
         f"({', '.join(quote(c) for c in EVENT_COLUMNS)}) "
         f"SELECT {event_values}{' FROM messagio_async' if asynchronous else ''} "
-        "ON CONFLICT DO NOTHING)"
+        "ON CONFLICT DO NOTHING"
     )
-    ctes.append(new_event)
-    record = ", ".join(f"{quote(name)} {kind}" for name, kind in DELIVERY_RECORD)
+    ctes = [ASYNC_COMMIT_CTE] if asynchronous else []
+    if not with_deliveries:
+        sql = f"WITH {ctes[0]} {insert_event}" if ctes else insert_event
+        _fire_statements[key] = sql
+        return sql
+    ctes.append(f"messagio_new_event AS ({insert_event})")
+    sql = (
+        f"WITH {', '.join(ctes)} INSERT INTO {delivery_table} "  # noqa: S608
+        f"{_delivery_rows_sql(connection, PENDING_DELIVERY)} ON CONFLICT DO NOTHING"
+    )
+    _fire_statements[key] = sql
+    return sql
+
+
+def _delivery_rows_sql(
+    connection: Any,
+    constants: Sequence[tuple[str, str]],
+    record: Sequence[tuple[str, str]] = DELIVERY_RECORD,
+    also_from: str = "",
+) -> str:
+    """``(columns) SELECT ...``: one Delivery row per element of a JSON document parameter
+    (the columns of ``record``), after the event id and type parameters; ``constants`` fill
+    the other columns with literals."""
+    quote = connection.ops.quote_name
     columns = [
         "event_id",
         "messagio_type",
-        *(name for name, _ in DELIVERY_RECORD),
-        *(name for name, _ in PENDING_DELIVERY),
+        *(name for name, _ in record),
+        *(name for name, _ in constants),
     ]
     values = [
         "%s::uuid",
         "%s::varchar",
-        *(f"r.{quote(name)}" for name, _ in DELIVERY_RECORD),
-        *(literal for _, literal in PENDING_DELIVERY),
+        *(f"r.{quote(name)}" for name, _ in record),
+        *(literal for _, literal in constants),
     ]
+    unpacked = ", ".join(f"{quote(name)} {kind}" for name, kind in record)
     # Identifiers come from model meta and literals from this module; values are parameters.
-    sql = (
-        f"WITH {', '.join(ctes)} INSERT INTO {delivery_table} "  # noqa: S608
+    return (
         f"({', '.join(quote(c) for c in columns)}) SELECT {', '.join(values)} "
-        f"FROM jsonb_to_recordset(%s::jsonb) AS r({record}) ON CONFLICT DO NOTHING"
+        f"FROM jsonb_to_recordset(%s::jsonb) AS r({unpacked}){also_from}"
     )
-    _fire_statements[key] = sql
-    return sql
 
 
 def _save_in_one_statement(connection: Any, event: NewEvent, deliveries: list[NewDelivery]) -> None:
@@ -228,25 +257,22 @@ def _save_in_one_statement(connection: Any, event: NewEvent, deliveries: list[Ne
     from psycopg.types.json import Jsonb
 
     asynchronous = event.state == Event.State.PUBLISHED and use_async_commit(connection)
-    params = [
-        *_event_row(event),
-        event.id,
-        event.messagio_type,
-        Jsonb(_delivery_document(deliveries)),
-    ]
+    params = list(_event_row(event))
+    if deliveries:
+        params += [event.id, event.messagio_type, Jsonb(_delivery_document(deliveries))]
     with connection.cursor() as cursor:
-        cursor.execute(_fire_statement(connection, asynchronous), params)
+        cursor.execute(_fire_statement(connection, asynchronous, bool(deliveries)), params)
 
 
 def save_records(event: Any, deliveries: list[Any]) -> None:
-    """Insert the Event and its Deliveries in one transaction.
+    """Insert the Event and these of its Deliveries (maybe none) in one transaction.
 
     On PostgreSQL outside a transaction this is one statement (a data-modifying CTE, atomic
     on its own: one round trip, one commit); elsewhere two. Conflicts are ignored: a worker
     may have recreated the records from its message first.
     """
     connection = connections[db_alias()]
-    if connection.vendor == "postgresql" and deliveries and not connection.in_atomic_block:
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
         _save_in_one_statement(connection, event, deliveries)
         return
     with transaction.atomic(using=connection.alias, savepoint=False):
@@ -279,12 +305,15 @@ def envelopes(
     deliveries: Iterable[Any],
     replay_id: int | None = None,
     record: bool = True,
+    deliveries_recorded: bool = True,
 ) -> list[dict[str, Any]]:
     """One task envelope per (priority, queue) group of deliveries, most important first.
 
     Listeners of one messagio that share priority and queue travel in one Celery task that
     runs them in subscription order ("a single published messagio is executed by a single
     worker"); a listener with its own priority or queue gets its own task.
+    ``deliveries_recorded=False`` tells the worker to write the group's Delivery rows itself,
+    with its first claim.
     """
     groups: dict[tuple[int, str], list[Delivery]] = {}
     for delivery in sorted(deliveries, key=lambda d: d.position):
@@ -304,6 +333,7 @@ def envelopes(
                 "queue": queue or None,
                 "replay": replay_id,
                 "record": record,
+                "deliveries_recorded": deliveries_recorded,
                 "listeners": [spec_of(d) for d in members],
             }
         )
@@ -353,8 +383,14 @@ def publish_recorded(event: Any, deliveries: list[Any], raise_errors: bool | Non
 
 
 def record_and_publish(event: NewEvent, deliveries: list[NewDelivery]) -> list[str]:
-    """Record a fire and publish it: in the caller's transaction, publish on commit;
-    outside one, publish first and record with the outcome (two statements in all)."""
+    """Record a fire and publish it.
+
+    In the caller's transaction: the Event and its pending Deliveries, published on commit.
+    Outside one: publish first, then record the Event with the outcome. Once published, the
+    Deliveries are not written here: each group's message carries them and the worker writes
+    them with its first claim, so a fire costs one short INSERT whatever its listeners. When
+    the publish fails they are written pending, for the relay.
+    """
     alias = db_alias()
     connection = transaction.get_connection(alias)
     if connection.in_atomic_block:
@@ -365,7 +401,7 @@ def record_and_publish(event: NewEvent, deliveries: list[NewDelivery]) -> list[s
     task_ids: list[str] = []
     error: Exception | None = None
     try:
-        task_ids = publish_all(envelopes(event, deliveries))
+        task_ids = publish_all(envelopes(event, deliveries, deliveries_recorded=False))
     except Exception as exc:  # noqa: BLE001 - any publish failure leaves it to the relay
         error = exc
         event.state = "recorded"
@@ -379,7 +415,7 @@ def record_and_publish(event: NewEvent, deliveries: list[NewDelivery]) -> list[s
     else:
         event.state = "published"
         event.published_at = timezone.now()
-    save_records(event, deliveries)
+    save_records(event, deliveries if error is not None else [])
     if error is not None and get_setting("RAISE_ON_PUBLISH_ERROR"):
         raise error
     return task_ids
@@ -387,7 +423,12 @@ def record_and_publish(event: NewEvent, deliveries: list[NewDelivery]) -> list[s
 
 def recreate_from_envelope(envelope: dict[str, Any]) -> None:
     """Write the Event and this group's Deliveries from a task, when the fire never did."""
-    event = NewEvent(
+    event = _event_from_envelope(envelope)
+    save_records(event, _deliveries_from_envelope(envelope))
+
+
+def _event_from_envelope(envelope: dict[str, Any]) -> NewEvent:
+    return NewEvent(
         id=uuid.UUID(envelope["event"]),
         messagio_type=envelope["type"],
         fired_at=datetime.datetime.fromisoformat(envelope["fired_at"]),
@@ -398,12 +439,15 @@ def recreate_from_envelope(envelope: dict[str, Any]) -> None:
         published_at=timezone.now(),
         listener_count=envelope.get("listener_count") or len(envelope["listeners"]),
     )
-    deliveries = [
+
+
+def _deliveries_from_envelope(envelope: dict[str, Any]) -> list[NewDelivery]:
+    return [
         NewDelivery(
             id=uuid.UUID(spec["delivery"]),
-            event_id=event.id,
+            event_id=uuid.UUID(envelope["event"]),
             position=spec["position"],
-            messagio_type=event.messagio_type,
+            messagio_type=envelope["type"],
             listener=spec["id"],
             import_path=spec["import_path"] or "",
             priority=envelope["priority"],
@@ -415,7 +459,6 @@ def recreate_from_envelope(envelope: dict[str, Any]) -> None:
         )
         for spec in envelope["listeners"]
     ]
-    save_records(event, deliveries)
 
 
 def _summary_from_payload(payload: bytes) -> dict[str, Any]:
@@ -477,6 +520,67 @@ def claim(
     return _claimed(delivery_id, row, now)
 
 
+def claim_group(envelope: dict[str, Any], task_id: str, worker: str) -> Claim | None:
+    """Write a group's Delivery rows with its first one claimed, for a fire that left them
+    to the worker (``deliveries_recorded`` false in its envelope): one statement.
+
+    When the rows exist already (a redelivered message) this is a plain :func:`claim`. When
+    the Event is not there (the firing process died after publishing, or its INSERT has not
+    committed yet), the Event is written from the message first.
+    """
+    first = envelope["listeners"][0]["delivery"]
+    try:
+        created = _create_group(envelope, task_id, worker)
+    except IntegrityError:
+        recreate_from_envelope(envelope)
+        created = False
+    if created:
+        return Claim(run=True, number=1, status_before=Delivery.Status.PENDING)
+    return claim(first, task_id, worker)
+
+
+#: The columns a worker writes on the Delivery it claims while creating its group's rows.
+CLAIMED_RECORD = (
+    ("status", "varchar"), ("attempts", "integer"), ("started_at", "timestamptz"),
+    ("task_id", "varchar"), ("worker", "varchar"),
+)  # fmt: skip
+#: The other columns of a Delivery that has not finished yet.
+UNFINISHED_DELIVERY = (
+    ("result", "''"), ("error_type", "''"), ("error", "''"), ("traceback", "''"),
+)  # fmt: skip
+
+
+def _create_group(envelope: dict[str, Any], task_id: str, worker: str) -> bool:
+    """Insert the group's Deliveries, the first one running; whether the first was new."""
+    deliveries = _deliveries_from_envelope(envelope)
+    now = timezone.now()
+    claimed = {"status": "running", "attempts": 1, "started_at": now, "task_id": task_id or "",
+               "worker": worker or ""}  # fmt: skip
+    waiting = {"status": "pending", "attempts": 0, "started_at": None, "task_id": "", "worker": ""}
+    connection = connections[db_alias()]
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        from psycopg.types.json import Jsonb
+
+        document = _delivery_document(deliveries)
+        for position, row in enumerate(document):
+            row.update(claimed if position == 0 else waiting)
+            row["started_at"] = row["started_at"] and row["started_at"].isoformat()
+        params = [envelope["event"], envelope["type"], Jsonb(document), deliveries[0].id]
+        with connection.cursor() as cursor:
+            cursor.execute(_worker_statement(connection, "create_group"), params)
+            (created,) = cursor.fetchone()
+        return bool(created)
+    with transaction.atomic(using=connection.alias):
+        if Delivery.objects.filter(pk=deliveries[0].id).exists():
+            return False
+        rows = [d.as_model() for d in deliveries]
+        for position, row in enumerate(rows):
+            for name, value in (claimed if position == 0 else waiting).items():
+                setattr(row, name, value)
+        Delivery.objects.bulk_create(rows, ignore_conflicts=True)
+    return True
+
+
 #: What a claim reads of the delivery as it was.
 CLAIM_COLUMNS = ("status", "attempts", "started_at", "worker", "task_id", "replay_id")
 
@@ -526,6 +630,8 @@ def _worker_statement(connection: Any, kind: str) -> str:
     ``claim``: lock the delivery, read it as it was, mark it running unless it is finished,
     and return it as it was. ``finish``: update the delivery with its outcome and append
     the attempt. ``finish_and_claim``: both, the claim on the group's next delivery.
+    ``create_group``: insert a group's deliveries, the first one claimed; returns whether
+    that one was inserted.
     """
     asynchronous = use_async_commit(connection)
     key = (connection.alias, asynchronous, kind)
@@ -536,6 +642,20 @@ def _worker_statement(connection: Any, kind: str) -> str:
     attempts = quote(Attempt._meta.db_table)
     from_async = " FROM messagio_async" if asynchronous else ""
     ctes = [ASYNC_COMMIT_CTE] if asynchronous else []
+    if kind == "create_group":
+        rows = _delivery_rows_sql(
+            connection,
+            UNFINISHED_DELIVERY,
+            (*DELIVERY_RECORD, *CLAIMED_RECORD),
+            also_from=", messagio_async" if asynchronous else "",
+        )
+        ctes.append(
+            f"created AS (INSERT INTO {deliveries} {rows} "  # noqa: S608
+            'ON CONFLICT DO NOTHING RETURNING "id")'
+        )
+        sql = f'WITH {", ".join(ctes)} SELECT count(*) FROM created WHERE "id" = %s::uuid'
+        _worker_statements[key] = sql
+        return sql
     # Identifiers come from model meta; values are parameters.
     if kind in ("finish", "finish_and_claim"):
         outcome = ", ".join(f"{quote(c)} = %s" for c in ("status", *OUTCOME_COLUMNS))

@@ -75,7 +75,11 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
             publish(envelope, countdown=DB_OUTAGE_REQUEUE_DELAY)
             return
         if will_retry:
-            retry = dict(envelope, listeners=[dict(spec, attempt=spec["attempt"] + 1)])
+            retry = dict(
+                envelope,
+                deliveries_recorded=True,
+                listeners=[dict(spec, attempt=spec["attempt"] + 1)],
+            )
             publish(retry, countdown=spec["retry_delay"])
 
 

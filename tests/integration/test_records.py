@@ -93,6 +93,19 @@ def test_a_rolled_back_fire_leaves_no_record_and_runs_no_listener(worker):
     assert not Call.objects.filter(token=token).exists()
 
 
+def test_a_published_fire_writes_its_event_and_leaves_the_deliveries_to_the_worker(worker):
+    Ping(new_token()).fire()  # warm up connections
+    with CaptureQueriesContext(connection) as queries:
+        report = Ping(new_token()).fire()
+    written = " ".join(q["sql"] for q in queries)
+    assert "messagio_event" in written and "messagio_delivery" not in written
+
+    deliveries = wait_finished(report.event_id)
+    assert len(deliveries) == Event.objects.get(pk=report.event_id).listener_count == 5
+    assert [d.attempts for d in deliveries] == [1] * 5
+    assert [d.history.count() for d in deliveries] == [1] * 5
+
+
 def test_a_fire_in_a_transaction_publishes_when_it_commits(worker):
     token = new_token()
     with transaction.atomic():
@@ -337,6 +350,81 @@ def recorded_group(messagio_obj):
     save_records(event, deliveries)
     (envelope,) = envelopes(event, deliveries)
     return event, envelope
+
+
+def published_group(messagio_obj, record_event: bool = True):
+    """A fire as published outside a transaction: its Event only (or nothing, as when the
+    firing process died right after publishing), and the task envelope of its one group."""
+    from messagio.center import MessageCenter
+    from messagio.payload import encode
+    from messagio.records import build_records, envelopes, save_records
+
+    subscriptions = MessageCenter.singleton().subscriptions_for(type(messagio_obj))
+    event, deliveries = build_records(messagio_obj, encode(messagio_obj, 1 << 20), subscriptions)
+    event.state = "published"
+    if record_event:
+        save_records(event, [])
+    (envelope,) = envelopes(event, deliveries, deliveries_recorded=False)
+    return event, envelope
+
+
+def test_the_first_claim_writes_the_groups_deliveries_in_one_statement():
+    from messagio.tasks import deliver
+
+    event, envelope = published_group(Ping(new_token()))
+    listeners = len(envelope["listeners"])
+    assert not Delivery.objects.filter(event_id=event.id).exists()
+    with CaptureQueriesContext(connection) as queries:
+        deliver.apply(args=(envelope,))
+
+    deliveries = list(Delivery.objects.filter(event_id=event.id).order_by("position"))
+    assert [d.id for d in deliveries] == [uuid.UUID(s["delivery"]) for s in envelope["listeners"]]
+    assert [d.attempts for d in deliveries] == [1] * listeners
+    assert [d.history.count() for d in deliveries] == [1] * listeners
+    assert [d.status for d in deliveries].count("failed") == 1
+    assert all(d.task_id == deliveries[0].task_id != "" for d in deliveries)
+    if connection.vendor == "postgresql":
+        # The rows with the first claim, then per listener its outcome and the next claim.
+        statements = [q["sql"] for q in queries if q["sql"].startswith("WITH")]
+        assert len(statements) == listeners + 1, statements
+
+
+def test_a_redelivered_message_of_a_published_fire_runs_only_what_did_not_finish():
+    from messagio.tasks import deliver
+
+    token = new_token()
+    event, envelope = published_group(Ping(token))
+    deliver.apply(args=(envelope,))  # the first delivery of the message wrote the rows
+    first = Delivery.objects.get(event_id=event.id, position=0)
+    second = Delivery.objects.get(event_id=event.id, position=1)
+    Delivery.objects.filter(pk=second.pk).update(status="running")  # its worker died
+    Call.objects.filter(token=token).delete()
+
+    deliver.apply(args=(envelope,))
+
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.attempts == 1 and first.history.count() == 1  # not run again
+    assert second.attempts == 2
+    assert list(second.history.values_list("outcome", flat=True)) == [
+        "succeeded", "lost", "succeeded"
+    ]  # fmt: skip
+    assert list(Call.objects.filter(token=token).values_list("listener", flat=True)) == ["second"]
+
+
+def test_a_worker_writes_the_event_too_when_the_firing_process_died_after_publishing():
+    from messagio.tasks import deliver
+
+    token = new_token()
+    event, envelope = published_group(Ping(token), record_event=False)
+
+    deliver.apply(args=(envelope,))
+
+    recorded = Event.objects.get(pk=event.id)
+    assert (recorded.state, recorded.summary["token"]) == ("published", token)
+    deliveries = list(Delivery.objects.filter(event_id=event.id).order_by("position"))
+    assert [d.attempts for d in deliveries] == [1] * len(envelope["listeners"])
+    assert Call.objects.filter(token=token, listener="first").count() == 1
 
 
 def test_a_group_records_each_outcome_and_claims_the_next_listener_in_one_statement():
