@@ -6,6 +6,7 @@ import datetime
 from collections.abc import Callable
 
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -29,7 +30,8 @@ class EventQuerySet(models.QuerySet):
         """Delete, in batches, finished events older than the cut-offs; return how many.
 
         An event is pruned with ``succeeded_before`` when every delivery succeeded, with
-        ``failed_before`` when one failed; events still in flight are kept.
+        ``failed_before`` when one failed; events still in flight are kept, and so are those
+        with deliveries no worker has written yet (fewer rows than ``listener_count``).
         """
         from messagio.models import Attempt, Delivery
 
@@ -37,8 +39,18 @@ class EventQuerySet(models.QuerySet):
             event=models.OuterRef("pk"), status__in=["pending", "running", "retrying"]
         )
         failed = Delivery.objects.filter(event=models.OuterRef("pk"), status="failed")
-        finished = self.exclude(models.Exists(in_flight)).exclude(
-            state__in=["recorded", "publishing"]
+        written = (
+            Delivery.objects.filter(event=models.OuterRef("pk"))
+            .order_by()
+            .values("event")
+            .annotate(n=models.Count("*"))
+            .values("n")
+        )
+        finished = (
+            self.exclude(models.Exists(in_flight))
+            .exclude(state__in=["recorded", "publishing"])
+            .alias(written=Coalesce(models.Subquery(written), 0))
+            .filter(written__gte=models.F("listener_count"))
         )
         selections = []
         if succeeded_before is not None:

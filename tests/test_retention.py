@@ -50,6 +50,20 @@ def exists(event: Event) -> bool:
     return Event.objects.filter(pk=event.pk).exists()
 
 
+def test_an_event_whose_deliveries_no_worker_has_written_yet_is_kept():
+    waiting = make_event(40)  # published outside a transaction: its worker writes them
+    Event.objects.filter(pk=waiting.pk).update(listener_count=2)
+    half_written = make_event(40, "succeeded")  # one group run, the other still queued
+    Event.objects.filter(pk=half_written.pk).update(listener_count=2)
+    no_listeners = make_event(40)
+
+    deleted = Event.objects.prune(succeeded_before=days_ago(30), failed_before=days_ago(30))
+
+    assert deleted == 1
+    assert exists(waiting) and exists(half_written)
+    assert not exists(no_listeners)
+
+
 def test_an_all_succeeded_event_older_than_the_cutoff_is_deleted_with_its_records():
     old = make_event(40, "succeeded", "succeeded")
 
