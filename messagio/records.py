@@ -244,7 +244,7 @@ def _delivery_rows_sql(
     unpacked = ", ".join(f"{quote(name)} {kind}" for name, kind in record)
     # Identifiers come from model meta and literals from this module; values are parameters.
     return (
-        f"({', '.join(quote(c) for c in columns)}) SELECT {', '.join(values)} "
+        f"({', '.join(quote(c) for c in columns)}) SELECT {', '.join(values)} "  # noqa: S608
         f"FROM jsonb_to_recordset(%s::jsonb) AS r({unpacked}){also_from}"
     )
 
@@ -653,7 +653,7 @@ def _worker_statement(connection: Any, kind: str) -> str:
             f"created AS (INSERT INTO {deliveries} {rows} "  # noqa: S608
             'ON CONFLICT DO NOTHING RETURNING "id")'
         )
-        sql = f'WITH {", ".join(ctes)} SELECT count(*) FROM created WHERE "id" = %s::uuid'
+        sql = f'WITH {", ".join(ctes)} SELECT count(*) FROM created WHERE "id" = %s::uuid'  # noqa: S608
         _worker_statements[key] = sql
         return sql
     # Identifiers come from model meta; values are parameters.
