@@ -100,12 +100,11 @@ def load_messagio(payload: bytes, messagio_type: str) -> Any:
         ) from exc
 
 
-def _creates_group(envelope: dict[str, Any] | None, spec: dict[str, Any]) -> bool:
+def _creates_group(envelope: dict[str, Any], spec: dict[str, Any]) -> bool:
     """Whether this listener's claim writes its group's Delivery rows: the first listener of
     a fire's group whose rows the firing process left to the worker."""
     return (
-        envelope is not None
-        and envelope.get("deliveries_recorded") is False
+        envelope.get("deliveries_recorded") is False
         and spec["attempt"] == 1
         and spec["delivery"] == envelope["listeners"][0]["delivery"]
     )
@@ -131,8 +130,9 @@ def run_once(
         from messagio.records import claim, claim_group, recreate_from_envelope
 
         claimed = ctx.claims.pop(spec["delivery"], None)
-        if claimed is None and _creates_group(ctx.envelope, spec):
-            claimed = claim_group(ctx.envelope, ctx.task_id, ctx.worker)
+        envelope = ctx.envelope
+        if claimed is None and envelope is not None and _creates_group(envelope, spec):
+            claimed = claim_group(envelope, ctx.task_id, ctx.worker)
         elif claimed is None:
             claimed = claim(spec["delivery"], ctx.task_id, ctx.worker, ctx.replay_id)
         if claimed is None and ctx.envelope is not None:

@@ -535,7 +535,7 @@ def claim_group(envelope: dict[str, Any], task_id: str, worker: str) -> Claim | 
         recreate_from_envelope(envelope)
         created = False
     if created:
-        return Claim(run=True, number=1, status_before=Delivery.Status.PENDING)
+        return Claim(run=True, number=1, status_before="pending")
     return claim(first, task_id, worker)
 
 
