@@ -14,7 +14,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 
 from messagio.models import Delivery, Event
-from messagio_admin.queries import EventCounts
+from messagio_admin.queries import EventCounts, waiting_for_worker
 
 #: CSS class of each delivery status badge (colours in messagio_admin.css).
 STATUS_CLASSES: dict[str, str] = {
@@ -52,19 +52,27 @@ def status_badge(status: str) -> SafeString:
 
 
 def event_badge(event: Event, counts: EventCounts) -> SafeString:
-    """``"3/4 ok, 1 failed"``: how an event's deliveries stand."""
+    """``"3/4 ok, 1 failed"``: how an event's deliveries stand.
+
+    A published event's listeners whose Delivery rows no worker has written yet count too,
+    as ``"N waiting for a worker"`` (see :func:`messagio_admin.queries.waiting_for_worker`).
+    """
     if event.state in (Event.State.RECORDED, Event.State.PUBLISHING) and not counts.failed:
         return badge(_("not published yet"), "flight")
-    if not counts.total:
+    waiting = waiting_for_worker(event, counts.total)
+    total = counts.total + waiting
+    if not total:
         if event.listener_count:
             return badge(_("no delivery recorded"), "muted")
         return badge(_("no listeners"), "muted")
-    parts = [_("%(ok)d/%(total)d ok") % {"ok": counts.succeeded, "total": counts.total}]
+    parts = [_("%(ok)d/%(total)d ok") % {"ok": counts.succeeded, "total": total}]
     if counts.failed:
         parts.append(_("%(count)d failed") % {"count": counts.failed})
     if counts.in_flight:
         parts.append(_("%(count)d in flight") % {"count": counts.in_flight})
-    css = "failed" if counts.failed else "flight" if counts.in_flight else "ok"
+    if waiting:
+        parts.append(_("%(count)d waiting for a worker") % {"count": waiting})
+    css = "failed" if counts.failed else "flight" if counts.in_flight or waiting else "ok"
     return badge(", ".join(parts), css)
 
 

@@ -176,8 +176,11 @@ class EventAdmin(RecordAdmin):
             .only("id", "fired_at", "messagio_type")[:50]
         )
         can_replay = self.has_replay_permission(request)
+        # Listeners whose group no worker has started: their rows are written when one does.
+        waiting = queries.waiting_for_worker(event, len(deliveries))
         return {
             "deliveries": deliveries,
+            "waiting": waiting,
             "replayed_as": replayed_as,
             "can_replay": can_replay,
             "can_replay_type": can_replay
@@ -186,7 +189,7 @@ class EventAdmin(RecordAdmin):
             # Each delivery's own replay button posts to the Deliveries admin.
             "can_replay_deliveries": can_replay and request.user.has_perm("messagio.view_delivery"),
             "has_failed": any(d.status == Delivery.Status.FAILED for d in deliveries),
-            "in_flight": any(d.status in queries.IN_FLIGHT for d in deliveries),
+            "in_flight": bool(waiting) or any(d.status in queries.IN_FLIGHT for d in deliveries),
             "show_task_results": request.user.has_perm("django_celery_results.view_taskresult"),
             "here": request.get_full_path(),
         }
@@ -289,6 +292,7 @@ class EventAdmin(RecordAdmin):
             summary = queries.overview()
             context["overview"] = summary
             context["overview_chart"] = chart(summary)
+            context["waiting_scan"] = queries.WAITING_SCAN
             context["delivery_opts"] = Delivery._meta
             context["can_view_deliveries"] = request.user.has_perm("messagio.view_delivery")
         return super().changelist_view(request, context)

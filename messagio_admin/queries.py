@@ -9,7 +9,10 @@ of rows shown, and reads an index rather than scanning a table where one exists 
   table;
 - the status of a page of events is one aggregate over that page's event ids;
 - statistics cover the last 24 hours only, through the indexes on ``fired_at``,
-  ``(status, started_at)`` and ``(listener, finished_at)``.
+  ``(status, started_at)`` and ``(listener, finished_at)``;
+- events whose deliveries no worker has written yet (see :func:`waiting_event_ids`) are
+  looked for among the newest events of the last 24 hours only: finding them probes each
+  event's deliveries, which over every event would read the whole table.
 """
 
 from __future__ import annotations
@@ -49,6 +52,13 @@ UNPUBLISHED = (Event.State.RECORDED, Event.State.PUBLISHING)
 DISTINCT_LIMIT = 500
 #: Most events the "in flight" filter selects by their ids (see :func:`in_flight`).
 IN_FLIGHT_LIMIT = 1000
+#: How far back :func:`waiting_event_ids` looks for events no worker has picked up yet:
+#: the overview's 24 hours (a worker normally picks a message up within seconds; further
+#: back, every event read is one more probe of the deliveries).
+WAITING_WINDOW = datetime.timedelta(hours=24)
+#: ... and among at most this many of the newest events fired in it, so that a busy day
+#: (a million events) costs no more than a quiet one.
+WAITING_SCAN = 10_000
 #: Failure groups shown on the Failures page, most recently seen first.
 FAILURE_GROUP_LIMIT = 100
 #: On databases without percentile_cont, the most recent durations per listener read to
@@ -120,6 +130,18 @@ class EventCounts:
         return self.total - self.succeeded - self.failed
 
 
+def waiting_for_worker(event: Event, recorded: int) -> int:
+    """How many of a published event's listeners have no Delivery row among ``recorded``.
+
+    A fire published outside a transaction writes only its Event: the worker writes each
+    group's Deliveries when it starts that group's task. Until then those listeners are
+    waiting for a worker, and only ``listener_count`` says they exist.
+    """
+    if event.state != Event.State.PUBLISHED:
+        return 0
+    return max(event.listener_count - recorded, 0)
+
+
 def delivery_counts(event_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, EventCounts]:
     """``{event id: EventCounts}`` for these events, in one aggregate query."""
     ids = list(event_ids)
@@ -158,8 +180,72 @@ def in_flight_event_ids(limit: int | None = None) -> list[uuid.UUID]:
     )
 
 
-def in_flight(events: QuerySet) -> QuerySet:
-    """Published events with a delivery pending, running or retrying.
+def _waiting_sql(using: str, select: str, tail: str = "") -> str:
+    """The events that :func:`waiting_event_ids` selects, as ``SELECT {select} ... {tail}``.
+
+    The newest events of the window are read first through the ``fired_at`` index, in a
+    derived table with a LIMIT: the planner then knows there are few, and probes each one's
+    deliveries through the ``(event, position)`` index (a nested-loop anti-join) instead of
+    hashing all of them. A plain NOT EXISTS over the window would let it guess a third of
+    the table and scan every delivery.
+    """
+    qn = connections[using].ops.quote_name
+    event, delivery = qn(Event._meta.db_table), qn(Delivery._meta.db_table)
+    pk, fired_at = qn(Event._meta.pk.column), qn(Event._meta.get_field("fired_at").column)
+    state = qn(Event._meta.get_field("state").column)
+    listeners = qn(Event._meta.get_field("listener_count").column)
+    event_id = qn(Delivery._meta.get_field("event").column)
+    # Identifiers come from the models' meta, quoted; the values are parameters.
+    return (
+        f"SELECT {select} FROM ("  # noqa: S608
+        f"SELECT e.{pk} AS id, e.{fired_at} AS fired_at, e.{state} AS state,"
+        f" e.{listeners} AS listeners FROM {event} e WHERE e.{fired_at} >= %s"
+        f" ORDER BY e.{fired_at} DESC LIMIT %s) recent"
+        f" WHERE recent.state = %s AND recent.listeners > 0"
+        f" AND NOT EXISTS (SELECT 1 FROM {delivery} d WHERE d.{event_id} = recent.id){tail}"
+    )
+
+
+def _waiting_params(using: str, now: datetime.datetime | None) -> list[Any]:
+    since = (now or timezone.now()) - WAITING_WINDOW
+    adapted = connections[using].ops.adapt_datetimefield_value(since)
+    return [adapted, WAITING_SCAN, str(Event.State.PUBLISHED)]
+
+
+def waiting_event_ids(
+    limit: int | None = None, now: datetime.datetime | None = None, using: str = "default"
+) -> list[uuid.UUID]:
+    """The ids of up to ``limit`` (default :data:`IN_FLIGHT_LIMIT`) published events with
+    listeners and no Delivery row yet, newest first: their messages wait in the broker for a
+    worker, which writes each group's Deliveries when it starts it.
+
+    Only events fired within :data:`WAITING_WINDOW` (24 hours) are looked at, and among
+    those the newest :data:`WAITING_SCAN`: one statement that reads at most that many
+    events and probes each one's deliveries by index, however large the tables. An event
+    with some groups written and others not is not here (its written ones are in flight,
+    or finished).
+    """
+    limit = IN_FLIGHT_LIMIT if limit is None else limit
+    sql = _waiting_sql(using, "recent.id", " ORDER BY recent.fired_at DESC LIMIT %s")
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, [*_waiting_params(using, now), limit])
+        rows = cursor.fetchall()
+    to_python = Event._meta.pk.to_python
+    return [to_python(row[0]) for row in rows]
+
+
+def waiting_count(now: datetime.datetime | None = None, using: str = "default") -> int:
+    """How many events :func:`waiting_event_ids` would find without its limit (at most
+    :data:`WAITING_SCAN`): one statement."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(_waiting_sql(using, "COUNT(*)"), _waiting_params(using, now))
+        (count,) = cursor.fetchone()
+    return int(count)
+
+
+def in_flight(events: QuerySet, now: datetime.datetime | None = None) -> QuerySet:
+    """Published events with a delivery pending, running or retrying, or waiting for a
+    worker to write their deliveries (fired in the last 24 hours: :func:`waiting_event_ids`).
 
     In flight are few: their ids are read first (one statement), then the events selected by
     primary key, a plan that does not depend on the statistics. As a subquery, PostgreSQL
@@ -167,12 +253,15 @@ def in_flight(events: QuerySet) -> QuerySet:
     LIMIT (a page, the first date of the date hierarchy) may then walk the ``fired_at``
     index and probe each event's deliveries, all 1,000,000 of them when the matches are the
     newest events (11 s). Past :data:`IN_FLIGHT_LIMIT` events (a backlog), the subquery it is.
+    The events waiting for a worker are ids too, the newest :data:`IN_FLIGHT_LIMIT` of them.
     """
     published = events.exclude(state__in=UNPUBLISHED)
+    waiting = waiting_event_ids(IN_FLIGHT_LIMIT, now=now, using=events.db)
     ids = in_flight_event_ids(IN_FLIGHT_LIMIT)
     if len(ids) <= IN_FLIGHT_LIMIT:
-        return published.filter(pk__in=ids)
-    return published.filter(pk__in=Delivery.objects.in_flight().order_by().values("event_id"))
+        return published.filter(pk__in=[*ids, *waiting])
+    running = Delivery.objects.in_flight().order_by().values("event_id")
+    return published.filter(Q(pk__in=running) | Q(pk__in=waiting))
 
 
 def all_ok(events: QuerySet) -> QuerySet:
@@ -205,6 +294,13 @@ class Overview:
     hours: list[HourBar]
     by_status: dict[str, int]
     unpublished: int
+    #: Published events no worker has picked up yet (see :func:`waiting_count`).
+    waiting: int = 0
+
+    @property
+    def waiting_capped(self) -> bool:
+        """Whether every event looked at was waiting: there may be more."""
+        return self.waiting >= WAITING_SCAN
 
     @property
     def events(self) -> int:
@@ -216,7 +312,8 @@ class Overview:
 
 
 def overview(now: datetime.datetime | None = None) -> Overview:
-    """Events per hour and deliveries by status over the last 24 hours: five statements."""
+    """Events per hour and deliveries by status over the last 24 hours, and the events
+    waiting for a worker: six statements."""
     now = now or timezone.now()
     current_hour = timezone.localtime(now).replace(minute=0, second=0, microsecond=0)
     since = current_hour - datetime.timedelta(hours=23)
@@ -260,8 +357,14 @@ def overview(now: datetime.datetime | None = None) -> Overview:
         status=Delivery.Status.PENDING
     ).count()
     unpublished = never_published(Event.objects.order_by()).count()
+    # Their deliveries are not rows yet, so none of the counts above has them.
+    waiting = waiting_count(now)
     return Overview(
-        since=since, hours=list(bars.values()), by_status=by_status, unpublished=unpublished
+        since=since,
+        hours=list(bars.values()),
+        by_status=by_status,
+        unpublished=unpublished,
+        waiting=waiting,
     )
 
 

@@ -37,8 +37,11 @@ def make_event(
     listeners: list[str] | None = None,
     error_type: str = ERROR_TYPE,
     error: str = ERROR,
+    waiting: int = 0,
 ) -> Event:
-    """An event with one delivery per status, in subscription order, each with its attempt."""
+    """An event with one delivery per status, in subscription order, each with its attempt,
+    and ``waiting`` more listeners without a delivery: published outside a transaction, the
+    fire wrote none, and no worker has started their group yet."""
     # A second ago: its deliveries finished before any replay's snapshot taken by the test.
     fired_at = fired_at or timezone.now() - datetime.timedelta(seconds=1)
     token = f"token-{next(_tokens)}"
@@ -50,7 +53,7 @@ def make_event(
         origin=origin,
         state=state,
         published_at=fired_at if state == Event.State.PUBLISHED else None,
-        listener_count=len(statuses),
+        listener_count=len(statuses) + waiting,
     )
     names = listeners or LISTENERS
     for position, status in enumerate(statuses):

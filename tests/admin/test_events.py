@@ -75,6 +75,27 @@ def test_the_status_badge_counts_deliveries_in_flight(admin_client):
     assert "1/3 ok, 2 in flight" in response.content.decode()
 
 
+def test_the_status_badge_counts_listeners_waiting_for_a_worker(admin_client):
+    make_event(waiting=3)  # published, no Delivery row written yet
+
+    response = admin_client.get(EVENTS)
+
+    assert (
+        '<span class="messagio-badge messagio-flight">0/3 ok, 3 waiting for a worker</span>'
+        in response.content.decode()
+    )
+
+
+def test_the_status_badge_counts_groups_no_worker_started_beside_the_written_ones(
+    admin_client,
+):
+    make_event("succeeded", "running", waiting=2)
+
+    response = admin_client.get(EVENTS)
+
+    assert "1/4 ok, 1 in flight, 2 waiting for a worker" in response.content.decode()
+
+
 def test_the_status_badge_of_an_unpublished_event_says_so(admin_client):
     make_event("pending", state=Event.State.RECORDED)
 
@@ -162,13 +183,68 @@ def test_the_in_flight_filter_selects_events_by_id_without_joining_their_deliver
         response = admin_client.get(f"{EVENTS}?status=in_flight")
 
     assert listed(response) == [str(backlog.pk), str(flying.pk)]
-    # A join lets the planner walk every event to find the few in flight (issue #4).
+    # A join lets the planner walk every event to find the few in flight (issue #4). The
+    # statements that read both tables look for the events waiting for a worker (the
+    # filter's ids, the overview's count): an anti-join over a derived table of the newest
+    # events, bounded by its LIMIT.
     both = [
         q["sql"]
         for q in captured.captured_queries
         if '"messagio_event"' in q["sql"] and '"messagio_delivery"' in q["sql"]
     ]
-    assert both == []
+    assert len(both) == 2
+    assert all(") recent WHERE" in sql and "NOT EXISTS" in sql for sql in both)
+
+
+def test_the_in_flight_filter_selects_events_waiting_for_a_worker(admin_client):
+    waiting = make_event(waiting=3, fired_at=ago(minutes=1))
+    make_event("succeeded", "succeeded", "succeeded", fired_at=ago(minutes=2))
+    make_event(fired_at=ago(minutes=3))  # no listeners: nothing to wait for
+
+    response = admin_client.get(f"{EVENTS}?status=in_flight")
+
+    assert listed(response) == [str(waiting.pk)]
+
+
+def test_the_in_flight_filter_lists_events_in_flight_and_waiting_newest_first(admin_client):
+    running = make_event("succeeded", "running", fired_at=ago(minutes=3))
+    partly = make_event("succeeded", waiting=1, fired_at=ago(minutes=2))  # one group written
+    waiting = make_event(waiting=2, fired_at=ago(minutes=1))
+
+    response = admin_client.get(f"{EVENTS}?status=in_flight")
+
+    # partly: its written delivery has succeeded, the other group is not looked for (only
+    # events without any Delivery row are).
+    assert listed(response) == [str(waiting.pk), str(running.pk)]
+    assert str(partly.pk) not in listed(response)
+
+
+def test_the_in_flight_filter_looks_for_waiting_events_in_the_last_24_hours_only(
+    admin_client,
+):
+    """Finding an event without deliveries probes its deliveries: over every event that
+    would read the whole table, so only the last 24 hours are looked at."""
+    make_event(waiting=3, fired_at=ago(hours=25))
+    recent = make_event(waiting=3, fired_at=ago(hours=23))
+
+    response = admin_client.get(f"{EVENTS}?status=in_flight")
+
+    assert listed(response) == [str(recent.pk)]
+
+
+def test_the_in_flight_filter_costs_as_many_queries_for_many_waiting_events_as_for_few(
+    admin_client,
+):
+    for _ in range(2):
+        make_event(waiting=3)
+        make_event("running")
+    url = f"{EVENTS}?status=in_flight"
+    few = count_queries(admin_client, url)
+    for _ in range(20):
+        make_event(waiting=3)
+        make_event("running")
+
+    assert count_queries(admin_client, url) == few
 
 
 def test_the_status_filter_offers_its_four_choices(admin_client):
@@ -377,6 +453,34 @@ def test_the_event_page_refreshes_itself_while_a_delivery_is_in_flight(admin_cli
 
     assert 'http-equiv="refresh"' in admin_client.get(event_url(running)).content.decode()
     assert 'http-equiv="refresh"' not in admin_client.get(event_url(done)).content.decode()
+
+
+def test_the_event_page_says_how_many_listeners_no_worker_has_picked_up_yet(admin_client):
+    event = make_event(waiting=3)
+
+    html = admin_client.get(event_url(event)).content.decode()
+
+    assert "3 listeners have not been picked up by a worker yet" in html
+    assert "No delivery is recorded for this event." not in html
+    assert 'http-equiv="refresh"' in html  # in flight: the page refreshes itself
+
+
+def test_the_event_page_lists_the_written_deliveries_and_counts_the_others(admin_client):
+    event = make_event("succeeded", waiting=1)
+
+    html = admin_client.get(event_url(event)).content.decode()
+
+    assert len(re.findall(r'<tr id="delivery-', html)) == 1
+    assert "1 listener has not been picked up by a worker yet" in html
+    assert 'http-equiv="refresh"' in html
+
+
+def test_the_event_page_of_an_event_with_every_delivery_written_counts_none_waiting(
+    admin_client, failed_event
+):
+    html = admin_client.get(event_url(failed_event)).content.decode()
+
+    assert "picked up by a worker" not in html
 
 
 def test_the_event_page_costs_as_many_queries_for_ten_deliveries_as_for_two(admin_client):

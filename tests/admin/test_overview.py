@@ -39,8 +39,20 @@ def test_the_overview_counts_events_and_deliveries_by_status(admin_client):
         "retrying": "1",
         "running": "1",
         "pending (all)": "2",
+        "events waiting for a worker": "0",
         "events not published yet (all)": "1",
     }
+
+
+def test_the_overview_counts_the_events_waiting_for_a_worker(admin_client):
+    make_event(waiting=3)
+    make_event("succeeded", "running", waiting=2)  # some groups written: in flight
+    make_event(waiting=3, fired_at=timezone.now() - datetime.timedelta(hours=30))
+
+    html = admin_client.get(EVENTS).content.decode()
+
+    assert counts(html)["events waiting for a worker"] == "1"
+    assert '<a href="?status=in_flight">1</a>' in html
 
 
 def test_the_overview_leaves_out_what_is_older_than_24_hours(admin_client):
@@ -89,8 +101,9 @@ def test_the_overview_costs_as_many_queries_with_many_events_as_with_few(admin_c
     few = count()
     for hours in range(20):
         make_event("succeeded", "failed", fired_at=timezone.now() - datetime.timedelta(hours=hours))
+        make_event(waiting=2, fired_at=timezone.now() - datetime.timedelta(hours=hours))
 
-    assert count() == few == 5
+    assert count() == few == 6
 
 
 def test_the_overview_is_not_computed_for_a_user_who_may_not_see_events(client):

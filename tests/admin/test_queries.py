@@ -81,6 +81,82 @@ def test_in_flight_selects_the_published_events_with_a_delivery_in_flight(monkey
     assert set(selected) == {running, pending, retrying}
 
 
+@pytest.mark.parametrize(
+    "limit", [1000, 1], ids=["by id under the limit", "by subquery past it (a backlog)"]
+)
+def test_in_flight_selects_the_events_waiting_for_a_worker_too(monkeypatch, limit):
+    monkeypatch.setattr(queries, "IN_FLIGHT_LIMIT", limit)
+    running = make_event("succeeded", "running")
+    pending = make_event("pending")
+    waiting = make_event(waiting=3)
+    make_event("succeeded", "succeeded")
+
+    selected = queries.in_flight(Event.objects.all())
+
+    assert set(selected) == {running, pending, waiting}
+
+
+def ago(**delta) -> datetime.datetime:
+    return timezone.now() - datetime.timedelta(**delta)
+
+
+def test_waiting_event_ids_are_published_events_with_listeners_and_no_delivery_newest_first():
+    older = make_event(waiting=3, fired_at=ago(hours=2))
+    newer = make_event(waiting=1, fired_at=ago(hours=1))
+    make_event("succeeded", "running")  # deliveries written
+    make_event()  # no listeners
+    make_event(waiting=2, state=Event.State.INLINE)  # ran in process, nothing to wait for
+    make_event(waiting=2, state=Event.State.RECORDED)  # not published: "never published"
+
+    assert queries.waiting_event_ids() == [newer.pk, older.pk]
+
+
+def test_waiting_event_ids_look_back_24_hours_only():
+    """An event fired earlier is not looked at: the lookup probes each event's deliveries
+    and must not read every event (messages a day in the broker are a broker matter)."""
+    make_event(waiting=3, fired_at=ago(hours=24, minutes=1))
+    recent = make_event(waiting=3, fired_at=ago(hours=23, minutes=59))
+
+    assert queries.waiting_event_ids() == [recent.pk]
+    assert queries.waiting_count() == 1
+
+
+def test_waiting_event_ids_look_among_the_newest_events_only(monkeypatch):
+    monkeypatch.setattr(queries, "WAITING_SCAN", 2)
+    make_event(waiting=3, fired_at=ago(minutes=3))  # third newest: not looked at
+    make_event("succeeded", fired_at=ago(minutes=2))
+    newest = make_event(waiting=1, fired_at=ago(minutes=1))
+
+    assert queries.waiting_event_ids() == [newest.pk]
+    assert queries.waiting_count() == 1
+
+
+def test_waiting_event_ids_stop_at_their_limit():
+    make_event(waiting=1, fired_at=ago(minutes=2))
+    newest = make_event(waiting=1, fired_at=ago(minutes=1))
+
+    assert queries.waiting_event_ids(limit=1) == [newest.pk]
+    assert queries.waiting_count() == 2
+
+
+def test_waiting_event_ids_and_count_are_one_statement_each():
+    for _ in range(3):
+        make_event(waiting=2)
+
+    with CaptureQueriesContext(connection) as captured:
+        queries.waiting_event_ids()
+        queries.waiting_count()
+
+    assert len(captured.captured_queries) == 2
+
+
+def test_waiting_for_worker_counts_the_listeners_of_a_published_event_without_a_row():
+    assert queries.waiting_for_worker(make_event("succeeded", waiting=2), recorded=1) == 2
+    assert queries.waiting_for_worker(make_event("succeeded", "failed"), recorded=2) == 0
+    recorded = make_event("pending", waiting=1, state=Event.State.RECORDED)
+    assert queries.waiting_for_worker(recorded, recorded=1) == 0
+
+
 def test_in_flight_keeps_the_filters_it_is_given():
     make_event("running")
     flaky = make_event("running", messagio_type="tests.testapp.messagio.Flaky")
