@@ -39,7 +39,7 @@ from django.db.models import (
     Subquery,
     Window,
 )
-from django.db.models.functions import RowNumber, TruncHour
+from django.db.models.functions import Coalesce, RowNumber, TruncHour
 from django.utils import timezone
 
 from messagio.models import Delivery, Event
@@ -265,10 +265,24 @@ def in_flight(events: QuerySet, now: datetime.datetime | None = None) -> QuerySe
 
 
 def all_ok(events: QuerySet) -> QuerySet:
+    """Published events whose every listener has a succeeded delivery: not those whose
+    Delivery rows no worker has written yet (fewer rows than listeners)."""
     # NOT EXISTS, not NOT IN: PostgreSQL turns it into an anti-join, probing each event's
     # deliveries through the (event, position) index, instead of hashing every delivery.
     not_ok = Delivery.objects.filter(event=OuterRef("pk")).exclude(status=Delivery.Status.SUCCEEDED)
-    return events.exclude(state__in=UNPUBLISHED).exclude(Exists(not_ok))
+    # One more probe of the same index entries per event, counting them.
+    written = (
+        Delivery.objects.filter(event=OuterRef("pk"))
+        .order_by()
+        .values("event")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    return (
+        events.exclude(state__in=UNPUBLISHED)
+        .exclude(Exists(not_ok))
+        .filter(listener_count__lte=Coalesce(Subquery(written), 0))
+    )
 
 
 def never_published(events: QuerySet) -> QuerySet:

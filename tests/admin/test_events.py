@@ -247,6 +247,19 @@ def test_the_in_flight_filter_costs_as_many_queries_for_many_waiting_events_as_f
     assert count_queries(admin_client, url) == few
 
 
+def test_the_all_ok_filter_leaves_out_events_whose_listeners_no_worker_has_run_yet(
+    admin_client,
+):
+    ok = make_event("succeeded", "succeeded")
+    make_event(waiting=3)
+    make_event("succeeded", waiting=1)  # one group done, the other not started
+    no_listeners = make_event(fired_at=ago(minutes=5))
+
+    response = admin_client.get(f"{EVENTS}?status=ok")
+
+    assert listed(response) == [str(ok.pk), str(no_listeners.pk)]
+
+
 def test_the_status_filter_offers_its_four_choices(admin_client):
     response = admin_client.get(EVENTS)
 
