@@ -50,6 +50,11 @@ DEFAULTS: dict[str, Any] = {
     # synchronous_commit off: a write lost in a database crash is covered (the published
     # message recreates a fire's records; a lost outcome makes the delivery run again).
     "ASYNC_COMMIT": True,
+    # On PostgreSQL (psycopg 3), have the server prepare messagio's own statements (the fire's
+    # INSERT, a worker's claim and finish) once per connection instead of planning them on
+    # every run. Turn off behind a pooler that cannot keep prepared statements (PgBouncer in
+    # transaction mode before 1.21, or with max_prepared_statements = 0).
+    "PREPARED_STATEMENTS": True,
     # fire() raises when the broker cannot be reached, instead of leaving the Event for the relay.
     "RAISE_ON_PUBLISH_ERROR": False,
     # Seconds between runs of the relay (a django-celery-beat PeriodicTask made by migrate).

@@ -187,6 +187,71 @@ def use_async_commit(connection: Any) -> bool:
     return connection.vendor == "postgresql" and bool(get_setting("ASYNC_COMMIT"))
 
 
+def statement_cursor(connection: Any) -> Any:
+    """A cursor for messagio's own statements: on PostgreSQL with psycopg 3 and
+    PREPARED_STATEMENTS, one whose statements the server prepares once per connection.
+
+    Each is the same text every time and its plan (CTEs, a row lock, JSON unpacking) costs
+    more than running it: preparing takes a worker's group of four listeners from about
+    4.9 ms to 3.0 ms here. Django prepares nothing by default (poolers); this applies to
+    messagio's statements only, and queries are still logged as Django logs them.
+    """
+    if connection.vendor != "postgresql" or not get_setting("PREPARED_STATEMENTS"):
+        return connection.cursor()
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    if not is_psycopg3:
+        return connection.cursor()
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw.prepare_threshold is None:
+        # psycopg ignores prepare=True while the threshold is None (Django's default); a
+        # threshold no other statement reaches keeps everyone else's statements unprepared.
+        raw.prepare_threshold = NEVER_BY_COUNT
+    with connection.wrap_database_errors:
+        # Django's wrapping (query logging, error translation), around a prepared cursor.
+        return connection._prepare_cursor(_prepared_cursor_class()(raw))
+
+
+class _LoggedQuery:
+    """What Django's query log reads of a cursor (``cursor._query.query``, as a client-side
+    binding cursor has it): the statement with its parameters inlined, made only if read."""
+
+    def __init__(self, connection: Any, sql: str, params: Any) -> None:
+        self.connection, self.sql, self.params = connection, sql, params
+
+    @property
+    def query(self) -> bytes:
+        from psycopg import ClientCursor
+
+        with ClientCursor(self.connection) as cursor:
+            return cursor.mogrify(self.sql, self.params).encode()
+
+
+#: psycopg's prepare_threshold that prepares only what asks to be prepared.
+NEVER_BY_COUNT = 2**31 - 1
+
+
+_prepared_cursor: type | None = None
+
+
+def _prepared_cursor_class() -> type:
+    global _prepared_cursor
+    if _prepared_cursor is None:
+        from django.db.backends.postgresql.base import ServerBindingCursor
+
+        class PreparedCursor(ServerBindingCursor):
+            """Server-side binding, every statement prepared."""
+
+            def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+                result = super().execute(query, params, prepare=True)
+                self._query = _LoggedQuery(self.connection, query, params)
+                return result
+
+        _prepared_cursor = PreparedCursor
+    return _prepared_cursor
+
+
 _fire_statements: dict[tuple[str, bool, bool], str] = {}
 
 
@@ -260,7 +325,7 @@ def _save_in_one_statement(connection: Any, event: NewEvent, deliveries: list[Ne
     params = list(_event_row(event))
     if deliveries:
         params += [event.id, event.messagio_type, Jsonb(_delivery_document(deliveries))]
-    with connection.cursor() as cursor:
+    with statement_cursor(connection) as cursor:
         cursor.execute(_fire_statement(connection, asynchronous, bool(deliveries)), params)
 
 
@@ -493,7 +558,7 @@ def claim(
     connection = connections[db_alias()]
     now = timezone.now()
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        with connection.cursor() as cursor:
+        with statement_cursor(connection) as cursor:
             cursor.execute(
                 _worker_statement(connection, "claim"),
                 _claim_params(delivery_id, now, task_id, worker),
@@ -566,7 +631,7 @@ def _create_group(envelope: dict[str, Any], task_id: str, worker: str) -> bool:
             row.update(claimed if position == 0 else waiting)
             row["started_at"] = row["started_at"] and row["started_at"].isoformat()
         params = [envelope["event"], envelope["type"], Jsonb(document), deliveries[0].id]
-        with connection.cursor() as cursor:
+        with statement_cursor(connection) as cursor:
             cursor.execute(_worker_statement(connection, "create_group"), params)
             (created,) = cursor.fetchone()
         return bool(created)
@@ -795,11 +860,11 @@ def _finish_in_one_statement(
         *(row[c] for c in ATTEMPT_COLUMNS),
     ]
     if claim_next is None:
-        with connection.cursor() as cursor:
+        with statement_cursor(connection) as cursor:
             cursor.execute(_worker_statement(connection, "finish"), params)
         return None
     params.extend(_claim_params(claim_next, timezone.now(), *claim_as))
-    with connection.cursor() as cursor:
+    with statement_cursor(connection) as cursor:
         cursor.execute(_worker_statement(connection, "finish_and_claim"), params)
         found = cursor.fetchone()
     next_row = None if found is None else dict(zip(CLAIM_COLUMNS, found, strict=True))

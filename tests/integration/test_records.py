@@ -470,3 +470,40 @@ def test_records_get_time_ordered_ids():
     event, envelope = recorded_group(Ping(new_token()))
     assert event.id.version == 7
     assert {uuid.UUID(spec["delivery"]).version for spec in envelope["listeners"]} == {7}
+
+
+def prepared_statements() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's"
+)
+def test_messagios_statements_are_prepared_and_nobody_elses():
+    from messagio.tasks import deliver
+
+    event, envelope = published_group(Ping(new_token()))
+    deliver.apply(args=(envelope,))
+    Delivery.objects.filter(event_id=event.id).count()  # an ORM query on the same connection
+
+    prepared = prepared_statements()
+    assert any('INSERT INTO "messagio_delivery"' in text for text in prepared), prepared
+    assert any('INSERT INTO "messagio_attempt"' in text for text in prepared), prepared
+    assert not any("COUNT(*)" in text for text in prepared), prepared
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's"
+)
+def test_a_setting_turns_prepared_statements_off_for_poolers_that_cannot_keep_them():
+    from messagio.tasks import deliver
+
+    connection.close()  # prepared statements belong to a session: start a new one
+    with override_settings(MESSAGIO={"PREPARED_STATEMENTS": False}):
+        event, envelope = published_group(Ping(new_token()))
+        deliver.apply(args=(envelope,))
+
+        assert Delivery.objects.filter(event_id=event.id).count() == len(envelope["listeners"])
+        assert prepared_statements() == []
