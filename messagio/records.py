@@ -597,6 +597,8 @@ def claim_group(envelope: dict[str, Any], task_id: str, worker: str) -> Claim | 
     try:
         created = _create_group(envelope, task_id, worker)
     except IntegrityError:
+        event = envelope["event"]
+        logger.info("messagio: event %s not recorded (yet); written from its message", event)
         recreate_from_envelope(envelope)
         created = False
     if created:

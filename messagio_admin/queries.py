@@ -372,7 +372,7 @@ def overview(now: datetime.datetime | None = None) -> Overview:
     ).count()
     unpublished = never_published(Event.objects.order_by()).count()
     # Their deliveries are not rows yet, so none of the counts above has them.
-    waiting = waiting_count(now)
+    waiting = waiting_count(now, using=Event.objects.order_by().db)
     return Overview(
         since=since,
         hours=list(bars.values()),
