@@ -15,7 +15,7 @@ from messagio.payload import MAGIC, sign
 from messagio.records import publish_recorded
 from messagio.relay import relay
 from tests.polling import wait_for
-from tests.testapp.messagio import Fixable, Flaky, Ping
+from tests.testapp.messagio import Fixable, Flaky, Ping, Split
 from tests.testapp.models import Call
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -104,6 +104,23 @@ def test_a_published_fire_writes_its_event_and_leaves_the_deliveries_to_the_work
     assert len(deliveries) == Event.objects.get(pk=report.event_id).listener_count == 5
     assert [d.attempts for d in deliveries] == [1] * 5
     assert [d.history.count() for d in deliveries] == [1] * 5
+
+
+def test_each_group_of_a_published_fire_writes_its_own_deliveries(worker):
+    token = new_token()
+    with CaptureQueriesContext(connection) as queries:
+        report = Split(token).fire()
+    assert len(report.task_ids) == 2  # one task per priority
+    assert "messagio_delivery" not in " ".join(q["sql"] for q in queries)
+
+    deliveries = wait_finished(report.event_id)
+    assert [d.listener.rsplit(".", 1)[-1] for d in deliveries] == [
+        "split_urgent", "split_first", "split_second"
+    ]  # fmt: skip
+    assert [d.status for d in deliveries] == ["succeeded"] * 3
+    assert [d.attempts for d in deliveries] == [1] * 3
+    assert {d.task_id for d in deliveries} == set(report.task_ids)
+    assert Call.objects.filter(token=token).count() == 3
 
 
 def test_a_fire_in_a_transaction_publishes_when_it_commits(worker):

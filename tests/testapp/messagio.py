@@ -117,6 +117,28 @@ def high(event: BacklogHigh) -> None:
 
 
 @dataclass
+class Split(Messagio):
+    """Listeners of two priorities: two groups, two tasks."""
+
+    token: str
+
+
+@listen_to_message(Split, priority=TASK_PRIORITY.EPIC)
+def split_urgent(event: Split) -> None:
+    record("split_urgent", event)
+
+
+@listen_to_message(Split)
+def split_first(event: Split) -> None:
+    record("split_first", event)
+
+
+@listen_to_message(Split)
+def split_second(event: Split) -> None:
+    record("split_second", event)
+
+
+@dataclass
 class Fixable(Messagio):
     token: str
 
