@@ -20,6 +20,22 @@ class EventQuerySet(models.QuerySet):
             | models.Q(state="publishing", claimed_at__lt=now - claim_timeout)
         )
 
+    def every_delivery_written(self):
+        """Events with a Delivery row for each listener: none waits for a worker to write
+        its group's rows (a fire published outside a transaction leaves them to it)."""
+        from messagio.models import Delivery
+
+        written = (
+            Delivery.objects.filter(event=models.OuterRef("pk"))
+            .order_by()
+            .values("event")
+            .annotate(n=models.Count("*"))
+            .values("n")
+        )
+        return self.alias(written=Coalesce(models.Subquery(written), 0)).filter(
+            written__gte=models.F("listener_count")
+        )
+
     def prune(
         self,
         succeeded_before: datetime.datetime | None,
@@ -39,18 +55,10 @@ class EventQuerySet(models.QuerySet):
             event=models.OuterRef("pk"), status__in=["pending", "running", "retrying"]
         )
         failed = Delivery.objects.filter(event=models.OuterRef("pk"), status="failed")
-        written = (
-            Delivery.objects.filter(event=models.OuterRef("pk"))
-            .order_by()
-            .values("event")
-            .annotate(n=models.Count("*"))
-            .values("n")
-        )
         finished = (
             self.exclude(models.Exists(in_flight))
             .exclude(state__in=["recorded", "publishing"])
-            .alias(written=Coalesce(models.Subquery(written), 0))
-            .filter(written__gte=models.F("listener_count"))
+            .every_delivery_written()
         )
         selections = []
         if succeeded_before is not None:

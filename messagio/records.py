@@ -11,6 +11,7 @@ Event and its pending Deliveries, which on_commit or the relay publish.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import time
 import traceback as tb
@@ -232,35 +233,32 @@ class _LoggedQuery:
 NEVER_BY_COUNT = 2**31 - 1
 
 
-_prepared_cursor: type | None = None
-
-
+@functools.cache
 def _prepared_cursor_class() -> type:
-    global _prepared_cursor
-    if _prepared_cursor is None:
-        from django.db.backends.postgresql.base import ServerBindingCursor
+    """Made on first use: the class it extends exists only with PostgreSQL's backend."""
+    from django.db.backends.postgresql.base import ServerBindingCursor
 
-        class PreparedCursor(ServerBindingCursor):
-            """Server-side binding, every statement prepared."""
+    class PreparedCursor(ServerBindingCursor):
+        """Server-side binding, every statement prepared."""
 
-            def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-                result = super().execute(query, params, prepare=True)
-                self._query = _LoggedQuery(self.connection, query, params)
-                return result
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            result = super().execute(query, params, prepare=True)
+            self._query = _LoggedQuery(self.connection, query, params)
+            return result
 
-        _prepared_cursor = PreparedCursor
-    return _prepared_cursor
-
-
-_fire_statements: dict[tuple[str, bool, bool], str] = {}
+    return PreparedCursor
 
 
 def _fire_statement(connection: Any, asynchronous: bool, with_deliveries: bool = True) -> str:
-    """The one INSERT of a fire on PostgreSQL (built once per connection kind): the Event
-    and, ``with_deliveries``, its pending Deliveries."""
-    key = (connection.alias, asynchronous, with_deliveries)
-    if key in _fire_statements:
-        return _fire_statements[key]
+    """The one INSERT of a fire on PostgreSQL: the Event and, ``with_deliveries``, its
+    pending Deliveries."""
+    return _build_fire_statement(connection.alias, asynchronous, with_deliveries)
+
+
+@functools.cache
+def _build_fire_statement(alias: str, asynchronous: bool, with_deliveries: bool) -> str:
+    """Built once per database and commit mode."""
+    connection = connections[alias]
     quote = connection.ops.quote_name
     event_table, delivery_table = quote(Event._meta.db_table), quote(Delivery._meta.db_table)
     event_values = ", ".join(f"%s::{kind}" for kind in EVENT_TYPES)
@@ -272,16 +270,12 @@ def _fire_statement(connection: Any, asynchronous: bool, with_deliveries: bool =
     )
     ctes = [ASYNC_COMMIT_CTE] if asynchronous else []
     if not with_deliveries:
-        sql = f"WITH {ctes[0]} {insert_event}" if ctes else insert_event
-        _fire_statements[key] = sql
-        return sql
+        return f"WITH {ctes[0]} {insert_event}" if ctes else insert_event
     ctes.append(f"messagio_new_event AS ({insert_event})")
-    sql = (
+    return (
         f"WITH {', '.join(ctes)} INSERT INTO {delivery_table} "  # noqa: S608
         f"{_delivery_rows_sql(connection, PENDING_DELIVERY)} ON CONFLICT DO NOTHING"
     )
-    _fire_statements[key] = sql
-    return sql
 
 
 def _delivery_rows_sql(
@@ -628,10 +622,9 @@ def _create_group(envelope: dict[str, Any], task_id: str, worker: str) -> bool:
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
         from psycopg.types.json import Jsonb
 
-        document = _delivery_document(deliveries)
-        for position, row in enumerate(document):
-            row.update(claimed if position == 0 else waiting)
-            row["started_at"] = row["started_at"] and row["started_at"].isoformat()
+        first, *others = _delivery_document(deliveries)
+        document = [{**first, **claimed, "started_at": now.isoformat()}]
+        document += [{**row, **waiting} for row in others]
         params = [envelope["event"], envelope["type"], Jsonb(document), deliveries[0].id]
         with statement_cursor(connection) as cursor:
             cursor.execute(_worker_statement(connection, "create_group"), params)
@@ -688,11 +681,9 @@ ATTEMPT_COLUMNS = (
     *OUTCOME_COLUMNS,
 )  # fmt: skip
 
-_worker_statements: dict[tuple[str, bool, str], str] = {}
-
 
 def _worker_statement(connection: Any, kind: str) -> str:
-    """A worker's statement on PostgreSQL, built once per connection and commit mode.
+    """A worker's statement on PostgreSQL, built once per database and commit mode.
 
     ``claim``: lock the delivery, read it as it was, mark it running unless it is finished,
     and return it as it was. ``finish``: update the delivery with its outcome and append
@@ -700,10 +691,12 @@ def _worker_statement(connection: Any, kind: str) -> str:
     ``create_group``: insert a group's deliveries, the first one claimed; returns whether
     that one was inserted.
     """
-    asynchronous = use_async_commit(connection)
-    key = (connection.alias, asynchronous, kind)
-    if key in _worker_statements:
-        return _worker_statements[key]
+    return _build_worker_statement(connection.alias, use_async_commit(connection), kind)
+
+
+@functools.cache
+def _build_worker_statement(alias: str, asynchronous: bool, kind: str) -> str:
+    connection = connections[alias]
     quote = connection.ops.quote_name
     deliveries = quote(Delivery._meta.db_table)
     attempts = quote(Attempt._meta.db_table)
@@ -720,9 +713,7 @@ def _worker_statement(connection: Any, kind: str) -> str:
             f"created AS (INSERT INTO {deliveries} {rows} "  # noqa: S608
             'ON CONFLICT DO NOTHING RETURNING "id")'
         )
-        sql = f'WITH {", ".join(ctes)} SELECT count(*) FROM created WHERE "id" = %s::uuid'  # noqa: S608
-        _worker_statements[key] = sql
-        return sql
+        return f'WITH {", ".join(ctes)} SELECT count(*) FROM created WHERE "id" = %s::uuid'  # noqa: S608
     # Identifiers come from model meta; values are parameters.
     if kind in ("finish", "finish_and_claim"):
         outcome = ", ".join(f"{quote(c)} = %s" for c in ("status", *OUTCOME_COLUMNS))
@@ -732,9 +723,7 @@ def _worker_statement(connection: Any, kind: str) -> str:
             f"SELECT {', '.join(['%s'] * len(ATTEMPT_COLUMNS))}{from_async}"
         )
         if kind == "finish":
-            sql = f"WITH {', '.join(ctes)} {append}"
-            _worker_statements[key] = sql
-            return sql
+            return f"WITH {', '.join(ctes)} {append}"
         ctes.append(f"appended AS ({append})")
     read = ", ".join(quote(c) for c in CLAIM_COLUMNS)
     ctes.append(
@@ -747,12 +736,10 @@ def _worker_statement(connection: Any, kind: str) -> str:
             FROM old WHERE d."id" = old."id" AND old."status" NOT IN (%s, %s)
         )""")  # noqa: S608
     returned = ", ".join("old." + quote(c) for c in CLAIM_COLUMNS)
-    sql = (
+    return (
         f"WITH {', '.join(ctes)} SELECT {returned} "  # noqa: S608
         f"FROM old{', messagio_async' if asynchronous else ''}"
     )
-    _worker_statements[key] = sql
-    return sql
 
 
 def _cap(text: str, setting: str) -> str:

@@ -39,7 +39,7 @@ from django.db.models import (
     Subquery,
     Window,
 )
-from django.db.models.functions import Coalesce, RowNumber, TruncHour
+from django.db.models.functions import RowNumber, TruncHour
 from django.utils import timezone
 
 from messagio.models import Delivery, Event
@@ -213,7 +213,7 @@ def _waiting_params(using: str, now: datetime.datetime | None) -> list[Any]:
 
 
 def waiting_event_ids(
-    limit: int | None = None, now: datetime.datetime | None = None, using: str = "default"
+    limit: int | None = None, now: datetime.datetime | None = None, using: str | None = None
 ) -> list[uuid.UUID]:
     """The ids of up to ``limit`` (default :data:`IN_FLIGHT_LIMIT`) published events with
     listeners and no Delivery row yet, newest first: their messages wait in the broker for a
@@ -226,6 +226,7 @@ def waiting_event_ids(
     or finished).
     """
     limit = IN_FLIGHT_LIMIT if limit is None else limit
+    using = using or Event.objects.db
     sql = _waiting_sql(using, "recent.id", " ORDER BY recent.fired_at DESC LIMIT %s")
     with connections[using].cursor() as cursor:
         cursor.execute(sql, [*_waiting_params(using, now), limit])
@@ -234,9 +235,10 @@ def waiting_event_ids(
     return [to_python(row[0]) for row in rows]
 
 
-def waiting_count(now: datetime.datetime | None = None, using: str = "default") -> int:
+def waiting_count(now: datetime.datetime | None = None, using: str | None = None) -> int:
     """How many events :func:`waiting_event_ids` would find without its limit (at most
     :data:`WAITING_SCAN`): one statement."""
+    using = using or Event.objects.db
     with connections[using].cursor() as cursor:
         cursor.execute(_waiting_sql(using, "COUNT(*)"), _waiting_params(using, now))
         (count,) = cursor.fetchone()
@@ -271,18 +273,7 @@ def all_ok(events: QuerySet) -> QuerySet:
     # deliveries through the (event, position) index, instead of hashing every delivery.
     not_ok = Delivery.objects.filter(event=OuterRef("pk")).exclude(status=Delivery.Status.SUCCEEDED)
     # One more probe of the same index entries per event, counting them.
-    written = (
-        Delivery.objects.filter(event=OuterRef("pk"))
-        .order_by()
-        .values("event")
-        .annotate(n=Count("*"))
-        .values("n")
-    )
-    return (
-        events.exclude(state__in=UNPUBLISHED)
-        .exclude(Exists(not_ok))
-        .filter(listener_count__lte=Coalesce(Subquery(written), 0))
-    )
+    return events.exclude(state__in=UNPUBLISHED).exclude(Exists(not_ok)).every_delivery_written()
 
 
 def never_published(events: QuerySet) -> QuerySet:
@@ -372,7 +363,7 @@ def overview(now: datetime.datetime | None = None) -> Overview:
     ).count()
     unpublished = never_published(Event.objects.order_by()).count()
     # Their deliveries are not rows yet, so none of the counts above has them.
-    waiting = waiting_count(now, using=Event.objects.order_by().db)
+    waiting = waiting_count(now)
     return Overview(
         since=since,
         hours=list(bars.values()),
