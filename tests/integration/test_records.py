@@ -26,10 +26,16 @@ def new_token() -> str:
 
 
 def wait_finished(event_id, timeout: float = 30) -> list[Delivery]:
+    """Every listener's Delivery, once each is written (a worker writes a published fire's
+    rows group by group) and finished."""
+
     def finished():
+        listeners = Event.objects.values_list("listener_count", flat=True).get(pk=event_id)
         deliveries = list(Delivery.objects.filter(event_id=event_id).order_by("position"))
-        done = deliveries and all(d.status in ("succeeded", "failed") for d in deliveries)
-        return deliveries if done else None
+        done = len(deliveries) >= listeners and all(
+            d.status in ("succeeded", "failed") for d in deliveries
+        )
+        return deliveries if deliveries and done else None
 
     return wait_for(finished, timeout=timeout, what=f"deliveries of {event_id} to finish")
 
