@@ -4,7 +4,8 @@ RabbitMQ hands an unacknowledged message back as soon as the dead worker's conne
 closes. kombu's Redis transport only restores it after its visibility timeout (an hour by
 default), and the filesystem broker not at all. So when a worker starts, it requeues the
 deliveries that its predecessor of the same name (``-n``) left ``running``; and the relay
-requeues any delivery left ``running`` or ``retrying`` past STUCK_TIMEOUT.
+requeues any delivery left ``running`` or ``retrying`` past STUCK_TIMEOUT. Either way the
+listeners queued after it in the same task, still ``pending``, go with it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ logger = logging.getLogger("messagio")
 
 
 def requeue(deliveries: Any, why: str) -> int:
-    """Record the interrupted attempt of each delivery as lost, mark it pending, publish it."""
+    """Record the interrupted attempt of each delivery as lost, mark it pending, publish it,
+    along with the pending deliveries that followed it in its group (see
+    :func:`pending_followers`)."""
     from messagio.models import Attempt, Delivery
     from messagio.records import envelopes, publish_all
 
@@ -48,11 +51,46 @@ def requeue(deliveries: Any, why: str) -> int:
             )
         by_event.setdefault(delivery.event_id, []).append(delivery)
         requeued += 1
+    for follower in pending_followers(by_event):
+        by_event[follower.event_id].append(follower)
     for members in by_event.values():
         publish_all(envelopes(members[0].event, members, replay_id=members[0].replay_id))
     if requeued:
         logger.warning("messagio: requeued %d delivery(ies): %s", requeued, why)
     return requeued
+
+
+def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
+    """The pending deliveries after a taken one in its (priority, queue) group.
+
+    A group's listeners travel in one task message and run in order, so those after the one
+    a worker died in were never started, and their message is gone with it where the broker
+    does not hand it back (the filesystem broker; Redis only after its visibility timeout).
+    Published again with it, each runs once: a later copy of the message finds it finished.
+    """
+    from messagio.models import Delivery
+
+    if not taken:
+        return []
+    first_taken: dict[tuple[Any, int, str], int] = {}
+    ids = set()
+    for event_id, members in taken.items():
+        for delivery in members:
+            key = (event_id, delivery.priority, delivery.queue)
+            first_taken[key] = min(first_taken.get(key, delivery.position), delivery.position)
+            ids.add(delivery.pk)
+    candidates = (
+        Delivery.objects.filter(event_id__in=list(taken), status=Delivery.Status.PENDING)
+        .exclude(pk__in=ids)
+        .select_related("event")
+        .order_by("event_id", "position")
+    )
+    followers = []
+    for delivery in candidates:
+        first = first_taken.get((delivery.event_id, delivery.priority, delivery.queue))
+        if first is not None and delivery.position > first:
+            followers.append(delivery)
+    return followers
 
 
 def requeue_orphans(worker_name: str) -> int:

@@ -8,7 +8,7 @@ from django.conf import settings
 
 from messagio.models import Delivery
 from tests.polling import wait_for
-from tests.testapp.messagio import Slow
+from tests.testapp.messagio import Slow, SlowPair
 from tests.testapp.models import Call
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -45,3 +45,40 @@ def test_a_worker_killed_mid_listener_is_followed_by_one_success_with_two_attemp
         (2, "succeeded"),
     ]
     assert Call.objects.filter(token=token, listener="slow-finished").count() == 1
+
+
+def test_the_listeners_after_the_one_a_worker_died_in_run_once(start_worker):
+    token = uuid.uuid4().hex
+    name = f"crash-{token[:8]}"
+    first = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, name=name)
+    report = SlowPair(token).fire()
+    wait_for(
+        lambda: Call.objects.filter(token=token, listener="slow-started").exists(),
+        what="the slow listener to start",
+    )
+
+    first.stop(signal.SIGKILL)
+    # Its follower, pending in the same task message, must not wait for a message that the
+    # filesystem broker never gives back (and Redis only after its visibility timeout).
+    second = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, name=name)
+    wait_for(
+        lambda: Call.objects.filter(token=token, listener="slow-started").count() == 2,
+        what="the slow listener to start again on the restarted worker",
+    )
+    Call.objects.create(token=token, listener="release")
+
+    deliveries = wait_for(
+        lambda: (
+            rows
+            if len(rows := list(Delivery.objects.filter(event_id=report.event_id))) == 2
+            and all(d.status == "succeeded" for d in rows)
+            else None
+        ),
+        what="both deliveries to succeed",
+    )
+    second.stop()
+    slow_one, after = sorted(deliveries, key=lambda d: d.position)
+    assert [a.outcome for a in slow_one.history.order_by("number")] == ["lost", "succeeded"]
+    assert [a.outcome for a in after.history.order_by("number")] == ["succeeded"]
+    assert Call.objects.filter(token=token, listener="slow-finished").count() == 1
+    assert Call.objects.filter(token=token, listener="after-slow").count() == 1

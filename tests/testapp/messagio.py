@@ -170,6 +170,23 @@ def slow(event: Slow) -> None:
 
 
 @dataclass
+class SlowPair(Messagio):
+    """Two listeners in one task: a slow one a test can kill its worker in, and one after it."""
+
+    token: str
+
+
+@listen_to_message(SlowPair, queue=settings.TEST_CRASH_QUEUE)
+def slow_first(event: SlowPair) -> None:
+    slow(event)
+
+
+@listen_to_message(SlowPair, queue=settings.TEST_CRASH_QUEUE)
+def after_slow(event: SlowPair) -> None:
+    record("after-slow", event)
+
+
+@dataclass
 class Hang(Messagio):
     token: str
 
