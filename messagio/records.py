@@ -116,15 +116,28 @@ def build_records(
         state=state,
         listener_count=len(subscriptions),
     )
+    return event, new_deliveries(event.id, event.messagio_type, subscriptions)
+
+
+def new_deliveries(
+    event_id: uuid.UUID,
+    messagio_type: str,
+    subscriptions: Sequence[Subscription],
+    positions: Iterable[int] | None = None,
+) -> list[NewDelivery]:
+    """Pending Deliveries of an event for its subscriptions (those at ``positions``)."""
+    wanted = None if positions is None else set(positions)
     deliveries = []
     for position, subscription in enumerate(subscriptions):
+        if wanted is not None and position not in wanted:
+            continue
         spec = listener_spec(subscription)
         deliveries.append(
             NewDelivery(
                 id=time_ordered_uuid(),
-                event_id=event.id,
+                event_id=event_id,
                 position=position,
-                messagio_type=event.messagio_type,
+                messagio_type=messagio_type,
                 listener=subscription.listener_id,
                 import_path=subscription.import_path or "",
                 priority=effective_priority(subscription),
@@ -135,7 +148,7 @@ def build_records(
                 time_limit=spec["time_limit"],
             )
         )
-    return event, deliveries
+    return deliveries
 
 
 #: A CTE that turns off PostgreSQL's synchronous commit for the statement's own transaction.

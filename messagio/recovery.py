@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import datetime
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 logger = logging.getLogger("messagio")
@@ -113,6 +114,104 @@ def requeue_stuck(timeout: float | None = None) -> int:
         | Q(status=Delivery.Status.RETRYING, finished_at__lt=cutoff)
     )
     return requeue(stuck, f"it was stuck for more than {seconds:g}s; its worker is presumed dead")
+
+
+#: How far back before the cutoff :func:`requeue_lost` looks for events (by fired_at).
+LOST_SCAN_DAYS = 7
+
+
+@dataclass
+class LostReport:
+    """What :func:`requeue_lost` published again."""
+
+    events: int = 0
+    deliveries: int = 0
+    #: Events whose missing Delivery rows could not be written again: event id -> why.
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def requeue_lost(older_than: float, limit: int = 1000) -> LostReport:
+    """Publish again what has waited for a worker for more than ``older_than`` seconds.
+
+    That is, of events published that long ago (and fired within LOST_SCAN_DAYS before):
+    pending deliveries not started, finished or replayed since, and the groups no worker
+    has started (no Delivery rows yet; written now, from the current listener registry).
+    Their message is presumed lost by the broker (a Redis restarted without persistence):
+    nothing else would ever run them. Choose ``older_than`` above the longest wait your
+    queues ever see: a copy of a message still queued is harmless once either has finished
+    (the other finds the deliveries finished, or not its own), but the two running at the
+    same moment would run a listener twice. The event's ``published_at`` becomes now.
+    """
+    from messagio.models import Delivery, Event
+
+    now = timezone.now()
+    cutoff = now - datetime.timedelta(seconds=older_than)
+    waiting = Delivery.objects.filter(
+        Q(started_at__isnull=True) | Q(started_at__lt=cutoff),
+        Q(finished_at__isnull=True) | Q(finished_at__lt=cutoff),
+        Q(replay__isnull=True) | Q(replay__requested_at__lt=cutoff),
+        status=Delivery.Status.PENDING,
+    )
+    published = Event.objects.filter(
+        state=Event.State.PUBLISHED,
+        published_at__lt=cutoff,
+        fired_at__gte=cutoff - datetime.timedelta(days=LOST_SCAN_DAYS),
+    )
+    unstarted = published.annotate(rows=Count("deliveries")).filter(rows__lt=F("listener_count"))
+    candidates = published.filter(
+        Q(pk__in=waiting.values("event_id")) | Q(pk__in=unstarted.values("pk"))
+    ).order_by("fired_at")[:limit]
+    report = LostReport()
+    for event in candidates:
+        try:
+            _write_missing_deliveries(event)
+        except LookupError as exc:
+            report.skipped[str(event.pk)] = str(exc)
+            logger.error("messagio: event %s cannot be published again: %s", event.pk, exc)
+            continue
+        members = list(waiting.filter(event=event).order_by("position"))
+        if not members:
+            continue
+        from messagio.records import envelopes, publish_all
+
+        publish_all(envelopes(event, members))
+        Event.objects.filter(pk=event.pk).update(published_at=timezone.now())
+        report.events += 1
+        report.deliveries += len(members)
+    if report.events:
+        logger.warning(
+            "messagio: published again %d delivery(ies) of %d event(s) that waited for a "
+            "worker for more than %gs",
+            report.deliveries,
+            report.events,
+            older_than,
+        )
+    return report
+
+
+def _write_missing_deliveries(event: Any) -> None:
+    """Write the pending Delivery rows of ``event`` that no worker has written."""
+    from messagio.dispatch import import_object
+    from messagio.models import Delivery
+    from messagio.records import new_deliveries
+    from messagio.registry import registry
+
+    written = set(event.deliveries.values_list("position", flat=True))
+    missing = set(range(event.listener_count)) - written
+    if not missing:
+        return
+    try:
+        messagio_class = import_object(event.messagio_type)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise LookupError(f"its messagio class {event.messagio_type} does not import") from exc
+    subscriptions = registry.subscriptions_for(messagio_class)
+    if len(subscriptions) != event.listener_count:
+        raise LookupError(
+            f"{event.messagio_type} has {len(subscriptions)} listener(s) now and had "
+            f"{event.listener_count} when it was fired"
+        )
+    rows = new_deliveries(event.pk, event.messagio_type, subscriptions, missing)
+    Delivery.objects.bulk_create([row.as_model() for row in rows], ignore_conflicts=True)
 
 
 def on_worker_ready(sender: Any = None, **kwargs: Any) -> None:

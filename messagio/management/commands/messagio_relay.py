@@ -17,8 +17,17 @@ class Command(BaseCommand):
             help="Seconds an event may wait before it is relayed (default: RELAY_GRACE).",
         )
         parser.add_argument("--once", action="store_true", help="Run a single batch.")
+        parser.add_argument(
+            "--lost-after",
+            type=float,
+            metavar="SECONDS",
+            help="Also publish again what has waited for a worker for more than SECONDS since "
+            "its event was published (its message presumably lost by the broker). Choose more "
+            "than your queues ever take: a copy running alongside a message still queued "
+            "would run its listeners twice.",
+        )
 
-    def handle(self, *args, batch_size, grace, once, **options):
+    def handle(self, *args, batch_size, grace, once, lost_after, **options):
         published = 0
         while True:
             report = relay(batch_size=batch_size, grace=grace)
@@ -30,3 +39,17 @@ class Command(BaseCommand):
             self.stderr.write(
                 f"The broker refused a publish; {report.remaining} event(s) still wait."
             )
+            return
+        if lost_after is not None:
+            self.requeue_lost(lost_after, batch_size)
+
+    def requeue_lost(self, older_than: float, batch_size: int) -> None:
+        from messagio.recovery import requeue_lost
+
+        lost = requeue_lost(older_than, limit=batch_size)
+        self.stdout.write(
+            f"Published again {lost.deliveries} delivery(ies) of {lost.events} event(s) "
+            f"that waited for a worker for more than {older_than:g}s."
+        )
+        for event_id, why in lost.skipped.items():
+            self.stderr.write(f"Event {event_id} not published again: {why}.")
