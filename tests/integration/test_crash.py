@@ -2,6 +2,7 @@
 
 import signal
 import uuid
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -14,11 +15,12 @@ from tests.testapp.models import Call
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_worker_killed_mid_listener_is_followed_by_one_success_with_two_attempts(start_worker):
-    token = uuid.uuid4().hex
+def kill_mid_listener_and_restart(start_worker: Any, messagio_class: type, token: str) -> Any:
+    """Fire, SIGKILL the worker while the slow listener runs, start one of the same name,
+    and release the listener once it has started again there. Returns (report, worker)."""
     name = f"crash-{token[:8]}"
     first = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, name=name)
-    report = Slow(token).fire()
+    report = messagio_class(token).fire()
     wait_for(
         lambda: Call.objects.filter(token=token, listener="slow-started").exists(),
         what="the slow listener to start",
@@ -33,12 +35,18 @@ def test_a_worker_killed_mid_listener_is_followed_by_one_success_with_two_attemp
         what="the listener to start again on the restarted worker",
     )
     Call.objects.create(token=token, listener="release")
+    return report, second
+
+
+def test_a_worker_killed_mid_listener_is_followed_by_one_success_with_two_attempts(start_worker):
+    token = uuid.uuid4().hex
+    report, worker = kill_mid_listener_and_restart(start_worker, Slow, token)
 
     delivery = wait_for(
         lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").first(),
         what="the delivery to succeed",
     )
-    second.stop()
+    worker.stop()
     assert delivery.attempts == 2
     assert list(delivery.history.order_by("number").values_list("number", "outcome")) == [
         (1, "lost"),
@@ -48,24 +56,10 @@ def test_a_worker_killed_mid_listener_is_followed_by_one_success_with_two_attemp
 
 
 def test_the_listeners_after_the_one_a_worker_died_in_run_once(start_worker):
-    token = uuid.uuid4().hex
-    name = f"crash-{token[:8]}"
-    first = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, name=name)
-    report = SlowPair(token).fire()
-    wait_for(
-        lambda: Call.objects.filter(token=token, listener="slow-started").exists(),
-        what="the slow listener to start",
-    )
-
-    first.stop(signal.SIGKILL)
-    # Its follower, pending in the same task message, must not wait for a message that the
+    # The listener after the slow one is pending in the same task message, which the
     # filesystem broker never gives back (and Redis only after its visibility timeout).
-    second = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, name=name)
-    wait_for(
-        lambda: Call.objects.filter(token=token, listener="slow-started").count() == 2,
-        what="the slow listener to start again on the restarted worker",
-    )
-    Call.objects.create(token=token, listener="release")
+    token = uuid.uuid4().hex
+    report, worker = kill_mid_listener_and_restart(start_worker, SlowPair, token)
 
     deliveries = wait_for(
         lambda: (
@@ -76,7 +70,7 @@ def test_the_listeners_after_the_one_a_worker_died_in_run_once(start_worker):
         ),
         what="both deliveries to succeed",
     )
-    second.stop()
+    worker.stop()
     slow_one, after = sorted(deliveries, key=lambda d: d.position)
     assert [a.outcome for a in slow_one.history.order_by("number")] == ["lost", "succeeded"]
     assert [a.outcome for a in after.history.order_by("number")] == ["succeeded"]
