@@ -130,7 +130,7 @@ class LostReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def requeue_lost(older_than: float, limit: int = 1000) -> LostReport:
+def requeue_lost(older_than: float, limit: int = 1000, events: Any = None) -> LostReport:
     """Publish again what has waited for a worker for more than ``older_than`` seconds.
 
     That is, of events published that long ago (and fired within LOST_SCAN_DAYS before):
@@ -141,6 +141,7 @@ def requeue_lost(older_than: float, limit: int = 1000) -> LostReport:
     queues ever see: a copy of a message still queued is harmless once either has finished
     (the other finds the deliveries finished, or not its own), but the two running at the
     same moment would run a listener twice. The event's ``published_at`` becomes now.
+    ``events``, a queryset of events, narrows the search to them.
     """
     from messagio.models import Delivery, Event
 
@@ -157,6 +158,8 @@ def requeue_lost(older_than: float, limit: int = 1000) -> LostReport:
         published_at__lt=cutoff,
         fired_at__gte=cutoff - datetime.timedelta(days=LOST_SCAN_DAYS),
     )
+    if events is not None:
+        published = published.filter(pk__in=events.values("pk"))
     unstarted = published.annotate(rows=Count("deliveries")).filter(rows__lt=F("listener_count"))
     candidates = published.filter(
         Q(pk__in=waiting.values("event_id")) | Q(pk__in=unstarted.values("pk"))

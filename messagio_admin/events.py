@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import Http404
+from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
@@ -190,6 +190,8 @@ class EventAdmin(RecordAdmin):
             "can_replay_deliveries": can_replay and request.user.has_perm("messagio.view_delivery"),
             "has_failed": any(d.status == Delivery.Status.FAILED for d in deliveries),
             "in_flight": bool(waiting) or any(d.status in queries.IN_FLIGHT for d in deliveries),
+            # What a broker that lost the message would leave: the page offers to publish it.
+            "unstarted": waiting + sum(d.status == Delivery.Status.PENDING for d in deliveries),
             "show_task_results": request.user.has_perm("django_celery_results.view_taskresult"),
             "here": request.get_full_path(),
         }
@@ -211,6 +213,11 @@ class EventAdmin(RecordAdmin):
                 "<path:object_id>/replay-failed/",
                 self.admin_site.admin_view(self.replay_failed_view),
                 name=f"{info}_replay_failed",
+            ),
+            path(
+                "<path:object_id>/publish-again/",
+                self.admin_site.admin_view(self.publish_again_view),
+                name=f"{info}_publish_again",
             ),
             *super().get_urls(),
         ]
@@ -252,6 +259,39 @@ class EventAdmin(RecordAdmin):
             what=_("event %(id)s") % {"id": event.pk},
             back=reverse("admin:messagio_event_change", args=[event.pk]),
         )
+
+    @method_decorator(require_POST)
+    def publish_again_view(self, request: Any, object_id: str) -> Any:
+        """Publish again what of the event waits for a worker, its message lost by the broker."""
+        if not self.has_replay_permission(request):
+            raise PermissionDenied
+        event = self._event_or_404(object_id)
+        back = reverse("admin:messagio_event_change", args=[event.pk])
+        if not permissions.can_replay_type(request.user, event.messagio_type):
+            return permissions.refuse_type(self, request, event.messagio_type, back)
+        from messagio.recovery import requeue_lost
+
+        report = requeue_lost(0, events=Event.objects.filter(pk=event.pk))
+        if report.skipped:
+            self.message_user(
+                request,
+                _("Not published again: %(why)s.") % {"why": report.skipped[str(event.pk)]},
+                messages.ERROR,
+            )
+        elif report.deliveries:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d delivery published again.",
+                    "%(count)d deliveries published again.",
+                    report.deliveries,
+                )
+                % {"count": report.deliveries},
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(request, _("Nothing of this event waits for a worker."))
+        return HttpResponseRedirect(back)
 
     @admin.action(
         description=gettext_lazy("Replay failed deliveries of selected events"),

@@ -11,7 +11,9 @@ from django_celery_results.models import TaskResult
 
 from messagio import tasks
 from messagio.models import Attempt, Delivery, Event, Replay
+from messagio.registry import registry
 from tests.admin.factories import ERROR, HOSTILE, PING, make_event
+from tests.testapp.messagio import Ping
 
 pytestmark = pytest.mark.django_db
 
@@ -610,6 +612,49 @@ def test_a_replay_the_broker_refuses_is_reported_with_why_it_stopped(
     html = response.content.decode()
     assert "stopped: the broker refused a publish" in html
     assert "broker down" in html
+
+
+# --- Publishing again what a broker lost ----------------------------------------------------
+
+
+def test_the_event_page_offers_to_publish_again_only_what_waits_for_a_worker(
+    admin_client, failed_event
+):
+    waiting = make_event("succeeded", "pending", waiting=2)
+
+    assert 'id="publish-again-form"' in admin_client.get(event_url(waiting)).content.decode()
+    assert 'id="publish-again-form"' not in (
+        admin_client.get(event_url(failed_event)).content.decode()
+    )
+
+
+def ping_listeners() -> int:
+    return len(registry.subscriptions_for(Ping))
+
+
+def test_publishing_again_writes_the_missing_deliveries_and_queues_what_waits(admin_client):
+    listeners = ping_listeners()
+    event = make_event("succeeded", "pending", waiting=listeners - 2)
+    published_before = event.published_at
+
+    response = admin_client.post(f"{EVENTS}{event.pk}/publish-again/", follow=True)
+
+    assert f"{listeners - 1} deliveries published again." in response.content.decode()
+    statuses = list(event.deliveries.order_by("position").values_list("status", flat=True))
+    assert statuses == ["succeeded"] + ["pending"] * (listeners - 1)
+    event.refresh_from_db()
+    assert event.published_at > published_before
+
+
+def test_publishing_again_an_event_whose_listeners_changed_says_why_it_did_not(admin_client):
+    event = make_event("pending", waiting=1)  # fired with two listeners
+
+    response = admin_client.post(f"{EVENTS}{event.pk}/publish-again/", follow=True)
+
+    assert f"has {ping_listeners()} listener(s) now and had 2 when it was fired" in (
+        response.content.decode()
+    )
+    assert event.deliveries.count() == 1
 
 
 def test_replaying_an_unknown_event_is_a_404(admin_client):

@@ -41,6 +41,7 @@ def records(failed_event):
             f"{EVENTS}{failed_event.pk}/replay-failed/",
             f"{DELIVERIES}{broken.pk}/replay/",
             f"{DELIVERIES}failures/replay/",
+            f"{EVENTS}{failed_event.pk}/publish-again/",
         ],
     }
 
