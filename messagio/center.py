@@ -144,11 +144,15 @@ def _fired(messagio: Messagio, report: DispatchReport) -> None:
     """Send ``messagio_fired``; inside a transaction, only once it commits."""
     from django.db import transaction
 
-    from messagio.signals import messagio_fired
+    from messagio import signals
 
     def send() -> None:
-        messagio_fired.send(
-            sender=type(messagio), messagio=messagio, event_id=report.event_id, report=report
+        signals.send(
+            signals.messagio_fired,
+            type(messagio),
+            messagio=messagio,
+            event_id=report.event_id,
+            report=report,
         )
 
     if transaction.get_connection().in_atomic_block:

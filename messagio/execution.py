@@ -199,8 +199,9 @@ def run_once(
 
     delivery_id = spec.get("delivery")
     if error is None:
-        signals.delivery_succeeded.send(
-            sender=RunContext,
+        signals.send(
+            signals.delivery_succeeded,
+            RunContext,
             delivery_id=delivery_id,
             event_id=uuid.UUID(ctx.event_id),
             listener=spec["id"],
@@ -225,10 +226,11 @@ def run_once(
             number,
             exc_info=error,
         )
-    signals.delivery_failed.send(
-        sender=RunContext,
+    signals.send(
+        signals.delivery_failed,
+        RunContext,
         delivery_id=delivery_id,
-        event_id=ctx.event_id,
+        event_id=uuid.UUID(ctx.event_id),
         listener=spec["id"],
         messagio=messagio,
         exception=error,

@@ -49,7 +49,12 @@ def fail_once(event: Pinged) -> str:
     return "second time lucky"
 
 
+def succeed_again(event: Pinged) -> str:
+    return "again"
+
+
 SUCCEED = "tests.test_signals.succeed"
+SUCCEED_AGAIN = "tests.test_signals.succeed_again"
 FAIL = "tests.test_signals.fail"
 FAIL_ONCE = "tests.test_signals.fail_once"
 
@@ -232,11 +237,47 @@ def test_without_recording_the_signals_are_sent_without_a_delivery_id(received):
 
 
 def test_the_fired_and_delivery_signals_carry_the_same_event_id(received):
-    subscribe(succeed)
+    subscribe(succeed, fail)
 
     fire_in_process(Pinged("j"))
 
     assert received["succeeded"][0]["event_id"] == received["fired"][0]["event_id"]
+    assert received["failed"][0]["event_id"] == received["fired"][0]["event_id"]
+
+
+@pytest.fixture
+def broken_receivers():
+    """A receiver of every signal that raises, as a broken metrics hook would."""
+
+    def broken(**kwargs):
+        raise RuntimeError("metrics backend down")
+
+    signals = (messagio_fired, delivery_succeeded, delivery_failed)
+    for signal in signals:
+        signal.connect(broken, weak=False)
+    yield
+    for signal in signals:
+        signal.disconnect(broken)
+
+
+def test_a_receiver_that_raises_stops_neither_the_fire_nor_the_other_listeners(
+    received, broken_receivers, caplog
+):
+    subscribe(succeed, fail, succeed_again)
+
+    report = fire_in_process(Pinged("k"))
+
+    assert report.event_id == received["fired"][0]["event_id"]
+    assert [s["listener"] for s in received["succeeded"]] == [SUCCEED, SUCCEED_AGAIN]
+    assert [s["listener"] for s in received["failed"]] == [FAIL]
+    assert sorted(Delivery.objects.values_list("status", flat=True)) == [
+        "failed",
+        "succeeded",
+        "succeeded",
+    ]
+    raised = [r for r in caplog.records if "signal receiver" in r.getMessage()]
+    assert len(raised) == 4  # fired, two succeeded, one failed
+    assert all("metrics backend down" in str(r.exc_info[1]) for r in raised)
 
 
 # --- What an in-process fire records ------------------------------------------------------
