@@ -130,7 +130,12 @@ class LostReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def requeue_lost(older_than: float, limit: int = 1000, events: Any = None) -> LostReport:
+def requeue_lost(
+    older_than: float,
+    limit: int = 1000,
+    events: Any = None,
+    now: datetime.datetime | None = None,
+) -> LostReport:
     """Publish again what has waited for a worker for more than ``older_than`` seconds.
 
     That is, of events published that long ago (and fired within LOST_SCAN_DAYS before):
@@ -141,11 +146,13 @@ def requeue_lost(older_than: float, limit: int = 1000, events: Any = None) -> Lo
     queues ever see: a copy of a message still queued is harmless once either has finished
     (the other finds the deliveries finished, or not its own), but the two running at the
     same moment would run a listener twice. The event's ``published_at`` becomes now.
-    ``events``, a queryset of events, narrows the search to them.
+    ``events``, a queryset of events, narrows the search to them. ``now`` (default: now)
+    is what ``older_than`` counts back from: batches of one run share it, so that none
+    takes up again what an earlier one published.
     """
     from messagio.models import Delivery, Event
 
-    now = timezone.now()
+    now = now or timezone.now()
     cutoff = now - datetime.timedelta(seconds=older_than)
     waiting = Delivery.objects.filter(
         Q(started_at__isnull=True) | Q(started_at__lt=cutoff),

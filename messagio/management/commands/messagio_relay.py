@@ -1,6 +1,7 @@
 """Publish events left recorded-not-published (what the periodic relay task does)."""
 
 from django.core.management.base import BaseCommand
+from django.utils import timezone
 
 from messagio.relay import relay
 
@@ -46,10 +47,18 @@ class Command(BaseCommand):
     def requeue_lost(self, older_than: float, batch_size: int) -> None:
         from messagio.recovery import requeue_lost
 
-        lost = requeue_lost(older_than, limit=batch_size)
+        started = timezone.now()
+        events = deliveries = 0
+        skipped: dict[str, str] = {}
+        while True:  # what a batch publishes is published after `started`: not taken again
+            lost = requeue_lost(older_than, limit=batch_size, now=started)
+            events, deliveries = events + lost.events, deliveries + lost.deliveries
+            skipped.update(lost.skipped)
+            if not lost.events or lost.events + len(lost.skipped) < batch_size:
+                break
         self.stdout.write(
-            f"Published again {lost.deliveries} delivery(ies) of {lost.events} event(s) "
+            f"Published again {deliveries} delivery(ies) of {events} event(s) "
             f"that waited for a worker for more than {older_than:g}s."
         )
-        for event_id, why in lost.skipped.items():
+        for event_id, why in skipped.items():
             self.stderr.write(f"Event {event_id} not published again: {why}.")
