@@ -201,10 +201,10 @@ def requeue_lost(
 
 def _write_missing_deliveries(event: Any) -> None:
     """Write the pending Delivery rows of ``event`` that no worker has written."""
+    from messagio.center import get_message_center
     from messagio.dispatch import import_object
     from messagio.models import Delivery
     from messagio.records import new_deliveries
-    from messagio.registry import registry
 
     written = set(event.deliveries.values_list("position", flat=True))
     missing = set(range(event.listener_count)) - written
@@ -214,7 +214,7 @@ def _write_missing_deliveries(event: Any) -> None:
         messagio_class = import_object(event.messagio_type)
     except (ImportError, AttributeError, ValueError) as exc:
         raise LookupError(f"its messagio class {event.messagio_type} does not import") from exc
-    subscriptions = registry.subscriptions_for(messagio_class)
+    subscriptions = get_message_center().subscriptions_for(messagio_class)
     if len(subscriptions) != event.listener_count:
         raise LookupError(
             f"{event.messagio_type} has {len(subscriptions)} listener(s) now and had "
