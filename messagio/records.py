@@ -651,7 +651,8 @@ def _create_group(envelope: dict[str, Any], task_id: str, worker: str) -> bool:
             for name, value in (claimed if position == 0 else waiting).items():
                 setattr(row, name, value)
         Delivery.objects.bulk_create(rows, ignore_conflicts=True)
-    return True
+        # Not when other rows hold these positions (written again after a lost message).
+        return Delivery.objects.filter(pk=deliveries[0].id).exists()
 
 
 #: What a claim reads of the delivery as it was.

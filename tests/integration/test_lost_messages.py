@@ -78,6 +78,7 @@ def test_what_waited_for_a_lost_message_is_published_again_and_runs_once(start_w
     for envelope in originals:
         deliver.apply(args=(envelope,))
     assert Call.objects.filter(token=token, listener="after-slow").count() == 2
+    assert Call.objects.filter(token=token, listener="slow-finished").count() == 2
     assert Delivery.objects.filter(event_id__in=events).count() == 4
     assert Attempt.objects.filter(delivery__event_id__in=events).count() == 4
 
