@@ -147,9 +147,8 @@ def _fired(messagio: Messagio, report: DispatchReport) -> None:
     from messagio import signals
 
     def send() -> None:
-        signals.send(
-            signals.messagio_fired,
-            type(messagio),
+        signals.messagio_fired.send_robust(
+            sender=type(messagio),
             messagio=messagio,
             event_id=report.event_id,
             report=report,

@@ -199,9 +199,8 @@ def run_once(
 
     delivery_id = spec.get("delivery")
     if error is None:
-        signals.send(
-            signals.delivery_succeeded,
-            RunContext,
+        signals.delivery_succeeded.send_robust(
+            sender=RunContext,
             delivery_id=delivery_id,
             event_id=uuid.UUID(ctx.event_id),
             listener=spec["id"],
@@ -226,9 +225,8 @@ def run_once(
             number,
             exc_info=error,
         )
-    signals.send(
-        signals.delivery_failed,
-        RunContext,
+    signals.delivery_failed.send_robust(
+        sender=RunContext,
         delivery_id=delivery_id,
         event_id=uuid.UUID(ctx.event_id),
         listener=spec["id"],
