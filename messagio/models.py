@@ -52,6 +52,8 @@ class Event(models.Model):
         db_index=False,  # messagio_ev_replay_of: only replays are indexed
     )
     state = models.CharField(_("dispatch state"), max_length=16, choices=State)
+    #: When its messages were last published: by the fire or the relay, then again by a
+    #: requeue, a replay or ``messagio_relay --lost-after`` (which counts a wait from it).
     published_at = models.DateTimeField(_("published at"), null=True, blank=True)
     #: When a publisher claimed it (state publishing), so a dead publisher's claim expires.
     claimed_at = models.DateTimeField(null=True, blank=True)

@@ -56,18 +56,31 @@ def requeue(deliveries: Any, why: str) -> int:
         by_event[follower.event_id].append(follower)
     for members in by_event.values():
         publish_all(envelopes(members[0].event, members, replay_id=members[0].replay_id))
+    mark_published_again(list(by_event))
     if requeued:
         logger.warning("messagio: requeued %d delivery(ies): %s", requeued, why)
     return requeued
 
 
+def mark_published_again(event_ids: list[Any]) -> None:
+    """Set the events' ``published_at`` to now: their messages were just published again
+    (:func:`requeue_lost` counts a wait from it)."""
+    from messagio.models import Event
+
+    if event_ids:
+        Event.objects.filter(pk__in=event_ids).update(published_at=timezone.now())
+
+
 def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
-    """The pending deliveries after a taken one in its (priority, queue) group.
+    """The pending deliveries after a taken one in its (priority, queue) group, when the
+    taken one was running its first attempt, outside a replay: in the group's own message.
 
     A group's listeners travel in one task message and run in order, so those after the one
     a worker died in were never started, and their message is gone with it where the broker
     does not hand it back (the filesystem broker; Redis only after its visibility timeout).
     Published again with it, each runs once: a later copy of the message finds it finished.
+    A retry, a replay or an earlier requeue travels alone or with others: its followers may
+    be in a message still running elsewhere, and are left to it (or to ``--lost-after``).
     """
     from messagio.models import Delivery
 
@@ -77,9 +90,18 @@ def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
     ids = set()
     for event_id, members in taken.items():
         for delivery in members:
+            ids.add(delivery.pk)
+            from_group_message = (
+                delivery.status == Delivery.Status.RUNNING
+                and delivery.attempts == 1
+                and delivery.replay_id is None
+            )
+            if not from_group_message:
+                continue
             key = (event_id, delivery.priority, delivery.queue)
             first_taken[key] = min(first_taken.get(key, delivery.position), delivery.position)
-            ids.add(delivery.pk)
+    if not first_taken:
+        return []
     candidates = (
         Delivery.objects.filter(event_id__in=list(taken), status=Delivery.Status.PENDING)
         .exclude(pk__in=ids)
@@ -122,12 +144,16 @@ LOST_SCAN_DAYS = 7
 
 @dataclass
 class LostReport:
-    """What :func:`requeue_lost` published again."""
+    """What :func:`requeue_lost` published again, and what it could not."""
 
     events: int = 0
     deliveries: int = 0
     #: Events whose missing Delivery rows could not be written again: event id -> why.
     skipped: dict[str, str] = field(default_factory=dict)
+    #: Every event examined, published or not (a caller going on in batches excludes them).
+    seen: set[str] = field(default_factory=set)
+    #: Why publishing stopped (the broker refused), or "" when it did not.
+    error: str = ""
 
 
 def requeue_lost(
@@ -135,29 +161,33 @@ def requeue_lost(
     limit: int = 1000,
     events: Any = None,
     now: datetime.datetime | None = None,
+    exclude: set[str] | frozenset[str] = frozenset(),
 ) -> LostReport:
     """Publish again what has waited for a worker for more than ``older_than`` seconds.
 
-    That is, of events published that long ago (and fired within LOST_SCAN_DAYS before):
-    pending deliveries not started, finished or replayed since, and the groups no worker
-    has started (no Delivery rows yet; written now, from the current listener registry).
-    Their message is presumed lost by the broker (a Redis restarted without persistence):
-    nothing else would ever run them. Choose ``older_than`` above the longest wait your
-    queues ever see: a copy of a message still queued is harmless once either has finished
-    (the other finds the deliveries finished, or not its own), but the two running at the
-    same moment would run a listener twice. The event's ``published_at`` becomes now.
-    ``events``, a queryset of events, narrows the search to them. ``now`` (default: now)
-    is what ``older_than`` counts back from: batches of one run share it, so that none
-    takes up again what an earlier one published.
+    That is, of events last published that long ago (and fired within LOST_SCAN_DAYS
+    before), with no delivery running: pending deliveries not started or finished since, and
+    the groups no worker has started (no Delivery rows yet; written now from the listener
+    registry). Their message is presumed lost by the broker (a Redis restarted without
+    persistence): nothing else would ever run them. Choose ``older_than`` above the longest
+    wait your queues ever see: a copy of a message still queued is harmless once either has
+    finished (the other finds the deliveries finished, or not its own), but the two running
+    at the same moment would run a listener twice.
+
+    Each event is taken with a conditional update of its ``published_at`` (to now), so two
+    runs at once do not both publish it, and a run does not take up what a requeue, a replay
+    or an earlier run published since. ``events`` (a queryset) narrows the search; ``now``
+    is what the wait counts back from; ``exclude`` holds event ids already examined.
+    Stops at the first publish the broker refuses, putting that event back as it was.
     """
     from messagio.models import Delivery, Event
+    from messagio.records import envelopes, publish_all
 
     now = now or timezone.now()
     cutoff = now - datetime.timedelta(seconds=older_than)
     waiting = Delivery.objects.filter(
         Q(started_at__isnull=True) | Q(started_at__lt=cutoff),
         Q(finished_at__isnull=True) | Q(finished_at__lt=cutoff),
-        Q(replay__isnull=True) | Q(replay__requested_at__lt=cutoff),
         status=Delivery.Status.PENDING,
     )
     published = Event.objects.filter(
@@ -168,24 +198,41 @@ def requeue_lost(
     if events is not None:
         published = published.filter(pk__in=events.values("pk"))
     unstarted = published.annotate(rows=Count("deliveries")).filter(rows__lt=F("listener_count"))
-    candidates = published.filter(
-        Q(pk__in=waiting.values("event_id")) | Q(pk__in=unstarted.values("pk"))
-    ).order_by("fired_at")[:limit]
+    running = Delivery.objects.filter(status=Delivery.Status.RUNNING).values("event_id")
+    candidates = (
+        published.filter(Q(pk__in=waiting.values("event_id")) | Q(pk__in=unstarted.values("pk")))
+        .exclude(pk__in=running)
+        .exclude(pk__in=list(exclude))
+        .order_by("fired_at")[:limit]
+    )
     report = LostReport()
     for event in candidates:
+        report.seen.add(str(event.pk))
+        taken_at = timezone.now()
+        if not Event.objects.filter(pk=event.pk, published_at=event.published_at).update(
+            published_at=taken_at
+        ):
+            continue  # published again meanwhile, by someone else
         try:
             _write_missing_deliveries(event)
         except LookupError as exc:
+            Event.objects.filter(pk=event.pk, published_at=taken_at).update(
+                published_at=event.published_at
+            )
             report.skipped[str(event.pk)] = str(exc)
             logger.error("messagio: event %s cannot be published again: %s", event.pk, exc)
             continue
         members = list(waiting.filter(event=event).order_by("position"))
         if not members:
             continue
-        from messagio.records import envelopes, publish_all
-
-        publish_all(envelopes(event, members))
-        Event.objects.filter(pk=event.pk).update(published_at=timezone.now())
+        try:
+            publish_all(envelopes(event, members))
+        except Exception as exc:  # noqa: BLE001 - the broker is down: stop, put it back
+            Event.objects.filter(pk=event.pk, published_at=taken_at).update(
+                published_at=event.published_at
+            )
+            report.error = f"the broker refused a publish ({exc!r})"
+            break
         report.events += 1
         report.deliveries += len(members)
     if report.events:
@@ -200,26 +247,37 @@ def requeue_lost(
 
 
 def _write_missing_deliveries(event: Any) -> None:
-    """Write the pending Delivery rows of ``event`` that no worker has written."""
+    """Write the pending Delivery rows of ``event`` that no worker has written, from its
+    messagio type's listeners now; LookupError when they are not those it was fired with."""
     from messagio.center import get_message_center
     from messagio.dispatch import import_object
     from messagio.models import Delivery
     from messagio.records import new_deliveries
+    from messagio.registry import registry
 
-    written = set(event.deliveries.values_list("position", flat=True))
-    missing = set(range(event.listener_count)) - written
+    written = dict(event.deliveries.values_list("position", "listener"))
+    missing = set(range(event.listener_count)) - set(written)
     if not missing:
         return
-    try:
-        messagio_class = import_object(event.messagio_type)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise LookupError(f"its messagio class {event.messagio_type} does not import") from exc
+    by_name = {cls.get_name(): cls for cls in registry.messagio_types()}
+    messagio_class = by_name.get(event.messagio_type)
+    if messagio_class is None:
+        try:
+            messagio_class = import_object(event.messagio_type)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise LookupError(f"its messagio class {event.messagio_type} does not import") from exc
     subscriptions = get_message_center().subscriptions_for(messagio_class)
     if len(subscriptions) != event.listener_count:
         raise LookupError(
             f"{event.messagio_type} has {len(subscriptions)} listener(s) now and had "
             f"{event.listener_count} when it was fired"
         )
+    for position, listener in written.items():
+        if subscriptions[position].listener_id != listener:
+            raise LookupError(
+                f"its listener {position + 1} was {listener} and is "
+                f"{subscriptions[position].listener_id} now"
+            )
     rows = new_deliveries(event.pk, event.messagio_type, subscriptions, missing)
     Delivery.objects.bulk_create([row.as_model() for row in rows], ignore_conflicts=True)
 

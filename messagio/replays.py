@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from messagio.models import Delivery, Event, Replay
 from messagio.records import envelopes, publish_all
+from messagio.recovery import mark_published_again
 
 logger = logging.getLogger("messagio")
 
@@ -159,6 +160,7 @@ def run_replay(
                         )
                     publish_all([envelope])
                     published.update(spec["delivery"] for spec in envelope["listeners"])
+                mark_published_again([members[0].event_id])
         except Exception as exc:  # noqa: BLE001 - the broker is down: stop, undo, report
             unsent = [d for d in batch if str(d.pk) not in published]
             for delivery in unsent:  # back to how they were, not stuck pending

@@ -1,6 +1,8 @@
 """Publish events left recorded-not-published (what the periodic relay task does)."""
 
-from django.core.management.base import BaseCommand
+import datetime
+
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from messagio.relay import relay
@@ -29,6 +31,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, batch_size, grace, once, lost_after, **options):
+        if lost_after is not None and lost_after < 0:
+            raise CommandError("--lost-after takes a number of seconds, 0 or more.")
+        # What the relay publishes below, requeued deliveries included, is not lost.
+        started = timezone.now()
         published = 0
         while True:
             report = relay(batch_size=batch_size, grace=grace)
@@ -42,19 +48,24 @@ class Command(BaseCommand):
             )
             return
         if lost_after is not None:
-            self.requeue_lost(lost_after, batch_size)
+            self.requeue_lost(lost_after, batch_size, once, started)
 
-    def requeue_lost(self, older_than: float, batch_size: int) -> None:
+    def requeue_lost(
+        self, older_than: float, batch_size: int, once: bool, started: datetime.datetime
+    ) -> None:
         from messagio.recovery import requeue_lost
 
-        started = timezone.now()
         events = deliveries = 0
+        seen: set[str] = set()
         skipped: dict[str, str] = {}
-        while True:  # what a batch publishes is published after `started`: not taken again
-            lost = requeue_lost(older_than, limit=batch_size, now=started)
+        while True:
+            # Every batch counts the wait from the same start: none takes up what another
+            # published, nor what the relay above requeued.
+            lost = requeue_lost(older_than, limit=batch_size, now=started, exclude=seen)
             events, deliveries = events + lost.events, deliveries + lost.deliveries
+            seen |= lost.seen
             skipped.update(lost.skipped)
-            if not lost.events or lost.events + len(lost.skipped) < batch_size:
+            if once or lost.error or len(lost.seen) < batch_size:
                 break
         self.stdout.write(
             f"Published again {deliveries} delivery(ies) of {events} event(s) "
@@ -62,3 +73,5 @@ class Command(BaseCommand):
         )
         for event_id, why in skipped.items():
             self.stderr.write(f"Event {event_id} not published again: {why}.")
+        if lost.error:
+            raise CommandError(f"Stopped: {lost.error}; run it again when the broker is back.")

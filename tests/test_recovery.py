@@ -1,0 +1,132 @@
+"""What recovery publishes again, and what it leaves alone (the broker is captured here;
+tests/integration/test_crash.py and test_lost_messages.py run it against real workers)."""
+
+import datetime
+
+import pytest
+from django.utils import timezone
+
+from messagio import records
+from messagio.models import Delivery, Event
+from messagio.recovery import requeue, requeue_lost
+from messagio.registry import registry
+from tests.testapp.messagio import Ping
+
+pytestmark = pytest.mark.django_db
+
+PING = Ping.get_name()
+
+
+@pytest.fixture
+def published(monkeypatch):
+    """The listeners of each envelope recovery publishes, by delivery id."""
+    sent: list[list[str]] = []
+
+    def publish_all(envelope_list):
+        sent.extend([spec["delivery"] for spec in e["listeners"]] for e in envelope_list)
+        return ["task"] * len(envelope_list)
+
+    monkeypatch.setattr(records, "publish_all", publish_all)
+    return sent
+
+
+def hours_ago(hours: float) -> datetime.datetime:
+    return timezone.now() - datetime.timedelta(hours=hours)
+
+
+def event_with(*rows: tuple[str, int], priority: int = 5, at=None) -> tuple[Event, list]:
+    """A published Ping event and its deliveries: (status, attempts) at positions 0, 1, ..."""
+    at = at or hours_ago(2)
+    event = Event.objects.create(
+        messagio_type=PING, fired_at=at, published_at=at, state="published", payload=b"x",
+        listener_count=len(registry.subscriptions_for(Ping)),
+    )  # fmt: skip
+    listeners = [s.listener_id for s in registry.subscriptions_for(Ping)]
+    deliveries = [
+        Delivery.objects.create(
+            event=event,
+            position=position,
+            messagio_type=PING,
+            listener=listeners[position],
+            status=status,
+            attempts=attempts,
+            priority=priority,
+            started_at=at if status != "pending" else None,
+        )  # fmt: skip
+        for position, (status, attempts) in enumerate(rows)
+    ]
+    return event, deliveries
+
+
+def test_a_first_attempt_requeued_takes_the_pending_listeners_after_it_in_its_group(published):
+    event, (done, dead, after) = event_with(("succeeded", 1), ("running", 1), ("pending", 0))
+    elsewhere = Delivery.objects.create(
+        event=event, position=3, messagio_type=PING, listener="other", priority=9
+    )
+
+    requeue(Delivery.objects.filter(pk=dead.pk), "test")
+
+    assert published == [[str(dead.pk), str(after.pk)]]
+    assert str(elsewhere.pk) not in sum(published, [])
+
+
+def test_a_retry_requeued_leaves_the_listeners_after_it_to_their_own_message(published):
+    # A retry travels alone: the listeners after it are in the group's message, maybe
+    # still running on another worker.
+    _, (retried, after) = event_with(("running", 2), ("pending", 0))
+
+    requeue(Delivery.objects.filter(pk=retried.pk), "test")
+
+    assert published == [[str(retried.pk)]]
+
+
+def test_what_waits_for_a_lost_message_is_published_again_once(published):
+    event, (done, waiting) = event_with(("succeeded", 1), ("pending", 0))
+
+    report = requeue_lost(3600)
+    again = requeue_lost(3600)
+
+    assert (report.events, report.deliveries) == (1, 1 + event.listener_count - 2)
+    assert published[0][0] == str(waiting.pk)
+    assert event.deliveries.count() == event.listener_count  # the unwritten ones written
+    assert (again.events, len(published)) == (0, 1)
+
+
+def test_an_event_a_worker_is_running_is_not_lost(published):
+    event_with(("running", 1), ("pending", 0))
+
+    assert requeue_lost(3600).events == 0
+    assert published == []
+
+
+def test_what_a_requeue_published_since_is_not_lost(published):
+    _, (dead, after) = event_with(("running", 1), ("pending", 0))
+    requeue(Delivery.objects.filter(pk=dead.pk), "test")
+
+    assert requeue_lost(3600).events == 0
+    assert len(published) == 1
+
+
+def test_an_event_whose_written_listeners_are_not_the_registrys_is_reported(published):
+    event, (first, _) = event_with(("succeeded", 1), ("pending", 0))
+    Delivery.objects.filter(pk=first.pk).update(listener="tests.testapp.messagio.gone")
+
+    report = requeue_lost(3600)
+
+    assert "its listener 1 was tests.testapp.messagio.gone" in report.skipped[str(event.pk)]
+    assert published == []
+    assert Event.objects.get(pk=event.pk).published_at == event.published_at
+
+
+def test_a_broker_that_refuses_stops_it_and_leaves_the_event_as_it_was(monkeypatch):
+    def refuse(envelope_list):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(records, "publish_all", refuse)
+    event, _ = event_with(("pending", 0), ("pending", 0))
+
+    report = requeue_lost(3600)
+
+    assert "broker down" in report.error
+    assert report.events == 0
+    assert Event.objects.get(pk=event.pk).published_at == event.published_at
