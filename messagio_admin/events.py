@@ -3,6 +3,7 @@ its deliveries, their attempts, and the replay buttons."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from django.contrib import admin, messages
@@ -11,6 +12,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
@@ -26,6 +28,10 @@ from messagio_admin.overview import chart
 from messagio_admin.replaying import BULK_LIMIT
 from messagio_admin.search import as_uuid, search_terms
 from messagio_admin.single import replay_from_page
+
+#: How long what an event's messages carry must have waited for a worker before its page
+#: offers to publish it again: not while a message is simply on its way.
+PUBLISH_AGAIN_AFTER = datetime.timedelta(minutes=1)
 
 
 class EventAdmin(RecordAdmin):
@@ -190,8 +196,15 @@ class EventAdmin(RecordAdmin):
             "can_replay_deliveries": can_replay and request.user.has_perm("messagio.view_delivery"),
             "has_failed": any(d.status == Delivery.Status.FAILED for d in deliveries),
             "in_flight": bool(waiting) or any(d.status in queries.IN_FLIGHT for d in deliveries),
-            # What a broker that lost the message would leave: the page offers to publish it.
-            "unstarted": waiting + sum(d.status == Delivery.Status.PENDING for d in deliveries),
+            # What a broker that lost the message would leave: the page offers to publish it
+            # again once it has waited a while and no worker holds the event's deliveries.
+            "unstarted": (
+                waiting + sum(d.status == Delivery.Status.PENDING for d in deliveries)
+                if event.published_at is not None
+                and event.published_at < timezone.now() - PUBLISH_AGAIN_AFTER
+                and not any(d.status == Delivery.Status.RUNNING for d in deliveries)
+                else 0
+            ),
             "show_task_results": request.user.has_perm("django_celery_results.view_taskresult"),
             "here": request.get_full_path(),
         }
@@ -271,8 +284,14 @@ class EventAdmin(RecordAdmin):
             return permissions.refuse_type(self, request, event.messagio_type, back)
         from messagio.recovery import requeue_lost
 
-        report = requeue_lost(0, events=Event.objects.filter(pk=event.pk))
-        if report.skipped:
+        report = requeue_lost(
+            PUBLISH_AGAIN_AFTER.total_seconds(), events=Event.objects.filter(pk=event.pk)
+        )
+        if report.error:
+            self.message_user(
+                request, _("Not published again: %(why)s.") % {"why": report.error}, messages.ERROR
+            )
+        elif report.skipped:
             self.message_user(
                 request,
                 _("Not published again: %(why)s.") % {"why": report.skipped[str(event.pk)]},
@@ -290,7 +309,13 @@ class EventAdmin(RecordAdmin):
                 messages.SUCCESS,
             )
         else:
-            self.message_user(request, _("Nothing of this event waits for a worker."))
+            self.message_user(
+                request,
+                _(
+                    "Nothing of this event has waited for a worker for over a minute, with none of "
+                    "its deliveries running."
+                ),
+            )
         return HttpResponseRedirect(back)
 
     @admin.action(

@@ -617,15 +617,33 @@ def test_a_replay_the_broker_refuses_is_reported_with_why_it_stopped(
 # --- Publishing again what a broker lost ----------------------------------------------------
 
 
-def test_the_event_page_offers_to_publish_again_only_what_waits_for_a_worker(
+def minutes_ago(minutes: float) -> datetime.datetime:
+    return timezone.now() - datetime.timedelta(minutes=minutes)
+
+
+def offers_to_publish_again(client, event) -> bool:
+    return 'id="publish-again-form"' in client.get(event_url(event)).content.decode()
+
+
+def test_the_event_page_offers_to_publish_again_what_has_waited_for_a_worker(admin_client):
+    assert offers_to_publish_again(
+        admin_client, make_event("succeeded", "pending", waiting=2, fired_at=minutes_ago(5))
+    )
+
+
+def test_the_event_page_does_not_offer_it_for_what_is_just_on_its_way_or_finished(
     admin_client, failed_event
 ):
-    waiting = make_event("succeeded", "pending", waiting=2)
+    assert not offers_to_publish_again(admin_client, make_event("pending", waiting=2))
+    assert not offers_to_publish_again(admin_client, failed_event)
 
-    assert 'id="publish-again-form"' in admin_client.get(event_url(waiting)).content.decode()
-    assert 'id="publish-again-form"' not in (
-        admin_client.get(event_url(failed_event)).content.decode()
-    )
+
+def test_the_event_page_does_not_offer_it_while_a_worker_runs_one_of_its_deliveries(
+    admin_client,
+):
+    event = make_event("running", "pending", fired_at=minutes_ago(5))
+
+    assert not offers_to_publish_again(admin_client, event)
 
 
 def ping_listeners() -> int:
@@ -634,7 +652,7 @@ def ping_listeners() -> int:
 
 def test_publishing_again_writes_the_missing_deliveries_and_queues_what_waits(admin_client):
     listeners = ping_listeners()
-    event = make_event("succeeded", "pending", waiting=listeners - 2)
+    event = make_event("succeeded", "pending", waiting=listeners - 2, fired_at=minutes_ago(5))
     published_before = event.published_at
 
     response = admin_client.post(f"{EVENTS}{event.pk}/publish-again/", follow=True)
@@ -645,9 +663,13 @@ def test_publishing_again_writes_the_missing_deliveries_and_queues_what_waits(ad
     event.refresh_from_db()
     assert event.published_at > published_before
 
+    again = admin_client.post(f"{EVENTS}{event.pk}/publish-again/", follow=True)
+
+    assert "Nothing of this event has waited for a worker" in again.content.decode()
+
 
 def test_publishing_again_an_event_whose_listeners_changed_says_why_it_did_not(admin_client):
-    event = make_event("pending", waiting=1)  # fired with two listeners
+    event = make_event("pending", waiting=1, fired_at=minutes_ago(5))  # with two listeners
 
     response = admin_client.post(f"{EVENTS}{event.pk}/publish-again/", follow=True)
 
