@@ -4,8 +4,9 @@ RabbitMQ hands an unacknowledged message back as soon as the dead worker's conne
 closes. kombu's Redis transport only restores it after its visibility timeout (an hour by
 default), and the filesystem broker not at all. So when a worker starts, it requeues the
 deliveries that its predecessor of the same name (``-n``) left ``running``; and the relay
-requeues any delivery left ``running`` or ``retrying`` past STUCK_TIMEOUT. Either way the
-listeners queued after it in the same task, still ``pending``, go with it.
+requeues any delivery left ``running`` or ``retrying`` past STUCK_TIMEOUT. When it was
+running its first attempt, from its group's message, the listeners after it in that
+message, still ``pending``, go with it.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ def requeue(deliveries: Any, why: str) -> int:
     along with the pending deliveries that followed it in its group (see
     :func:`pending_followers`)."""
     from messagio.models import Attempt, Delivery
-    from messagio.records import envelopes, publish_all
 
     now = timezone.now()
+    selected = list(deliveries.select_related("event").order_by("event_id", "position"))
+    # Before any becomes pending: requeue_lost must never take these events meanwhile.
+    mark_published_again(list({d.event_id for d in selected}))
     requeued = 0
     by_event: dict[Any, list[Delivery]] = {}
-    for delivery in deliveries.select_related("event").order_by("event_id", "position"):
+    for delivery in selected:
         taken = Delivery.objects.filter(pk=delivery.pk, status=delivery.status).update(
             status=Delivery.Status.PENDING
         )
@@ -55,11 +58,30 @@ def requeue(deliveries: Any, why: str) -> int:
     for follower in pending_followers(by_event):
         by_event[follower.event_id].append(follower)
     for members in by_event.values():
-        publish_all(envelopes(members[0].event, members, replay_id=members[0].replay_id))
-    mark_published_again(list(by_event))
+        publish_by_replay(members)
     if requeued:
         logger.warning("messagio: requeued %d delivery(ies): %s", requeued, why)
     return requeued
+
+
+def publish_by_replay(members: list[Any]) -> int:
+    """Publish deliveries of one event, in envelopes per replay (each keeps its own); how
+    many envelopes went out before any error is raised is in the error's ``published``."""
+    from messagio.records import envelopes, publish_all
+
+    by_replay: dict[Any, list[Any]] = {}
+    for delivery in members:
+        by_replay.setdefault(delivery.replay_id, []).append(delivery)
+    sent = 0
+    for replay_id, group in by_replay.items():
+        for envelope in envelopes(group[0].event, group, replay_id=replay_id):
+            try:
+                publish_all([envelope])
+            except Exception as exc:
+                exc.published = sent  # type: ignore[attr-defined]
+                raise
+            sent += 1
+    return sent
 
 
 def mark_published_again(event_ids: list[Any]) -> None:
@@ -150,7 +172,7 @@ class LostReport:
     deliveries: int = 0
     #: Events whose missing Delivery rows could not be written again: event id -> why.
     skipped: dict[str, str] = field(default_factory=dict)
-    #: Every event examined, published or not (a caller going on in batches excludes them).
+    #: Every event examined, published or not.
     seen: set[str] = field(default_factory=set)
     #: Why publishing stopped (the broker refused), or "" when it did not.
     error: str = ""
@@ -180,8 +202,7 @@ def requeue_lost(
     is what the wait counts back from; ``exclude`` holds event ids already examined.
     Stops at the first publish the broker refuses, putting that event back as it was.
     """
-    from messagio.models import Delivery, Event
-    from messagio.records import envelopes, publish_all
+    from messagio.models import Delivery, Event, Replay
 
     now = now or timezone.now()
     cutoff = now - datetime.timedelta(seconds=older_than)
@@ -189,7 +210,7 @@ def requeue_lost(
         Q(started_at__isnull=True) | Q(started_at__lt=cutoff),
         Q(finished_at__isnull=True) | Q(finished_at__lt=cutoff),
         status=Delivery.Status.PENDING,
-    )
+    ).exclude(replay__state=Replay.State.RUNNING)  # a running replay publishes them itself
     published = Event.objects.filter(
         state=Event.State.PUBLISHED,
         published_at__lt=cutoff,
@@ -198,10 +219,9 @@ def requeue_lost(
     if events is not None:
         published = published.filter(pk__in=events.values("pk"))
     unstarted = published.annotate(rows=Count("deliveries")).filter(rows__lt=F("listener_count"))
-    running = Delivery.objects.filter(status=Delivery.Status.RUNNING).values("event_id")
     candidates = (
         published.filter(Q(pk__in=waiting.values("event_id")) | Q(pk__in=unstarted.values("pk")))
-        .exclude(pk__in=running)
+        .exclude(_has_running())
         .exclude(pk__in=list(exclude))
         .order_by("fired_at")[:limit]
     )
@@ -209,28 +229,40 @@ def requeue_lost(
     for event in candidates:
         report.seen.add(str(event.pk))
         taken_at = timezone.now()
-        if not Event.objects.filter(pk=event.pk, published_at=event.published_at).update(
-            published_at=taken_at
-        ):
-            continue  # published again meanwhile, by someone else
+        # Taken only as it was read, and while still none of its deliveries runs.
+        taken = (
+            Event.objects.filter(pk=event.pk, published_at=event.published_at)
+            .exclude(_has_running())
+            .update(published_at=taken_at)
+        )
+        if not taken:
+            continue
+
+        def put_back(event: Any = event, taken_at: datetime.datetime = taken_at) -> None:
+            Event.objects.filter(pk=event.pk, published_at=taken_at).update(
+                published_at=event.published_at
+            )
+
         try:
             _write_missing_deliveries(event)
         except LookupError as exc:
-            Event.objects.filter(pk=event.pk, published_at=taken_at).update(
-                published_at=event.published_at
-            )
+            put_back()
             report.skipped[str(event.pk)] = str(exc)
             logger.error("messagio: event %s cannot be published again: %s", event.pk, exc)
             continue
+        except BaseException:
+            put_back()
+            raise
         members = list(waiting.filter(event=event).order_by("position"))
         if not members:
+            put_back()
+            report.skipped[str(event.pk)] = "nothing of it waits any more"
             continue
         try:
-            publish_all(envelopes(event, members))
+            publish_by_replay(members)
         except Exception as exc:  # noqa: BLE001 - the broker is down: stop, put it back
-            Event.objects.filter(pk=event.pk, published_at=taken_at).update(
-                published_at=event.published_at
-            )
+            if not getattr(exc, "published", 0):
+                put_back()  # nothing went out; else what did must not go out again now
             report.error = f"the broker refused a publish ({exc!r})"
             break
         report.events += 1
@@ -244,6 +276,17 @@ def requeue_lost(
             older_than,
         )
     return report
+
+
+def _has_running() -> Q:
+    """Events with a delivery running: a live worker holds its group."""
+    from django.db.models import Exists, OuterRef
+
+    from messagio.models import Delivery
+
+    return Q(
+        Exists(Delivery.objects.filter(event_id=OuterRef("pk"), status=Delivery.Status.RUNNING))
+    )
 
 
 def _write_missing_deliveries(event: Any) -> None:

@@ -149,6 +149,7 @@ def run_replay(
         by_event: dict[Any, list[Delivery]] = {}
         for delivery in batch:
             by_event.setdefault(delivery.event_id, []).append(delivery)
+        mark_published_again(list(by_event))
         published: set[Any] = set()
         try:
             for members in by_event.values():
@@ -160,7 +161,6 @@ def run_replay(
                         )
                     publish_all([envelope])
                     published.update(spec["delivery"] for spec in envelope["listeners"])
-                mark_published_again([members[0].event_id])
         except Exception as exc:  # noqa: BLE001 - the broker is down: stop, undo, report
             unsent = [d for d in batch if str(d.pk) not in published]
             for delivery in unsent:  # back to how they were, not stuck pending

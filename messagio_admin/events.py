@@ -20,6 +20,7 @@ from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_POST
 
 from messagio.models import Attempt, Delivery, Event, Replay
+from messagio.recovery import LOST_SCAN_DAYS
 from messagio_admin import display, permissions, queries
 from messagio_admin.actions import replay_deliveries
 from messagio_admin.changelist import RecordAdmin
@@ -200,8 +201,10 @@ class EventAdmin(RecordAdmin):
             # again once it has waited a while and no worker holds the event's deliveries.
             "unstarted": (
                 waiting + sum(d.status == Delivery.Status.PENDING for d in deliveries)
-                if event.published_at is not None
+                if event.state == Event.State.PUBLISHED
+                and event.published_at is not None
                 and event.published_at < timezone.now() - PUBLISH_AGAIN_AFTER
+                and event.fired_at > timezone.now() - datetime.timedelta(days=LOST_SCAN_DAYS)
                 and not any(d.status == Delivery.Status.RUNNING for d in deliveries)
                 else 0
             ),

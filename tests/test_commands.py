@@ -1,4 +1,5 @@
-"""Management commands: messagio_listeners (the registry as a table), messagio_replay --dry-run."""
+"""Management commands: messagio_listeners (the registry as a table), messagio_replay --dry-run,
+messagio_relay's arguments."""
 
 import datetime
 import io
@@ -330,3 +331,21 @@ def test_a_date_without_offset_is_read_in_the_current_time_zone():
     make_delivery(finished_at=at(10, hour=13))
 
     assert dry_run("--since", "2024-03-10T12:00:00") == would_replay(1)
+
+
+# --- messagio_relay -----------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "options, error",
+    [
+        (["--lost-after", "-1"], "--lost-after takes a number of seconds"),
+        (["--lost-after", "nan"], "--lost-after takes a number of seconds"),
+        (["--lost-after", "inf"], "--lost-after takes a number of seconds"),
+        (["--batch-size", "0"], "--batch-size takes a number of events"),
+    ],
+)
+def test_the_relay_command_refuses_what_would_never_end(options, error):
+    with pytest.raises(CommandError, match=error):
+        call_command("messagio_relay", *options, stdout=io.StringIO())

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from messagio import records
-from messagio.models import Delivery, Event
+from messagio.models import Delivery, Event, Replay
 from messagio.recovery import requeue, requeue_lost
 from messagio.registry import registry
 from tests.testapp.messagio import Ping
@@ -130,3 +130,35 @@ def test_a_broker_that_refuses_stops_it_and_leaves_the_event_as_it_was(monkeypat
     assert "broker down" in report.error
     assert report.events == 0
     assert Event.objects.get(pk=event.pk).published_at == event.published_at
+
+
+def test_what_a_running_replay_has_yet_to_publish_is_not_lost(published):
+    event, (waiting,) = event_with(("pending", 1))
+    Event.objects.filter(pk=event.pk).update(listener_count=1)  # its only delivery
+    Delivery.objects.filter(pk=waiting.pk).update(
+        replay=Replay.objects.create(state=Replay.State.RUNNING)
+    )
+
+    assert requeue_lost(3600).events == 0
+    assert published == []
+
+
+def test_a_broker_that_refuses_after_a_first_group_leaves_the_event_taken(monkeypatch):
+    sent = []
+
+    def refuse_the_second(envelope_list):
+        if sent:
+            raise ConnectionError("broker down")
+        sent.extend(envelope_list)
+        return ["task"]
+
+    monkeypatch.setattr(records, "publish_all", refuse_the_second)
+    event, (first, _) = event_with(("pending", 0), ("pending", 0))
+    Delivery.objects.filter(pk=first.pk).update(priority=9)  # a group of its own
+
+    report = requeue_lost(3600)
+
+    assert "broker down" in report.error
+    assert len(sent) == 1
+    # What went out must not go out again at once: the event stays published now.
+    assert Event.objects.get(pk=event.pk).published_at > event.published_at

@@ -31,7 +31,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, batch_size, grace, once, lost_after, **options):
-        if lost_after is not None and lost_after < 0:
+        if batch_size < 1:
+            raise CommandError("--batch-size takes a number of events, 1 or more.")
+        if lost_after is not None and not (0 <= lost_after < float("inf")):
             raise CommandError("--lost-after takes a number of seconds, 0 or more.")
         # What the relay publishes below, requeued deliveries included, is not lost.
         started = timezone.now()
@@ -56,14 +58,12 @@ class Command(BaseCommand):
         from messagio.recovery import requeue_lost
 
         events = deliveries = 0
-        seen: set[str] = set()
         skipped: dict[str, str] = {}
         while True:
             # Every batch counts the wait from the same start: none takes up what another
-            # published, nor what the relay above requeued.
-            lost = requeue_lost(older_than, limit=batch_size, now=started, exclude=seen)
+            # published, nor what the relay above requeued; what it left is not read again.
+            lost = requeue_lost(older_than, limit=batch_size, now=started, exclude=set(skipped))
             events, deliveries = events + lost.events, deliveries + lost.deliveries
-            seen |= lost.seen
             skipped.update(lost.skipped)
             if once or lost.error or len(lost.seen) < batch_size:
                 break
