@@ -199,7 +199,8 @@ def requeue_lost(
     Each event is taken with a conditional update of its ``published_at`` (to now), so two
     runs at once do not both publish it, and a run does not take up what a requeue, a replay
     or an earlier run published since. ``events`` (a queryset) narrows the search; ``now``
-    is what the wait counts back from; ``exclude`` holds event ids already examined.
+    is what the wait counts back from; ``exclude``, event ids to leave out (those a run
+    could not publish).
     Stops at the first publish the broker refuses, putting that event back as it was.
     """
     from messagio.models import Delivery, Event, Replay
