@@ -203,7 +203,7 @@ def requeue_lost(
     could not publish).
     Stops at the first publish the broker refuses, putting that event back as it was.
     """
-    from messagio.models import Delivery, Event, Replay
+    from messagio.models import Delivery, Event
 
     now = now or timezone.now()
     cutoff = now - datetime.timedelta(seconds=older_than)
@@ -211,7 +211,7 @@ def requeue_lost(
         Q(started_at__isnull=True) | Q(started_at__lt=cutoff),
         Q(finished_at__isnull=True) | Q(finished_at__lt=cutoff),
         status=Delivery.Status.PENDING,
-    ).exclude(replay__state=Replay.State.RUNNING)  # a running replay publishes them itself
+    )
     published = Event.objects.filter(
         state=Event.State.PUBLISHED,
         published_at__lt=cutoff,
@@ -229,41 +229,33 @@ def requeue_lost(
     report = LostReport()
     for event in candidates:
         report.seen.add(str(event.pk))
-        taken_at = timezone.now()
-        # Taken only as it was read, and while still none of its deliveries runs.
-        taken = (
-            Event.objects.filter(pk=event.pk, published_at=event.published_at)
-            .exclude(_has_running())
-            .update(published_at=taken_at)
-        )
-        if not taken:
+        held = _take(event, event.published_at)
+        if held is None:
             continue
-
-        def put_back(event: Any = event, taken_at: datetime.datetime = taken_at) -> None:
-            Event.objects.filter(pk=event.pk, published_at=taken_at).update(
-                published_at=event.published_at
-            )
-
         try:
             _write_missing_deliveries(event)
         except LookupError as exc:
-            put_back()
+            _put_back(event, held)
             report.skipped[str(event.pk)] = str(exc)
             logger.error("messagio: event %s cannot be published again: %s", event.pk, exc)
             continue
         except BaseException:
-            put_back()
+            _put_back(event, held)
             raise
         members = list(waiting.filter(event=event).order_by("position"))
+        # A requeue or a replay that made some of these pending meanwhile moved published_at
+        # first: then it publishes them, not this.
         if not members:
-            put_back()
-            report.skipped[str(event.pk)] = "nothing of it waits any more"
+            _put_back(event, held)
+            continue
+        held = _take(event, held)
+        if held is None:
             continue
         try:
             publish_by_replay(members)
         except Exception as exc:  # noqa: BLE001 - the broker is down: stop, put it back
             if not getattr(exc, "published", 0):
-                put_back()  # nothing went out; else what did must not go out again now
+                _put_back(event, held)  # nothing went out; else what did must not go again
             report.error = f"the broker refused a publish ({exc!r})"
             break
         report.events += 1
@@ -277,6 +269,27 @@ def requeue_lost(
             older_than,
         )
     return report
+
+
+def _take(event: Any, published_at: datetime.datetime) -> datetime.datetime | None:
+    """Move the event's published_at from ``published_at`` to now, unless it moved
+    meanwhile or one of its deliveries is running; the new value, or None."""
+    from messagio.models import Event
+
+    now = timezone.now()
+    taken = (
+        Event.objects.filter(pk=event.pk, published_at=published_at)
+        .exclude(_has_running())
+        .update(published_at=now)
+    )
+    return now if taken else None
+
+
+def _put_back(event: Any, held: datetime.datetime) -> None:
+    """Give the event back its published_at as it was read, if it is still ``held``."""
+    from messagio.models import Event
+
+    Event.objects.filter(pk=event.pk, published_at=held).update(published_at=event.published_at)
 
 
 def _has_running() -> Q:

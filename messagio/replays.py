@@ -144,15 +144,18 @@ def run_replay(
             break
         last_pk = batch[-1].pk
         ids = [d.pk for d in batch]
-        taken = Delivery.objects.filter(pk__in=ids).exclude(status__in=IN_FLIGHT)
-        taken.update(status=Delivery.Status.PENDING, replay=record)
         by_event: dict[Any, list[Delivery]] = {}
         for delivery in batch:
             by_event.setdefault(delivery.event_id, []).append(delivery)
-        mark_published_again(list(by_event))
         published: set[Any] = set()
         try:
             for members in by_event.values():
+                # Pending only when its turn comes, its event marked published first: at a
+                # slow rate, messagio_relay --lost-after never sees it wait without a message.
+                mark_published_again([members[0].event_id])
+                Delivery.objects.filter(pk__in=[d.pk for d in members]).exclude(
+                    status__in=IN_FLIGHT
+                ).update(status=Delivery.Status.PENDING, replay=record)
                 for envelope in envelopes(members[0].event, members, replay_id=record.pk):
                     if interval:
                         time.sleep(max(0.0, next_at - time.monotonic()))  # a rate, not a sync

@@ -132,15 +132,14 @@ def test_a_broker_that_refuses_stops_it_and_leaves_the_event_as_it_was(monkeypat
     assert Event.objects.get(pk=event.pk).published_at == event.published_at
 
 
-def test_what_a_running_replay_has_yet_to_publish_is_not_lost(published):
+def test_what_a_replay_that_died_left_pending_is_lost_like_the_rest(published):
     event, (waiting,) = event_with(("pending", 1))
     Event.objects.filter(pk=event.pk).update(listener_count=1)  # its only delivery
-    Delivery.objects.filter(pk=waiting.pk).update(
-        replay=Replay.objects.create(state=Replay.State.RUNNING)
-    )
+    replay = Replay.objects.create(state=Replay.State.RUNNING)  # its process was killed
+    Delivery.objects.filter(pk=waiting.pk).update(replay=replay)
 
-    assert requeue_lost(3600).events == 0
-    assert published == []
+    assert requeue_lost(3600).events == 1
+    assert published == [[str(waiting.pk)]]
 
 
 def test_a_broker_that_refuses_after_a_first_group_leaves_the_event_taken(monkeypatch):
