@@ -248,9 +248,11 @@ def requeue_lost(
         if not members:
             _put_back(event, held)
             continue
-        held = _take(event, held)
-        if held is None:
+        retaken = _take(event, held)
+        if retaken is None:
+            _put_back(event, held)  # a no-op when a requeue or a replay moved it
             continue
+        held = retaken
         try:
             publish_by_replay(members)
         except Exception as exc:  # noqa: BLE001 - the broker is down: stop, put it back

@@ -116,6 +116,15 @@ def _wait_for_canary(record: Replay, ids: list[Any], timeout: float) -> None:
         time.sleep(0.2)  # polling the outcome of work running elsewhere, bounded by timeout
 
 
+def _take(delivery: Delivery, record: Replay) -> bool:
+    """Make ``delivery`` pending for ``record`` if it is still as the batch read it."""
+    return bool(
+        Delivery.objects.filter(
+            pk=delivery.pk, status=delivery.status, finished_at=delivery.finished_at
+        ).update(status=Delivery.Status.PENDING, replay=record)
+    )
+
+
 def run_replay(
     record: Replay,
     frozen: models.QuerySet,
@@ -147,37 +156,41 @@ def run_replay(
         by_event: dict[Any, list[Delivery]] = {}
         for delivery in batch:
             by_event.setdefault(delivery.event_id, []).append(delivery)
-        published: set[Any] = set()
+        published: set[str] = set()
+        taken: list[Delivery] = []
         try:
             for members in by_event.values():
-                # Pending only when its turn comes, its event marked published first: at a
-                # slow rate, messagio_relay --lost-after never sees it wait without a message.
-                mark_published_again([members[0].event_id])
-                Delivery.objects.filter(pk__in=[d.pk for d in members]).exclude(
-                    status__in=IN_FLIGHT
-                ).update(status=Delivery.Status.PENDING, replay=record)
                 for envelope in envelopes(members[0].event, members, replay_id=record.pk):
                     if interval:
                         time.sleep(max(0.0, next_at - time.monotonic()))  # a rate, not a sync
                         next_at = max(next_at, time.monotonic()) + interval * len(
                             envelope["listeners"]
                         )
-                    publish_all([envelope])
-                    published.update(spec["delivery"] for spec in envelope["listeners"])
+                    wanted = {spec["delivery"] for spec in envelope["listeners"]}
+                    # Its turn: the event marked published first, then made pending only
+                    # what is still as the batch read it. So messagio_relay --lost-after
+                    # never sees it wait without a message, and what something else ran
+                    # meanwhile is left alone.
+                    mark_published_again([members[0].event_id])
+                    mine = [d for d in members if str(d.pk) in wanted and _take(d, record)]
+                    taken.extend(mine)
+                    if mine:
+                        publish_all(envelopes(members[0].event, mine, replay_id=record.pk))
+                        published.update(str(d.pk) for d in mine)
         except Exception as exc:  # noqa: BLE001 - the broker is down: stop, undo, report
-            unsent = [d for d in batch if str(d.pk) not in published]
+            unsent = [d for d in taken if str(d.pk) not in published]
             for delivery in unsent:  # back to how they were, not stuck pending
-                Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.PENDING).update(
-                    status=delivery.status, replay=delivery.replay_id
-                )
-            record.queued += len(batch) - len(unsent)
+                Delivery.objects.filter(
+                    pk=delivery.pk, status=Delivery.Status.PENDING, replay=record
+                ).update(status=delivery.status, replay=delivery.replay_id)
+            record.queued += len(published)
             _stop(
                 record,
                 f"the broker refused a publish ({exc!r}); stopped after "
                 f"{record.queued} of {record.total}; replay the rest when it is back",
             )
             return record
-        record.queued += len(batch)
+        record.queued += len(published)
         record.save(update_fields=["queued"])
         if progress:
             progress(record)
