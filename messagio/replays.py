@@ -141,6 +141,8 @@ def run_replay(
     next_at = time.monotonic()
     last_pk = None
     canary_pending = bool(record.canary)
+    #: What the canary published, over as many batches as it took: what it waits for.
+    canary_ids: list[Any] = []
     while True:
         page = frozen.order_by("pk")
         if last_pk is not None:
@@ -152,7 +154,6 @@ def run_replay(
         if not batch:
             break
         last_pk = batch[-1].pk
-        ids = [d.pk for d in batch]
         by_event: dict[Any, list[Delivery]] = {}
         for delivery in batch:
             by_event.setdefault(delivery.event_id, []).append(delivery)
@@ -194,9 +195,11 @@ def run_replay(
         record.save(update_fields=["queued"])
         if progress:
             progress(record)
+        if canary_pending:
+            canary_ids.extend(d.pk for d in taken if str(d.pk) in published)
         if canary_pending and record.queued >= (record.canary or 0):
             canary_pending = False
-            _wait_for_canary(record, ids, canary_timeout)
+            _wait_for_canary(record, canary_ids, canary_timeout)
             failed, finished = _outcomes(record)
             if threshold is not None and finished and failed / finished > threshold:
                 _stop(

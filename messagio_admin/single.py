@@ -63,17 +63,17 @@ def replay_from_page(
             messages.ERROR,
         )
         return HttpResponseRedirect(back)
-    if record.total:
+    if record.queued:
         message = ngettext(
             "Replay #%(id)d: %(count)d delivery of %(what)s queued.",
             "Replay #%(id)d: %(count)d deliveries of %(what)s queued.",
-            record.total,
+            record.queued,
         )
         level = messages.SUCCESS
     else:
         message = _("Replay #%(id)d: nothing to replay in %(what)s (deliveries in flight stay).")
         level = messages.WARNING
     model_admin.message_user(
-        request, message % {"id": record.pk, "count": record.total, "what": what}, level
+        request, message % {"id": record.pk, "count": record.queued, "what": what}, level
     )
     return HttpResponseRedirect(back)

@@ -46,5 +46,6 @@ def test_a_delivery_run_by_someone_else_before_its_turn_is_left_alone(monkeypatc
     record = replay(Delivery.objects.filter(event=event))
 
     assert sent == [str(first.pk)]
-    assert Delivery.objects.get(pk=second.pk).status == "succeeded"
+    assert Delivery.objects.get(pk=first.pk).replay == record
+    assert Delivery.objects.get(pk=second.pk).replay is None
     assert (record.total, record.queued) == (2, 1)
