@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Count, F, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 logger = logging.getLogger("messagio")
@@ -64,9 +64,16 @@ def requeue(deliveries: Any, why: str) -> int:
     return requeued
 
 
-def publish_by_replay(members: list[Any]) -> int:
-    """Publish deliveries of one event, in envelopes per replay (each keeps its own); how
-    many envelopes went out before any error is raised is in the error's ``published``."""
+class PublishRefusedError(Exception):
+    """The broker refused a publish after ``published`` envelopes of the same call went out."""
+
+    def __init__(self, published: int, cause: Exception) -> None:
+        super().__init__(f"the broker refused a publish ({cause!r})")
+        self.published = published
+
+
+def publish_by_replay(members: list[Any]) -> None:
+    """Publish deliveries of one event, in envelopes per replay (each keeps its own)."""
     from messagio.records import envelopes, publish_all
 
     by_replay: dict[Any, list[Any]] = {}
@@ -78,10 +85,8 @@ def publish_by_replay(members: list[Any]) -> int:
             try:
                 publish_all([envelope])
             except Exception as exc:
-                exc.published = sent  # type: ignore[attr-defined]
-                raise
+                raise PublishRefusedError(sent, exc) from exc
             sent += 1
-    return sent
 
 
 def mark_published_again(event_ids: list[Any]) -> None:
@@ -172,8 +177,8 @@ class LostReport:
     deliveries: int = 0
     #: Events whose missing Delivery rows could not be written again: event id -> why.
     skipped: dict[str, str] = field(default_factory=dict)
-    #: Every event examined, published or not.
-    seen: set[str] = field(default_factory=set)
+    #: How many events were examined, published or not.
+    examined: int = 0
     #: Why publishing stopped (the broker refused), or "" when it did not.
     error: str = ""
 
@@ -228,7 +233,7 @@ def requeue_lost(
     )
     report = LostReport()
     for event in candidates:
-        report.seen.add(str(event.pk))
+        report.examined += 1
         held = _take(event, event.published_at)
         if held is None:
             continue
@@ -243,11 +248,11 @@ def requeue_lost(
             _put_back(event, held)
             raise
         members = list(waiting.filter(event=event).order_by("position"))
-        # A requeue or a replay that made some of these pending meanwhile moved published_at
-        # first: then it publishes them, not this.
         if not members:
             _put_back(event, held)
             continue
+        # A requeue or a replay that made some of these pending meanwhile moved published_at
+        # first: then it publishes them, not this.
         retaken = _take(event, held)
         if retaken is None:
             _put_back(event, held)  # a no-op when a requeue or a replay moved it
@@ -255,10 +260,10 @@ def requeue_lost(
         held = retaken
         try:
             publish_by_replay(members)
-        except Exception as exc:  # noqa: BLE001 - the broker is down: stop, put it back
-            if not getattr(exc, "published", 0):
+        except PublishRefusedError as refused:  # the broker is down: stop
+            if not refused.published:
                 _put_back(event, held)  # nothing went out; else what did must not go again
-            report.error = f"the broker refused a publish ({exc!r})"
+            report.error = str(refused)
             break
         report.events += 1
         report.deliveries += len(members)
@@ -294,10 +299,27 @@ def _put_back(event: Any, held: datetime.datetime) -> None:
     Event.objects.filter(pk=event.pk, published_at=held).update(published_at=event.published_at)
 
 
+def may_be_lost(event: Any, deliveries: list[Any], older_than: float) -> bool:
+    """Whether :func:`requeue_lost` (``older_than``) would look at ``event`` now, given all
+    its Delivery rows: the same rules, for a page that has them in hand."""
+    from messagio.models import Delivery, Event
+
+    cutoff = timezone.now() - datetime.timedelta(seconds=older_than)
+    return (
+        event.state == Event.State.PUBLISHED
+        and event.published_at is not None
+        and event.published_at < cutoff
+        and event.fired_at >= cutoff - datetime.timedelta(days=LOST_SCAN_DAYS)
+        and not any(d.status == Delivery.Status.RUNNING for d in deliveries)
+        and (
+            len(deliveries) < event.listener_count
+            or any(d.status == Delivery.Status.PENDING for d in deliveries)
+        )
+    )
+
+
 def _has_running() -> Q:
     """Events with a delivery running: a live worker holds its group."""
-    from django.db.models import Exists, OuterRef
-
     from messagio.models import Delivery
 
     return Q(
@@ -309,7 +331,6 @@ def _write_missing_deliveries(event: Any) -> None:
     """Write the pending Delivery rows of ``event`` that no worker has written, from its
     messagio type's listeners now; LookupError when they are not those it was fired with."""
     from messagio.center import get_message_center
-    from messagio.dispatch import import_object
     from messagio.models import Delivery
     from messagio.records import new_deliveries
     from messagio.registry import registry
@@ -318,14 +339,10 @@ def _write_missing_deliveries(event: Any) -> None:
     missing = set(range(event.listener_count)) - set(written)
     if not missing:
         return
+    # A type no listener subscribes to now (or that no longer imports) has none: reported.
     by_name = {cls.get_name(): cls for cls in registry.messagio_types()}
     messagio_class = by_name.get(event.messagio_type)
-    if messagio_class is None:
-        try:
-            messagio_class = import_object(event.messagio_type)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise LookupError(f"its messagio class {event.messagio_type} does not import") from exc
-    subscriptions = get_message_center().subscriptions_for(messagio_class)
+    subscriptions = get_message_center().subscriptions_for(messagio_class) if messagio_class else []
     if len(subscriptions) != event.listener_count:
         raise LookupError(
             f"{event.messagio_type} has {len(subscriptions)} listener(s) now and had "

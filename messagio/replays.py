@@ -191,12 +191,12 @@ def run_replay(
                 f"{record.queued} of {record.total}; replay the rest when it is back",
             )
             return record
-        record.queued += len(published)
+        record.queued += len(taken)  # every one taken was published
         record.save(update_fields=["queued"])
         if progress:
             progress(record)
         if canary_pending:
-            canary_ids.extend(d.pk for d in taken if str(d.pk) in published)
+            canary_ids.extend(d.pk for d in taken)
         if canary_pending and record.queued >= (record.canary or 0):
             canary_pending = False
             _wait_for_canary(record, canary_ids, canary_timeout)

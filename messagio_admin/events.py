@@ -12,7 +12,6 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
@@ -20,7 +19,7 @@ from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_POST
 
 from messagio.models import Attempt, Delivery, Event, Replay
-from messagio.recovery import LOST_SCAN_DAYS
+from messagio.recovery import may_be_lost, requeue_lost
 from messagio_admin import display, permissions, queries
 from messagio_admin.actions import replay_deliveries
 from messagio_admin.changelist import RecordAdmin
@@ -201,11 +200,7 @@ class EventAdmin(RecordAdmin):
             # again once it has waited a while and no worker holds the event's deliveries.
             "unstarted": (
                 waiting + sum(d.status == Delivery.Status.PENDING for d in deliveries)
-                if event.state == Event.State.PUBLISHED
-                and event.published_at is not None
-                and event.published_at < timezone.now() - PUBLISH_AGAIN_AFTER
-                and event.fired_at > timezone.now() - datetime.timedelta(days=LOST_SCAN_DAYS)
-                and not any(d.status == Delivery.Status.RUNNING for d in deliveries)
+                if may_be_lost(event, deliveries, PUBLISH_AGAIN_AFTER.total_seconds())
                 else 0
             ),
             "show_task_results": request.user.has_perm("django_celery_results.view_taskresult"),
@@ -285,8 +280,6 @@ class EventAdmin(RecordAdmin):
         back = reverse("admin:messagio_event_change", args=[event.pk])
         if not permissions.can_replay_type(request.user, event.messagio_type):
             return permissions.refuse_type(self, request, event.messagio_type, back)
-        from messagio.recovery import requeue_lost
-
         report = requeue_lost(
             PUBLISH_AGAIN_AFTER.total_seconds(), events=Event.objects.filter(pk=event.pk)
         )

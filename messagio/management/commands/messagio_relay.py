@@ -65,7 +65,7 @@ class Command(BaseCommand):
             lost = requeue_lost(older_than, limit=batch_size, now=started, exclude=set(skipped))
             events, deliveries = events + lost.events, deliveries + lost.deliveries
             skipped.update(lost.skipped)
-            if once or lost.error or len(lost.seen) < batch_size:
+            if once or lost.error or lost.examined < batch_size:
                 break
         self.stdout.write(
             f"Published again {deliveries} delivery(ies) of {events} event(s) "
