@@ -3,7 +3,7 @@
 import uuid
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from messagio.models import Delivery, Event, Replay
 from messagio.tasks import fire_scheduled
@@ -55,3 +55,19 @@ def test_the_relay_command_publishes_what_the_broker_missed(worker, broker_outag
 
     wait_for(lambda: Call.objects.filter(token=token).count() == 5, what="the relayed event")
     assert Event.objects.get(pk=report.event_id).state == "published"
+
+
+def test_the_relay_command_fails_while_the_broker_refuses_and_delivers_once_it_is_back(
+    worker, broker_outage
+):
+    token = uuid.uuid4().hex
+    broker_outage.cut()
+    report = Ping(token).fire()
+
+    with pytest.raises(CommandError, match=r"refused a publish; 1 event\(s\) still wait"):
+        call_command("messagio_relay", "--grace", "0")
+    assert Event.objects.get(pk=report.event_id).state == "recorded"
+
+    broker_outage.restore()
+    call_command("messagio_relay", "--grace", "0")
+    wait_for(lambda: Call.objects.filter(token=token).count() == 5, what="the relayed event")

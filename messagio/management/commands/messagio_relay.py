@@ -45,10 +45,12 @@ class Command(BaseCommand):
                 break
         self.stdout.write(f"Published {published} event(s).")
         if report.failed:
-            self.stderr.write(
-                f"The broker refused a publish; {report.remaining} event(s) still wait."
+            # A non-zero exit, so that cron, a Kubernetes Job or CI sees that events wait.
+            skipped = "; --lost-after was not run" if lost_after is not None else ""
+            raise CommandError(
+                f"The broker refused a publish; {report.remaining} event(s) still wait"
+                f"{skipped}. Run it again when the broker is back."
             )
-            return
         if lost_after is not None:
             self.requeue_lost(lost_after, batch_size, once, started)
 
