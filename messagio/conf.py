@@ -63,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     "RELAY_GRACE": 10,
     # Seconds after which a publisher's claim on an Event is presumed dead and the relay retakes it.
     "PUBLISH_CLAIM_TIMEOUT": 300,
+    # Seconds what a published event's messages carry must have waited for a worker, with
+    # nothing of it running, before its admin page offers to publish it again (a message the
+    # broker lost). Choose more than your queues ever take.
+    "PUBLISH_AGAIN_AFTER": 60,
     # Days succeeded / failed records are kept by the prune task; None keeps them forever.
     "RETAIN_SUCCEEDED_DAYS": 30,
     "RETAIN_FAILED_DAYS": 90,

@@ -3,7 +3,6 @@ its deliveries, their attempts, and the replay buttons."""
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 from django.contrib import admin, messages
@@ -18,6 +17,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_POST
 
+from messagio.conf import get_setting
 from messagio.models import Attempt, Delivery, Event, Replay
 from messagio.recovery import may_be_lost, requeue_lost
 from messagio_admin import display, permissions, queries
@@ -29,9 +29,11 @@ from messagio_admin.replaying import BULK_LIMIT
 from messagio_admin.search import as_uuid, search_terms
 from messagio_admin.single import replay_from_page
 
-#: How long what an event's messages carry must have waited for a worker before its page
-#: offers to publish it again: not while a message is simply on its way.
-PUBLISH_AGAIN_AFTER = datetime.timedelta(minutes=1)
+
+def publish_again_after() -> float:
+    """Seconds what an event's messages carry must have waited for a worker before its page
+    offers to publish it again: not while a message is simply on its way."""
+    return float(get_setting("PUBLISH_AGAIN_AFTER"))
 
 
 class EventAdmin(RecordAdmin):
@@ -200,7 +202,7 @@ class EventAdmin(RecordAdmin):
             # again once it has waited a while and no worker holds the event's deliveries.
             "unstarted": (
                 waiting + sum(d.status == Delivery.Status.PENDING for d in deliveries)
-                if may_be_lost(event, deliveries, PUBLISH_AGAIN_AFTER.total_seconds())
+                if may_be_lost(event, deliveries, publish_again_after())
                 else 0
             ),
             "show_task_results": request.user.has_perm("django_celery_results.view_taskresult"),
@@ -280,9 +282,7 @@ class EventAdmin(RecordAdmin):
         back = reverse("admin:messagio_event_change", args=[event.pk])
         if not permissions.can_replay_type(request.user, event.messagio_type):
             return permissions.refuse_type(self, request, event.messagio_type, back)
-        report = requeue_lost(
-            PUBLISH_AGAIN_AFTER.total_seconds(), events=Event.objects.filter(pk=event.pk)
-        )
+        report = requeue_lost(publish_again_after(), events=Event.objects.filter(pk=event.pk))
         if report.error:
             self.message_user(
                 request, _("Not published again: %(why)s.") % {"why": report.error}, messages.ERROR
@@ -308,9 +308,10 @@ class EventAdmin(RecordAdmin):
             self.message_user(
                 request,
                 _(
-                    "Nothing of this event has waited for a worker for over a minute, with none of "
-                    "its deliveries running."
-                ),
+                    "Nothing of this event has waited for a worker for over %(seconds)gs, with "
+                    "none of its deliveries running."
+                )
+                % {"seconds": publish_again_after()},
             )
         return HttpResponseRedirect(back)
 

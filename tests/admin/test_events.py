@@ -646,6 +646,20 @@ def test_the_event_page_does_not_offer_it_while_a_worker_runs_one_of_its_deliver
     assert not offers_to_publish_again(admin_client, event)
 
 
+def test_the_wait_before_publishing_again_is_the_publish_again_after_setting(
+    admin_client, settings
+):
+    settings.MESSAGIO = {**getattr(settings, "MESSAGIO", {}), "PUBLISH_AGAIN_AFTER": 600}
+    five = make_event("succeeded", "pending", waiting=2, fired_at=minutes_ago(5))
+    fifteen = make_event("succeeded", "pending", waiting=2, fired_at=minutes_ago(15))
+
+    assert not offers_to_publish_again(admin_client, five)
+    assert offers_to_publish_again(admin_client, fifteen)
+    refused = admin_client.post(f"{EVENTS}{five.pk}/publish-again/", follow=True)
+    assert "Nothing of this event has waited for a worker" in refused.content.decode()
+    assert five.deliveries.filter(status="pending").count() == 1
+
+
 def ping_listeners() -> int:
     return len(registry.subscriptions_for(Ping))
 
