@@ -1,6 +1,7 @@
 """A broker that loses queued messages (a Redis restarted without persistence): what waited
 for a worker is published again on request, and runs once."""
 
+import logging
 import uuid
 from io import StringIO
 
@@ -33,7 +34,9 @@ def relay_lost_after(seconds: str, *options: str) -> str:
     return out.getvalue()
 
 
-def test_what_waited_for_a_lost_message_is_published_again_and_runs_once(start_worker, monkeypatch):
+def test_what_waited_for_a_lost_message_is_published_again_and_runs_once(
+    start_worker, monkeypatch, caplog
+):
     originals: list[dict] = []
 
     def keep_a_copy(envelope_list: list[dict]) -> list[str]:
@@ -75,8 +78,14 @@ def test_what_waited_for_a_lost_message_is_published_again_and_runs_once(start_w
     # The lost messages turn up after all: they find their deliveries finished, or rows
     # written again under other ids, and run nothing.
     assert len(originals) == 2
-    for envelope in originals:
-        deliver.apply(args=(envelope,))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="messagio"):
+        for envelope in originals:
+            deliver.apply(args=(envelope,))
+    # Said once per delivery, as a warning: an expected sequel of --lost-after, not an error.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    rewritten = [r for r in caplog.records if "written again under other ids" in r.getMessage()]
+    assert len(rewritten) == 2
     assert Call.objects.filter(token=token, listener="after-slow").count() == 2
     assert Call.objects.filter(token=token, listener="slow-finished").count() == 2
     assert Delivery.objects.filter(event_id__in=events).count() == 4
