@@ -25,7 +25,7 @@ logger = logging.getLogger("messagio")
 def requeue(deliveries: Any, why: str) -> int:
     """Record the interrupted attempt of each delivery as lost, mark it pending, publish it,
     along with the pending deliveries that followed it in its group (see
-    :func:`pending_followers`)."""
+    :func:`pending_followers`). Returns how many of ``deliveries`` were requeued."""
     from messagio.models import Attempt, Delivery
 
     now = timezone.now()
@@ -55,12 +55,18 @@ def requeue(deliveries: Any, why: str) -> int:
             )
         by_event.setdefault(delivery.event_id, []).append(delivery)
         requeued += 1
-    for follower in pending_followers(by_event):
+    followers = pending_followers(by_event)
+    for follower in followers:
         by_event[follower.event_id].append(follower)
     for members in by_event.values():
         publish_by_replay(members)
     if requeued:
-        logger.warning("messagio: requeued %d delivery(ies): %s", requeued, why)
+        logger.warning(
+            "messagio: requeued %d delivery(ies), with %d pending after them in their groups: %s",
+            requeued,
+            len(followers),
+            why,
+        )
     return requeued
 
 

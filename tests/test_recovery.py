@@ -2,6 +2,7 @@
 tests/integration/test_crash.py and test_lost_messages.py run it against real workers)."""
 
 import datetime
+import logging
 
 import pytest
 from django.utils import timezone
@@ -58,16 +59,20 @@ def event_with(*rows: tuple[str, int], priority: int = 5, at=None) -> tuple[Even
     return event, deliveries
 
 
-def test_a_first_attempt_requeued_takes_the_pending_listeners_after_it_in_its_group(published):
+def test_a_first_attempt_requeued_takes_the_pending_listeners_after_it_in_its_group(
+    published, caplog
+):
     event, (done, dead, after) = event_with(("succeeded", 1), ("running", 1), ("pending", 0))
     elsewhere = Delivery.objects.create(
         event=event, position=3, messagio_type=PING, listener="other", priority=9
     )
 
-    requeue(Delivery.objects.filter(pk=dead.pk), "test")
+    with caplog.at_level(logging.WARNING, logger="messagio"):
+        assert requeue(Delivery.objects.filter(pk=dead.pk), "test") == 1
 
     assert published == [[str(dead.pk), str(after.pk)]]
     assert str(elsewhere.pk) not in sum(published, [])
+    assert "requeued 1 delivery(ies), with 1 pending after them" in caplog.text
 
 
 def test_a_retry_requeued_leaves_the_listeners_after_it_to_their_own_message(published):
