@@ -35,9 +35,11 @@ def requeue(deliveries: Any, why: str) -> int:
     requeued = 0
     by_event: dict[Any, list[Delivery]] = {}
     for delivery in selected:
-        taken = Delivery.objects.filter(pk=delivery.pk, status=delivery.status).update(
-            status=Delivery.Status.PENDING
-        )
+        # As read: every claim counts an attempt, so a worker that took it up meanwhile
+        # (RabbitMQ hands a dead worker's message on at once) keeps it.
+        taken = Delivery.objects.filter(
+            pk=delivery.pk, status=delivery.status, attempts=delivery.attempts
+        ).update(status=Delivery.Status.PENDING)
         if not taken:
             continue  # it moved on meanwhile
         if delivery.status == Delivery.Status.RUNNING:

@@ -75,6 +75,28 @@ def test_a_first_attempt_requeued_takes_the_pending_listeners_after_it_in_its_gr
     assert "requeued 1 delivery(ies), with 1 pending after them" in caplog.text
 
 
+def test_a_delivery_another_worker_claims_meanwhile_is_not_requeued(published, monkeypatch):
+    # RabbitMQ hands a dead worker's message to another worker at once: that worker may
+    # claim the delivery (running again, one more attempt) while a requeue reads it.
+    from messagio import recovery
+
+    event, (dead, after) = event_with(("running", 1), ("pending", 0))
+    mark = recovery.mark_published_again
+
+    def mark_then_claim_elsewhere(event_ids):  # runs between the requeue's read and take
+        mark(event_ids)
+        records.claim(str(dead.pk), "redelivered-task", "other@host")
+
+    monkeypatch.setattr(recovery, "mark_published_again", mark_then_claim_elsewhere)
+
+    assert requeue(Delivery.objects.filter(pk=dead.pk), "test") == 0
+
+    assert published == []
+    dead.refresh_from_db()
+    assert (dead.status, dead.attempts, dead.worker) == ("running", 2, "other@host")
+    assert [a.outcome for a in dead.history.all()] == ["lost"]  # the claim's, not the requeue's
+
+
 def test_a_retry_requeued_leaves_the_listeners_after_it_to_their_own_message(published):
     # A retry travels alone: the listeners after it are in the group's message, maybe
     # still running on another worker.
