@@ -22,6 +22,14 @@ SEARCH_INDEX_SQL = (
 )
 
 
+#: How long RabbitMQ (3.8.15 and later) waits for a consumer to acknowledge a message before
+#: it closes the channel and hands the message to another: its consumer_timeout default.
+RABBITMQ_CONSUMER_TIMEOUT = 1800.0
+#: How long kombu's Redis transport leaves a message unacknowledged before it hands it out
+#: again, unless CELERY_BROKER_TRANSPORT_OPTIONS sets visibility_timeout.
+REDIS_VISIBILITY_TIMEOUT = 3600.0
+
+
 def _celery_app() -> Any:
     from celery import current_app
 
@@ -143,6 +151,7 @@ def celery_config_errors(app: Any) -> list[Any]:
                     id="messagio.W004",
                 )
             )
+    errors.extend(_redelivered_while_held(app))
     # Celery's fixup treats 0 like unset: it closes the connections around every task.
     if get_setting("RECORD") and not app.conf.get("CELERY_DB_REUSE_MAX"):
         from messagio.records import db_alias
@@ -194,3 +203,62 @@ def check_search_index(app_configs: Any = None, databases: Any = None, **kwargs:
             )
         )
     return errors
+
+
+def _redelivery_timeout(app: Any) -> tuple[float, str] | None:
+    """How long the broker lets a worker hold a message unacknowledged, and its name."""
+    if is_redis(app):
+        options = app.conf.broker_transport_options or {}
+        seconds = float(options.get("visibility_timeout", REDIS_VISIBILITY_TIMEOUT))
+        return seconds, "Redis's visibility_timeout"
+    if is_amqp(app):
+        return RABBITMQ_CONSUMER_TIMEOUT, "RabbitMQ's consumer_timeout (30 minutes by default)"
+    return None
+
+
+def _longest_holds() -> list[tuple[str, float]]:
+    """How long a worker may hold a listener's message unacknowledged (messagio tasks ack
+    late): a run up to its time limit, and a retry's countdown (Celery keeps a message with
+    a countdown until it is due) plus that run."""
+    from messagio.dispatch import listener_spec
+    from messagio.registry import registry
+
+    holds = []
+    for subscription in registry.subscriptions():
+        spec = listener_spec(subscription)
+        run = float(spec["time_limit"] or 0)
+        if run:
+            holds.append((f"{spec['id']} may run for {run:g}s (its time limit)", run))
+        if spec["autoretry_for"] and spec["max_retries"]:
+            held = spec["retry_delay"] + run
+            holds.append((f"a retry of {spec['id']} is held for {held:g}s (its delay)", held))
+    return holds
+
+
+def _redelivered_while_held(app: Any) -> list[Any]:
+    """W007: a message held longer than the broker waits is handed to a second worker while
+    the first still runs it; that one finds the delivery running, takes its worker for
+    dead, and runs the listener a second time alongside."""
+    timeout = _redelivery_timeout(app)
+    if timeout is None:
+        return []
+    seconds, name = timeout
+    over = [what for what, held in _longest_holds() if held >= seconds]
+    if not over:
+        return []
+    shown = "; ".join(over[:3]) + (f"; and {len(over) - 3} more" if len(over) > 3 else "")
+    fix = (
+        'raise it with CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": ...}'
+        if is_redis(app)
+        else "raise consumer_timeout in rabbitmq.conf"
+    )
+    return [
+        Warning(
+            f"{shown}: not less than {name} of {seconds:g}s, after which the broker hands "
+            "the message to another worker while the first still holds it, and the "
+            "listener runs twice.",
+            hint=f"Shorten the time limit or retry delay, or {fix} above the longest hold "
+            "(with room for the other listeners of the same group, which run in one task).",
+            id="messagio.W007",
+        )
+    ]

@@ -6,6 +6,7 @@ from django.core import checks
 from django.test import override_settings
 from kombu import Exchange, Queue
 
+from messagio import Messagio, listen_to_message
 from messagio.checks import celery_config_errors
 from messagio.registry import registry
 
@@ -109,3 +110,49 @@ def test_closing_the_database_after_every_task_is_a_warning_unless_on_sqlite(set
         assert celery_config_errors(app) == []
     app.conf["CELERY_DB_REUSE_MAX"] = 0  # Celery's fixup reads 0 as "close every time"
     assert ids(celery_config_errors(app)) == ids(errors)
+
+
+class Slow(Messagio):
+    pass
+
+
+def slow_listener(messagio):
+    pass
+
+
+def slow_retrier(messagio):
+    pass
+
+
+REDIS_WITH_STEPS = {"priority_steps": list(range(10)), "sep": ":"}
+
+
+@uses_no_subscriptions
+def test_a_retry_held_past_redis_visibility_timeout_is_a_warning_naming_it():
+    listen_to_message(Slow, autoretry_for=(KeyError,), default_retry_delay=3000)(slow_retrier)
+    listen_to_message(Slow)(slow_listener)  # the defaults: 10 minutes at most
+    app = app_with(broker_url="redis://127.0.0.1:6379/0", broker_transport_options=REDIS_WITH_STEPS)
+
+    errors = celery_config_errors(app)
+
+    assert ids(errors) == ["messagio.W007"]
+    assert "slow_retrier is held for 3600s" in errors[0].msg  # delay + time limit
+    assert "slow_listener" not in errors[0].msg
+    assert "visibility_timeout of 3600s" in errors[0].msg
+    assert "visibility_timeout" in errors[0].hint
+    longer = dict(REDIS_WITH_STEPS, visibility_timeout=4000)
+    app = app_with(broker_url="redis://127.0.0.1:6379/0", broker_transport_options=longer)
+    assert celery_config_errors(app) == []
+
+
+@uses_no_subscriptions
+def test_a_time_limit_past_rabbitmq_consumer_timeout_is_a_warning_naming_it():
+    listen_to_message(Slow, time_limit=1800)(slow_listener)
+    app = app_with(broker_url="amqp://guest@127.0.0.1//", task_queue_max_priority=10)
+
+    errors = celery_config_errors(app)
+
+    assert ids(errors) == ["messagio.W007"]
+    assert "slow_listener may run for 1800s" in errors[0].msg
+    assert "consumer_timeout" in errors[0].hint
+    assert celery_config_errors(app_with(broker_url="memory://")) == []  # redelivers nothing
