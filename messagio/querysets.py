@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 
-from django.db import models
+from django.db import connections, models, router, transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -45,44 +45,66 @@ class EventQuerySet(models.QuerySet):
     ) -> int:
         """Delete, in batches, finished events older than the cut-offs; return how many.
 
-        An event is pruned with ``succeeded_before`` when every delivery succeeded, with
-        ``failed_before`` when one failed; events still in flight are kept, and so are those
-        with deliveries no worker has written yet (fewer rows than ``listener_count``).
+        An event is pruned with ``failed_before`` when one of its deliveries failed or was
+        run again by a replay (which may have mended a failure), else with
+        ``succeeded_before``; its age counts from its last finished delivery, so a replay
+        restarts it. Events still in flight are kept, and so are those with deliveries no
+        worker has written yet (fewer rows than ``listener_count``).
         """
         from messagio.models import Attempt, Delivery
 
+        alias = router.db_for_write(self.model)
         in_flight = Delivery.objects.filter(
             event=models.OuterRef("pk"), status__in=["pending", "running", "retrying"]
         )
         failed = Delivery.objects.filter(event=models.OuterRef("pk"), status="failed")
+        # A failure is final until a replay runs it again: what a replay ran may have
+        # mended one, and its failed attempts are kept as long as failures.
+        replayed = Delivery.objects.filter(event=models.OuterRef("pk"), replay__isnull=False)
         finished = (
-            self.exclude(models.Exists(in_flight))
+            self.using(alias)
+            .exclude(models.Exists(in_flight))
             .exclude(state__in=["recorded", "publishing"])
             .every_delivery_written()
         )
+        had_failure = models.Q(models.Exists(failed)) | models.Q(models.Exists(replayed))
         selections = []
         if succeeded_before is not None:
-            selections.append(
-                finished.filter(fired_at__lt=succeeded_before).exclude(models.Exists(failed))
-            )
+            selections.append(_older_than(finished.exclude(had_failure), succeeded_before))
         if failed_before is not None:
-            selections.append(
-                finished.filter(fired_at__lt=failed_before).filter(models.Exists(failed))
-            )
+            selections.append(_older_than(finished.filter(had_failure), failed_before))
         deleted = 0
         for selection in selections:
             while True:
-                ids = list(selection.order_by().values_list("pk", flat=True)[:batch_size])
-                if not ids:
-                    break
-                Attempt.objects.filter(delivery__event_id__in=ids).delete()
-                Delivery.objects.filter(event_id__in=ids).delete()
-                deleted += (
-                    self.model.objects.filter(pk__in=ids).delete()[1].get(self.model._meta.label, 0)
-                )
+                with transaction.atomic(using=alias):
+                    if connections[alias].vendor == "postgresql":
+                        with connections[alias].cursor() as cursor:
+                            # Compiling this plan costs more than running it (~0.15 s).
+                            cursor.execute("SET LOCAL jit = off")
+                    ids = list(selection.order_by().values_list("pk", flat=True)[:batch_size])
+                    if not ids:
+                        break
+                    # What a replay or a worker would change is locked, then selected
+                    # again: a delivery a replay took meanwhile keeps its event, and a
+                    # batch is deleted whole or not at all.
+                    locked = Delivery.objects.using(alias).select_for_update()
+                    list(locked.filter(event_id__in=ids).order_by("pk").values_list("pk"))
+                    ids = list(selection.filter(pk__in=ids).values_list("pk", flat=True))
+                    Attempt.objects.using(alias).filter(delivery__event_id__in=ids).delete()
+                    Delivery.objects.using(alias).filter(event_id__in=ids).delete()
+                    removed = self.model.objects.using(alias).filter(pk__in=ids).delete()
+                deleted += removed[1].get(self.model._meta.label, 0)
                 if progress:
                     progress(deleted)
         return deleted
+
+
+def _older_than(events: models.QuerySet, cutoff: datetime.datetime) -> models.QuerySet:
+    """Events fired before ``cutoff`` none of whose deliveries finished since."""
+    from messagio.models import Delivery
+
+    recent = Delivery.objects.filter(event=models.OuterRef("pk"), finished_at__gte=cutoff)
+    return events.filter(fired_at__lt=cutoff).exclude(models.Exists(recent))
 
 
 class DeliveryQuerySet(models.QuerySet):

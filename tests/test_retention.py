@@ -2,15 +2,18 @@
 
 import datetime
 import io
+import threading
 
 import pytest
 from django.core.management import call_command
+from django.db import connection, connections
 from django.test import override_settings
 from django.utils import timezone
 
 from messagio import tasks
-from messagio.models import Attempt, Delivery, Event
+from messagio.models import Attempt, Delivery, Event, Replay
 from messagio.retention import cutoff, prune_expired
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -223,6 +226,70 @@ def test_a_newer_replay_of_a_pruned_event_is_kept_and_loses_its_link():
     replayed.refresh_from_db()
     assert not exists(original)
     assert replayed.replay_of is None
+
+
+def test_a_failure_a_replay_mended_is_kept_as_long_as_failures():
+    mended = make_event(40, "succeeded", "succeeded")
+    fixed = mended.deliveries.get(position=1)  # its first try failed; a replay succeeded
+    Attempt.objects.filter(delivery=fixed).update(outcome="failed")
+    Attempt.objects.create(delivery=fixed, number=2, outcome="succeeded")
+    Delivery.objects.filter(pk=fixed.pk).update(replay=Replay.objects.create(), attempts=2)
+
+    assert Event.objects.prune(succeeded_before=days_ago(30), failed_before=days_ago(90)) == 0
+    assert Attempt.objects.filter(delivery__event=mended, outcome="failed").exists()
+    assert Event.objects.prune(succeeded_before=days_ago(30), failed_before=days_ago(35)) == 1
+
+
+def test_an_events_age_counts_from_its_last_finished_delivery():
+    replayed = make_event(40, "succeeded", "succeeded")
+    replayed.deliveries.filter(position=1).update(finished_at=days_ago(5))
+    finished_long_ago = make_event(40, "succeeded")
+    finished_long_ago.deliveries.update(finished_at=days_ago(39))
+
+    assert Event.objects.prune(succeeded_before=days_ago(30), failed_before=None) == 1
+    assert exists(replayed) and not exists(finished_long_ago)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_whose_delivery_a_replay_takes_while_prune_reads_it_is_kept():
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite lets one writer in at a time: no such interleaving")
+    import psycopg
+
+    old = make_event(100, "failed")
+    delivery = old.deliveries.get()
+    replay = psycopg.connect(**connection.get_connection_params())
+    # A replay taking the delivery in another session, not yet committed when prune reads.
+    replay.execute("UPDATE messagio_delivery SET status = 'pending' WHERE id = %s", [delivery.pk])
+    outcome: dict[str, int] = {}
+
+    def prune() -> None:
+        try:
+            outcome["deleted"] = Event.objects.prune(None, failed_before=days_ago(90))
+        finally:
+            connections.close_all()
+
+    pruning = threading.Thread(target=prune)
+    pruning.start()
+    try:
+        wait_for(lambda: waiting_on_a_lock() == 1, what="prune to wait for the replay's lock")
+    finally:
+        replay.commit()
+        replay.close()
+    pruning.join(timeout=30)
+
+    assert outcome == {"deleted": 0}
+    assert Delivery.objects.get(pk=delivery.pk).status == "pending"
+    assert Attempt.objects.filter(delivery=delivery).count() == 1
+
+
+def waiting_on_a_lock() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
 
 
 def test_cutoff_is_that_many_days_before_now_or_none():
