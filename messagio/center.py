@@ -172,6 +172,8 @@ class MessageCenter(AbstractMessageCenter):
         if options:
             raise TypeError(f"Unknown fire() options: {', '.join(sorted(options))}")
         self._check_messagio(messagio)
+        from django.db import transaction
+
         from messagio.conf import get_setting
         from messagio.payload import encode
         from messagio.records import build_records, envelopes, publish_all, record_and_publish
@@ -183,7 +185,12 @@ class MessageCenter(AbstractMessageCenter):
         if get_setting("RECORD"):
             report.task_ids = record_and_publish(event, deliveries)
         else:
-            report.task_ids = publish_all(envelopes(event, deliveries, record=False))
+            unrecorded = envelopes(event, deliveries, record=False)
+            if transaction.get_connection().in_atomic_block:
+                # As with records: a rollback publishes nothing.
+                transaction.on_commit(lambda: publish_all(unrecorded))
+            else:
+                report.task_ids = publish_all(unrecorded)
         _fired(messagio, report)
         return report
 

@@ -35,6 +35,20 @@ class MessagioClassMissingError(LookupError):
 
 #: Failures that no retry can mend: they are recorded as failed at once.
 NOT_RETRYABLE = (ListenerNotFoundError, PayloadSignatureError, MessagioClassMissingError)
+#: What a listener may raise to end its process (``sys.exit()``, argparse, Ctrl-C in a sync
+#: fire): recorded as its failure, then let through.
+EXITS = (SystemExit, KeyboardInterrupt)
+
+
+def exit_is_the_listeners_own() -> bool:
+    """Whether the SystemExit or KeyboardInterrupt being handled came from the listener, not
+    from a Celery pool process shutting down (whose message the broker hands back, so its
+    delivery must stay running to be run again)."""
+    try:
+        from billiard.common import terminate_handler_fired
+    except ImportError:  # a billiard that cannot tell: leave it as a shutdown
+        return False
+    return not terminate_handler_fired()
 
 
 @dataclass
@@ -74,18 +88,26 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         yield
         return
 
+    running = True
+
     def expire(signum: int, frame: Any) -> None:
-        raise ListenerTimeoutError(
-            f"the listener ran past its time limit of {seconds:g}s and was stopped"
-        )
+        # Not while the timer is being disarmed: an alarm due at that moment would escape
+        # from here and leave this handler installed.
+        if running:
+            raise ListenerTimeoutError(
+                f"the listener ran past its time limit of {seconds:g}s and was stopped"
+            )
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        running = False
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
 
 
 def load_messagio(payload: bytes, messagio_type: str) -> Any:
@@ -167,6 +189,7 @@ def run_once(
     start = time.perf_counter()
     result: Any = None
     error: BaseException | None = None
+    escaping: BaseException | None = None
     try:
         if load_error is not None:
             raise load_error
@@ -177,10 +200,14 @@ def run_once(
             result = listener(messagio)
     except Exception as exc:  # noqa: BLE001 - whatever a listener raises is recorded
         error = exc
+    except EXITS as exc:
+        if not exit_is_the_listeners_own():
+            raise  # a worker shutting down: the delivery stays running, its message returns
+        error = escaping = exc
     duration_ms = (time.perf_counter() - start) * 1000
 
     will_retry = False
-    if error is not None and not isinstance(error, NOT_RETRYABLE):
+    if escaping is None and error is not None and not isinstance(error, NOT_RETRYABLE):
         if retry_on is not None:
             will_retry = spec["attempt"] <= spec["max_retries"] and isinstance(error, retry_on)
         else:
@@ -189,7 +216,8 @@ def run_once(
     if ctx.record:
         from messagio.records import finish, with_db_retry
 
-        claim_next = next_spec["delivery"] if next_spec is not None else None
+        # Not when the listener ends the process: the next one goes in a message of its own.
+        claim_next = next_spec["delivery"] if next_spec and escaping is None else None
         # Only the first try claims the next listener: a retry after a lost reply would
         # claim it twice and record a lost attempt that never ran.
         tries = iter((claim_next,))
@@ -246,6 +274,8 @@ def run_once(
         exception=error,
         will_retry=will_retry,
     )
+    if escaping is not None:
+        raise escaping
     outcome = ListenerOutcome(spec["id"], False, exception=error, attempts=spec["attempt"])
     return outcome, will_retry
 

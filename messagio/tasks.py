@@ -41,7 +41,13 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
     """
     from django.db import InterfaceError, OperationalError
 
-    from messagio.execution import RunContext, load_messagio, run_once
+    from messagio.execution import (
+        EXITS,
+        RunContext,
+        exit_is_the_listeners_own,
+        load_messagio,
+        run_once,
+    )
 
     ctx = RunContext(
         event_id=envelope["event"],
@@ -67,13 +73,20 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
                 messagio, spec, ctx, load_error=load_error, next_spec=next_spec
             )
         except (OperationalError, InterfaceError) as exc:
-            # The database stayed unreachable: send the group again later. Finished
-            # listeners are skipped then; the interrupted one is recorded as lost and rerun.
+            # The database stayed unreachable: send the group again later, from the
+            # interrupted listener on (it is recorded as lost and rerun; the ones before it
+            # finished or wait for their own retry message).
             logger.error(
                 "messagio: database unavailable, group of %s requeued: %r", ctx.event_id, exc
             )
-            publish(envelope, countdown=DB_OUTAGE_REQUEUE_DELAY)
+            publish(_from_position(envelope, position), countdown=DB_OUTAGE_REQUEUE_DELAY)
             return
+        except EXITS:
+            # The listener ended its process, recorded as its failure; billiard reports it
+            # as the task's outcome (the message is acknowledged) and replaces the process.
+            if exit_is_the_listeners_own() and position + 1 < len(specs):
+                publish(_from_position(envelope, position + 1))
+            raise
         if will_retry:
             retry = dict(
                 envelope,
@@ -81,6 +94,14 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
                 listeners=[dict(spec, attempt=spec["attempt"] + 1)],
             )
             publish(retry, countdown=spec["retry_delay"])
+
+
+def _from_position(envelope: dict[str, Any], position: int) -> dict[str, Any]:
+    """The group's envelope from its listener at ``position`` on."""
+    if position == 0:
+        return envelope
+    # The first claim wrote the whole group's rows.
+    return dict(envelope, deliveries_recorded=True, listeners=envelope["listeners"][position:])
 
 
 def publish(envelope: dict[str, Any], countdown: float | None = None) -> str:

@@ -232,3 +232,25 @@ def test_a_listener_of_the_readme_example_works_as_written():
 
     report = Shout("hi").fire(sync=True)
     assert report.ok and calls == ["high"]
+
+
+def test_without_records_a_fire_in_a_transaction_publishes_when_it_commits(monkeypatch):
+    from django.db import transaction
+
+    from messagio import records
+
+    published: list[str] = []
+    monkeypatch.setattr(
+        records, "publish_all", lambda envelopes: published.extend(e["event"] for e in envelopes)
+    )
+    subscribe_all()
+    with override_settings(MESSAGIO={"RECORD": False}):
+        with pytest.raises(RuntimeError), transaction.atomic():
+            Shout("rolled back").fire()
+            raise RuntimeError("the caller's transaction fails")
+        assert published == []
+        with transaction.atomic():
+            report = Shout("committed").fire()
+            assert published == []
+    assert published == [str(report.event_id)]
+    assert not Event.objects.exists()

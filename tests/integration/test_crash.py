@@ -9,7 +9,7 @@ from django.conf import settings
 
 from messagio.models import Delivery
 from tests.polling import wait_for
-from tests.testapp.messagio import Slow, SlowPair
+from tests.testapp.messagio import Exits, Slow, SlowPair
 from tests.testapp.models import Call
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -76,3 +76,30 @@ def test_the_listeners_after_the_one_a_worker_died_in_run_once(start_worker):
     assert [a.outcome for a in after.history.order_by("number")] == ["succeeded"]
     assert Call.objects.filter(token=token, listener="slow-finished").count() == 1
     assert Call.objects.filter(token=token, listener="after-slow").count() == 1
+
+
+def test_a_listener_that_exits_its_process_is_recorded_failed_and_the_next_one_runs(
+    start_worker,
+):
+    # sys.exit() in a listener ends the pool process (billiard replaces it); the message is
+    # acknowledged as a failure, so nothing would run the listeners after it again.
+    token = uuid.uuid4().hex
+    worker = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1)
+    report = Exits(token).fire()
+
+    wait_for(
+        lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").exists(),
+        what="the listener after the one that exited to run",
+    )
+    exited = Delivery.objects.get(event_id=report.event_id, position=0)
+    assert (exited.status, exited.error_type) == ("failed", "builtins.SystemExit")
+    assert [a.outcome for a in exited.history.all()] == ["failed"]
+    # Once each: nothing runs either again (a lost attempt would mean a rerun).
+    Exits(uuid.uuid4().hex).fire()  # a later message drains the queue behind this one
+    wait_for(
+        lambda: Call.objects.filter(listener="after-exit").count() == 2,
+        what="the second event's listeners",
+    )
+    worker.stop()
+    assert Call.objects.filter(token=token, listener="exits").count() == 1
+    assert Call.objects.filter(token=token, listener="after-exit").count() == 1

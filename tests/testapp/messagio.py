@@ -1,5 +1,6 @@
 """Messagios and listeners of the test app, autodiscovered by test processes and workers."""
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,24 @@ def slow_first(event: SlowPair) -> None:
 @listen_to_message(SlowPair, queue=settings.TEST_CRASH_QUEUE)
 def after_slow(event: SlowPair) -> None:
     record("after-slow", event)
+
+
+@dataclass
+class Exits(Messagio):
+    """A listener that ends its process (as argparse does on bad input), and one after it."""
+
+    token: str
+
+
+@listen_to_message(Exits, queue=settings.TEST_CRASH_QUEUE)
+def exits(event: Exits) -> None:
+    record("exits", event)
+    sys.exit(3)
+
+
+@listen_to_message(Exits, queue=settings.TEST_CRASH_QUEUE)
+def after_exit(event: Exits) -> None:
+    record("after-exit", event)
 
 
 @dataclass

@@ -1,0 +1,59 @@
+"""Running one listener: its time limit, and a listener that ends its process."""
+
+import signal
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from messagio import MessageCenter, Messagio
+from messagio.execution import time_limit
+from messagio.models import Delivery
+
+
+def test_an_alarm_due_as_the_limit_is_lifted_neither_escapes_nor_stays_installed():
+    before = signal.getsignal(signal.SIGALRM)
+    with time_limit(5):
+        handler = signal.getsignal(signal.SIGALRM)
+
+    handler(signal.SIGALRM, None)  # what runs if the alarm comes as the listener returns
+
+    assert signal.getsignal(signal.SIGALRM) is before
+
+
+@dataclass
+class Quits(Messagio):
+    code: int
+
+
+ran: list[str] = []
+
+
+def quits(messagio: Quits) -> None:
+    ran.append("quits")
+    sys.exit(messagio.code)
+
+
+def after_quits(messagio: Quits) -> None:
+    ran.append("after")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_listener_that_exits_is_recorded_as_failed_and_the_exit_goes_through(
+    isolated_registry,
+):
+    ran.clear()
+    for listener in (quits, after_quits):
+        MessageCenter.singleton().subscribe(Quits, listener)
+
+    with pytest.raises(SystemExit):
+        Quits(3).fire(sync=True)
+
+    exited = Delivery.objects.get(position=0)
+    assert (exited.status, exited.error_type, exited.error) == (
+        "failed",
+        "builtins.SystemExit",
+        "3",
+    )
+    assert [a.outcome for a in exited.history.all()] == ["failed"]
+    assert ran == ["quits"]
