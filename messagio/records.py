@@ -714,7 +714,6 @@ def _build_worker_statement(alias: str, asynchronous: bool, kind: str) -> str:
     quote = connection.ops.quote_name
     deliveries = quote(Delivery._meta.db_table)
     attempts = quote(Attempt._meta.db_table)
-    from_async = " FROM messagio_async" if asynchronous else ""
     ctes = [ASYNC_COMMIT_CTE] if asynchronous else []
     if kind == "create_group":
         rows = _delivery_rows_sql(
@@ -731,10 +730,16 @@ def _build_worker_statement(alias: str, asynchronous: bool, kind: str) -> str:
     # Identifiers come from model meta; values are parameters.
     if kind in ("finish", "finish_and_claim"):
         outcome = ", ".join(f"{quote(c)} = %s" for c in ("status", *OUTCOME_COLUMNS))
-        ctes.append(f'finished AS (UPDATE {deliveries} SET {outcome} WHERE "id" = %s)')  # noqa: S608
+        # Only the attempt this worker claimed: not again after a lost reply, nor over the
+        # outcome of a later attempt (its delivery requeued meanwhile).
+        ctes.append(
+            f"finished AS (UPDATE {deliveries} SET {outcome} "  # noqa: S608
+            'WHERE "id" = %s AND "status" = %s AND "attempts" = %s RETURNING "id")'
+        )
         append = (
             f"INSERT INTO {attempts} ({', '.join(quote(c) for c in ATTEMPT_COLUMNS)}) "  # noqa: S608
-            f"SELECT {', '.join(['%s'] * len(ATTEMPT_COLUMNS))}{from_async}"
+            f"SELECT {', '.join(['%s'] * len(ATTEMPT_COLUMNS))} FROM finished"
+            f"{', messagio_async' if asynchronous else ''}"
         )
         if kind == "finish":
             return f"WITH {', '.join(ctes)} {append}"
@@ -823,21 +828,22 @@ def finish(
             claim_as=(task_id, worker),
         )
     with transaction.atomic(using=connection.alias):
-        Delivery.objects.filter(pk=delivery_id).update(
-            status=status, finished_at=now, duration_ms=duration_ms, **fields
-        )
-        Attempt.objects.create(
-            delivery_id=delivery_id,
-            number=number,
-            outcome=outcome,
-            started_at=started_at,
-            finished_at=now,
-            duration_ms=duration_ms,
-            task_id=task_id or "",
-            worker=worker or "",
-            replay_id=replay_id,
-            **fields,
-        )
+        recorded = Delivery.objects.filter(
+            pk=delivery_id, status=Delivery.Status.RUNNING, attempts=number
+        ).update(status=status, finished_at=now, duration_ms=duration_ms, **fields)
+        if recorded:  # see _build_worker_statement's "finished"
+            Attempt.objects.create(
+                delivery_id=delivery_id,
+                number=number,
+                outcome=outcome,
+                started_at=started_at,
+                finished_at=now,
+                duration_ms=duration_ms,
+                task_id=task_id or "",
+                worker=worker or "",
+                replay_id=replay_id,
+                **fields,
+            )
     return None if claim_next is None else claim(claim_next, task_id, worker, replay_id)
 
 
@@ -860,6 +866,8 @@ def _finish_in_one_statement(
         str(status),
         *(outcome[c] for c in OUTCOME_COLUMNS),
         uuid.UUID(str(delivery_id)),
+        str(Delivery.Status.RUNNING),
+        attempt["number"],
         *(row[c] for c in ATTEMPT_COLUMNS),
     ]
     if claim_next is None:

@@ -489,6 +489,45 @@ def test_a_redelivered_group_runs_only_what_did_not_finish():
     assert Call.objects.filter(token=token, listener="first").count() == 0
 
 
+def test_an_outcome_written_again_after_a_lost_reply_is_recorded_once():
+    from django.utils import timezone
+
+    from messagio.records import claim, finish
+
+    event, envelope = recorded_group(Ping(new_token()))
+    delivery_id = envelope["listeners"][0]["delivery"]
+    claimed = claim(delivery_id, "task", "worker@host")
+    started = timezone.now()
+
+    for _ in range(2):  # the first write committed; its reply was lost, so it is sent again
+        finish(delivery_id, claimed.number, started, 1.0, result="done")
+
+    delivery = Delivery.objects.get(pk=delivery_id)
+    assert (delivery.status, delivery.result) == ("succeeded", "'done'")
+    assert list(delivery.history.values_list("number", "outcome")) == [(1, "succeeded")]
+
+
+def test_a_late_outcome_does_not_overwrite_a_later_attempts():
+    from django.utils import timezone
+
+    from messagio.records import claim, finish
+
+    event, envelope = recorded_group(Ping(new_token()))
+    delivery_id = envelope["listeners"][0]["delivery"]
+    first = claim(delivery_id, "task-1", "slow@host")
+    second = claim(delivery_id, "task-2", "other@host")  # presumed dead: the message came back
+    finish(delivery_id, second.number, timezone.now(), 1.0, result="second")
+
+    finish(delivery_id, first.number, timezone.now(), 9.0, exception=RuntimeError("late"))
+
+    delivery = Delivery.objects.get(pk=delivery_id)
+    assert (delivery.status, delivery.result, delivery.attempts) == ("succeeded", "'second'", 2)
+    assert list(delivery.history.values_list("number", "outcome")) == [
+        (1, "lost"),
+        (2, "succeeded"),
+    ]
+
+
 def test_records_get_time_ordered_ids():
     event, envelope = recorded_group(Ping(new_token()))
     assert event.id.version == 7
