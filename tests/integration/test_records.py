@@ -489,6 +489,39 @@ def test_a_redelivered_group_runs_only_what_did_not_finish():
     assert Call.objects.filter(token=token, listener="first").count() == 0
 
 
+def test_a_group_the_database_interrupts_is_sent_again_from_the_interrupted_listener(
+    monkeypatch,
+):
+    from django.db import OperationalError
+
+    from messagio import records, tasks
+
+    event, envelope = recorded_group(Ping(new_token()))
+    finishes = []
+    original_finish = records.finish
+
+    def finish_until_the_database_goes(*args, **kwargs):
+        finishes.append(args[0])
+        if len(finishes) == 2:
+            raise OperationalError("the database went away")
+        return original_finish(*args, **kwargs)
+
+    monkeypatch.setattr(records, "finish", finish_until_the_database_goes)
+    monkeypatch.setattr(records, "DB_RETRY_SECONDS", 0)  # give up at once
+    requeued = []
+    monkeypatch.setattr(tasks, "publish", lambda e, countdown=None: requeued.append((e, countdown)))
+
+    tasks.deliver.apply(args=(envelope,))
+
+    ((again, countdown),) = requeued
+    assert countdown == tasks.DB_OUTAGE_REQUEUE_DELAY
+    # Not the first listener, finished: from the one whose outcome could not be written.
+    assert [s["delivery"] for s in again["listeners"]] == [
+        s["delivery"] for s in envelope["listeners"][1:]
+    ]
+    assert again["deliveries_recorded"] is True
+
+
 def test_an_outcome_written_again_after_a_lost_reply_is_recorded_once():
     from django.utils import timezone
 
