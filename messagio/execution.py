@@ -40,10 +40,19 @@ NOT_RETRYABLE = (ListenerNotFoundError, PayloadSignatureError, MessagioClassMiss
 EXITS = (SystemExit, KeyboardInterrupt)
 
 
-def exit_is_the_listeners_own() -> bool:
-    """Whether the SystemExit or KeyboardInterrupt being handled came from the listener, not
-    from a Celery pool process shutting down (whose message the broker hands back, so its
-    delivery must stay running to be run again)."""
+#: Set on an exit that run_once recorded as its listener's failure.
+RECORDED_EXIT = "messagio_recorded_exit"
+
+
+def exit_is_the_listeners_own(exc: BaseException) -> bool:
+    """Whether a SystemExit or KeyboardInterrupt came from the listener, not from a Celery
+    worker shutting down (whose message the broker hands back, so its delivery must stay
+    running to be run again): a solo pool's WorkerShutdown or WorkerTerminate, or a pool
+    process's own shutdown handler."""
+    from celery.exceptions import WorkerShutdown, WorkerTerminate
+
+    if isinstance(exc, (WorkerShutdown, WorkerTerminate)):
+        return False
     try:
         from billiard.common import terminate_handler_fired
     except ImportError:  # a billiard that cannot tell: leave it as a shutdown
@@ -201,9 +210,10 @@ def run_once(
     except Exception as exc:  # noqa: BLE001 - whatever a listener raises is recorded
         error = exc
     except EXITS as exc:
-        if not exit_is_the_listeners_own():
+        if not exit_is_the_listeners_own(exc):
             raise  # a worker shutting down: the delivery stays running, its message returns
         error = escaping = exc
+        setattr(exc, RECORDED_EXIT, True)
     duration_ms = (time.perf_counter() - start) * 1000
 
     will_retry = False
@@ -289,14 +299,36 @@ def run_all_here(
 ) -> list[ListenerOutcome]:
     """Run listeners in this process, in order, retrying each at once per its policy."""
     outcomes = []
-    for spec, listener, exc_types in zip(specs, listeners, retry_on, strict=True):
+    for position, (spec, listener, exc_types) in enumerate(
+        zip(specs, listeners, retry_on, strict=True)
+    ):
         while True:
-            outcome, will_retry = run_once(
-                messagio, spec, ctx, listener=listener, retry_on=exc_types
-            )
+            try:
+                outcome, will_retry = run_once(
+                    messagio, spec, ctx, listener=listener, retry_on=exc_types
+                )
+            except EXITS as exc:
+                if ctx.record and getattr(exc, RECORDED_EXIT, False):
+                    _not_run(specs[position + 1 :], spec["id"], exc)
+                raise
             if not will_retry:
                 break
             spec = dict(spec, attempt=spec["attempt"] + 1)
         if outcome is not None:
             outcomes.append(outcome)
     return outcomes
+
+
+def _not_run(specs: list[dict[str, Any]], exited: str, exc: BaseException) -> None:
+    """Record the listeners after one that ended the process as failed, never run: nothing
+    else would run them (in-process runs have no message), and a replay can."""
+    from messagio.models import Delivery
+
+    Delivery.objects.filter(
+        pk__in=[spec["delivery"] for spec in specs], status=Delivery.Status.PENDING
+    ).update(
+        status=Delivery.Status.FAILED,
+        finished_at=timezone.now(),
+        error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        error=f"not run: {exited} ended the process before it ({exc!r})",
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from typing import Any
 
 from django.db import connections, models, router, transaction
 from django.db.models.functions import Coalesce
@@ -74,26 +75,41 @@ class EventQuerySet(models.QuerySet):
         if failed_before is not None:
             selections.append(_older_than(finished.filter(had_failure), failed_before))
         deleted = 0
+        postgresql = connections[alias].vendor == "postgresql"
+
+        def delete(ids: list[Any]) -> int:
+            Attempt.objects.using(alias).filter(delivery__event_id__in=ids).delete()
+            Delivery.objects.using(alias).filter(event_id__in=ids).delete()
+            removed = self.model.objects.using(alias).filter(pk__in=ids).delete()
+            return removed[1].get(self.model._meta.label, 0)
+
         for selection in selections:
             while True:
-                with transaction.atomic(using=alias):
-                    if connections[alias].vendor == "postgresql":
+                # A batch goes whole or not at all.
+                if postgresql:
+                    with transaction.atomic(using=alias):
                         with connections[alias].cursor() as cursor:
                             # Compiling this plan costs more than running it (~0.15 s).
                             cursor.execute("SET LOCAL jit = off")
+                        ids = list(selection.order_by().values_list("pk", flat=True)[:batch_size])
+                        if ids:
+                            # What a replay or a worker would change is locked, then
+                            # selected again: a delivery a replay took meanwhile keeps its
+                            # event.
+                            locked = Delivery.objects.using(alias).select_for_update()
+                            list(locked.filter(event_id__in=ids).order_by("pk").values_list("pk"))
+                            kept = selection.filter(pk__in=ids).values_list("pk", flat=True)
+                            deleted += delete(list(kept))
+                else:
+                    # SQLite has no row locks, and a transaction that reads before it
+                    # writes fails at once ("database is locked") when another process
+                    # wrote meanwhile: select first, then delete in a transaction of its own.
                     ids = list(selection.order_by().values_list("pk", flat=True)[:batch_size])
-                    if not ids:
-                        break
-                    # What a replay or a worker would change is locked, then selected
-                    # again: a delivery a replay took meanwhile keeps its event, and a
-                    # batch is deleted whole or not at all.
-                    locked = Delivery.objects.using(alias).select_for_update()
-                    list(locked.filter(event_id__in=ids).order_by("pk").values_list("pk"))
-                    ids = list(selection.filter(pk__in=ids).values_list("pk", flat=True))
-                    Attempt.objects.using(alias).filter(delivery__event_id__in=ids).delete()
-                    Delivery.objects.using(alias).filter(event_id__in=ids).delete()
-                    removed = self.model.objects.using(alias).filter(pk__in=ids).delete()
-                deleted += removed[1].get(self.model._meta.label, 0)
+                    if ids:
+                        with transaction.atomic(using=alias):
+                            deleted += delete(ids)
+                if not ids:
+                    break
                 if progress:
                     progress(deleted)
         return deleted

@@ -41,13 +41,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
     """
     from django.db import InterfaceError, OperationalError
 
-    from messagio.execution import (
-        EXITS,
-        RunContext,
-        exit_is_the_listeners_own,
-        load_messagio,
-        run_once,
-    )
+    from messagio.execution import EXITS, RECORDED_EXIT, RunContext, load_messagio, run_once
 
     ctx = RunContext(
         event_id=envelope["event"],
@@ -81,10 +75,10 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
             )
             publish(_from_position(envelope, position), countdown=DB_OUTAGE_REQUEUE_DELAY)
             return
-        except EXITS:
+        except EXITS as exc:
             # The listener ended its process, recorded as its failure; billiard reports it
             # as the task's outcome (the message is acknowledged) and replaces the process.
-            if exit_is_the_listeners_own() and position + 1 < len(specs):
+            if getattr(exc, RECORDED_EXIT, False) and position + 1 < len(specs):
                 publish(_from_position(envelope, position + 1))
             raise
         if will_retry:

@@ -49,7 +49,7 @@ def test_a_listener_that_exits_is_recorded_as_failed_and_the_exit_goes_through(
     with pytest.raises(SystemExit):
         Quits(3).fire(sync=True)
 
-    exited = Delivery.objects.get(position=0)
+    exited, after = Delivery.objects.order_by("position")
     assert (exited.status, exited.error_type, exited.error) == (
         "failed",
         "builtins.SystemExit",
@@ -57,3 +57,29 @@ def test_a_listener_that_exits_is_recorded_as_failed_and_the_exit_goes_through(
     )
     assert [a.outcome for a in exited.history.all()] == ["failed"]
     assert ran == ["quits"]
+    # Nothing else would run it (no message in a sync fire): failed, never run, replayable.
+    assert (after.status, after.attempts, after.error_type) == ("failed", 0, "builtins.SystemExit")
+    assert "not run" in after.error and not after.history.exists()
+
+
+def shut_down(messagio: Quits) -> None:
+    from celery.exceptions import WorkerTerminate
+
+    raise WorkerTerminate()  # what a solo pool's worker raises in the task on a hard shutdown
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_shutting_down_in_a_listener_leaves_it_running_for_its_message(
+    isolated_registry,
+):
+    from celery.exceptions import WorkerTerminate
+
+    for listener in (shut_down, after_quits):
+        MessageCenter.singleton().subscribe(Quits, listener)
+
+    with pytest.raises(WorkerTerminate):
+        Quits(0).fire(sync=True)
+
+    interrupted, after = Delivery.objects.order_by("position")
+    assert (interrupted.status, after.status) == ("running", "pending")
+    assert not interrupted.history.exists()
