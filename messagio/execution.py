@@ -80,6 +80,9 @@ class RunContext:
     #: Whether this task already wrote its missing records from the envelope (once is
     #: enough: a delivery still not recorded after that is recorded under another id).
     recreated: bool = False
+    #: Set when an attempt of this run was taken over while it ran (requeued, or its
+    #: message handed to another worker): the rest of the group is that copy's.
+    taken_over: bool = False
 
 
 @contextmanager
@@ -224,26 +227,31 @@ def run_once(
             will_retry = should_retry(spec, error)
 
     if ctx.record:
-        from messagio.records import finish, with_db_retry
+        from messagio.records import AttemptTakenOverError, finish, with_db_retry
 
         # Not when the listener ends the process: the next one goes in a message of its own.
         claim_next = next_spec["delivery"] if next_spec and escaping is None else None
         # Only the first try claims the next listener: a retry after a lost reply would
         # claim it twice and record a lost attempt that never ran.
         tries = iter((claim_next,))
-        claimed_next = with_db_retry(
-            lambda *args, **kwargs: finish(*args, **kwargs, claim_next=next(tries, None)),
-            spec["delivery"],
-            number,
-            started_at,
-            duration_ms,
-            task_id=ctx.task_id,
-            worker=ctx.worker,
-            replay_id=ctx.replay_id,
-            result=result,
-            exception=error,
-            will_retry=will_retry,
-        )
+        try:
+            claimed_next = with_db_retry(
+                lambda *args, **kwargs: finish(*args, **kwargs, claim_next=next(tries, None)),
+                spec["delivery"],
+                number,
+                started_at,
+                duration_ms,
+                task_id=ctx.task_id,
+                worker=ctx.worker,
+                replay_id=ctx.replay_id,
+                result=result,
+                exception=error,
+                will_retry=will_retry,
+            )
+        except AttemptTakenOverError as exc:
+            logger.warning("messagio: %s", exc)
+            ctx.taken_over = True
+            claimed_next, will_retry = None, False
         if claim_next is not None and claimed_next is not None:
             ctx.claims[claim_next] = claimed_next
 
@@ -316,6 +324,8 @@ def run_all_here(
             spec = dict(spec, attempt=spec["attempt"] + 1)
         if outcome is not None:
             outcomes.append(outcome)
+        if ctx.taken_over:
+            break
     return outcomes
 
 

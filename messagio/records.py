@@ -44,6 +44,8 @@ logger = logging.getLogger("messagio")
 
 #: Statuses a delivery is no longer run from, unless a replay puts it back to pending.
 TERMINAL = (Delivery.Status.SUCCEEDED, Delivery.Status.FAILED)
+#: A delivery in these states, at the attempt a worker ran, was taken from that worker.
+TAKEN_UP = (Delivery.Status.PENDING, Delivery.Status.RUNNING)
 
 
 def db_alias() -> str:
@@ -545,6 +547,24 @@ def _summary_from_payload(payload: bytes) -> dict[str, Any]:
 # --- Running --------------------------------------------------------------------------------
 
 
+class AttemptTakenOverError(Exception):
+    """The attempt being recorded is no longer its delivery's: the delivery was requeued, or
+    its message handed to another worker, while this one ran it. Nothing is written; the
+    copy that took it over runs the rest of its group."""
+
+
+def _taken_over(delivery_id: str, number: int) -> bool:
+    """Why an outcome matched no running attempt: taken over, or (False) written already by
+    an earlier try whose reply was lost."""
+    row = (
+        Delivery.objects.using(db_alias())
+        .filter(pk=delivery_id)
+        .values_list("status", "attempts")
+        .first()
+    )
+    return row is None or row[1] != number or row[0] in TAKEN_UP
+
+
 @dataclass
 class Claim:
     """A worker's right to run one attempt of a delivery."""
@@ -748,13 +768,17 @@ def _build_worker_statement(alias: str, asynchronous: bool, kind: str) -> str:
     ctes.append(
         f'old AS (SELECT "id", {read} FROM {deliveries} WHERE "id" = %s FOR UPDATE)'  # noqa: S608
     )
+    # After an outcome, the next listener is claimed only when that outcome was written.
+    written = " AND EXISTS (SELECT 1 FROM finished)" if kind == "finish_and_claim" else ""
     ctes.append(f"""claimed AS (
             UPDATE {deliveries} AS d
             SET "status" = %s, "attempts" = d."attempts" + 1, "started_at" = %s,
                 "finished_at" = NULL, "task_id" = %s, "worker" = %s
-            FROM old WHERE d."id" = old."id" AND old."status" NOT IN (%s, %s)
+            FROM old WHERE d."id" = old."id" AND old."status" NOT IN (%s, %s){written}
         )""")  # noqa: S608
     returned = ", ".join("old." + quote(c) for c in CLAIM_COLUMNS)
+    if written:
+        returned += ", EXISTS (SELECT 1 FROM finished)"
     return (
         f"WITH {', '.join(ctes)} SELECT {returned} "  # noqa: S608
         f"FROM old{', messagio_async' if asynchronous else ''}"
@@ -844,6 +868,8 @@ def finish(
                 replay_id=replay_id,
                 **fields,
             )
+    if not recorded and _taken_over(delivery_id, number):
+        raise AttemptTakenOverError(_taken_over_message(delivery_id, number))
     return None if claim_next is None else claim(claim_next, task_id, worker, replay_id)
 
 
@@ -873,13 +899,28 @@ def _finish_in_one_statement(
     if claim_next is None:
         with statement_cursor(connection) as cursor:
             cursor.execute(_worker_statement(connection, "finish"), params)
+            written = cursor.rowcount > 0  # the Attempt row appended
+        if not written and _taken_over(delivery_id, attempt["number"]):
+            raise AttemptTakenOverError(_taken_over_message(delivery_id, attempt["number"]))
         return None
     params.extend(_claim_params(claim_next, timezone.now(), *claim_as))
     with statement_cursor(connection) as cursor:
         cursor.execute(_worker_statement(connection, "finish_and_claim"), params)
         found = cursor.fetchone()
-    next_row = None if found is None else dict(zip(CLAIM_COLUMNS, found, strict=True))
-    return _claimed(claim_next, next_row, now)
+    if found is None:  # the next delivery is not recorded: its own claim will say so
+        return None
+    *claim_row, written = found
+    if not written and _taken_over(delivery_id, attempt["number"]):
+        raise AttemptTakenOverError(_taken_over_message(delivery_id, attempt["number"]))
+    return _claimed(claim_next, dict(zip(CLAIM_COLUMNS, claim_row, strict=True)), now)
+
+
+def _taken_over_message(delivery_id: str, number: int) -> str:
+    return (
+        f"attempt {number} of delivery {delivery_id} was taken over while it ran (the "
+        "delivery requeued, or its message handed to another worker); its outcome here is "
+        "not recorded, and the rest of its group is left to the copy that took it over"
+    )
 
 
 #: How long a worker keeps trying to record an outcome while the database is unreachable.

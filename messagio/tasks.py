@@ -81,6 +81,8 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
             if getattr(exc, RECORDED_EXIT, False) and position + 1 < len(specs):
                 publish(_from_position(envelope, position + 1))
             raise
+        if ctx.taken_over:
+            return  # the copy that took its attempt over runs the rest of the group
         if will_retry:
             retry = dict(
                 envelope,

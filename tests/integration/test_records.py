@@ -543,7 +543,7 @@ def test_an_outcome_written_again_after_a_lost_reply_is_recorded_once():
 def test_a_late_outcome_does_not_overwrite_a_later_attempts():
     from django.utils import timezone
 
-    from messagio.records import claim, finish
+    from messagio.records import AttemptTakenOverError, claim, finish
 
     event, envelope = recorded_group(Ping(new_token()))
     delivery_id = envelope["listeners"][0]["delivery"]
@@ -551,7 +551,8 @@ def test_a_late_outcome_does_not_overwrite_a_later_attempts():
     second = claim(delivery_id, "task-2", "other@host")  # presumed dead: the message came back
     finish(delivery_id, second.number, timezone.now(), 1.0, result="second")
 
-    finish(delivery_id, first.number, timezone.now(), 9.0, exception=RuntimeError("late"))
+    with pytest.raises(AttemptTakenOverError):
+        finish(delivery_id, first.number, timezone.now(), 9.0, exception=RuntimeError("late"))
 
     delivery = Delivery.objects.get(pk=delivery_id)
     assert (delivery.status, delivery.result, delivery.attempts) == ("succeeded", "'second'", 2)
@@ -559,6 +560,48 @@ def test_a_late_outcome_does_not_overwrite_a_later_attempts():
         (1, "lost"),
         (2, "succeeded"),
     ]
+
+
+def test_an_attempt_taken_over_while_it_ran_records_nothing_and_claims_nothing():
+    from django.utils import timezone
+
+    from messagio.models import Attempt
+    from messagio.records import AttemptTakenOverError, claim, finish
+
+    event, envelope = recorded_group(Ping(new_token()))
+    first, second = (spec["delivery"] for spec in envelope["listeners"][:2])
+    mine = claim(first, "task-1", "slow@host")
+    claim(first, "task-2", "other@host")  # its message handed to another worker meanwhile
+
+    with pytest.raises(AttemptTakenOverError, match="taken over"):
+        finish(first, mine.number, timezone.now(), 1.0, result="late", claim_next=second)
+
+    assert Delivery.objects.get(pk=second).status == "pending"
+    assert not Attempt.objects.filter(delivery_id=second).exists()
+
+
+def test_a_worker_whose_attempt_was_taken_over_leaves_the_rest_of_the_group_to_the_other():
+    from messagio.execution import RunContext, run_once
+    from messagio.records import claim
+
+    event, envelope = recorded_group(Ping(new_token()))
+    first, second = envelope["listeners"][:2]
+    ctx = RunContext(
+        event_id=envelope["event"], messagio_type=envelope["type"], envelope=envelope,
+        task_id="task-1", worker="slow@host",
+    )  # fmt: skip
+
+    def taken_over_meanwhile(messagio):
+        claim(first["delivery"], "task-2", "other@host")  # RabbitMQ's consumer_timeout, say
+
+    outcome, will_retry = run_once(
+        None, first, ctx, listener=taken_over_meanwhile, next_spec=second
+    )
+
+    assert ctx.taken_over and not will_retry
+    assert Delivery.objects.get(pk=second["delivery"]).status == "pending"
+    taken = Delivery.objects.get(pk=first["delivery"])
+    assert (taken.status, taken.attempts, taken.worker) == ("running", 2, "other@host")
 
 
 def test_records_get_time_ordered_ids():
