@@ -40,7 +40,8 @@ NOT_RETRYABLE = (ListenerNotFoundError, PayloadSignatureError, MessagioClassMiss
 EXITS = (SystemExit, KeyboardInterrupt)
 
 
-#: Set on an exit that run_once recorded as its listener's failure.
+#: Set on an exit that run_once took for its listener's own (and recorded, unless the
+#: attempt was taken over meanwhile).
 RECORDED_EXIT = "messagio_recorded_exit"
 
 
@@ -316,7 +317,7 @@ def run_all_here(
                     messagio, spec, ctx, listener=listener, retry_on=exc_types
                 )
             except EXITS as exc:
-                if ctx.record and getattr(exc, RECORDED_EXIT, False):
+                if ctx.record and getattr(exc, RECORDED_EXIT, False) and not ctx.taken_over:
                     _not_run(specs[position + 1 :], spec["id"], exc)
                 raise
             if not will_retry:

@@ -907,11 +907,13 @@ def _finish_in_one_statement(
     with statement_cursor(connection) as cursor:
         cursor.execute(_worker_statement(connection, "finish_and_claim"), params)
         found = cursor.fetchone()
+    *claim_row, written = found if found is not None else (None, False)
+    if not written:
+        if _taken_over(delivery_id, attempt["number"]):
+            raise AttemptTakenOverError(_taken_over_message(delivery_id, attempt["number"]))
+        return None  # written, here or by an earlier try: the next one's claim decides
     if found is None:  # the next delivery is not recorded: its own claim will say so
         return None
-    *claim_row, written = found
-    if not written and _taken_over(delivery_id, attempt["number"]):
-        raise AttemptTakenOverError(_taken_over_message(delivery_id, attempt["number"]))
     return _claimed(claim_next, dict(zip(CLAIM_COLUMNS, claim_row, strict=True)), now)
 
 

@@ -76,11 +76,15 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
             publish(_from_position(envelope, position), countdown=DB_OUTAGE_REQUEUE_DELAY)
             return
         except EXITS as exc:
-            # The listener ended its process, recorded as its failure; billiard reports it
-            # as the task's outcome (the message is acknowledged) and replaces the process.
-            if getattr(exc, RECORDED_EXIT, False) and position + 1 < len(specs):
-                publish(_from_position(envelope, position + 1))
-            raise
+            if not getattr(exc, RECORDED_EXIT, False):
+                raise  # the worker shutting down: the delivery stays running for its message
+            # The listener's own sys.exit() or KeyboardInterrupt, recorded as its failure.
+            # The pool process goes on with the group instead of ending: Celery would take
+            # it for a lost worker, and the message would come back or be dropped as
+            # task_reject_on_worker_lost says, with the listeners after it.
+            if ctx.taken_over:
+                return
+            continue
         if ctx.taken_over:
             return  # the copy that took its attempt over runs the rest of the group
         if will_retry:

@@ -604,6 +604,30 @@ def test_a_worker_whose_attempt_was_taken_over_leaves_the_rest_of_the_group_to_t
     assert (taken.status, taken.attempts, taken.worker) == ("running", 2, "other@host")
 
 
+def test_an_exit_after_the_attempt_was_taken_over_leaves_the_rest_to_the_other_copy():
+    import sys
+
+    from messagio.execution import RECORDED_EXIT, RunContext, run_once
+    from messagio.records import claim
+
+    event, envelope = recorded_group(Ping(new_token()))
+    first, second = envelope["listeners"][:2]
+    ctx = RunContext(
+        event_id=envelope["event"], messagio_type=envelope["type"], envelope=envelope,
+        task_id="task-1", worker="slow@host",
+    )  # fmt: skip
+
+    def taken_over_then_exits(messagio):
+        claim(first["delivery"], "task-2", "other@host")
+        sys.exit(1)
+
+    with pytest.raises(SystemExit) as exited:
+        run_once(None, first, ctx, listener=taken_over_then_exits, next_spec=second)
+
+    assert getattr(exited.value, RECORDED_EXIT) and ctx.taken_over  # the task stops there
+    assert Delivery.objects.get(pk=second["delivery"]).status == "pending"
+
+
 def test_records_get_time_ordered_ids():
     event, envelope = recorded_group(Ping(new_token()))
     assert event.id.version == 7
