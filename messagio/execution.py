@@ -48,12 +48,17 @@ RECORDED_EXIT = "messagio_recorded_exit"
 def exit_is_the_listeners_own(exc: BaseException) -> bool:
     """Whether a SystemExit or KeyboardInterrupt came from the listener, not from a Celery
     worker shutting down (whose message the broker hands back, so its delivery must stay
-    running to be run again): a solo pool's WorkerShutdown or WorkerTerminate, or a pool
-    process's own shutdown handler."""
+    running to be run again): a solo pool's WorkerShutdown or WorkerTerminate, a pool
+    process's own shutdown handler, or a Ctrl-C where Python's default handler is in place
+    (a Celery worker ignores SIGINT in its pool processes and handles it in a solo pool)."""
     from celery.exceptions import WorkerShutdown, WorkerTerminate
 
     if isinstance(exc, (WorkerShutdown, WorkerTerminate)):
         return False
+    if isinstance(exc, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is (
+        signal.default_int_handler
+    ):
+        return False  # a Ctrl-C could have raised it: the process is being interrupted
     try:
         from billiard.common import terminate_handler_fired
     except ImportError:  # a billiard that cannot tell: leave it as a shutdown
@@ -215,6 +220,7 @@ def run_once(
         error = exc
     except EXITS as exc:
         if not exit_is_the_listeners_own(exc):
+            setattr(exc, RECORDED_EXIT, False)  # were it raised again after being recorded
             raise  # a worker shutting down: the delivery stays running, its message returns
         error = escaping = exc
         setattr(exc, RECORDED_EXIT, True)

@@ -83,3 +83,18 @@ def test_a_worker_shutting_down_in_a_listener_leaves_it_running_for_its_message(
     interrupted, after = Delivery.objects.order_by("position")
     assert (interrupted.status, after.status) == ("running", "pending")
     assert not interrupted.history.exists()
+
+
+def interrupted(messagio: Quits) -> None:
+    raise KeyboardInterrupt  # as Ctrl-C does, where Python's default SIGINT handler runs
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_ctrl_c_in_a_sync_fire_leaves_the_listener_running_for_the_relay(isolated_registry):
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    MessageCenter.singleton().subscribe(Quits, interrupted)
+
+    with pytest.raises(KeyboardInterrupt):
+        Quits(0).fire(sync=True)
+
+    assert Delivery.objects.get().status == "running"  # requeued once STUCK_TIMEOUT passes
