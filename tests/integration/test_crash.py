@@ -93,7 +93,13 @@ def test_a_listener_that_exits_its_process_is_recorded_failed_and_the_next_one_r
         finished = [d for d in deliveries if d.status in ("succeeded", "failed")]
         return deliveries if len(finished) == 2 else None
 
-    exited, after = wait_for(both_finished, what="both listeners to finish")
+    try:
+        exited, after = wait_for(both_finished, what="both listeners to finish")
+    except AssertionError:
+        rows = Delivery.objects.filter(event_id=report.event_id).values_list(
+            "position", "status", "attempts", "error_type"
+        )
+        raise AssertionError(f"deliveries: {list(rows)}\nworker:\n{worker.output()}") from None
     worker.stop()
     assert (exited.status, exited.error_type) == ("failed", "builtins.SystemExit")
     assert [a.outcome for a in exited.history.all()] == ["failed"]
