@@ -114,6 +114,14 @@ def start_worker(django_db_setup, django_db_blocker, tmp_path_factory):
     purge_test_queues()
 
 
+def purge_queue(name: str) -> None:
+    """Drop the messages waiting in one of this run's queues."""
+    from project.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(name)
+
+
 def test_queues() -> list[str]:
     return [q.name for q in settings.CELERY_TASK_QUEUES]
 

@@ -8,6 +8,7 @@ import pytest
 from django.conf import settings
 
 from messagio.models import Delivery
+from tests.integration.conftest import purge_queue
 from tests.polling import wait_for
 from tests.testapp.messagio import Exits, Slow, SlowPair
 from tests.testapp.models import Call
@@ -19,12 +20,17 @@ def kill_mid_listener_and_restart(start_worker: Any, messagio_class: type, token
     """Fire, SIGKILL the worker while the slow listener runs, start one of the same name,
     and release the listener once it has started again there. Returns (report, worker)."""
     name = f"crash-{token[:8]}"
+    # Nothing an earlier test left on the queue (its slow listener never released) runs first.
+    purge_queue(settings.TEST_CRASH_QUEUE)
     first = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, name=name)
     report = messagio_class(token).fire()
-    wait_for(
-        lambda: Call.objects.filter(token=token, listener="slow-started").exists(),
-        what="the slow listener to start",
-    )
+    try:
+        wait_for(
+            lambda: Call.objects.filter(token=token, listener="slow-started").exists(),
+            what="the slow listener to start",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nworker:\n{first.output()}") from None
 
     first.stop(signal.SIGKILL)  # the whole process group: main process and pool child
     # RabbitMQ hands the unacked message back at once; on Redis and the filesystem broker
@@ -85,6 +91,7 @@ def test_a_listener_that_exits_its_process_is_recorded_failed_and_the_next_one_r
     # worker: the message comes back or is dropped with the listeners after it. It is
     # recorded as the listener's failure, and the group goes on in the same process.
     token = uuid.uuid4().hex
+    purge_queue(settings.TEST_CRASH_QUEUE)  # see kill_mid_listener_and_restart
     worker = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1)
     report = Exits(token).fire()
 

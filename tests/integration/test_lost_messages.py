@@ -14,18 +14,12 @@ from messagio import records
 from messagio.models import Attempt, Delivery, Event
 from messagio.records import publish_all
 from messagio.tasks import deliver
+from tests.integration.conftest import purge_queue
 from tests.polling import wait_for
 from tests.testapp.messagio import SlowPair
 from tests.testapp.models import Call
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-
-def lose_queued_messages(queue: str) -> None:
-    from project.celery import app
-
-    with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(queue)
 
 
 def relay_lost_after(seconds: str, *options: str) -> str:
@@ -52,7 +46,7 @@ def test_what_waited_for_a_lost_message_is_published_again_and_runs_once(
     monkeypatch.undo()
     assert not Delivery.objects.filter(event_id=unstarted.event_id).exists()
     assert Delivery.objects.filter(event_id=pending.event_id, status="pending").count() == 2
-    lose_queued_messages(settings.TEST_CRASH_QUEUE)  # no worker consumes it yet
+    purge_queue(settings.TEST_CRASH_QUEUE)  # no worker consumes it yet
 
     assert "Published again 0 delivery(ies) of 0 event(s)" in relay_lost_after("3600")
     assert not Delivery.objects.filter(event_id=unstarted.event_id).exists()
@@ -95,7 +89,7 @@ def test_what_waited_for_a_lost_message_is_published_again_and_runs_once(
 def test_an_event_whose_listeners_changed_since_it_was_fired_is_reported_not_guessed():
     token = uuid.uuid4().hex
     report = SlowPair(token).fire()
-    lose_queued_messages(settings.TEST_CRASH_QUEUE)
+    purge_queue(settings.TEST_CRASH_QUEUE)
     Event.objects.filter(pk=report.event_id).update(listener_count=3)
     err = StringIO()
     call_command("messagio_relay", "--lost-after", "0", stdout=StringIO(), stderr=err)
