@@ -580,9 +580,9 @@ def test_an_attempt_taken_over_while_it_ran_records_nothing_and_claims_nothing()
     assert not Attempt.objects.filter(delivery_id=second).exists()
 
 
-def test_a_worker_whose_attempt_was_taken_over_leaves_the_rest_of_the_group_to_the_other():
-    from messagio.execution import RunContext, run_once
-    from messagio.records import claim
+def group_in_a_worker():
+    """A recorded group's first two listeners, and the context a worker runs them in."""
+    from messagio.execution import RunContext
 
     event, envelope = recorded_group(Ping(new_token()))
     first, second = envelope["listeners"][:2]
@@ -590,6 +590,14 @@ def test_a_worker_whose_attempt_was_taken_over_leaves_the_rest_of_the_group_to_t
         event_id=envelope["event"], messagio_type=envelope["type"], envelope=envelope,
         task_id="task-1", worker="slow@host",
     )  # fmt: skip
+    return first, second, ctx
+
+
+def test_a_worker_whose_attempt_was_taken_over_leaves_the_rest_of_the_group_to_the_other():
+    from messagio.execution import run_once
+    from messagio.records import claim
+
+    first, second, ctx = group_in_a_worker()
 
     def taken_over_meanwhile(messagio):
         claim(first["delivery"], "task-2", "other@host")  # RabbitMQ's consumer_timeout, say
@@ -607,15 +615,10 @@ def test_a_worker_whose_attempt_was_taken_over_leaves_the_rest_of_the_group_to_t
 def test_an_exit_after_the_attempt_was_taken_over_leaves_the_rest_to_the_other_copy():
     import sys
 
-    from messagio.execution import RECORDED_EXIT, RunContext, run_once
+    from messagio.execution import RECORDED_EXIT, run_once
     from messagio.records import claim
 
-    event, envelope = recorded_group(Ping(new_token()))
-    first, second = envelope["listeners"][:2]
-    ctx = RunContext(
-        event_id=envelope["event"], messagio_type=envelope["type"], envelope=envelope,
-        task_id="task-1", worker="slow@host",
-    )  # fmt: skip
+    first, second, ctx = group_in_a_worker()
 
     def taken_over_then_exits(messagio):
         claim(first["delivery"], "task-2", "other@host")
