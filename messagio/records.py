@@ -552,17 +552,25 @@ class AttemptTakenOverError(Exception):
     its message handed to another worker, while this one ran it. Nothing is written; the
     copy that took it over runs the rest of its group."""
 
+    def __init__(self, delivery_id: str, number: int) -> None:
+        super().__init__(
+            f"attempt {number} of delivery {delivery_id} was taken over while it ran (the "
+            "delivery requeued, or its message handed to another worker); its outcome here "
+            "is not recorded, and the rest of its group is left to the copy that took it over"
+        )
 
-def _taken_over(delivery_id: str, number: int) -> bool:
-    """Why an outcome matched no running attempt: taken over, or (False) written already by
-    an earlier try whose reply was lost."""
+
+def _unless_written_before(delivery_id: str, number: int) -> None:
+    """An outcome matched no running attempt: raise AttemptTakenOverError, unless an earlier
+    try wrote it (its reply lost), which leaves the delivery finished at that attempt."""
     row = (
         Delivery.objects.using(db_alias())
         .filter(pk=delivery_id)
         .values_list("status", "attempts")
         .first()
     )
-    return row is None or row[1] != number or row[0] in TAKEN_UP
+    if row is None or row[1] != number or row[0] in TAKEN_UP:
+        raise AttemptTakenOverError(delivery_id, number)
 
 
 @dataclass
@@ -868,8 +876,8 @@ def finish(
                 replay_id=replay_id,
                 **fields,
             )
-    if not recorded and _taken_over(delivery_id, number):
-        raise AttemptTakenOverError(_taken_over_message(delivery_id, number))
+    if not recorded:
+        _unless_written_before(delivery_id, number)
     return None if claim_next is None else claim(claim_next, task_id, worker, replay_id)
 
 
@@ -900,29 +908,18 @@ def _finish_in_one_statement(
         with statement_cursor(connection) as cursor:
             cursor.execute(_worker_statement(connection, "finish"), params)
             written = cursor.rowcount > 0  # the Attempt row appended
-        if not written and _taken_over(delivery_id, attempt["number"]):
-            raise AttemptTakenOverError(_taken_over_message(delivery_id, attempt["number"]))
+        if not written:
+            _unless_written_before(delivery_id, attempt["number"])
         return None
     params.extend(_claim_params(claim_next, timezone.now(), *claim_as))
     with statement_cursor(connection) as cursor:
         cursor.execute(_worker_statement(connection, "finish_and_claim"), params)
-        found = cursor.fetchone()
-    *claim_row, written = found if found is not None else (None, False)
-    if not written:
-        if _taken_over(delivery_id, attempt["number"]):
-            raise AttemptTakenOverError(_taken_over_message(delivery_id, attempt["number"]))
-        return None  # written, here or by an earlier try: the next one's claim decides
-    if found is None:  # the next delivery is not recorded: its own claim will say so
+        found = cursor.fetchone()  # the next delivery as it was, and whether this one's written
+    if found is None or not found[-1]:
+        # Not written here (or the next delivery is not recorded: its own claim says so).
+        _unless_written_before(delivery_id, attempt["number"])
         return None
-    return _claimed(claim_next, dict(zip(CLAIM_COLUMNS, claim_row, strict=True)), now)
-
-
-def _taken_over_message(delivery_id: str, number: int) -> str:
-    return (
-        f"attempt {number} of delivery {delivery_id} was taken over while it ran (the "
-        "delivery requeued, or its message handed to another worker); its outcome here is "
-        "not recorded, and the rest of its group is left to the copy that took it over"
-    )
+    return _claimed(claim_next, dict(zip(CLAIM_COLUMNS, found[:-1], strict=True)), now)
 
 
 #: How long a worker keeps trying to record an outcome while the database is unreachable.

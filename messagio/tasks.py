@@ -82,9 +82,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
             # The pool process goes on with the group instead of ending: Celery would take
             # it for a lost worker, and the message would come back or be dropped as
             # task_reject_on_worker_lost says, with the listeners after it.
-            if ctx.taken_over:
-                return
-            continue
+            will_retry = False
         if ctx.taken_over:
             return  # the copy that took its attempt over runs the rest of the group
         if will_retry:
