@@ -34,6 +34,11 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a delivery may stay running (or retrying) before the relay presumes its worker
     # dead and queues it again; keep it above your longest time limit.
     "STUCK_TIMEOUT": 3600.0,
+    # How many attempts of a delivery may be lost with their worker (killed by the out-of-memory
+    # killer, a crash in native code) before it is recorded failed instead of run again: a
+    # listener that kills every worker it runs on would otherwise loop through them for ever.
+    # Counted per replay; None sets no limit.
+    "MAX_LOST_ATTEMPTS": 3,
     # fire(sync=True) raises MessageProcessingError when a listener fails, instead of reporting it.
     "SYNC_RAISE_ERRORS": False,
     # Largest pickled messagio accepted by fire(), in bytes.

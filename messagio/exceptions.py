@@ -26,3 +26,15 @@ class ListenerNotFoundError(LookupError):
 
 class ListenerTimeoutError(Exception):
     """A listener ran past its time limit in a worker and was stopped."""
+
+
+class WorkerLostTooOftenError(Exception):
+    """A delivery's worker died under it MAX_LOST_ATTEMPTS times: it is failed, not run again."""
+
+    def __init__(self, lost: int) -> None:
+        super().__init__(
+            f"the worker running this listener was lost {lost} times (killed: out of memory, "
+            "a crash in native code, a hard time limit); it is not run again "
+            "(MESSAGIO['MAX_LOST_ATTEMPTS']). Find the cause, then replay it"
+        )
+        self.lost = lost

@@ -193,6 +193,9 @@ def run_once(
                 spec["id"],
             )
             return None, False
+        if claimed.lost_too_often is not None:
+            _lost_too_often(messagio, spec, ctx, claimed.lost_too_often)
+            return None, False
         if not claimed.run:
             logger.info(
                 "messagio: delivery %s of %s already %s; not run again",
@@ -305,6 +308,24 @@ def run_once(
     return outcome, will_retry
 
 
+def _lost_too_often(
+    messagio: Any, spec: dict[str, Any], ctx: RunContext, error: BaseException
+) -> None:
+    """Report a delivery failed, not run again, because its workers kept dying under it."""
+    from messagio import signals
+
+    logger.error("messagio: listener %s failed for %s: %s", spec["id"], ctx.messagio_type, error)
+    signals.delivery_failed.send_robust(
+        sender=RunContext,
+        delivery_id=spec.get("delivery"),
+        event_id=uuid.UUID(ctx.event_id),
+        listener=spec["id"],
+        messagio=messagio,
+        exception=error,
+        will_retry=False,
+    )
+
+
 def run_all_here(
     messagio: Any,
     specs: list[dict[str, Any]],
@@ -340,12 +361,13 @@ def _not_run(specs: list[dict[str, Any]], exited: str, exc: BaseException) -> No
     """Record the listeners after one that ended the process as failed, never run: nothing
     else would run them (in-process runs have no message), and a replay can."""
     from messagio.models import Delivery
+    from messagio.records import exception_name
 
     Delivery.objects.filter(
         pk__in=[spec["delivery"] for spec in specs], status=Delivery.Status.PENDING
     ).update(
         status=Delivery.Status.FAILED,
         finished_at=timezone.now(),
-        error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        error_type=exception_name(exc),
         error=f"not run: {exited} ended the process before it ({exc!r})",
     )

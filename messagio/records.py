@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from messagio.conf import get_setting
 from messagio.dispatch import effective_priority, effective_queue, listener_spec
-from messagio.exceptions import ListenerTimeoutError
+from messagio.exceptions import ListenerTimeoutError, WorkerLostTooOftenError
 from messagio.ids import time_ordered_uuid
 from messagio.message import Messagio
 from messagio.models import Attempt, Delivery, Event
@@ -580,6 +580,8 @@ class Claim:
     run: bool
     number: int = 0
     status_before: str = ""
+    #: Not run: its worker was lost under it MAX_LOST_ATTEMPTS times, and it is failed now.
+    lost_too_often: WorkerLostTooOftenError | None = None
 
 
 def claim(
@@ -694,20 +696,100 @@ def _claimed(delivery_id: str, row: dict[str, Any] | None, now: datetime.datetim
     if row["status"] in TERMINAL:
         return Claim(run=False, status_before=row["status"])
     if row["status"] == Delivery.Status.RUNNING:
+        with transaction.atomic(using=db_alias()):
+            record_lost_attempt(
+                delivery_id,
+                row,
+                now,
+                "the worker running this attempt died or lost its connection; "
+                "the message was delivered again",
+            )
+            lost = lost_too_often(delivery_id, row["replay_id"])
+            if lost is not None:
+                number = row["attempts"] + 1
+                claimed = {"status": Delivery.Status.RUNNING, "attempts": number}
+                failed = fail_lost_too_often(delivery_id, claimed, number, lost, now, row)
+                # Unless another worker claimed it meanwhile: that one's claim decides.
+                return Claim(
+                    run=False, status_before=row["status"], lost_too_often=lost if failed else None
+                )
+    return Claim(run=True, number=row["attempts"] + 1, status_before=row["status"])
+
+
+def record_lost_attempt(
+    delivery_id: Any, was: dict[str, Any], now: datetime.datetime, why: str
+) -> None:
+    """Append the attempt a dead worker left running (``was``: the delivery as it was)."""
+    Attempt.objects.create(
+        delivery_id=delivery_id,
+        number=was["attempts"],
+        outcome=Attempt.Outcome.LOST,
+        started_at=was["started_at"],
+        finished_at=now,
+        error_type="WorkerLost",
+        error=why,
+        task_id=was["task_id"],
+        worker=was["worker"],
+        replay_id=was["replay_id"],
+    )
+
+
+def lost_too_often(delivery_id: Any, replay_id: int | None) -> WorkerLostTooOftenError | None:
+    """The error to fail a delivery with when its attempts lost with their worker (in its
+    current replay, or before any) reached MAX_LOST_ATTEMPTS; None while it may run again."""
+    limit = get_setting("MAX_LOST_ATTEMPTS")
+    if limit is None:
+        return None
+    lost = (
+        Attempt.objects.using(db_alias())
+        .filter(delivery_id=delivery_id, outcome=Attempt.Outcome.LOST, replay_id=replay_id)
+        .count()
+    )
+    return WorkerLostTooOftenError(lost) if lost >= limit else None
+
+
+def fail_lost_too_often(
+    delivery_id: Any,
+    where: dict[str, Any],
+    number: int,
+    error: WorkerLostTooOftenError,
+    now: datetime.datetime,
+    was: dict[str, Any],
+) -> bool:
+    """Record attempt ``number`` of a delivery as failed, not run, because its worker was
+    lost too often (``was``: the delivery as its lost attempt left it). Whether the delivery
+    was still as ``where`` says, and is failed now.
+
+    A new attempt, not the lost one's: a worker presumed dead that finishes late finds its
+    attempt taken over and leaves the rest of its group, as after any requeue.
+    """
+    fields = {
+        "finished_at": now,
+        "duration_ms": None,
+        "result": "",
+        "error_type": exception_name(error),
+        "error": str(error),
+        "traceback": "",
+    }
+    failed = Delivery.objects.filter(pk=delivery_id, **where).update(
+        status=Delivery.Status.FAILED, attempts=number, started_at=now, task_id="", worker="",
+        **fields,
+    )  # fmt: skip
+    if failed:
         Attempt.objects.create(
             delivery_id=delivery_id,
-            number=row["attempts"],
-            outcome=Attempt.Outcome.LOST,
-            started_at=row["started_at"],
-            finished_at=now,
-            error_type="WorkerLost",
-            error="the worker running this attempt died or lost its connection; "
-            "the message was delivered again",
-            task_id=row["task_id"],
-            worker=row["worker"],
-            replay_id=row["replay_id"],
+            number=number,
+            outcome=Attempt.Outcome.FAILED,
+            started_at=now,
+            replay_id=was["replay_id"],
+            **fields,
         )
-    return Claim(run=True, number=row["attempts"] + 1, status_before=row["status"])
+    return bool(failed)
+
+
+def exception_name(exc: BaseException) -> str:
+    """An exception's class by its dotted path, as error_type records it."""
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
 
 def _claim_params(delivery_id: str, now: datetime.datetime, task_id: str, worker: str) -> list[Any]:
@@ -799,7 +881,7 @@ def _cap(text: str, setting: str) -> str:
 
 
 def _describe_exc(exc: BaseException) -> str:
-    return f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+    return f"{exception_name(exc)}: {exc}"
 
 
 def finish(
@@ -835,7 +917,7 @@ def finish(
             status, outcome = Delivery.Status.FAILED, Attempt.Outcome.FAILED
         fields = {
             "result": "",
-            "error_type": f"{type(exception).__module__}.{type(exception).__qualname__}",
+            "error_type": exception_name(exception),
             "error": _cap(str(exception), "RESULT_MAX_CHARS"),
             "traceback": _cap("".join(tb.format_exception(exception)), "TRACEBACK_MAX_CHARS"),
         }

@@ -25,44 +25,59 @@ logger = logging.getLogger("messagio")
 def requeue(deliveries: Any, why: str) -> int:
     """Record the interrupted attempt of each delivery as lost, mark it pending, publish it,
     along with the pending deliveries that followed it in its group (see
-    :func:`pending_followers`). Returns how many of ``deliveries`` were requeued."""
-    from messagio.models import Attempt, Delivery
+    :func:`pending_followers`). One whose worker was lost MAX_LOST_ATTEMPTS times is
+    failed instead (its followers go as they would with it). Returns how many of
+    ``deliveries`` were requeued."""
+    from django.db import transaction
+
+    from messagio.models import Delivery
+    from messagio.records import (
+        CLAIM_COLUMNS,
+        db_alias,
+        fail_lost_too_often,
+        lost_too_often,
+        record_lost_attempt,
+    )
 
     now = timezone.now()
     selected = list(deliveries.select_related("event").order_by("event_id", "position"))
     # Before any becomes pending: requeue_lost must never take these events meanwhile.
     mark_published_again(list({d.event_id for d in selected}))
-    requeued = 0
-    by_event: dict[Any, list[Delivery]] = {}
+    taken_by_event: dict[Any, list[Delivery]] = {}
+    to_publish: dict[Any, list[Delivery]] = {}
+    failed: list[tuple[Delivery, Exception]] = []
     for delivery in selected:
-        # As read: every claim counts an attempt, so a worker that took it up meanwhile
-        # (RabbitMQ hands a dead worker's message on at once) keeps it.
-        taken = Delivery.objects.filter(
-            pk=delivery.pk, status=delivery.status, attempts=delivery.attempts
-        ).update(status=Delivery.Status.PENDING)
-        if not taken:
-            continue  # it moved on meanwhile
-        if delivery.status == Delivery.Status.RUNNING:
-            Attempt.objects.create(
-                delivery=delivery,
-                number=delivery.attempts,
-                outcome=Attempt.Outcome.LOST,
-                started_at=delivery.started_at,
-                finished_at=now,
-                error_type="WorkerLost",
-                error=why,
-                task_id=delivery.task_id,
-                worker=delivery.worker,
-                replay_id=delivery.replay_id,
-            )
-        by_event.setdefault(delivery.event_id, []).append(delivery)
-        requeued += 1
-    followers = pending_followers(by_event)
+        lost = None
+        with transaction.atomic(using=db_alias()):
+            # As read: every claim counts an attempt, so a worker that took it up meanwhile
+            # (RabbitMQ hands a dead worker's message on at once) keeps it.
+            taken = Delivery.objects.filter(
+                pk=delivery.pk, status=delivery.status, attempts=delivery.attempts
+            ).update(status=Delivery.Status.PENDING)
+            if not taken:
+                continue  # it moved on meanwhile
+            if delivery.status == Delivery.Status.RUNNING:
+                was = {column: getattr(delivery, column) for column in CLAIM_COLUMNS}
+                record_lost_attempt(delivery.pk, was, now, why)
+                lost = lost_too_often(delivery.pk, delivery.replay_id)
+                if lost is not None:
+                    taken_as = {"status": Delivery.Status.PENDING, "attempts": delivery.attempts}
+                    number = delivery.attempts + 1
+                    fail_lost_too_often(delivery.pk, taken_as, number, lost, now, was)
+        taken_by_event.setdefault(delivery.event_id, []).append(delivery)
+        if lost is None:
+            to_publish.setdefault(delivery.event_id, []).append(delivery)
+        else:
+            failed.append((delivery, lost))
+    for delivery, error in failed:
+        _report_lost_too_often(delivery, error)
+    followers = pending_followers(taken_by_event)
     for follower in followers:
-        by_event[follower.event_id].append(follower)
-    for members in by_event.values():
-        publish_by_replay(members)
-    if requeued:
+        to_publish.setdefault(follower.event_id, []).append(follower)
+    for members in to_publish.values():
+        publish_by_replay(sorted(members, key=lambda d: d.position))
+    requeued = sum(len(members) for members in taken_by_event.values()) - len(failed)
+    if requeued or followers:
         logger.warning(
             "messagio: requeued %d delivery(ies), with %d pending after them in their groups: %s",
             requeued,
@@ -70,6 +85,24 @@ def requeue(deliveries: Any, why: str) -> int:
             why,
         )
     return requeued
+
+
+def _report_lost_too_often(delivery: Any, error: Exception) -> None:
+    from messagio import signals
+    from messagio.execution import RunContext
+
+    logger.error(
+        "messagio: listener %s failed for %s: %s", delivery.listener, delivery.messagio_type, error
+    )
+    signals.delivery_failed.send_robust(
+        sender=RunContext,
+        delivery_id=str(delivery.pk),
+        event_id=delivery.event_id,
+        listener=delivery.listener,
+        messagio=None,
+        exception=error,
+        will_retry=False,
+    )
 
 
 class PublishRefusedError(Exception):

@@ -17,5 +17,6 @@ delivery_succeeded = Signal()
 
 #: Sent after a listener failed (also when a retry follows). Arguments: ``delivery_id``,
 #: ``event_id`` (a UUID, as in the other two), ``listener``, ``messagio`` (None when it could
-#: not be loaded), ``exception``, ``will_retry``.
+#: not be loaded, or when the relay failed the delivery, which loads no payload),
+#: ``exception``, ``will_retry``.
 delivery_failed = Signal()

@@ -5,12 +5,15 @@ import datetime
 import logging
 
 import pytest
+from django.test import override_settings
 from django.utils import timezone
 
 from messagio import records
-from messagio.models import Delivery, Event, Replay
+from messagio.exceptions import WorkerLostTooOftenError
+from messagio.models import Attempt, Delivery, Event, Replay
 from messagio.recovery import requeue, requeue_lost
 from messagio.registry import registry
+from messagio.signals import delivery_failed
 from tests.testapp.messagio import Ping
 
 pytestmark = pytest.mark.django_db
@@ -188,3 +191,106 @@ def test_a_broker_that_refuses_after_a_first_group_leaves_the_event_taken(monkey
     assert len(sent) == 1
     # What went out must not go out again at once: the event stays published now.
     assert Event.objects.get(pk=event.pk).published_at > event.published_at
+
+
+def lost_before(delivery: Delivery, count: int, replay=None) -> None:
+    """``count`` attempts of ``delivery`` lost with their worker, numbered from 1."""
+    for number in range(1, count + 1):
+        Attempt.objects.create(delivery=delivery, number=number, outcome="lost", replay=replay)
+
+
+@pytest.fixture
+def failures():
+    """What delivery_failed is sent with, meanwhile."""
+    sent: list[dict] = []
+
+    def receiver(**kwargs):
+        sent.append(kwargs)
+
+    delivery_failed.connect(receiver)
+    yield sent
+    delivery_failed.disconnect(receiver)
+
+
+@override_settings(MESSAGIO={"MAX_LOST_ATTEMPTS": 1})
+def test_a_delivery_whose_worker_is_lost_too_often_is_failed_and_its_followers_go_on(
+    published, failures, caplog
+):
+    # A listener that kills every worker it runs on (out of memory, a crash in native code)
+    # would otherwise be requeued and kill the next worker, for ever.
+    _, (dead, after) = event_with(("running", 1), ("pending", 0))
+
+    with caplog.at_level(logging.ERROR, logger="messagio"):
+        assert requeue(Delivery.objects.filter(pk=dead.pk), "test") == 0
+
+    dead.refresh_from_db()
+    assert (dead.status, dead.attempts) == ("failed", 2)
+    assert dead.error_type == "messagio.exceptions.WorkerLostTooOftenError"
+    assert "lost 1 times" in dead.error
+    assert list(dead.history.order_by("number").values_list("number", "outcome")) == [
+        (1, "lost"),
+        (2, "failed"),
+    ]
+    # Its first attempt ran from its group's message: the listener after it goes, as it would
+    # have with it.
+    assert published == [[str(after.pk)]]
+    assert "MAX_LOST_ATTEMPTS" in caplog.text
+    assert isinstance(failures[-1]["exception"], WorkerLostTooOftenError)
+    assert failures[-1]["delivery_id"] == str(dead.pk)
+
+
+def test_a_worker_presumed_dead_that_finishes_late_finds_its_attempt_taken_over(published):
+    _, (dead,) = event_with(("running", 3))
+    lost_before(dead, 2)
+
+    assert requeue(Delivery.objects.filter(pk=dead.pk), "test") == 0
+
+    dead.refresh_from_db()
+    assert (dead.status, dead.attempts) == ("failed", 4)
+    assert [a.outcome for a in dead.history.order_by("number")] == ["lost"] * 3 + ["failed"]
+    assert published == []
+    with pytest.raises(records.AttemptTakenOverError):
+        records.finish(str(dead.pk), 3, timezone.now(), 1.0)
+    assert dead.history.count() == 4
+
+
+def test_lost_attempts_of_an_earlier_replay_do_not_count(published):
+    _, (dead,) = event_with(("running", 3))
+    lost_before(dead, 2, replay=Replay.objects.create(state=Replay.State.FINISHED))
+
+    assert requeue(Delivery.objects.filter(pk=dead.pk), "test") == 1
+
+    dead.refresh_from_db()
+    assert dead.status == "pending"
+
+
+@override_settings(MESSAGIO={"MAX_LOST_ATTEMPTS": None})
+def test_no_limit_to_lost_attempts_when_the_setting_is_none(published):
+    _, (dead,) = event_with(("running", 9))
+    lost_before(dead, 8)
+
+    assert requeue(Delivery.objects.filter(pk=dead.pk), "test") == 1
+
+
+def test_a_redelivered_message_whose_listener_lost_its_worker_too_often_does_not_run_it():
+    # Celery hands the message of a killed pool process back (task_reject_on_worker_lost):
+    # the claim of the third copy records the lost attempt and fails the delivery.
+    _, (dead,) = event_with(("running", 3))
+    lost_before(dead, 2)
+
+    claimed = records.claim(str(dead.pk), "task-4", "worker@host")
+
+    assert claimed.run is False
+    assert isinstance(claimed.lost_too_often, WorkerLostTooOftenError)
+    dead.refresh_from_db()
+    assert (dead.status, dead.attempts) == ("failed", 4)
+    assert dead.error_type == "messagio.exceptions.WorkerLostTooOftenError"
+    assert list(dead.history.order_by("number").values_list("number", "outcome")) == [
+        (1, "lost"),
+        (2, "lost"),
+        (3, "lost"),
+        (4, "failed"),
+    ]
+    # Below the limit, the claim runs it again.
+    _, (once,) = event_with(("running", 1))
+    assert records.claim(str(once.pk), "task-2", "worker@host").run is True

@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from messagio.conf import get_setting
 from messagio.models import Delivery
 from tests.integration.conftest import purge_queue
 from tests.polling import wait_for
-from tests.testapp.messagio import Exits, Slow, SlowPair
+from tests.testapp.messagio import Exits, KillsItsWorker, Slow, SlowPair
 from tests.testapp.models import Call
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -114,3 +115,36 @@ def test_a_listener_that_exits_its_process_is_recorded_failed_and_the_next_one_r
     assert Call.objects.filter(token=token, listener="exits").count() == 1
     assert Call.objects.filter(token=token, listener="after-exit").count() == 1
     assert "exitcode 3" not in worker.output()  # the pool process did not end with it
+
+
+def test_a_listener_that_kills_every_worker_it_runs_on_is_failed_after_max_lost_attempts(
+    start_worker,
+):
+    # Celery hands the message of a killed pool process back (task_reject_on_worker_lost):
+    # without a limit, the listener would kill the next pool process, and the next, for ever.
+    token = uuid.uuid4().hex
+    purge_queue(settings.TEST_CRASH_QUEUE)  # see kill_mid_listener_and_restart
+    worker = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1)
+    report = KillsItsWorker(token).fire()
+
+    def both_finished():
+        deliveries = list(Delivery.objects.filter(event_id=report.event_id).order_by("position"))
+        finished = [d for d in deliveries if d.status in ("succeeded", "failed")]
+        return deliveries if len(finished) == 2 else None
+
+    try:
+        killer, after = wait_for(both_finished, timeout=90, what="both listeners to finish")
+    except AssertionError:
+        rows = Delivery.objects.filter(event_id=report.event_id).values_list(
+            "position", "status", "attempts", "error_type"
+        )
+        raise AssertionError(f"deliveries: {list(rows)}\nworker:\n{worker.output()}") from None
+    worker.stop()
+    limit = get_setting("MAX_LOST_ATTEMPTS")
+    assert (killer.status, killer.attempts) == ("failed", limit + 1)
+    assert killer.error_type == "messagio.exceptions.WorkerLostTooOftenError"
+    assert [a.outcome for a in killer.history.order_by("number")] == ["lost"] * limit + ["failed"]
+    assert f"was lost {limit} times" in worker.output()  # reported by the worker that gave up
+    assert Call.objects.filter(token=token, listener="kills").count() == limit
+    assert (after.status, after.attempts) == ("succeeded", 1)
+    assert Call.objects.filter(token=token, listener="after-kill").count() == 1

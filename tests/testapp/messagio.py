@@ -1,5 +1,7 @@
 """Messagios and listeners of the test app, autodiscovered by test processes and workers."""
 
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -203,6 +205,25 @@ def exits(event: Exits) -> None:
 @listen_to_message(Exits, queue=settings.TEST_CRASH_QUEUE)
 def after_exit(event: Exits) -> None:
     record("after-exit", event)
+
+
+@dataclass
+class KillsItsWorker(Messagio):
+    """A listener that kills the pool process it runs in, every time (as the out-of-memory
+    killer would), and one after it."""
+
+    token: str
+
+
+@listen_to_message(KillsItsWorker, queue=settings.TEST_CRASH_QUEUE)
+def kills_its_worker(event: KillsItsWorker) -> None:
+    record("kills", event)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@listen_to_message(KillsItsWorker, queue=settings.TEST_CRASH_QUEUE)
+def after_the_kill(event: KillsItsWorker) -> None:
+    record("after-kill", event)
 
 
 @dataclass
