@@ -64,12 +64,6 @@ DEFAULTS: dict[str, Any] = {
     "RAISE_ON_PUBLISH_ERROR": False,
     # Seconds between runs of the relay (a django-celery-beat PeriodicTask made by migrate).
     "RELAY_INTERVAL": 30,
-    # Seconds after which the periodic relay also publishes again what has waited for a worker
-    # since its event was published, with nothing of it running (its message lost by the
-    # broker: a Redis restarted without persistence). None leaves that to
-    # ``messagio_relay --lost-after`` and the admin's button. Choose more than your queues
-    # ever take: a copy running beside a message still queued would run a listener twice.
-    "RELAY_LOST_AFTER": None,
     # Seconds an Event may stay recorded-not-published before the relay publishes it.
     "RELAY_GRACE": 10,
     # Seconds after which a publisher's claim on an Event is presumed dead and the relay retakes it.

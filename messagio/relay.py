@@ -3,7 +3,6 @@
 It runs as a django-celery-beat periodic task and as ``manage.py messagio_relay``. Events
 get here when the broker was down at fire time, or the process died between commit and
 publish. The same claim as ``on_commit`` guards each event, so none is published twice.
-It also requeues stuck deliveries and, with RELAY_LOST_AFTER, what a broker lost.
 """
 
 from __future__ import annotations
@@ -25,8 +24,6 @@ class RelayReport:
     remaining: int = 0
     #: Deliveries found stuck running or retrying and queued again.
     requeued: int = 0
-    #: Deliveries published again because their message was lost (RELAY_LOST_AFTER).
-    lost: int = 0
 
 
 def relay(batch_size: int = 500, grace: float | None = None) -> RelayReport:
@@ -55,22 +52,12 @@ def relay(batch_size: int = 500, grace: float | None = None) -> RelayReport:
         from messagio.recovery import requeue_stuck
 
         report.requeued = requeue_stuck()
-        lost_after = get_setting("RELAY_LOST_AFTER")
-        if lost_after is not None:
-            from messagio.recovery import requeue_lost
-
-            lost = requeue_lost(float(lost_after), limit=batch_size)
-            report.lost = lost.deliveries
-            if lost.error:
-                logger.warning("messagio relay: stopped publishing lost messages: %s", lost.error)
-    if report.published or report.failed or report.requeued or report.lost:
+    if report.published or report.failed or report.requeued:
         logger.info(
-            "messagio relay: published %d event(s), %d failed, %d waiting, %d requeued, "
-            "%d published again as lost",
+            "messagio relay: published %d event(s), %d failed, %d waiting, %d requeued",
             report.published,
             report.failed,
             report.remaining,
             report.requeued,
-            report.lost,
         )
     return report

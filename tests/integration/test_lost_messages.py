@@ -1,7 +1,6 @@
 """A broker that loses queued messages (a Redis restarted without persistence): what waited
 for a worker is published again on request, and runs once."""
 
-import datetime
 import logging
 import uuid
 from io import StringIO
@@ -10,13 +9,10 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.db import transaction
-from django.test import override_settings
-from django.utils import timezone
 
 from messagio import records
 from messagio.models import Attempt, Delivery, Event
 from messagio.records import publish_all
-from messagio.relay import relay
 from messagio.tasks import deliver
 from tests.integration.conftest import purge_queue
 from tests.polling import wait_for
@@ -100,28 +96,3 @@ def test_an_event_whose_listeners_changed_since_it_was_fired_is_reported_not_gue
     assert f"Event {report.event_id} not published again" in err.getvalue()
     assert "has 2 listener(s) now and had 3 when it was fired" in err.getvalue()
     assert not Delivery.objects.filter(event_id=report.event_id).exists()
-
-
-def test_with_relay_lost_after_the_periodic_relay_publishes_lost_messages_again(start_worker):
-    token = uuid.uuid4().hex
-    Call.objects.create(token=token, listener="release")  # the slow listener returns at once
-    report = SlowPair(token).fire()
-    purge_queue(settings.TEST_CRASH_QUEUE)  # the broker lost its message
-    two_hours_ago = timezone.now() - datetime.timedelta(hours=2)
-    Event.objects.filter(pk=report.event_id).update(
-        fired_at=two_hours_ago, published_at=two_hours_ago
-    )
-
-    assert relay().lost == 0  # RELAY_LOST_AFTER is None by default: left to a person
-    with override_settings(MESSAGIO={"RELAY_LOST_AFTER": 3600}):
-        assert relay().lost == 2  # what the periodic task runs
-        assert relay().lost == 0  # published again just now: not again at once
-
-    worker = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1)
-    wait_for(
-        lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").count() == 2,
-        what="both deliveries to succeed",
-    )
-    worker.stop()
-    assert Call.objects.filter(token=token, listener="slow-finished").count() == 1
-    assert Call.objects.filter(token=token, listener="after-slow").count() == 1
