@@ -45,6 +45,29 @@ def kill_mid_listener_and_restart(start_worker: Any, messagio_class: type, token
     return report, second
 
 
+def run_both_listeners(start_worker: Any, messagio: Any, timeout: float = 30) -> tuple[Any, list]:
+    """Fire a messagio of two listeners on the crash queue to a new one-process worker, wait
+    until both finished, stop the worker. Returns (worker, deliveries in order)."""
+    purge_queue(settings.TEST_CRASH_QUEUE)  # see kill_mid_listener_and_restart
+    worker = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1)
+    report = messagio.fire()
+
+    def both_finished():
+        deliveries = list(Delivery.objects.filter(event_id=report.event_id).order_by("position"))
+        finished = [d for d in deliveries if d.status in ("succeeded", "failed")]
+        return deliveries if len(finished) == 2 else None
+
+    try:
+        deliveries = wait_for(both_finished, timeout=timeout, what="both listeners to finish")
+    except AssertionError:
+        rows = Delivery.objects.filter(event_id=report.event_id).values_list(
+            "position", "status", "attempts", "error_type"
+        )
+        raise AssertionError(f"deliveries: {list(rows)}\nworker:\n{worker.output()}") from None
+    worker.stop()
+    return worker, deliveries
+
+
 def test_a_worker_killed_mid_listener_is_followed_by_one_success_with_two_attempts(start_worker):
     token = uuid.uuid4().hex
     report, worker = kill_mid_listener_and_restart(start_worker, Slow, token)
@@ -92,23 +115,7 @@ def test_a_listener_that_exits_its_process_is_recorded_failed_and_the_next_one_r
     # worker: the message comes back or is dropped with the listeners after it. It is
     # recorded as the listener's failure, and the group goes on in the same process.
     token = uuid.uuid4().hex
-    purge_queue(settings.TEST_CRASH_QUEUE)  # see kill_mid_listener_and_restart
-    worker = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1)
-    report = Exits(token).fire()
-
-    def both_finished():
-        deliveries = list(Delivery.objects.filter(event_id=report.event_id).order_by("position"))
-        finished = [d for d in deliveries if d.status in ("succeeded", "failed")]
-        return deliveries if len(finished) == 2 else None
-
-    try:
-        exited, after = wait_for(both_finished, what="both listeners to finish")
-    except AssertionError:
-        rows = Delivery.objects.filter(event_id=report.event_id).values_list(
-            "position", "status", "attempts", "error_type"
-        )
-        raise AssertionError(f"deliveries: {list(rows)}\nworker:\n{worker.output()}") from None
-    worker.stop()
+    worker, (exited, after) = run_both_listeners(start_worker, Exits(token))
     assert (exited.status, exited.error_type) == ("failed", "builtins.SystemExit")
     assert [a.outcome for a in exited.history.all()] == ["failed"]
     assert (after.status, after.attempts) == ("succeeded", 1)
@@ -123,23 +130,7 @@ def test_a_listener_that_kills_every_worker_it_runs_on_is_failed_after_max_lost_
     # Celery hands the message of a killed pool process back (task_reject_on_worker_lost):
     # without a limit, the listener would kill the next pool process, and the next, for ever.
     token = uuid.uuid4().hex
-    purge_queue(settings.TEST_CRASH_QUEUE)  # see kill_mid_listener_and_restart
-    worker = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1)
-    report = KillsItsWorker(token).fire()
-
-    def both_finished():
-        deliveries = list(Delivery.objects.filter(event_id=report.event_id).order_by("position"))
-        finished = [d for d in deliveries if d.status in ("succeeded", "failed")]
-        return deliveries if len(finished) == 2 else None
-
-    try:
-        killer, after = wait_for(both_finished, timeout=90, what="both listeners to finish")
-    except AssertionError:
-        rows = Delivery.objects.filter(event_id=report.event_id).values_list(
-            "position", "status", "attempts", "error_type"
-        )
-        raise AssertionError(f"deliveries: {list(rows)}\nworker:\n{worker.output()}") from None
-    worker.stop()
+    worker, (killer, after) = run_both_listeners(start_worker, KillsItsWorker(token), timeout=90)
     limit = get_setting("MAX_LOST_ATTEMPTS")
     assert (killer.status, killer.attempts) == ("failed", limit + 1)
     assert killer.error_type == "messagio.exceptions.WorkerLostTooOftenError"
