@@ -194,7 +194,14 @@ def run_once(
             )
             return None, False
         if claimed.lost_too_often is not None:
-            _lost_too_often(messagio, spec, ctx, claimed.lost_too_often)
+            report_lost_too_often(
+                claimed.lost_too_often,
+                delivery_id=spec.get("delivery"),
+                event_id=uuid.UUID(ctx.event_id),
+                listener=spec["id"],
+                messagio_type=ctx.messagio_type,
+                messagio=messagio,
+            )
             return None, False
         if not claimed.run:
             logger.info(
@@ -308,18 +315,25 @@ def run_once(
     return outcome, will_retry
 
 
-def _lost_too_often(
-    messagio: Any, spec: dict[str, Any], ctx: RunContext, error: BaseException
+def report_lost_too_often(
+    error: BaseException,
+    *,
+    delivery_id: str | None,
+    event_id: uuid.UUID,
+    listener: str,
+    messagio_type: str,
+    messagio: Any = None,
 ) -> None:
-    """Report a delivery failed, not run again, because its workers kept dying under it."""
+    """Report a delivery failed, not run again, because its workers kept dying under it
+    (from a worker's claim, or from a requeue, which loads no payload)."""
     from messagio import signals
 
-    logger.error("messagio: listener %s failed for %s: %s", spec["id"], ctx.messagio_type, error)
+    logger.error("messagio: listener %s failed for %s: %s", listener, messagio_type, error)
     signals.delivery_failed.send_robust(
         sender=RunContext,
-        delivery_id=spec.get("delivery"),
-        event_id=uuid.UUID(ctx.event_id),
-        listener=spec["id"],
+        delivery_id=delivery_id,
+        event_id=event_id,
+        listener=listener,
         messagio=messagio,
         exception=error,
         will_retry=False,

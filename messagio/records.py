@@ -708,7 +708,9 @@ def _claimed(delivery_id: str, row: dict[str, Any] | None, now: datetime.datetim
             if lost is not None:
                 number = row["attempts"] + 1
                 claimed = {"status": Delivery.Status.RUNNING, "attempts": number}
-                failed = fail_lost_too_often(delivery_id, claimed, number, lost, now, row)
+                failed = fail_lost_too_often(
+                    delivery_id, claimed, number, lost, now, row["replay_id"]
+                )
                 # Unless another worker claimed it meanwhile: that one's claim decides.
                 return Claim(
                     run=False, status_before=row["status"], lost_too_often=lost if failed else None
@@ -754,11 +756,10 @@ def fail_lost_too_often(
     number: int,
     error: WorkerLostTooOftenError,
     now: datetime.datetime,
-    was: dict[str, Any],
+    replay_id: int | None,
 ) -> bool:
     """Record attempt ``number`` of a delivery as failed, not run, because its worker was
-    lost too often (``was``: the delivery as its lost attempt left it). Whether the delivery
-    was still as ``where`` says, and is failed now.
+    lost too often. Whether the delivery was still as ``where`` says, and is failed now.
 
     A new attempt, not the lost one's: a worker presumed dead that finishes late finds its
     attempt taken over and leaves the rest of its group, as after any requeue.
@@ -781,7 +782,7 @@ def fail_lost_too_often(
             number=number,
             outcome=Attempt.Outcome.FAILED,
             started_at=now,
-            replay_id=was["replay_id"],
+            replay_id=replay_id,
             **fields,
         )
     return bool(failed)

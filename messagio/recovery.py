@@ -30,6 +30,7 @@ def requeue(deliveries: Any, why: str) -> int:
     ``deliveries`` were requeued."""
     from django.db import transaction
 
+    from messagio.execution import report_lost_too_often
     from messagio.models import Delivery
     from messagio.records import (
         CLAIM_COLUMNS,
@@ -63,14 +64,22 @@ def requeue(deliveries: Any, why: str) -> int:
                 if lost is not None:
                     taken_as = {"status": Delivery.Status.PENDING, "attempts": delivery.attempts}
                     number = delivery.attempts + 1
-                    fail_lost_too_often(delivery.pk, taken_as, number, lost, now, was)
+                    fail_lost_too_often(
+                        delivery.pk, taken_as, number, lost, now, delivery.replay_id
+                    )
         taken_by_event.setdefault(delivery.event_id, []).append(delivery)
         if lost is None:
             to_publish.setdefault(delivery.event_id, []).append(delivery)
         else:
             failed.append((delivery, lost))
     for delivery, error in failed:
-        _report_lost_too_often(delivery, error)
+        report_lost_too_often(
+            error,
+            delivery_id=str(delivery.pk),
+            event_id=delivery.event_id,
+            listener=delivery.listener,
+            messagio_type=delivery.messagio_type,
+        )
     followers = pending_followers(taken_by_event)
     for follower in followers:
         to_publish.setdefault(follower.event_id, []).append(follower)
@@ -85,24 +94,6 @@ def requeue(deliveries: Any, why: str) -> int:
             why,
         )
     return requeued
-
-
-def _report_lost_too_often(delivery: Any, error: Exception) -> None:
-    from messagio import signals
-    from messagio.execution import RunContext
-
-    logger.error(
-        "messagio: listener %s failed for %s: %s", delivery.listener, delivery.messagio_type, error
-    )
-    signals.delivery_failed.send_robust(
-        sender=RunContext,
-        delivery_id=str(delivery.pk),
-        event_id=delivery.event_id,
-        listener=delivery.listener,
-        messagio=None,
-        exception=error,
-        will_retry=False,
-    )
 
 
 class PublishRefusedError(Exception):
