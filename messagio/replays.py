@@ -8,6 +8,7 @@ bounded rate, can run a canary first, and stops itself when what it replayed fai
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +46,37 @@ def _selection(target: Any) -> tuple[models.QuerySet, str]:
     )
 
 
+def check_options(
+    *,
+    canary: int | None = None,
+    rate: float | None = None,
+    max_failure_rate: float | None = None,
+    batch_size: int = 500,
+    canary_timeout: float = 300.0,
+) -> None:
+    """Raise ValueError naming the first bad option, before anything is recorded: a replay
+    started with one would stop half-way or ignore the safety asked for."""
+    if canary is not None and (
+        isinstance(canary, bool) or not isinstance(canary, int) or canary < 1
+    ):
+        raise ValueError(
+            f"canary takes a number of deliveries, 1 or more (None: no canary), not {canary!r}"
+        )
+    if rate is not None and not (0 < rate < math.inf):
+        raise ValueError(
+            f"rate takes deliveries per second, more than 0 (None: no limit), not {rate!r}"
+        )
+    if max_failure_rate is not None and not (0 <= max_failure_rate <= 1):
+        raise ValueError(
+            "max_failure_rate takes a share from 0 to 1, e.g. 0.2 for 20% (None: never stop), "
+            f"not {max_failure_rate!r}"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size takes a number of deliveries, 1 or more, not {batch_size!r}")
+    if not (0 < canary_timeout < math.inf):
+        raise ValueError(f"canary_timeout takes seconds, more than 0, not {canary_timeout!r}")
+
+
 def replay(
     target: Any,
     *,
@@ -63,8 +95,16 @@ def replay(
 
     Deliveries still in flight are left alone. ``canary``: replay that many first and wait
     for their outcome; ``rate``: at most that many per second; ``max_failure_rate``: stop
-    when more than that share of what was replayed fails again.
+    when more than that share of what was replayed fails again. A bad option raises
+    ValueError before anything is recorded.
     """
+    check_options(
+        canary=canary,
+        rate=rate,
+        max_failure_rate=max_failure_rate,
+        batch_size=batch_size,
+        canary_timeout=canary_timeout,
+    )
     selection, description = _selection(target)
     snapshot_at = timezone.now()
     frozen = selection.exclude(status__in=IN_FLIGHT).filter(
@@ -108,12 +148,14 @@ def _stop(record: Replay, reason: str) -> None:
     logger.warning("messagio: replay %s stopped itself: %s", record.pk, reason)
 
 
-def _wait_for_canary(record: Replay, ids: list[Any], timeout: float) -> None:
+def _wait_for_canary(ids: list[Any], timeout: float) -> int:
+    """Wait until the canary's deliveries have an outcome; return how many still have none."""
     deadline = time.monotonic() + timeout
     while Delivery.objects.filter(pk__in=ids, status__in=IN_FLIGHT).exists():
         if time.monotonic() > deadline:
-            return
+            return Delivery.objects.filter(pk__in=ids, status__in=IN_FLIGHT).count()
         time.sleep(0.2)  # polling the outcome of work running elsewhere, bounded by timeout
+    return 0
 
 
 def _take(delivery: Delivery, record: Replay) -> bool:
@@ -199,7 +241,17 @@ def run_replay(
             canary_ids.extend(d.pk for d in taken)
         if canary_pending and record.queued >= (record.canary or 0):
             canary_pending = False
-            _wait_for_canary(record, canary_ids, canary_timeout)
+            unfinished = _wait_for_canary(canary_ids, canary_timeout)
+            if unfinished:
+                # A canary that tells nothing is no go-ahead: no worker on the queue, a
+                # backlog, or listeners slower than the timeout.
+                _stop(
+                    record,
+                    f"canary: {unfinished} of {len(canary_ids)} replayed deliveries had no "
+                    f"outcome after {canary_timeout:g} s; stopped after {record.queued} of "
+                    f"{record.total}; replay the rest once they have one",
+                )
+                return record
             failed, finished = _outcomes(record)
             if threshold is not None and finished and failed / finished > threshold:
                 _stop(

@@ -349,3 +349,24 @@ def test_a_date_without_offset_is_read_in_the_current_time_zone():
 def test_the_relay_command_refuses_what_would_never_end(options, error):
     with pytest.raises(CommandError, match=error):
         call_command("messagio_relay", *options, stdout=io.StringIO())
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "options, error",
+    [
+        (["--canary", "0"], "--canary takes a number of deliveries, 1 or more"),
+        (["--rate", "0"], "--rate takes deliveries per second, more than 0"),
+        (["--max-failure-rate", "20"], "--max-failure-rate takes a share from 0 to 1"),
+        (["--batch-size", "-1"], "--batch-size takes a number of deliveries, 1 or more"),
+    ],
+)
+def test_the_replay_command_refuses_bad_options_before_recording_anything(options, error):
+    failed = make_delivery("failed")
+
+    with pytest.raises(CommandError, match=error):
+        call_command("messagio_replay", *options, stdout=io.StringIO())
+
+    assert not Replay.objects.exists()
+    failed.refresh_from_db()
+    assert failed.status == "failed"

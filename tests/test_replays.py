@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from messagio import replays
-from messagio.models import Delivery, Event
+from messagio.models import Delivery, Event, Replay
 from messagio.replays import replay
 from tests.testapp.messagio import Ping
 
@@ -49,3 +49,45 @@ def test_a_delivery_run_by_someone_else_before_its_turn_is_left_alone(monkeypatc
     assert Delivery.objects.get(pk=first.pk).replay == record
     assert Delivery.objects.get(pk=second.pk).replay is None
     assert (record.total, record.queued) == (2, 1)
+
+
+def test_a_canary_whose_deliveries_get_no_outcome_stops_the_replay(monkeypatch):
+    event = failed_event()
+    # Published, but no worker runs it: the canary's delivery stays pending.
+    monkeypatch.setattr(replays, "publish_all", lambda envelope_list: ["task"])
+
+    record = replay(Delivery.objects.filter(event=event), canary=1, canary_timeout=0.3)
+
+    assert record.state == "stopped"
+    assert (record.total, record.queued) == (2, 1)
+    assert "canary: 1 of 1 replayed deliveries had no outcome after 0.3 s" in record.stopped_reason
+    canary, rest = event.deliveries.order_by("pk")  # a replay goes in key order
+    assert (canary.status, canary.replay) == ("pending", record)
+    assert (rest.status, rest.replay) == ("failed", None)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("canary", 0),
+        ("canary", 1.5),
+        ("rate", 0),
+        ("rate", -2.0),
+        ("rate", float("nan")),
+        ("max_failure_rate", 1.5),
+        ("max_failure_rate", -0.1),
+        ("batch_size", 0),
+        ("canary_timeout", 0),
+    ],
+)
+def test_a_bad_option_raises_before_anything_is_recorded_or_published(monkeypatch, option, value):
+    event = failed_event()
+    sent: list[dict] = []
+    monkeypatch.setattr(replays, "publish_all", sent.extend)
+
+    with pytest.raises(ValueError, match=f"^{option} takes"):
+        replay(Delivery.objects.filter(event=event), **{option: value})
+
+    assert not Replay.objects.exists()
+    assert sent == []
+    assert set(event.deliveries.values_list("status", flat=True)) == {"failed"}

@@ -6,7 +6,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from messagio.models import Delivery, Replay
-from messagio.replays import replay
+from messagio.replays import check_options, replay
 
 
 class Command(BaseCommand):
@@ -38,6 +38,16 @@ class Command(BaseCommand):
         return parsed
 
     def handle(self, *args, **options):
+        try:
+            # Refused before anything is counted or recorded.
+            check_options(
+                canary=options["canary"],
+                rate=options["rate"],
+                max_failure_rate=options["max_failure_rate"],
+                batch_size=options["batch_size"],
+            )
+        except ValueError as exc:
+            raise CommandError(f"--{str(exc).replace('_', '-')}") from exc
         selection = Delivery.objects.failed()
         for option, field in (
             ("type", "messagio_type"),
