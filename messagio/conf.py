@@ -75,7 +75,8 @@ DEFAULTS: dict[str, Any] = {
     # Days succeeded / failed records are kept by the prune task; None keeps them forever.
     "RETAIN_SUCCEEDED_DAYS": 30,
     "RETAIN_FAILED_DAYS": 90,
-    # Rows deleted per statement by the prune task and messagio_prune.
+    # Events deleted per batch (with their deliveries and attempts) by the prune task and
+    # messagio_prune.
     "PRUNE_BATCH_SIZE": 1000,
     # Seconds between prune runs (a django-celery-beat PeriodicTask made by migrate).
     "PRUNE_INTERVAL": 3600,

@@ -37,14 +37,10 @@ class EventQuerySet(models.QuerySet):
             written__gte=models.F("listener_count")
         )
 
-    def prune(
-        self,
-        succeeded_before: datetime.datetime | None,
-        failed_before: datetime.datetime | None,
-        batch_size: int = 1000,
-        progress: Callable[[int], None] | None = None,
-    ) -> int:
-        """Delete, in batches, finished events older than the cut-offs; return how many.
+    def expired(
+        self, succeeded_before: datetime.datetime | None, failed_before: datetime.datetime | None
+    ) -> list[models.QuerySet]:
+        """The finished events older than the cut-offs, one queryset per cut-off given.
 
         An event is pruned with ``failed_before`` when one of its deliveries failed or was
         run again by a replay (which may have mended a failure), else with
@@ -52,9 +48,8 @@ class EventQuerySet(models.QuerySet):
         restarts it. Events still in flight are kept, and so are those with deliveries no
         worker has written yet (fewer rows than ``listener_count``).
         """
-        from messagio.models import Attempt, Delivery
+        from messagio.models import Delivery
 
-        alias = router.db_for_write(self.model)
         in_flight = Delivery.objects.filter(
             event=models.OuterRef("pk"), status__in=["pending", "running", "retrying"]
         )
@@ -63,8 +58,7 @@ class EventQuerySet(models.QuerySet):
         # mended one, and its failed attempts are kept as long as failures.
         replayed = Delivery.objects.filter(event=models.OuterRef("pk"), replay__isnull=False)
         finished = (
-            self.using(alias)
-            .exclude(models.Exists(in_flight))
+            self.exclude(models.Exists(in_flight))
             .exclude(state__in=["recorded", "publishing"])
             .every_delivery_written()
         )
@@ -74,13 +68,29 @@ class EventQuerySet(models.QuerySet):
             selections.append(_older_than(finished.exclude(had_failure), succeeded_before))
         if failed_before is not None:
             selections.append(_older_than(finished.filter(had_failure), failed_before))
+        return selections
+
+    def prune(
+        self,
+        succeeded_before: datetime.datetime | None,
+        failed_before: datetime.datetime | None,
+        batch_size: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Delete, in batches, the :meth:`expired` events and their records; return how many."""
+        from messagio.models import Attempt, Delivery
+
+        alias = router.db_for_write(self.model)
+        selections = self.using(alias).expired(succeeded_before, failed_before)
         deleted = 0
         postgresql = connections[alias].vendor == "postgresql"
 
         def delete(ids: list[Any]) -> int:
+            # Django's delete collects the rows it deletes: only their keys, not the payloads
+            # and tracebacks of a whole batch.
             Attempt.objects.using(alias).filter(delivery__event_id__in=ids).delete()
-            Delivery.objects.using(alias).filter(event_id__in=ids).delete()
-            removed = self.model.objects.using(alias).filter(pk__in=ids).delete()
+            Delivery.objects.using(alias).filter(event_id__in=ids).only("pk").delete()
+            removed = self.model.objects.using(alias).filter(pk__in=ids).only("pk").delete()
             return removed[1].get(self.model._meta.label, 0)
 
         for selection in selections:

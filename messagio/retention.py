@@ -3,15 +3,43 @@
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable
 
 from django.utils import timezone
 
 from messagio.conf import get_setting
 
+SUCCEEDED_DAYS = "the succeeded days (--succeeded-days, RETAIN_SUCCEEDED_DAYS)"
+FAILED_DAYS = "the failed days (--failed-days, RETAIN_FAILED_DAYS)"
+
 
 def cutoff(days: float | None) -> datetime.datetime | None:
     return None if days is None else timezone.now() - datetime.timedelta(days=float(days))
+
+
+def check_retention(days: float | None, name: str) -> None:
+    """Raise ValueError unless ``days`` is None (keep forever) or a number of days, 0 or more:
+    a negative one would move the cut-off into the future and delete everything finished."""
+    if days is None:
+        return
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 <= days < math.inf:
+        raise ValueError(f"{name} takes a number of days, 0 or more (None: keep), not {days!r}")
+
+
+def check_batch_size(size: int, name: str) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"{name} takes a number of events, 1 or more, not {size!r}")
+
+
+def count_expired(succeeded_days: float | None, failed_days: float | None) -> int:
+    """How many events :func:`prune_expired` would delete with these days (None: keep)."""
+    from messagio.models import Event
+
+    check_retention(succeeded_days, SUCCEEDED_DAYS)
+    check_retention(failed_days, FAILED_DAYS)
+    selections = Event.objects.expired(cutoff(succeeded_days), cutoff(failed_days))
+    return sum(selection.order_by().count() for selection in selections)
 
 
 def prune_expired(
@@ -21,7 +49,10 @@ def prune_expired(
     progress: Callable[[int], None] | None = None,
     use_settings: bool = True,
 ) -> int:
-    """Delete finished events older than the retention settings (or the given days)."""
+    """Delete finished events older than the retention settings (or the given days).
+
+    A bad number of days or batch size raises ValueError before anything is deleted.
+    """
     from messagio.models import Event
 
     if use_settings:
@@ -29,9 +60,14 @@ def prune_expired(
             succeeded_days = get_setting("RETAIN_SUCCEEDED_DAYS")
         if failed_days is None:
             failed_days = get_setting("RETAIN_FAILED_DAYS")
+    if batch_size is None:
+        batch_size = get_setting("PRUNE_BATCH_SIZE")
+    check_retention(succeeded_days, SUCCEEDED_DAYS)
+    check_retention(failed_days, FAILED_DAYS)
+    check_batch_size(batch_size, "the batch size (--batch-size, PRUNE_BATCH_SIZE)")
     return Event.objects.prune(
         succeeded_before=cutoff(succeeded_days),
         failed_before=cutoff(failed_days),
-        batch_size=batch_size or int(get_setting("PRUNE_BATCH_SIZE")),
+        batch_size=batch_size,
         progress=progress,
     )

@@ -5,7 +5,7 @@ import io
 import threading
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection, connections
 from django.test import override_settings
 from django.utils import timezone
@@ -412,3 +412,52 @@ def test_the_prune_command_with_nothing_expired_deletes_nothing():
 
     assert exists(recent)
     assert out.getvalue().endswith("Deleted 0 event(s).\n")
+
+
+@pytest.mark.parametrize(
+    "options, error",
+    [
+        ({"succeeded_days": -1}, "the succeeded days .* takes a number of days, 0 or more"),
+        ({"failed_days": float("nan")}, "the failed days .* takes a number of days, 0 or more"),
+        ({"succeeded_days": float("inf")}, "the succeeded days"),
+        ({"batch_size": 0}, "the batch size .* takes a number of events, 1 or more"),
+    ],
+)
+def test_prune_expired_refuses_what_would_delete_too_much_or_never_end(options, error):
+    old = make_event(40, "succeeded")
+    recent = make_event(0, "succeeded")
+
+    with pytest.raises(ValueError, match=error):
+        prune_expired(**options)
+
+    assert exists(old) and exists(recent)
+
+
+def test_a_negative_retention_setting_is_refused_too():
+    recent = make_event(0, "failed")
+
+    with override_settings(MESSAGIO={"RETAIN_FAILED_DAYS": -5}):
+        with pytest.raises(ValueError, match="RETAIN_FAILED_DAYS"):
+            prune_expired()
+
+    assert exists(recent)
+
+
+def test_the_prune_command_refuses_a_negative_number_of_days():
+    recent = make_event(0, "succeeded")
+
+    with pytest.raises(CommandError, match="--succeeded-days"):
+        call_command("messagio_prune", "--succeeded-days=-1", stdout=io.StringIO())
+
+    assert exists(recent)
+
+
+def test_the_prune_command_dry_run_counts_and_deletes_nothing():
+    expired = [make_event(40, "succeeded"), make_event(100, "failed")]
+    kept = [make_event(1, "succeeded"), make_event(40, "failed"), make_event(100, "running")]
+    out = io.StringIO()
+
+    call_command("messagio_prune", "--dry-run", stdout=out)
+
+    assert out.getvalue() == "2 event(s) would be deleted.\n"
+    assert all(exists(event) for event in expired + kept)

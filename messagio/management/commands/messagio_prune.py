@@ -1,9 +1,9 @@
 """Delete records past their retention, in batches."""
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from messagio.conf import get_setting
-from messagio.retention import prune_expired
+from messagio.retention import count_expired, prune_expired
 
 
 class Command(BaseCommand):
@@ -22,18 +22,34 @@ class Command(BaseCommand):
             default=None,
             help="Keep events with a failure this many days (default: RETAIN_FAILED_DAYS).",
         )
-        parser.add_argument("--batch-size", type=int, default=None)
+        parser.add_argument(
+            "--batch-size", type=int, default=None, help="Events per batch (PRUNE_BATCH_SIZE)."
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Only count what would be deleted."
+        )
 
-    def handle(self, *args, succeeded_days, failed_days, batch_size, **options):
+    def handle(self, *args, succeeded_days, failed_days, batch_size, dry_run, **options):
         def progress(count: int) -> None:
             self.stdout.write(f"\rdeleted {count} event(s)", ending="")
             self.stdout.flush()
 
-        deleted = prune_expired(
-            succeeded_days if succeeded_days is not None else get_setting("RETAIN_SUCCEEDED_DAYS"),
-            failed_days if failed_days is not None else get_setting("RETAIN_FAILED_DAYS"),
-            batch_size=batch_size,
-            progress=progress,
-            use_settings=False,
-        )
+        if succeeded_days is None:
+            succeeded_days = get_setting("RETAIN_SUCCEEDED_DAYS")
+        if failed_days is None:
+            failed_days = get_setting("RETAIN_FAILED_DAYS")
+        try:
+            if dry_run:
+                count = count_expired(succeeded_days, failed_days)
+                self.stdout.write(f"{count} event(s) would be deleted.")
+                return
+            deleted = prune_expired(
+                succeeded_days,
+                failed_days,
+                batch_size=batch_size,
+                progress=progress,
+                use_settings=False,
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         self.stdout.write(f"\rDeleted {deleted} event(s).")
