@@ -9,7 +9,7 @@ from django.db import connections, router
 from django.db.migrations.recorder import MigrationRecorder
 
 from messagio.brokers import is_amqp, is_redis
-from messagio.conf import get_setting, unknown_settings
+from messagio.conf import get_setting, invalid_settings, unknown_settings
 from messagio.tasks import DELIVER_TASK
 
 PICKLE_CONTENT_TYPES = {"pickle", "application/x-python-serialize"}
@@ -71,6 +71,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="messagio.W001",
             )
         )
+    invalid = invalid_settings()
+    for name, value, expected in invalid:
+        errors.append(
+            Error(
+                f"MESSAGIO[{name!r}] = {value!r} cannot be used.",
+                hint=f"It takes {expected}; see the settings table in messagio's README.",
+                id="messagio.E003",
+            )
+        )
+    if invalid:
+        return errors  # the checks below read them
+    errors.extend(_stuck_while_held())
     from messagio.center import get_message_center
 
     try:
@@ -235,13 +247,33 @@ def _longest_holds() -> list[tuple[str, float]]:
     return holds
 
 
+def _stuck_while_held() -> list[Any]:
+    """W008: the relay presumes a worker dead once its delivery has been running (or waiting
+    for its retry) for STUCK_TIMEOUT, and queues it again: a listener allowed to run longer
+    then runs a second time alongside the first."""
+    seconds = float(get_setting("STUCK_TIMEOUT"))
+    over = [what for what, held in _longest_holds() if held >= seconds]
+    if not over:
+        return []
+    shown = "; ".join(over[:3]) + (f"; and {len(over) - 3} more" if len(over) > 3 else "")
+    return [
+        Warning(
+            f"{shown}: not less than STUCK_TIMEOUT of {seconds:g}s, after which the relay "
+            "takes the worker for dead and queues the delivery again while it still runs.",
+            hint="Raise MESSAGIO['STUCK_TIMEOUT'] above the longest time limit and retry "
+            "delay, or shorten those.",
+            id="messagio.W008",
+        )
+    ]
+
+
 def _redelivered_while_held(app: Any) -> list[Any]:
     """W007: a message held longer than the broker waits is handed to a second worker while
     the first still runs it; that one finds the delivery running, takes its worker for
     dead, and runs the listener a second time alongside."""
     timeout = _redelivery_timeout(app)
-    if timeout is None:
-        return []
+    if timeout is None or invalid_settings():
+        return []  # E003 tells what to fix first
     seconds, name = timeout
     over = [what for what, held in _longest_holds() if held >= seconds]
     if not over:

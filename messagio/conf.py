@@ -6,6 +6,8 @@ Django's ``setting_changed`` signal fires, so ``override_settings(MESSAGIO=...)`
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 from django.core.signals import setting_changed
@@ -117,6 +119,123 @@ def unknown_settings() -> list[str]:
     from django.conf import settings
 
     return sorted(set(getattr(settings, "MESSAGIO", None) or {}) - set(DEFAULTS))
+
+
+def _flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "True or False"
+
+
+def _count(minimum: int, *, none: str = "") -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None and none:
+            return None
+        if not isinstance(value, bool) and isinstance(value, int) and value >= minimum:
+            return None
+        return f"a whole number, {minimum} or more" + (f" (None: {none})" if none else "")
+
+    return check
+
+
+def _seconds(
+    *, zero: bool = False, none: str = "", unit: str = "seconds"
+) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None and none:
+            return None
+        if (
+            not isinstance(value, bool)
+            and isinstance(value, (int, float))
+            and (0 <= value if zero else 0 < value)
+            and value < math.inf
+        ):
+            return None
+        bound = "0 or more" if zero else "more than 0"
+        return f"a number of {unit}, {bound}" + (f" (None: {none})" if none else "")
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda value: None if value in choices else " or ".join(map(repr, choices))
+
+
+def _text(*, none: str = "") -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None and none:
+            return None
+        if isinstance(value, (str, bytes)) and value:
+            return None
+        return "a non-empty string" + (f" (None: {none})" if none else "")
+
+    return check
+
+
+def _keys(value: Any) -> str | None:
+    if isinstance(value, (list, tuple)) and all(isinstance(k, (str, bytes)) and k for k in value):
+        return None
+    return "a list of non-empty strings"
+
+
+def _permissions(value: Any) -> str | None:
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return None
+    return 'a dict of messagio type to permission, e.g. {"shop.events.Paid": "shop.replay_paid"}'
+
+
+#: What each setting takes: a check returning what it should be, or None when it is fine.
+VALID: dict[str, Callable[[Any], str | None]] = {
+    "MESSAGE_CENTER": _text(),
+    "AUTODISCOVER": _flag,
+    "DEFAULT_PRIORITY": lambda value: (
+        _count(0)(value)
+        or (None if value <= 10 else "a whole number from 0 to 10 (messagio.TASK_PRIORITY)")
+    ),
+    "DEFAULT_QUEUE": _text(none="let CELERY_TASK_ROUTES decide"),
+    "DEFAULT_MAX_RETRIES": _count(0),
+    "DEFAULT_RETRY_DELAY": _seconds(zero=True),
+    "BROKER_PRIORITY": _one_of("auto", "inverted", "direct"),
+    "DEFAULT_TIME_LIMIT": _seconds(none="no limit"),
+    "STUCK_TIMEOUT": _seconds(),
+    "MAX_LOST_ATTEMPTS": _count(1, none="no limit"),
+    "SYNC_RAISE_ERRORS": _flag,
+    "MAX_PAYLOAD_BYTES": _count(1),
+    "SIGNING_KEY": _text(none="derived from SECRET_KEY"),
+    "SIGNING_KEY_FALLBACKS": _keys,
+    "RECORD": _flag,
+    "ASYNC_COMMIT": _flag,
+    "PREPARED_STATEMENTS": _flag,
+    "RAISE_ON_PUBLISH_ERROR": _flag,
+    "RELAY_INTERVAL": _seconds(),
+    "RELAY_GRACE": _seconds(zero=True),
+    "PUBLISH_CLAIM_TIMEOUT": _seconds(),
+    "PUBLISH_AGAIN_AFTER": _seconds(zero=True),
+    "RETAIN_SUCCEEDED_DAYS": _seconds(zero=True, none="keep forever", unit="days"),
+    "RETAIN_FAILED_DAYS": _seconds(zero=True, none="keep forever", unit="days"),
+    "PRUNE_BATCH_SIZE": _count(1),
+    "PRUNE_INTERVAL": _seconds(),
+    "SCHEDULE_PERIODIC_TASKS": _flag,
+    "REPLAY_PERMISSIONS": _permissions,
+    "RESULT_MAX_CHARS": _count(0),
+    "TRACEBACK_MAX_CHARS": _count(0),
+}
+
+
+def invalid_settings() -> list[tuple[str, Any, str]]:
+    """(name, value, what it should be) for each setting of ``settings.MESSAGIO`` whose value
+    messagio cannot use (for a system check: a typo here otherwise shows up as a worker or a
+    relay that quietly does the wrong thing)."""
+    from django.conf import settings
+
+    given = getattr(settings, "MESSAGIO", None) or {}
+    problems = []
+    for name, value in given.items():
+        check = VALID.get(name)
+        expected = check(value) if check else None
+        if expected:
+            problems.append((name, value, expected))
+    return problems
 
 
 @receiver(setting_changed)

@@ -156,3 +156,49 @@ def test_a_time_limit_past_rabbitmq_consumer_timeout_is_a_warning_naming_it():
     assert "slow_listener may run for 1800s" in errors[0].msg
     assert "consumer_timeout" in errors[0].hint
     assert celery_config_errors(app_with(broker_url="memory://")) == []  # redelivers nothing
+
+
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        ("BROKER_PRIORITY", "inverse", "'auto' or 'inverted' or 'direct'"),
+        ("RELAY_INTERVAL", 0, "a number of seconds, more than 0"),
+        ("RELAY_INTERVAL", None, "a number of seconds, more than 0"),
+        ("PRUNE_BATCH_SIZE", 0, "a whole number, 1 or more"),
+        ("RETAIN_FAILED_DAYS", -1, "a number of days, 0 or more (None: keep forever)"),
+        ("SIGNING_KEY_FALLBACKS", "abc", "a list of non-empty strings"),
+        ("DEFAULT_PRIORITY", 42, "a whole number from 0 to 10"),
+        ("MAX_LOST_ATTEMPTS", 0, "a whole number, 1 or more (None: no limit)"),
+        ("RECORD", "yes", "True or False"),
+        ("STUCK_TIMEOUT", float("inf"), "a number of seconds, more than 0"),
+    ],
+)
+def test_a_setting_messagio_cannot_use_is_an_error_saying_what_it_takes(name, value, expected):
+    with override_settings(MESSAGIO={name: value}):
+        messages = [m for m in checks.run_checks() if m.id.startswith("messagio.")]
+    assert ids(messages) == ["messagio.E003"]
+    assert messages[0].msg == f"MESSAGIO[{name!r}] = {value!r} cannot be used."
+    assert messages[0].hint.startswith(f"It takes {expected}")
+
+
+def test_every_default_is_a_value_its_setting_takes():
+    from messagio.conf import DEFAULTS, VALID
+
+    assert set(VALID) == set(DEFAULTS)
+    assert {name: VALID[name](value) for name, value in DEFAULTS.items()} == dict.fromkeys(DEFAULTS)
+
+
+@uses_no_subscriptions
+def test_a_listener_allowed_to_run_past_stuck_timeout_is_a_warning_naming_it():
+    listen_to_message(Slow, time_limit=4000)(slow_listener)
+    listen_to_message(Slow, autoretry_for=(KeyError,), default_retry_delay=60)(slow_retrier)
+
+    with override_settings(MESSAGIO={"STUCK_TIMEOUT": 3600}):
+        messages = [m for m in checks.run_checks() if m.id == "messagio.W008"]
+    with override_settings(MESSAGIO={"STUCK_TIMEOUT": 4100}):
+        assert [m for m in checks.run_checks() if m.id == "messagio.W008"] == []
+
+    assert len(messages) == 1
+    assert "slow_listener may run for 4000s" in messages[0].msg
+    assert "slow_retrier" not in messages[0].msg  # 60 s + its 600 s limit
+    assert "STUCK_TIMEOUT" in messages[0].hint
