@@ -89,6 +89,10 @@ class RunContext:
     #: Set when an attempt of this run was taken over while it ran (requeued, or its
     #: message handed to another worker): the rest of the group is that copy's.
     taken_over: bool = False
+    #: Retries go out as tasks of their own (in a worker): each gets its task id before its
+    #: failure is recorded, by delivery id, and only that task may claim the delivery then.
+    retries_as_tasks: bool = False
+    retry_task_ids: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager
@@ -251,6 +255,9 @@ def run_once(
         # Only the first try claims the next listener: a retry after a lost reply would
         # claim it twice and record a lost attempt that never ran.
         tries = iter((claim_next,))
+        retry_task_id = None
+        if will_retry and ctx.retries_as_tasks:
+            retry_task_id = ctx.retry_task_ids[spec["delivery"]] = str(uuid.uuid4())
         try:
             claimed_next = with_db_retry(
                 lambda *args, **kwargs: finish(*args, **kwargs, claim_next=next(tries, None)),
@@ -264,6 +271,7 @@ def run_once(
                 result=result,
                 exception=error,
                 will_retry=will_retry,
+                retry_task_id=retry_task_id,
             )
         except AttemptTakenOverError as exc:
             logger.warning("messagio: %s", exc)

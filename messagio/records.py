@@ -591,6 +591,8 @@ def claim(
 
     A delivery already succeeded or failed is not run again (a redelivered message). One left
     ``running`` belonged to a worker that died: its attempt is recorded as lost, then rerun.
+    One ``retrying`` is run only by its retry's own task (``task_id``): a redelivered message
+    of its group would run it before its delay and start a second chain of retries.
     """
     connection = connections[db_alias()]
     now = timezone.now()
@@ -602,7 +604,7 @@ def claim(
             )
             found = cursor.fetchone()
         row = None if found is None else dict(zip(CLAIM_COLUMNS, found, strict=True))
-        return _claimed(delivery_id, row, now)
+        return _claimed(delivery_id, row, now, task_id)
     with transaction.atomic(using=connection.alias):
         row = (
             Delivery.objects.select_for_update()
@@ -610,7 +612,7 @@ def claim(
             .values(*CLAIM_COLUMNS)
             .first()
         )
-        if row is not None and row["status"] not in TERMINAL:
+        if row is not None and _claimable(row, task_id):
             Delivery.objects.filter(pk=delivery_id).update(
                 status=Delivery.Status.RUNNING,
                 attempts=F("attempts") + 1,
@@ -619,7 +621,14 @@ def claim(
                 task_id=task_id or "",
                 worker=worker or "",
             )
-    return _claimed(delivery_id, row, now)
+    return _claimed(delivery_id, row, now, task_id)
+
+
+def _claimable(row: dict[str, Any], task_id: str) -> bool:
+    """See _build_worker_statement's "claimed"."""
+    if row["status"] in TERMINAL:
+        return False
+    return row["status"] != Delivery.Status.RETRYING or row["task_id"] == (task_id or "")
 
 
 def claim_group(envelope: dict[str, Any], task_id: str, worker: str) -> Claim | None:
@@ -689,11 +698,13 @@ def _create_group(envelope: dict[str, Any], task_id: str, worker: str) -> bool:
 CLAIM_COLUMNS = ("status", "attempts", "started_at", "worker", "task_id", "replay_id")
 
 
-def _claimed(delivery_id: str, row: dict[str, Any] | None, now: datetime.datetime) -> Claim | None:
+def _claimed(
+    delivery_id: str, row: dict[str, Any] | None, now: datetime.datetime, task_id: str
+) -> Claim | None:
     """The claim's verdict from the row as it was; records the lost attempt of a dead worker."""
     if row is None:
         return None
-    if row["status"] in TERMINAL:
+    if not _claimable(row, task_id):
         return Claim(run=False, status_before=row["status"])
     if row["status"] == Delivery.Status.RUNNING:
         with transaction.atomic(using=db_alias()):
@@ -796,7 +807,10 @@ def exception_name(exc: BaseException) -> str:
 def _claim_params(delivery_id: str, now: datetime.datetime, task_id: str, worker: str) -> list[Any]:
     """The parameters of the claim's CTEs, in their order."""
     terminal = [str(status) for status in TERMINAL]
-    return [uuid.UUID(str(delivery_id)), "running", now, task_id or "", worker or "", *terminal]
+    return [
+        uuid.UUID(str(delivery_id)), "running", now, task_id or "", worker or "", *terminal,
+        str(Delivery.Status.RETRYING), task_id or "",
+    ]  # fmt: skip
 
 
 #: What a finish writes on the delivery and in its attempt, in the statement's order.
@@ -840,7 +854,7 @@ def _build_worker_statement(alias: str, asynchronous: bool, kind: str) -> str:
         return f'WITH {", ".join(ctes)} SELECT count(*) FROM created WHERE "id" = %s::uuid'  # noqa: S608
     # Identifiers come from model meta; values are parameters.
     if kind in ("finish", "finish_and_claim"):
-        outcome = ", ".join(f"{quote(c)} = %s" for c in ("status", *OUTCOME_COLUMNS))
+        outcome = ", ".join(f"{quote(c)} = %s" for c in ("status", *OUTCOME_COLUMNS, "task_id"))
         # Only the attempt this worker claimed: not again after a lost reply, nor over the
         # outcome of a later attempt (its delivery requeued meanwhile).
         ctes.append(
@@ -865,7 +879,8 @@ def _build_worker_statement(alias: str, asynchronous: bool, kind: str) -> str:
             UPDATE {deliveries} AS d
             SET "status" = %s, "attempts" = d."attempts" + 1, "started_at" = %s,
                 "finished_at" = NULL, "task_id" = %s, "worker" = %s
-            FROM old WHERE d."id" = old."id" AND old."status" NOT IN (%s, %s){written}
+            FROM old WHERE d."id" = old."id" AND old."status" NOT IN (%s, %s)
+                AND (old."status" <> %s OR old."task_id" = %s){written}
         )""")  # noqa: S608
     returned = ", ".join("old." + quote(c) for c in CLAIM_COLUMNS)
     if written:
@@ -897,13 +912,17 @@ def finish(
     result: Any = None,
     exception: BaseException | None = None,
     will_retry: bool = False,
+    retry_task_id: str | None = None,
     claim_next: str | None = None,
 ) -> Claim | None:
     """Record the outcome of one attempt on the delivery and in its history.
 
-    With ``claim_next`` (the next delivery of the group), claim it in the same statement
-    on PostgreSQL and return that claim: one round trip between two listeners.
+    With ``will_retry``, the delivery keeps ``retry_task_id`` (default: ``task_id``), the
+    task that will run its retry: only that one may claim it. With ``claim_next`` (the next
+    delivery of the group), claim it in the same statement on PostgreSQL and return that
+    claim: one round trip between two listeners.
     """
+    holder = (retry_task_id if will_retry and retry_task_id else task_id) or ""
     now = timezone.now()
     if exception is None:
         status, outcome = Delivery.Status.SUCCEEDED, Attempt.Outcome.SUCCEEDED
@@ -941,11 +960,12 @@ def finish(
             },
             claim_next=claim_next,
             claim_as=(task_id, worker),
+            holder=holder,
         )
     with transaction.atomic(using=connection.alias):
         recorded = Delivery.objects.filter(
             pk=delivery_id, status=Delivery.Status.RUNNING, attempts=number
-        ).update(status=status, finished_at=now, duration_ms=duration_ms, **fields)
+        ).update(status=status, finished_at=now, duration_ms=duration_ms, task_id=holder, **fields)
         if recorded:  # see _build_worker_statement's "finished"
             Attempt.objects.create(
                 delivery_id=delivery_id,
@@ -974,6 +994,7 @@ def _finish_in_one_statement(
     attempt: dict[str, Any],
     claim_next: str | None = None,
     claim_as: tuple[str, str] = ("", ""),
+    holder: str = "",
 ) -> Claim | None:
     """Update the delivery and append its attempt in one PostgreSQL statement, and claim
     the next delivery of the group in it too when there is one."""
@@ -982,6 +1003,7 @@ def _finish_in_one_statement(
     params: list[Any] = [
         str(status),
         *(outcome[c] for c in OUTCOME_COLUMNS),
+        holder,
         uuid.UUID(str(delivery_id)),
         str(Delivery.Status.RUNNING),
         attempt["number"],
@@ -1002,7 +1024,7 @@ def _finish_in_one_statement(
         # Not written here (or the next delivery is not recorded: its own claim says so).
         _unless_written_before(delivery_id, attempt["number"])
         return None
-    return _claimed(claim_next, dict(zip(CLAIM_COLUMNS, found[:-1], strict=True)), now)
+    return _claimed(claim_next, dict(zip(CLAIM_COLUMNS, found[:-1], strict=True)), now, claim_as[0])
 
 
 #: How long a worker keeps trying to record an outcome while the database is unreachable.

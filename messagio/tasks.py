@@ -52,6 +52,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
         replay_id=envelope.get("replay"),
         envelope=envelope,
         enforce_time_limit=True,
+        retries_as_tasks=True,
     )
     messagio = None
     load_error: BaseException | None = None
@@ -73,7 +74,12 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
             logger.error(
                 "messagio: database unavailable, group of %s requeued: %r", ctx.event_id, exc
             )
-            publish(_from_position(envelope, position), countdown=DB_OUTAGE_REQUEUE_DELAY)
+            # Under this task's id: a retry's delivery waits for its own task id.
+            publish(
+                _from_position(envelope, position),
+                countdown=DB_OUTAGE_REQUEUE_DELAY,
+                task_id=ctx.task_id or None,
+            )
             return
         except EXITS as exc:
             if not getattr(exc, RECORDED_EXIT, False):
@@ -91,7 +97,21 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
                 deliveries_recorded=True,
                 listeners=[dict(spec, attempt=spec["attempt"] + 1)],
             )
-            publish(retry, countdown=spec["retry_delay"])
+            try:
+                publish(
+                    retry,
+                    countdown=spec["retry_delay"],
+                    task_id=ctx.retry_task_ids.get(spec["delivery"]),
+                )
+            except Exception as exc:  # noqa: BLE001 - the rest of the group still runs
+                # Recorded retrying: the relay requeues it once past STUCK_TIMEOUT.
+                logger.error(
+                    "messagio: the broker refused the retry of %s for event %s; the relay "
+                    "will requeue it after STUCK_TIMEOUT: %r",
+                    spec["id"],
+                    ctx.event_id,
+                    exc,
+                )
 
 
 def _from_position(envelope: dict[str, Any], position: int) -> dict[str, Any]:
@@ -102,7 +122,9 @@ def _from_position(envelope: dict[str, Any], position: int) -> dict[str, Any]:
     return dict(envelope, deliveries_recorded=True, listeners=envelope["listeners"][position:])
 
 
-def publish(envelope: dict[str, Any], countdown: float | None = None) -> str:
+def publish(
+    envelope: dict[str, Any], countdown: float | None = None, task_id: str | None = None
+) -> str:
     """Publish one group's envelope with its priority (mapped for the broker) and queue."""
     options: dict[str, Any] = {
         "serializer": "pickle",
@@ -116,6 +138,8 @@ def publish(envelope: dict[str, Any], countdown: float | None = None) -> str:
         options["queue"] = envelope["queue"]
     if countdown:
         options["countdown"] = countdown
+    if task_id:
+        options["task_id"] = task_id
     return deliver.apply_async(args=(envelope,), **options).id
 
 

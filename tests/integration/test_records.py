@@ -156,6 +156,74 @@ def test_retries_are_recorded_as_attempts_of_one_delivery(worker):
     assert sibling.attempts == 1
 
 
+def test_a_listener_waiting_for_its_retry_runs_only_in_its_retrys_own_task(worker):
+    """The broker hands a group's message out again (a worker killed in a later listener, a
+    cut connection) while one of its listeners waits for its retry: the returned message
+    leaves that one to its retry instead of running it at once, before its delay, and
+    starting a second chain of retries."""
+    from django.utils import timezone
+
+    from messagio.tasks import publish
+
+    token = new_token()
+    event, group = recorded_group(Flaky(token, fail_times=0))
+    flaky, sibling = (spec["delivery"] for spec in group["listeners"])
+    failed_at = timezone.now()
+    Delivery.objects.filter(pk=flaky).update(
+        status="retrying", attempts=1, started_at=failed_at, finished_at=failed_at,
+        task_id="the-retrys-task",
+    )  # fmt: skip
+
+    publish(group)  # the group's message, handed out again
+
+    wait_for(
+        lambda: Delivery.objects.filter(pk=sibling, status="succeeded").exists(),
+        what="the sibling after it to run",
+    )
+    waiting = Delivery.objects.get(pk=flaky)
+    assert (waiting.status, waiting.attempts) == ("retrying", 1)
+    assert not Call.objects.filter(token=token, listener="flaky").exists()
+
+    publish(
+        dict(group, listeners=[dict(group["listeners"][0], attempt=2)]), task_id="the-retrys-task"
+    )
+
+    wait_for(
+        lambda: Delivery.objects.filter(pk=flaky, status="succeeded").exists(),
+        what="its retry to run it",
+    )
+    assert Delivery.objects.get(pk=flaky).attempts == 2
+    assert Call.objects.filter(token=token, listener="flaky").count() == 1
+
+
+def test_a_retry_the_broker_refuses_leaves_its_delivery_retrying_and_the_group_goes_on(
+    broker_outage,
+):
+    from messagio import tasks
+
+    token = new_token()
+    event, envelope = recorded_group(Flaky(token, fail_times=1))
+    broker_outage.cut()
+
+    tasks.deliver.apply(args=(envelope,))
+
+    flaky, sibling = Delivery.objects.filter(event_id=event.id).order_by("position")
+    assert (flaky.status, flaky.attempts) == ("retrying", 1)  # the relay requeues it later
+    assert (sibling.status, sibling.attempts) == ("succeeded", 1)
+
+
+def test_a_retry_records_its_own_task_as_the_one_that_may_run_it(worker):
+    report = Flaky(new_token(), fail_times=1).fire()
+
+    deliveries = wait_finished(report.event_id)
+
+    flaky = next(d for d in deliveries if d.listener.endswith(".flaky"))
+    first, second = flaky.history.order_by("number")
+    assert (first.outcome, second.outcome) == ("retried", "succeeded")
+    assert first.task_id != second.task_id  # the retry went in a task of its own
+    assert flaky.task_id == second.task_id  # published under the id recorded for it
+
+
 def test_a_failure_replayed_after_the_fix_succeeds_and_keeps_the_failed_attempt(worker):
     token = new_token()
     report = Fixable(token).fire()
@@ -509,12 +577,18 @@ def test_a_group_the_database_interrupts_is_sent_again_from_the_interrupted_list
     monkeypatch.setattr(records, "finish", finish_until_the_database_goes)
     monkeypatch.setattr(records, "DB_RETRY_SECONDS", 0)  # give up at once
     requeued = []
-    monkeypatch.setattr(tasks, "publish", lambda e, countdown=None: requeued.append((e, countdown)))
+    monkeypatch.setattr(
+        tasks,
+        "publish",
+        lambda e, countdown=None, task_id=None: requeued.append((e, countdown, task_id)),
+    )
 
-    tasks.deliver.apply(args=(envelope,))
+    tasks.deliver.apply(args=(envelope,), task_id="the-groups-task")
 
-    ((again, countdown),) = requeued
+    ((again, countdown, task_id),) = requeued
     assert countdown == tasks.DB_OUTAGE_REQUEUE_DELAY
+    # Under its own id: a retry's delivery waits for that one.
+    assert task_id == "the-groups-task"
     # Not the first listener, finished: from the one whose outcome could not be written.
     assert [s["delivery"] for s in again["listeners"]] == [
         s["delivery"] for s in envelope["listeners"][1:]
