@@ -420,12 +420,61 @@ def publish_all(envelope_list: list[dict[str, Any]]) -> list[str]:
     return [publish(envelope) for envelope in envelope_list]
 
 
+class PartlyPublishedError(Exception):
+    """The broker refused a group's envelope after others of the same fire went out."""
+
+    def __init__(self, sent: list[tuple[dict[str, Any], str]], cause: Exception) -> None:
+        super().__init__(str(cause))
+        #: (envelope, task id) of each group that went out before the refusal.
+        self.sent = sent
+        self.cause = cause
+
+
+def _publish_groups(envelope_list: list[dict[str, Any]]) -> list[str]:
+    """publish_all, one group at a time; a refusal after some went out says which did."""
+    sent: list[tuple[dict[str, Any], str]] = []
+    for envelope in envelope_list:
+        try:
+            (task_id,) = publish_all([envelope])
+        except Exception as exc:
+            if not sent:
+                raise
+            raise PartlyPublishedError(sent, exc) from exc
+        sent.append((envelope, task_id))
+    return [task_id for _, task_id in sent]
+
+
+def _sent_ids(error: Exception) -> dict[str, str]:
+    """Delivery id -> task id of what went out before a refusal."""
+    if not isinstance(error, PartlyPublishedError):
+        return {}
+    return {
+        spec["delivery"]: task_id
+        for envelope, task_id in error.sent
+        for spec in envelope["listeners"]
+    }
+
+
+def unsent(deliveries: Iterable[Any]) -> list[Any]:
+    """The deliveries of a recorded event that no published message carries: pending, with
+    no task. A fire the broker took only partly marks what went out with its task id."""
+    return [
+        d
+        for d in deliveries
+        if getattr(d, "status", Delivery.Status.PENDING) == Delivery.Status.PENDING
+        and not getattr(d, "task_id", "")
+    ]
+
+
 def publish_recorded(event: Any, deliveries: list[Any], raise_errors: bool | None = None) -> bool:
     """Publish a recorded Event once: claim it, publish, mark it published.
 
     The claim is a conditional UPDATE on the state (and claim time) read before, so
     ``on_commit`` and the relay, or two relays, never both publish it.
-    Returns whether it was published by this call.
+    Only what no message carries yet is published (see :func:`unsent`): when the broker
+    takes some groups and refuses the next, the ones that went out are marked with their
+    task id, and the relay later publishes the rest. Returns whether it was published by
+    this call.
     """
     now = timezone.now()
     claimed = Event.objects.filter(
@@ -434,21 +483,23 @@ def publish_recorded(event: Any, deliveries: list[Any], raise_errors: bool | Non
     if not claimed:
         return False
     try:
-        publish_all(envelopes(event, deliveries))
+        _publish_groups(envelopes(event, unsent(deliveries)))
     except Exception as exc:  # noqa: BLE001 - any publish failure leaves it to the relay
+        _mark_sent(_sent_ids(exc))
+        cause = _cause(exc)
         Event.objects.filter(pk=event.pk).update(
-            state=Event.State.RECORDED, claimed_at=None, publish_error=_describe_exc(exc)
+            state=Event.State.RECORDED, claimed_at=None, publish_error=_describe_exc(cause)
         )
         logger.warning(
             "messagio: could not publish event %s (%s); the relay will retry: %r",
             event.pk,
             event.messagio_type,
-            exc,
+            cause,
         )
         if raise_errors is None:
             raise_errors = bool(get_setting("RAISE_ON_PUBLISH_ERROR"))
         if raise_errors:
-            raise
+            raise cause from None
         return False
     Event.objects.filter(pk=event.pk).update(
         state=Event.State.PUBLISHED, published_at=timezone.now(), claimed_at=None, publish_error=""
@@ -472,27 +523,55 @@ def record_and_publish(event: NewEvent, deliveries: list[NewDelivery]) -> list[s
         save_records(event, deliveries)
         transaction.on_commit(lambda: publish_recorded(event, deliveries), using=alias)
         return []
-    task_ids: list[str] = []
-    error: Exception | None = None
     try:
-        task_ids = publish_all(envelopes(event, deliveries, deliveries_recorded=False))
+        task_ids = _publish_groups(envelopes(event, deliveries, deliveries_recorded=False))
     except Exception as exc:  # noqa: BLE001 - any publish failure leaves it to the relay
-        error = exc
-        event.state = "recorded"
-        event.publish_error = _describe_exc(exc)
-        logger.warning(
-            "messagio: could not publish event %s (%s); recorded for the relay: %r",
-            event.pk,
-            event.messagio_type,
-            exc,
-        )
-    else:
-        event.state = "published"
-        event.published_at = timezone.now()
-    save_records(event, deliveries if error is not None else [])
-    if error is not None and get_setting("RAISE_ON_PUBLISH_ERROR"):
-        raise error
+        return _record_for_the_relay(event, deliveries, exc)
+    event.state = "published"
+    event.published_at = timezone.now()
+    save_records(event, [])
     return task_ids
+
+
+def _record_for_the_relay(
+    event: NewEvent, deliveries: list[NewDelivery], error: Exception
+) -> list[str]:
+    """Record a fire the broker refused, whole or after some of its groups, for the relay."""
+    cause = _cause(error)
+    event.state = "recorded"
+    event.publish_error = _describe_exc(cause)
+    logger.warning(
+        "messagio: could not publish event %s (%s); recorded for the relay: %r",
+        event.pk,
+        event.messagio_type,
+        cause,
+    )
+    # What went out writes its own rows (its message says so): only the rest, for the relay.
+    sent = _sent_ids(error)
+    save_records(event, [d for d in deliveries if str(d.id) not in sent])
+    if sent:
+        # A worker may have written the Event (and its group's rows, without their task)
+        # from a message that went out, as published: the relay must still see the rest.
+        Event.objects.filter(pk=event.id).update(
+            state=Event.State.RECORDED, publish_error=event.publish_error
+        )
+        _mark_sent(sent)
+    if get_setting("RAISE_ON_PUBLISH_ERROR"):
+        raise cause
+    return list(dict.fromkeys(sent.values()))
+
+
+def _mark_sent(sent: dict[str, str]) -> None:
+    """Give the rows of deliveries a published message carries its task id (see unsent)."""
+    by_task: dict[str, list[str]] = {}
+    for delivery_id, task_id in sent.items():
+        by_task.setdefault(task_id, []).append(delivery_id)
+    for task_id, ids in by_task.items():
+        Delivery.objects.filter(pk__in=ids, task_id="").update(task_id=task_id)
+
+
+def _cause(error: Exception) -> Exception:
+    return error.cause if isinstance(error, PartlyPublishedError) else error
 
 
 def recreate_from_envelope(envelope: dict[str, Any]) -> None:
@@ -669,7 +748,9 @@ def _create_group(envelope: dict[str, Any], task_id: str, worker: str) -> bool:
     now = timezone.now()
     claimed = {"status": "running", "attempts": 1, "started_at": now, "task_id": task_id or "",
                "worker": worker or ""}  # fmt: skip
-    waiting = {"status": "pending", "attempts": 0, "started_at": None, "task_id": "", "worker": ""}
+    # Followers carry their message's task id: published, not for the relay (see unsent).
+    waiting = {"status": "pending", "attempts": 0, "started_at": None, "task_id": task_id or "",
+               "worker": ""}  # fmt: skip
     connection = connections[db_alias()]
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
         from psycopg.types.json import Jsonb

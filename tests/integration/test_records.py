@@ -1,5 +1,6 @@
 """What a fire leaves behind: Events, Deliveries and Attempts, written by a real worker."""
 
+import contextlib
 import pickle
 import uuid
 from pathlib import Path
@@ -390,6 +391,76 @@ def test_a_fire_while_the_broker_is_down_is_recorded_and_relayed_once_it_is_back
     assert [d.attempts for d in deliveries] == [1] * 5
     assert Event.objects.get(pk=report.event_id).state == "published"
     assert Call.objects.filter(token=token).count() == 5
+
+
+@pytest.fixture
+def sent_deliveries():
+    """The delivery ids of each messagio task this process publishes, as the broker takes it."""
+    from celery.signals import after_task_publish
+
+    sent: list[list[str]] = []
+
+    def took(sender=None, body=None, **kwargs):
+        if sender == "messagio.tasks.deliver":
+            (envelope,), _, _ = body
+            sent.append([spec["delivery"] for spec in envelope["listeners"]])
+
+    after_task_publish.connect(took, weak=False)
+    yield sent
+    after_task_publish.disconnect(took)
+
+
+def cut_after_the_first_group(broker_outage):
+    """Have the broker take the next fire's first group and refuse the second: cut once the
+    first has run (so its message surely reached the broker), before the second goes."""
+    from celery.signals import after_task_publish
+
+    def cut(body=None, **kwargs):
+        after_task_publish.disconnect(cut)
+        (envelope,), _, _ = body
+        first = envelope["listeners"][0]["delivery"]
+        wait_for(
+            lambda: Delivery.objects.filter(pk=first, status="succeeded").exists(),
+            what="the first group to run",
+        )
+        broker_outage.cut()
+
+    after_task_publish.connect(cut, weak=False)
+
+
+def listener_ids(event_id, *names: str) -> list[str]:
+    return [
+        str(Delivery.objects.get(event_id=event_id, listener__endswith=f".{name}").pk)
+        for name in names
+    ]
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["published-at-once", "on-commit"])
+def test_a_fire_the_broker_takes_only_partly_is_completed_by_the_relay_once(
+    worker, broker_outage, sent_deliveries, in_transaction
+):
+    token = new_token()
+    cut_after_the_first_group(broker_outage)
+
+    # Published at once, the worker of the first group writes the Event from its message
+    # (as published) before the firing process records the fire.
+    with transaction.atomic() if in_transaction else contextlib.nullcontext():
+        report = Split(token).fire()
+
+    assert Event.objects.get(pk=report.event_id).state == "recorded"  # the rest waits
+    broker_outage.restore()
+    sent_deliveries.clear()
+    assert relay(grace=0).published == 1
+    assert sent_deliveries == [listener_ids(report.event_id, "split_first", "split_second")]
+
+    deliveries = wait_finished(report.event_id)
+    assert [(d.status, d.attempts) for d in deliveries] == [("succeeded", 1)] * 3
+    assert sorted(Call.objects.filter(token=token).values_list("listener", flat=True)) == [
+        "split_first",
+        "split_second",
+        "split_urgent",
+    ]
+    assert Event.objects.get(pk=report.event_id).state == "published"
 
 
 def test_a_setting_makes_fire_raise_when_the_broker_is_down(worker, broker_outage):
