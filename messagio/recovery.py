@@ -27,51 +27,91 @@ def requeue(deliveries: Any, why: str) -> int:
     along with the pending deliveries that followed it in its group (see
     :func:`pending_followers`). One whose worker was lost MAX_LOST_ATTEMPTS times is
     failed instead (its followers go as they would with it). Returns how many of
-    ``deliveries`` were requeued."""
+    ``deliveries`` were requeued.
+
+    Each event's deliveries are taken and published in one transaction: when the broker
+    refuses, that event and the ones after it are left as they were, for the next run.
+    """
     from django.db import transaction
 
-    from messagio.execution import report_lost_too_often
+    from messagio.records import db_alias
+
+    selected = list(deliveries.select_related("event").order_by("event_id", "position"))
+    # Before any becomes pending: requeue_lost must never take these events meanwhile.
+    mark_published_again(list({d.event_id for d in selected}))
+    by_event: dict[Any, list[Any]] = {}
+    for delivery in selected:
+        by_event.setdefault(delivery.event_id, []).append(delivery)
+    requeued = followed = 0
+    for event_id, candidates in by_event.items():
+        try:
+            with transaction.atomic(using=db_alias()):
+                taken, failed = _take_interrupted(candidates, why)
+                followers = pending_followers({event_id: taken} if taken else {})
+                members = [d for d in taken if d not in {f for f, _ in failed}] + followers
+                if members:
+                    publish_by_replay(sorted(members, key=lambda d: d.position))
+        except PublishRefusedError as refused:
+            logger.error(
+                "messagio: the broker refused a requeue (%s); %d event(s) left as they were "
+                "for the next run",
+                refused,
+                len(by_event) - list(by_event).index(event_id),
+            )
+            break
+        _report_failed(failed)
+        requeued += len(taken) - len(failed)
+        followed += len(followers)
+    if requeued or followed:
+        logger.warning(
+            "messagio: requeued %d delivery(ies), with %d pending after them in their groups: %s",
+            requeued,
+            followed,
+            why,
+        )
+    return requeued
+
+
+def _take_interrupted(
+    candidates: list[Any], why: str
+) -> tuple[list[Any], list[tuple[Any, Exception]]]:
+    """Make each delivery pending if it is still as read, its lost attempt recorded; fail
+    the ones lost MAX_LOST_ATTEMPTS times. Returns those taken, and those failed with why."""
     from messagio.models import Delivery
     from messagio.records import (
         CLAIM_COLUMNS,
-        db_alias,
         fail_lost_too_often,
         lost_too_often,
         record_lost_attempt,
     )
 
     now = timezone.now()
-    selected = list(deliveries.select_related("event").order_by("event_id", "position"))
-    # Before any becomes pending: requeue_lost must never take these events meanwhile.
-    mark_published_again(list({d.event_id for d in selected}))
-    taken_by_event: dict[Any, list[Delivery]] = {}
-    to_publish: dict[Any, list[Delivery]] = {}
-    failed: list[tuple[Delivery, Exception]] = []
-    for delivery in selected:
-        lost = None
-        with transaction.atomic(using=db_alias()):
-            # As read: every claim counts an attempt, so a worker that took it up meanwhile
-            # (RabbitMQ hands a dead worker's message on at once) keeps it.
-            taken = Delivery.objects.filter(
-                pk=delivery.pk, status=delivery.status, attempts=delivery.attempts
-            ).update(status=Delivery.Status.PENDING)
-            if not taken:
-                continue  # it moved on meanwhile
-            if delivery.status == Delivery.Status.RUNNING:
-                was = {column: getattr(delivery, column) for column in CLAIM_COLUMNS}
-                record_lost_attempt(delivery.pk, was, now, why)
-                lost = lost_too_often(delivery.pk, delivery.replay_id)
-                if lost is not None:
-                    taken_as = {"status": Delivery.Status.PENDING, "attempts": delivery.attempts}
-                    number = delivery.attempts + 1
-                    fail_lost_too_often(
-                        delivery.pk, taken_as, number, lost, now, delivery.replay_id
-                    )
-        taken_by_event.setdefault(delivery.event_id, []).append(delivery)
-        if lost is None:
-            to_publish.setdefault(delivery.event_id, []).append(delivery)
-        else:
+    taken: list[Any] = []
+    failed: list[tuple[Any, Exception]] = []
+    for delivery in candidates:
+        # As read: every claim counts an attempt, so a worker that took it up meanwhile
+        # (RabbitMQ hands a dead worker's message on at once) keeps it.
+        if not Delivery.objects.filter(
+            pk=delivery.pk, status=delivery.status, attempts=delivery.attempts
+        ).update(status=Delivery.Status.PENDING):
+            continue  # it moved on meanwhile
+        taken.append(delivery)
+        if delivery.status != Delivery.Status.RUNNING:
+            continue
+        was = {column: getattr(delivery, column) for column in CLAIM_COLUMNS}
+        record_lost_attempt(delivery.pk, was, now, why)
+        lost = lost_too_often(delivery.pk, delivery.replay_id)
+        if lost is not None:
+            taken_as = {"status": Delivery.Status.PENDING, "attempts": delivery.attempts}
+            number = delivery.attempts + 1
+            fail_lost_too_often(delivery.pk, taken_as, number, lost, now, delivery.replay_id)
             failed.append((delivery, lost))
+    return taken, failed
+
+
+def _report_failed(failed: list[tuple[Any, Exception]]) -> None:
+    from messagio.execution import report_lost_too_often
+
     for delivery, error in failed:
         report_lost_too_often(
             error,
@@ -80,20 +120,6 @@ def requeue(deliveries: Any, why: str) -> int:
             listener=delivery.listener,
             messagio_type=delivery.messagio_type,
         )
-    followers = pending_followers(taken_by_event)
-    for follower in followers:
-        to_publish.setdefault(follower.event_id, []).append(follower)
-    for members in to_publish.values():
-        publish_by_replay(sorted(members, key=lambda d: d.position))
-    requeued = sum(len(members) for members in taken_by_event.values()) - len(failed)
-    if requeued or followers:
-        logger.warning(
-            "messagio: requeued %d delivery(ies), with %d pending after them in their groups: %s",
-            requeued,
-            len(followers),
-            why,
-        )
-    return requeued
 
 
 class PublishRefusedError(Exception):

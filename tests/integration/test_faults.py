@@ -99,6 +99,41 @@ def test_the_relay_requeues_a_delivery_stuck_running_past_the_timeout(worker):
     ]
 
 
+def test_a_requeue_the_broker_refuses_leaves_the_delivery_as_it_was_for_the_next_run(
+    worker, broker_outage
+):
+    token = uuid.uuid4().hex
+    report = Fixable(token).fire()
+    wait_for(
+        lambda: Delivery.objects.filter(event_id=report.event_id, status="failed").exists(),
+        what="the first attempt",
+    )
+    Call.objects.create(token=token, listener="fix-deployed")
+    long_ago = timezone.now() - datetime.timedelta(hours=2)
+    Delivery.objects.filter(event_id=report.event_id).update(
+        status="running", started_at=long_ago, worker="gone@nowhere"
+    )
+    broker_outage.cut()
+
+    assert relay(grace=0).requeued == 0
+
+    # Not left pending with no message: as it was, its lost attempt not yet recorded.
+    delivery = Delivery.objects.get(event_id=report.event_id)
+    assert (delivery.status, delivery.worker) == ("running", "gone@nowhere")
+    assert list(delivery.history.values_list("outcome", flat=True)) == ["failed"]
+    broker_outage.restore()
+    assert relay(grace=0).requeued == 1
+    delivery = wait_for(
+        lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").first(),
+        what="the requeued delivery to succeed",
+    )
+    assert list(delivery.history.order_by("number").values_list("outcome", flat=True)) == [
+        "failed",
+        "lost",
+        "succeeded",
+    ]
+
+
 @pytest.mark.skipif(
     not (is_redis(app) or is_amqp(app)), reason="the filesystem broker has no connection to cut"
 )
