@@ -3,7 +3,9 @@
 Task names are stable strings under ``messagio.tasks.`` so that routes such as
 ``('messagio.tasks.*', {'queue': 'messagio'})`` apply, and queued messages survive refactors.
 messagio tasks store no Celery result (``ignore_result``): the Delivery rows are the record,
-and a result row per task would double the write load.
+and a result row per task would double the write load. All of them travel as pickle, which
+messagio needs accepted anyway: a project that accepts only pickle (as the original
+library's README set it) still runs the relay, prune, scheduled fires and replays.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ def _argsrepr(envelope: dict[str, Any]) -> str:
     return f"(<{envelope['type']} event {envelope['event']} for {listeners}>,)"
 
 
-@shared_task(name=RELAY_TASK, ignore_result=True)
+@shared_task(name=RELAY_TASK, ignore_result=True, serializer="pickle")
 def relay() -> int:
     """Publish events left recorded-not-published; scheduled by django-celery-beat."""
     from messagio.relay import relay as run_relay
@@ -156,7 +158,7 @@ def relay() -> int:
     return run_relay().published
 
 
-@shared_task(name=PRUNE_TASK, ignore_result=True)
+@shared_task(name=PRUNE_TASK, ignore_result=True, serializer="pickle")
 def prune() -> int:
     """Delete records past their retention (RETAIN_SUCCEEDED_DAYS / RETAIN_FAILED_DAYS)."""
     from messagio.retention import prune_expired
@@ -164,7 +166,7 @@ def prune() -> int:
     return prune_expired()
 
 
-@shared_task(name=FIRE_SCHEDULED_TASK, ignore_result=True)
+@shared_task(name=FIRE_SCHEDULED_TASK, ignore_result=True, serializer="pickle")
 def fire_scheduled(messagio: str, fields: dict[str, Any] | None = None) -> str:
     """Fire ``messagio`` (a dotted class path) built from JSON ``fields``, from a PeriodicTask."""
     from messagio.center import MessageCenter, get_message_center
@@ -183,7 +185,7 @@ def fire_scheduled(messagio: str, fields: dict[str, Any] | None = None) -> str:
     return str(report.event_id)
 
 
-@shared_task(name=REPLAY_TASK, ignore_result=True)
+@shared_task(name=REPLAY_TASK, ignore_result=True, serializer="pickle")
 def replay(replay_id: int, delivery_filter: dict[str, Any]) -> None:
     """Run a bulk replay recorded by the admin, over deliveries matching ``delivery_filter``."""
     from django.db.models import Q

@@ -1,11 +1,15 @@
 """Fixtures shared by every test: a registry that each test may change freely."""
 
+from importlib.metadata import entry_points
+
 import pytest
 
 from messagio.registry import registry
 
-# Installed with pip, messagio registers this plugin itself (entry point pytest11).
-pytest_plugins = ["messagio.testing"]
+# Installed with pip (pip install -e . too), messagio registers this plugin itself (entry
+# point pytest11); registering it again here would stop pytest at startup.
+if not any(ep.value == "messagio.testing" for ep in entry_points(group="pytest11")):
+    pytest_plugins = ["messagio.testing"]
 
 
 @pytest.fixture(autouse=True)
