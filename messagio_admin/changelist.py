@@ -30,7 +30,9 @@ class LargeTableChangeList(ChangeList):
 
 
 class RecordAdmin(admin.ModelAdmin):
-    """Records are read-only: no add, no change (viewing stays), delete with its permission.
+    """Records are read-only: no add, no change (viewing stays), delete one at a time with
+    its permission (retention deletes in bulk: Django's "delete selected" over a million
+    rows would build its confirmation page from all of them).
 
     No full ``COUNT(*)``: the paginator estimates or caps the count, and filters show no
     facet counts.
@@ -51,6 +53,11 @@ class RecordAdmin(admin.ModelAdmin):
 
     def annotate_page(self, request: Any, objects: list[Any]) -> None:
         """Attach what the list shows to the page's objects, in one query for the page."""
+
+    def get_actions(self, request: Any) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
 
     def has_add_permission(self, request: Any, obj: Any = None) -> bool:
         return False

@@ -60,6 +60,9 @@ class ReplayAdmin(RecordAdmin):
     )
     readonly_fields = fields
 
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return False  # the audit trail of who replayed what, and why
+
     def has_view_permission(self, request: Any, obj: Any = None) -> bool:
         # Whoever may replay may watch the replays.
         return super().has_view_permission(request, obj) or permissions.can_replay(request.user)

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.django_db
 
 DELIVERIES = "/admin/messagio/delivery/"
 EVENTS = "/admin/messagio/event/"
+REPLAYS = "/admin/messagio/replay/"
 
 
 @pytest.fixture
@@ -378,3 +379,27 @@ def test_superusers_hold_every_types_permission(admin_client, records, ping_perm
 
     records["broken"].refresh_from_db()
     assert records["broken"].status == "pending"
+
+
+def test_a_delivery_or_a_replay_cannot_be_deleted_even_by_a_superuser(admin_client, records):
+    # A delivery gone from its event would read as waiting for a worker (and be run again by
+    # "publish again"); a replay is the audit trail of who replayed what.
+    delivery = records["broken"]
+    replay = Replay.objects.create(reason="audit")
+
+    for url in (f"{DELIVERIES}{delivery.pk}/delete/", f"{REPLAYS}{replay.pk}/delete/"):
+        assert admin_client.post(url, {"post": "yes"}).status_code == 403
+    assert delivery.event.deliveries.filter(pk=delivery.pk).exists()
+    assert Replay.objects.filter(pk=replay.pk).exists()
+
+
+def test_no_list_offers_to_delete_what_is_selected(admin_client, records):
+    for url in (EVENTS, DELIVERIES, REPLAYS):
+        form = admin_client.get(url).context["action_form"]
+        assert "delete_selected" not in (dict(form.fields["action"].choices) if form else {})
+
+
+def test_a_deliverys_page_offers_no_delete_link(admin_client, records):
+    response = admin_client.get(f"{DELIVERIES}{records['broken'].pk}/change/")
+    assert response.status_code == 200
+    assert f"{records['broken'].pk}/delete/" not in response.content.decode()
