@@ -144,8 +144,25 @@ def _stop(record: Replay, reason: str) -> None:
     record.state = Replay.State.STOPPED
     record.stopped_reason = reason
     record.finished_at = timezone.now()
-    record.save(update_fields=["state", "stopped_reason", "finished_at", "queued"])
+    _end(record, "stopped_reason")
     logger.warning("messagio: replay %s stopped itself: %s", record.pk, reason)
+
+
+def _end(record: Replay, *fields: str) -> None:
+    """Write how the replay ended, unless another run of it ended it first (its message
+    handed to a second worker: the first outcome stays)."""
+    values = {name: getattr(record, name) for name in ("state", "finished_at", *fields)}
+    Replay.objects.filter(pk=record.pk, state=Replay.State.RUNNING).update(**values)
+
+
+def _count_queued(record: Replay, count: int) -> None:
+    record.queued += count
+    # Added, not set: a second run of the same replay counts its own.
+    Replay.objects.filter(pk=record.pk).update(queued=models.F("queued") + count)
+
+
+def _ended_elsewhere(record: Replay) -> bool:
+    return Replay.objects.filter(pk=record.pk).exclude(state=Replay.State.RUNNING).exists()
 
 
 def _wait_for_canary(ids: list[Any], timeout: float) -> int:
@@ -186,6 +203,9 @@ def run_replay(
     #: What the canary published, over as many batches as it took: what it waits for.
     canary_ids: list[Any] = []
     while True:
+        if last_pk is not None and _ended_elsewhere(record):
+            record.refresh_from_db()
+            return record
         page = frozen.order_by("pk")
         if last_pk is not None:
             page = page.filter(pk__gt=last_pk)
@@ -226,15 +246,14 @@ def run_replay(
                 Delivery.objects.filter(
                     pk=delivery.pk, status=Delivery.Status.PENDING, replay=record
                 ).update(status=delivery.status, replay=delivery.replay_id)
-            record.queued += len(published)
+            _count_queued(record, len(published))
             _stop(
                 record,
                 f"the broker refused a publish ({exc!r}); stopped after "
                 f"{record.queued} of {record.total}; replay the rest when it is back",
             )
             return record
-        record.queued += len(taken)  # every one taken was published
-        record.save(update_fields=["queued"])
+        _count_queued(record, len(taken))  # every one taken was published
         if progress:
             progress(record)
         if canary_pending:
@@ -273,5 +292,5 @@ def run_replay(
                 return record
     record.state = Replay.State.FINISHED
     record.finished_at = timezone.now()
-    record.save(update_fields=["state", "finished_at", "queued"])
+    _end(record)
     return record

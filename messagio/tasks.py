@@ -194,6 +194,11 @@ def replay(replay_id: int, delivery_filter: dict[str, Any]) -> None:
     from messagio.replays import IN_FLIGHT, run_replay
 
     record = Replay.objects.get(pk=replay_id)
+    if record.state != Replay.State.RUNNING:
+        # Its message came back after the replay ended (a worker restarted, or the broker
+        # took the first worker for gone): it is not run again.
+        logger.info("messagio: replay %s already %s; not run again", replay_id, record.state)
+        return
     frozen = (
         Delivery.objects.filter(**delivery_filter)
         .exclude(status__in=IN_FLIGHT)

@@ -91,3 +91,40 @@ def test_a_bad_option_raises_before_anything_is_recorded_or_published(monkeypatc
     assert not Replay.objects.exists()
     assert sent == []
     assert set(event.deliveries.values_list("status", flat=True)) == {"failed"}
+
+
+def test_the_replay_task_does_not_run_a_replay_that_already_ended(monkeypatch):
+    from messagio import tasks
+
+    event = failed_event()
+    sent: list[dict] = []
+    monkeypatch.setattr(replays, "publish_all", sent.extend)
+    record = Replay.objects.create(
+        reason="ran", snapshot_at=timezone.now(), total=2, state="stopped", stopped_reason="x"
+    )
+
+    # Its message handed out again after the replay stopped.
+    tasks.replay(record.pk, {"event_id": str(event.pk)})
+
+    assert sent == []
+    assert set(event.deliveries.values_list("status", flat=True)) == {"failed"}
+    record.refresh_from_db()
+    assert (record.state, record.stopped_reason, record.queued) == ("stopped", "x", 0)
+
+
+def test_a_second_run_of_one_replay_ends_when_the_other_ended_it(monkeypatch):
+    event = failed_event()
+    sent: list[str] = []
+
+    def publish_all(envelope_list):
+        sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
+        # Meanwhile the other run of this replay stopped it (its failure rate).
+        Replay.objects.filter(state="running").update(state="stopped", stopped_reason="other")
+        return ["task"]
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+
+    record = replay(Delivery.objects.filter(event=event), batch_size=1)
+
+    assert len(sent) == 1  # not the second batch
+    assert (record.state, record.stopped_reason, record.queued) == ("stopped", "other", 1)
