@@ -209,8 +209,14 @@ def requeue_orphans(worker_name: str) -> int:
     return requeue(orphans, f"its worker {worker_name} stopped while it ran")
 
 
-def requeue_stuck(timeout: float | None = None) -> int:
-    """Requeue deliveries ``running`` or ``retrying`` for longer than STUCK_TIMEOUT."""
+#: Most deliveries one relay run requeues (the oldest first); the next run takes the rest.
+REQUEUE_BATCH = 1000
+
+
+def requeue_stuck(timeout: float | None = None, limit: int = REQUEUE_BATCH) -> int:
+    """Requeue deliveries ``running`` or ``retrying`` for longer than STUCK_TIMEOUT, the
+    ``limit`` oldest: a broker that lost a backlog of retries does not make one run load
+    them all."""
     from messagio.conf import get_setting
     from messagio.models import Delivery
 
@@ -220,7 +226,11 @@ def requeue_stuck(timeout: float | None = None) -> int:
         Q(status=Delivery.Status.RUNNING, started_at__lt=cutoff)
         | Q(status=Delivery.Status.RETRYING, finished_at__lt=cutoff)
     )
-    return requeue(stuck, f"it was stuck for more than {seconds:g}s; its worker is presumed dead")
+    oldest = list(stuck.order_by("started_at").values_list("pk", flat=True)[:limit])
+    return requeue(
+        Delivery.objects.filter(pk__in=oldest),
+        f"it was stuck for more than {seconds:g}s; its worker is presumed dead",
+    )
 
 
 #: How far back before the cutoff :func:`requeue_lost` looks for events (by fired_at).

@@ -151,11 +151,24 @@ def _argsrepr(envelope: dict[str, Any]) -> str:
 
 
 @shared_task(name=RELAY_TASK, ignore_result=True, serializer="pickle")
-def relay() -> int:
-    """Publish events left recorded-not-published; scheduled by django-celery-beat."""
+def relay(batch_size: int = 500) -> int:
+    """Publish events left recorded-not-published; scheduled by django-celery-beat.
+
+    Batch after batch for up to RELAY_INTERVAL: after an outage, a backlog drains at the
+    broker's pace, not one batch per interval.
+    """
+    import time
+
+    from messagio.conf import get_setting
     from messagio.relay import relay as run_relay
 
-    return run_relay().published
+    deadline = time.monotonic() + float(get_setting("RELAY_INTERVAL"))
+    published = 0
+    while True:
+        report = run_relay(batch_size=batch_size)
+        published += report.published
+        if report.failed or not report.remaining or time.monotonic() > deadline:
+            return published
 
 
 @shared_task(name=PRUNE_TASK, ignore_result=True, serializer="pickle")

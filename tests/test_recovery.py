@@ -294,3 +294,15 @@ def test_a_redelivered_message_whose_listener_lost_its_worker_too_often_does_not
     # Below the limit, the claim runs it again.
     _, (once,) = event_with(("running", 1))
     assert records.claim(str(once.pk), "task-2", "worker@host").run is True
+
+
+def test_the_relay_requeues_the_oldest_stuck_deliveries_a_batch_at_a_time(published):
+    from messagio.recovery import requeue_stuck
+
+    stuck = [event_with(("running", 1), at=hours_ago(hours))[1][0] for hours in (5, 3, 4)]
+
+    assert requeue_stuck(limit=2) == 2
+
+    assert sorted(sum(published, [])) == sorted([str(stuck[0].pk), str(stuck[2].pk)])
+    assert Delivery.objects.get(pk=stuck[1].pk).status == "running"  # for the next run
+    assert requeue_stuck(limit=2) == 1

@@ -4,6 +4,7 @@ import uuid
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.test import override_settings
 
 from messagio.models import Delivery, Event, Replay
 from messagio.tasks import fire_scheduled
@@ -71,3 +72,17 @@ def test_the_relay_command_fails_while_the_broker_refuses_and_delivers_once_it_i
     broker_outage.restore()
     call_command("messagio_relay", "--grace", "0")
     wait_for(lambda: Call.objects.filter(token=token).count() == 5, what="the relayed event")
+
+
+def test_the_relay_task_drains_more_than_one_batch_in_a_run(worker, broker_outage):
+    from messagio import tasks
+
+    broker_outage.cut()
+    reports = [Ping(uuid.uuid4().hex).fire() for _ in range(5)]
+    broker_outage.restore()
+
+    with override_settings(MESSAGIO={"RELAY_GRACE": 0}):
+        assert tasks.relay(batch_size=2) == 5
+
+    events = Event.objects.filter(pk__in=[r.event_id for r in reports])
+    assert set(events.values_list("state", flat=True)) == {"published"}
