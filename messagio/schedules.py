@@ -16,12 +16,22 @@ def ensure_periodic_tasks(using: str = "default", **kwargs: Any) -> None:
     """Create or update the relay and prune PeriodicTasks (a post_migrate receiver).
 
     Only their task and interval are set: a task an operator disabled stays disabled.
+    Nothing happens where django-celery-beat's tables are not (``migrate messagio`` before
+    them, a database the routers keep them out of).
     """
     from django.apps import apps
+    from django.core.exceptions import ValidationError
+    from django.db import IntegrityError, connections, router, transaction
 
     if not get_setting("SCHEDULE_PERIODIC_TASKS") or not apps.is_installed("django_celery_beat"):
         return
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    if not router.allow_migrate_model(using, PeriodicTask):
+        return
+    tables = connections[using].introspection.table_names()
+    if not {PeriodicTask._meta.db_table, IntervalSchedule._meta.db_table} <= set(tables):
+        return
 
     for name, task, seconds in (
         (RELAY_SCHEDULE_NAME, RELAY_TASK, int(get_setting("RELAY_INTERVAL"))),
@@ -34,7 +44,13 @@ def ensure_periodic_tasks(using: str = "default", **kwargs: Any) -> None:
             interval = intervals.create(every=seconds, period=IntervalSchedule.SECONDS)
         existing = PeriodicTask.objects.using(using).filter(name=name).first()
         if existing is None:
-            PeriodicTask.objects.using(using).create(name=name, task=task, interval=interval)
+            try:
+                with transaction.atomic(using=using):
+                    PeriodicTask.objects.using(using).create(
+                        name=name, task=task, interval=interval
+                    )
+            except (IntegrityError, ValidationError):  # beat's save() validates its name
+                pass  # another migrate (one per deployed container) made it meanwhile
         elif existing.interval_id is not None:
             # An operator who moved it to another kind of schedule keeps that schedule.
             existing.task, existing.interval = task, interval

@@ -132,3 +132,43 @@ def test_two_equal_interval_schedules_do_not_break_migrate():
     ensure_periodic_tasks()
 
     assert relay_task().interval.every == get_setting("RELAY_INTERVAL")
+
+
+class KeepsBeatOut:
+    """A database router that keeps django-celery-beat's tables out of every database."""
+
+    def allow_migrate(self, db, app_label, **hints):
+        return False if app_label == "django_celery_beat" else None
+
+
+def test_a_database_the_routers_keep_beat_out_of_gets_no_periodic_tasks():
+    PeriodicTask.objects.filter(name__in=[RELAY_SCHEDULE_NAME, PRUNE_SCHEDULE_NAME]).delete()
+
+    with override_settings(DATABASE_ROUTERS=[KeepsBeatOut()]):
+        ensure_periodic_tasks()
+
+    assert not PeriodicTask.objects.filter(name__startswith="messagio: ").exists()
+
+
+def test_a_task_another_migrate_made_meanwhile_is_left_to_it(monkeypatch):
+    """Two containers migrating at once: both looked and found no task; the other one
+    created it before this one could."""
+    from django.db.models import QuerySet
+
+    PeriodicTask.objects.filter(name=RELAY_SCHEDULE_NAME).delete()
+    first = QuerySet.first
+
+    def made_by_the_other_after_the_look(queryset):
+        found = first(queryset)
+        if queryset.model is PeriodicTask and found is None:
+            interval = IntervalSchedule.objects.create(every=30, period=IntervalSchedule.SECONDS)
+            PeriodicTask.objects.create(
+                name=RELAY_SCHEDULE_NAME, task="messagio.tasks.relay", interval=interval
+            )
+        return found
+
+    monkeypatch.setattr(QuerySet, "first", made_by_the_other_after_the_look)
+    ensure_periodic_tasks()
+    monkeypatch.undo()
+
+    assert PeriodicTask.objects.filter(name=RELAY_SCHEDULE_NAME).count() == 1
