@@ -165,14 +165,17 @@ def _ended_elsewhere(record: Replay) -> bool:
     return Replay.objects.filter(pk=record.pk).exclude(state=Replay.State.RUNNING).exists()
 
 
-def _wait_for_canary(ids: list[Any], timeout: float) -> int:
-    """Wait until the canary's deliveries have an outcome; return how many still have none."""
+def _wait_for_canary(ids: list[Any], timeout: float) -> tuple[int, int]:
+    """Wait until the canary's deliveries have an outcome; return how many still have none,
+    and how many of those wait for a retry."""
     deadline = time.monotonic() + timeout
-    while Delivery.objects.filter(pk__in=ids, status__in=IN_FLIGHT).exists():
+    waiting = Delivery.objects.filter(pk__in=ids, status__in=IN_FLIGHT)
+    while waiting.exists():
         if time.monotonic() > deadline:
-            return Delivery.objects.filter(pk__in=ids, status__in=IN_FLIGHT).count()
+            counts = dict(waiting.order_by().values_list("status").annotate(n=models.Count("pk")))
+            return sum(counts.values()), counts.get(Delivery.Status.RETRYING, 0)
         time.sleep(0.2)  # polling the outcome of work running elsewhere, bounded by timeout
-    return 0
+    return 0, 0
 
 
 def _take(delivery: Delivery, record: Replay) -> bool:
@@ -199,7 +202,9 @@ def run_replay(
     interval = 1.0 / record.rate if record.rate else 0.0
     next_at = time.monotonic()
     last_pk = None
-    canary_pending = bool(record.canary)
+    # A run resumed after its worker died (its message handed out again) past the canary
+    # does not wait for it again.
+    canary_pending = bool(record.canary) and record.queued < (record.canary or 0)
     #: What the canary published, over as many batches as it took: what it waits for.
     canary_ids: list[Any] = []
     while True:
@@ -211,7 +216,7 @@ def run_replay(
             page = page.filter(pk__gt=last_pk)
         limit = batch_size
         if canary_pending:
-            limit = min(batch_size, record.canary - record.queued)
+            limit = max(1, min(batch_size, (record.canary or 0) - record.queued))
         batch = list(page.select_related("event")[:limit])
         if not batch:
             break
@@ -260,15 +265,16 @@ def run_replay(
             canary_ids.extend(d.pk for d in taken)
         if canary_pending and record.queued >= (record.canary or 0):
             canary_pending = False
-            unfinished = _wait_for_canary(canary_ids, canary_timeout)
+            unfinished, retrying = _wait_for_canary(canary_ids, canary_timeout)
             if unfinished:
                 # A canary that tells nothing is no go-ahead: no worker on the queue, a
-                # backlog, or listeners slower than the timeout.
+                # backlog, listeners slower than the timeout, or failing again and retried.
                 _stop(
                     record,
                     f"canary: {unfinished} of {len(canary_ids)} replayed deliveries had no "
-                    f"outcome after {canary_timeout:g} s; stopped after {record.queued} of "
-                    f"{record.total}; replay the rest once they have one",
+                    f"outcome after {canary_timeout:g} s ({retrying} of them waiting for a "
+                    f"retry); stopped after {record.queued} of {record.total}; replay the "
+                    "rest once they have one",
                 )
                 return record
             failed, finished = _outcomes(record)

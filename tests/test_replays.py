@@ -128,3 +128,23 @@ def test_a_second_run_of_one_replay_ends_when_the_other_ended_it(monkeypatch):
 
     assert len(sent) == 1  # not the second batch
     assert (record.state, record.stopped_reason, record.queued) == ("stopped", "other", 1)
+
+
+def test_a_replay_resumed_past_its_canary_replays_the_rest_without_waiting(monkeypatch):
+    """Its worker died after the canary; the replay task's message came back."""
+    event = failed_event()
+    first, second = event.deliveries.order_by("pk")
+    sent: list[str] = []
+
+    def publish_all(envelope_list):
+        sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
+        return ["task"]
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+    record = Replay.objects.create(snapshot_at=timezone.now(), total=2, canary=1, queued=1)
+    Delivery.objects.filter(pk=first.pk).update(status="succeeded", replay=record)
+
+    replays.run_replay(record, Delivery.objects.filter(event=event).exclude(status="succeeded"))
+
+    assert sent == [str(second.pk)]
+    assert (record.state, record.queued) == ("finished", 2)
