@@ -228,7 +228,7 @@ def requeue_stuck(timeout: float | None = None, limit: int = REQUEUE_BATCH) -> i
     )
     oldest = list(stuck.order_by("started_at").values_list("pk", flat=True)[:limit])
     return requeue(
-        Delivery.objects.filter(pk__in=oldest),
+        stuck.filter(pk__in=oldest),  # still stuck when read again
         f"it was stuck for more than {seconds:g}s; its worker is presumed dead",
     )
 

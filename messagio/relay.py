@@ -26,10 +26,13 @@ class RelayReport:
     requeued: int = 0
 
 
-def relay(batch_size: int = 500, grace: float | None = None) -> RelayReport:
-    """Publish up to ``batch_size`` unpublished events, oldest first.
+def relay(batch_size: int = 500, grace: float | None = None, requeue: bool = True) -> RelayReport:
+    """Publish up to ``batch_size`` unpublished events, oldest first; then, with
+    ``requeue``, requeue deliveries stuck past STUCK_TIMEOUT.
 
-    Stops at the first publish failure: the broker is presumably still down.
+    Stops publishing at the first failure: the broker is presumably still down. The
+    requeue runs all the same (what the broker refuses there is left as it was), so one
+    event the broker keeps refusing does not leave stuck deliveries stuck.
     """
     from messagio.models import Event
     from messagio.records import publish_recorded
@@ -39,16 +42,15 @@ def relay(batch_size: int = 500, grace: float | None = None) -> RelayReport:
     claim_timeout = datetime.timedelta(seconds=float(get_setting("PUBLISH_CLAIM_TIMEOUT")))
     waiting = Event.objects.unpublished(datetime.timedelta(seconds=grace), claim_timeout)
     report = RelayReport()
-    events = list(waiting.order_by("fired_at").prefetch_related("deliveries")[:batch_size])
+    events = list(waiting.order_by("fired_at")[:batch_size])
     for event in events:
-        deliveries = list(event.deliveries.all())
-        if publish_recorded(event, deliveries, raise_errors=False):
+        if publish_recorded(event, raise_errors=False):
             report.published += 1
         elif Event.objects.filter(pk=event.pk, state=Event.State.RECORDED).exists():
             report.failed += 1
             break
     report.remaining = waiting.count() if report.failed or len(events) == batch_size else 0
-    if not report.failed:
+    if requeue:
         from messagio.recovery import requeue_stuck
 
         report.requeued = requeue_stuck()

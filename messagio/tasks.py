@@ -154,18 +154,21 @@ def _argsrepr(envelope: dict[str, Any]) -> str:
 def relay(batch_size: int = 500) -> int:
     """Publish events left recorded-not-published; scheduled by django-celery-beat.
 
-    Batch after batch for up to RELAY_INTERVAL: after an outage, a backlog drains at the
-    broker's pace, not one batch per interval.
+    Batch after batch for up to half of RELAY_INTERVAL (so runs seldom overlap): after an
+    outage, a backlog drains at the broker's pace, not one batch per interval. Stuck
+    deliveries are requeued once per run.
     """
     import time
 
     from messagio.conf import get_setting
     from messagio.relay import relay as run_relay
 
-    deadline = time.monotonic() + float(get_setting("RELAY_INTERVAL"))
+    deadline = time.monotonic() + float(get_setting("RELAY_INTERVAL")) / 2
     published = 0
+    first = True
     while True:
-        report = run_relay(batch_size=batch_size)
+        report = run_relay(batch_size=batch_size, requeue=first)
+        first = False
         published += report.published
         if report.failed or not report.remaining or time.monotonic() > deadline:
             return published

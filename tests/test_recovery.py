@@ -306,3 +306,23 @@ def test_the_relay_requeues_the_oldest_stuck_deliveries_a_batch_at_a_time(publis
     assert sorted(sum(published, [])) == sorted([str(stuck[0].pk), str(stuck[2].pk)])
     assert Delivery.objects.get(pk=stuck[1].pk).status == "running"  # for the next run
     assert requeue_stuck(limit=2) == 1
+
+
+def test_a_stuck_delivery_that_finishes_before_its_requeue_reads_it_is_left_alone(
+    published, monkeypatch
+):
+    from messagio import recovery
+
+    event, (stuck,) = event_with(("running", 1), at=hours_ago(5))
+    original = recovery.requeue
+
+    def finishes_first(deliveries, why):
+        Delivery.objects.filter(pk=stuck.pk).update(status="succeeded")
+        return original(deliveries, why)
+
+    monkeypatch.setattr(recovery, "requeue", finishes_first)
+
+    assert recovery.requeue_stuck() == 0
+
+    assert published == []
+    assert Delivery.objects.get(pk=stuck.pk).status == "succeeded"

@@ -38,8 +38,10 @@ class Command(BaseCommand):
         # What the relay publishes below, requeued deliveries included, is not lost.
         started = timezone.now()
         published = 0
+        first = True
         while True:
-            report = relay(batch_size=batch_size, grace=grace)
+            report = relay(batch_size=batch_size, grace=grace, requeue=first)
+            first = False
             published += report.published
             if once or report.failed or not report.remaining:
                 break
