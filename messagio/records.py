@@ -466,15 +466,18 @@ def unsent(deliveries: Iterable[Any]) -> list[Any]:
     ]
 
 
-def publish_recorded(event: Any, deliveries: list[Any], raise_errors: bool | None = None) -> bool:
+def publish_recorded(
+    event: Any, deliveries: list[Any] | None = None, raise_errors: bool | None = None
+) -> bool:
     """Publish a recorded Event once: claim it, publish, mark it published.
 
     The claim is a conditional UPDATE on the state (and claim time) read before, so
     ``on_commit`` and the relay, or two relays, never both publish it.
     Only what no message carries yet is published (see :func:`unsent`): when the broker
     takes some groups and refuses the next, the ones that went out are marked with their
-    task id, and the relay later publishes the rest. Returns whether it was published by
-    this call.
+    task id, and the relay later publishes the rest. ``deliveries`` None (the relay): its
+    rows as they are once the event is claimed. Returns whether it was published by this
+    call.
     """
     now = timezone.now()
     claimed = Event.objects.filter(
@@ -482,6 +485,9 @@ def publish_recorded(event: Any, deliveries: list[Any], raise_errors: bool | Non
     ).update(state=Event.State.PUBLISHING, claimed_at=now)
     if not claimed:
         return False
+    if deliveries is None:
+        # Read once it is ours (the relay): another publisher may have sent some meanwhile.
+        deliveries = list(Delivery.objects.filter(event_id=event.pk))
     try:
         _publish_groups(envelopes(event, unsent(deliveries)))
     except Exception as exc:  # noqa: BLE001 - any publish failure leaves it to the relay
@@ -548,14 +554,17 @@ def _record_for_the_relay(
     )
     # What went out writes its own rows (its message says so): only the rest, for the relay.
     sent = _sent_ids(error)
-    save_records(event, [d for d in deliveries if str(d.id) not in sent])
-    if sent:
-        # A worker may have written the Event (and its group's rows, without their task)
-        # from a message that went out, as published: the relay must still see the rest.
-        Event.objects.filter(pk=event.id).update(
-            state=Event.State.RECORDED, publish_error=event.publish_error
-        )
-        _mark_sent(sent)
+    # One transaction: the relay sees the rest only once all of it is written.
+    with transaction.atomic(using=db_alias()):
+        save_records(event, [d for d in deliveries if str(d.id) not in sent])
+        if sent:
+            # A worker may have written the Event from a message that went out, as
+            # published (nothing else publishes an event before this commits): the relay
+            # must still see the rest.
+            Event.objects.filter(pk=event.id).update(
+                state=Event.State.RECORDED, publish_error=event.publish_error
+            )
+            _mark_sent(sent)
     if get_setting("RAISE_ON_PUBLISH_ERROR"):
         raise cause
     return list(dict.fromkeys(sent.values()))
@@ -724,8 +733,10 @@ def claim_group(envelope: dict[str, Any], task_id: str, worker: str) -> Claim | 
     except IntegrityError:
         event = envelope["event"]
         logger.info("messagio: event %s not recorded (yet); written from its message", event)
-        recreate_from_envelope(envelope)
-        created = False
+        # The Event only: the group's rows are written as usual, its followers with this
+        # task's id (a fire the broker took partly must not see them as unsent).
+        save_records(_event_from_envelope(envelope), [])
+        created = _create_group(envelope, task_id, worker)
     if created:
         return Claim(run=True, number=1, status_before="pending")
     return claim(first, task_id, worker)

@@ -16,7 +16,7 @@ from messagio.payload import MAGIC, sign
 from messagio.records import publish_recorded
 from messagio.relay import relay
 from tests.polling import wait_for
-from tests.testapp.messagio import Fixable, Flaky, Ping, Split
+from tests.testapp.messagio import Fixable, Flaky, Ping, Split, SplitHeld
 from tests.testapp.models import Call
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -461,6 +461,43 @@ def test_a_fire_the_broker_takes_only_partly_is_completed_by_the_relay_once(
         "split_urgent",
     ]
     assert Event.objects.get(pk=report.event_id).state == "published"
+
+
+def test_a_partly_published_fire_leaves_the_rest_of_a_running_group_to_its_message(
+    worker, broker_outage, sent_deliveries
+):
+    """The group that went out is still running when the relay publishes the rest: the
+    listener after its first, pending meanwhile, is not published again."""
+    from celery.signals import after_task_publish
+
+    token = new_token()
+
+    def cut_once_the_first_listener_runs(body=None, **kwargs):
+        after_task_publish.disconnect(cut_once_the_first_listener_runs)
+        wait_for(
+            lambda: Call.objects.filter(token=token, listener="slow-started").exists(),
+            what="the first group's first listener to start",
+        )
+        broker_outage.cut()
+
+    after_task_publish.connect(cut_once_the_first_listener_runs, weak=False)
+    try:
+        report = SplitHeld(token).fire()
+    finally:
+        after_task_publish.disconnect(cut_once_the_first_listener_runs)
+
+    broker_outage.restore()
+    sent_deliveries.clear()
+    assert relay(grace=0).published == 1
+    assert sent_deliveries == [listener_ids(report.event_id, "held_regular")]
+    after = Delivery.objects.get(event_id=report.event_id, listener__endswith=".held_after")
+    assert after.status == "pending"  # its group's message runs it
+
+    Call.objects.create(token=token, listener="release")
+    deliveries = wait_finished(report.event_id)
+    assert [(d.status, d.attempts) for d in deliveries] == [("succeeded", 1)] * 3
+    calls = sorted(Call.objects.filter(token=token).values_list("listener", flat=True))
+    assert calls == ["held_after", "held_regular", "release", "slow-finished", "slow-started"]
 
 
 def test_a_setting_makes_fire_raise_when_the_broker_is_down(worker, broker_outage):

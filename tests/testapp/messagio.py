@@ -173,6 +173,28 @@ def slow(event: Slow) -> None:
 
 
 @dataclass
+class SplitHeld(Messagio):
+    """Two groups, the urgent one of two listeners whose first waits for a test's release."""
+
+    token: str
+
+
+@listen_to_message(SplitHeld, priority=TASK_PRIORITY.EPIC)
+def held_first(event: SplitHeld) -> None:
+    slow(event)
+
+
+@listen_to_message(SplitHeld, priority=TASK_PRIORITY.EPIC)
+def held_after(event: SplitHeld) -> None:
+    record("held_after", event)
+
+
+@listen_to_message(SplitHeld)
+def held_regular(event: SplitHeld) -> None:
+    record("held_regular", event)
+
+
+@dataclass
 class SlowPair(Messagio):
     """Two listeners in one task: a slow one a test can kill its worker in, and one after it."""
 
