@@ -251,17 +251,30 @@ def _stuck_while_held() -> list[Any]:
     """W008: the relay presumes a worker dead once its delivery has been running (or waiting
     for its retry) for STUCK_TIMEOUT, and queues it again: a listener allowed to run longer
     then runs a second time alongside the first."""
+    from messagio.dispatch import listener_spec
+    from messagio.registry import registry
+
     seconds = float(get_setting("STUCK_TIMEOUT"))
-    over = [what for what, held in _longest_holds() if held >= seconds]
+    over = []
+    # Its clock runs from a run's start, then from a failure to its retry: each on its own.
+    for subscription in registry.subscriptions():
+        spec = listener_spec(subscription)
+        run = spec["time_limit"]
+        if not run:
+            over.append(f"{spec['id']} has no time limit")
+        elif run >= seconds:
+            over.append(f"{spec['id']} may run for {run:g}s (its time limit)")
+        if spec["autoretry_for"] and spec["max_retries"] and spec["retry_delay"] >= seconds:
+            over.append(f"a retry of {spec['id']} waits {spec['retry_delay']:g}s (its delay)")
     if not over:
         return []
     shown = "; ".join(over[:3]) + (f"; and {len(over) - 3} more" if len(over) > 3 else "")
     return [
         Warning(
-            f"{shown}: not less than STUCK_TIMEOUT of {seconds:g}s, after which the relay "
-            "takes the worker for dead and queues the delivery again while it still runs.",
+            f"{shown}; STUCK_TIMEOUT is {seconds:g}s, after which the relay takes the "
+            "worker for dead and queues the delivery again while it may still run.",
             hint="Raise MESSAGIO['STUCK_TIMEOUT'] above the longest time limit and retry "
-            "delay, or shorten those.",
+            "delay, or set or shorten those.",
             id="messagio.W008",
         )
     ]

@@ -217,8 +217,8 @@ VALID: dict[str, Callable[[Any], str | None]] = {
     "PRUNE_INTERVAL": _seconds(),
     "SCHEDULE_PERIODIC_TASKS": _flag,
     "REPLAY_PERMISSIONS": _permissions,
-    "RESULT_MAX_CHARS": _count(0),
-    "TRACEBACK_MAX_CHARS": _count(0),
+    "RESULT_MAX_CHARS": _count(1),
+    "TRACEBACK_MAX_CHARS": _count(1),
 }
 
 

@@ -200,5 +200,19 @@ def test_a_listener_allowed_to_run_past_stuck_timeout_is_a_warning_naming_it():
 
     assert len(messages) == 1
     assert "slow_listener may run for 4000s" in messages[0].msg
-    assert "slow_retrier" not in messages[0].msg  # 60 s + its 600 s limit
+    assert "slow_retrier" not in messages[0].msg  # 60 s, then its own 600 s run
     assert "STUCK_TIMEOUT" in messages[0].hint
+
+
+@uses_no_subscriptions
+def test_a_listener_without_a_time_limit_or_with_a_long_retry_delay_is_a_warning_too():
+    listen_to_message(Slow)(slow_listener)
+    listen_to_message(Slow, autoretry_for=(KeyError,), default_retry_delay=4000, time_limit=60)(
+        slow_retrier
+    )
+
+    with override_settings(MESSAGIO={"DEFAULT_TIME_LIMIT": None}):
+        messages = [m for m in checks.run_checks() if m.id == "messagio.W008"]
+
+    assert "slow_listener has no time limit" in messages[0].msg
+    assert "a retry of tests.test_checks.slow_retrier waits 4000s" in messages[0].msg
