@@ -466,8 +466,9 @@ def test_the_event_page_refreshes_itself_while_a_delivery_is_in_flight(admin_cli
     running = make_event("succeeded", "running")
     done = make_event("succeeded")
 
-    assert 'http-equiv="refresh"' in admin_client.get(event_url(running)).content.decode()
-    assert 'http-equiv="refresh"' not in admin_client.get(event_url(done)).content.decode()
+    # A script, not a meta refresh: it waits while someone types a replay's reason.
+    assert 'refresh.js" data-seconds="5"' in admin_client.get(event_url(running)).content.decode()
+    assert "refresh.js" not in admin_client.get(event_url(done)).content.decode()
 
 
 def test_the_event_page_says_how_many_listeners_no_worker_has_picked_up_yet(admin_client):
@@ -477,7 +478,7 @@ def test_the_event_page_says_how_many_listeners_no_worker_has_picked_up_yet(admi
 
     assert "3 listeners have not been picked up by a worker yet" in html
     assert "No delivery is recorded for this event." not in html
-    assert 'http-equiv="refresh"' in html  # in flight: the page refreshes itself
+    assert "refresh.js" in html  # in flight: the page refreshes itself
 
 
 def test_the_event_page_lists_the_written_deliveries_and_counts_the_others(admin_client):
@@ -487,7 +488,7 @@ def test_the_event_page_lists_the_written_deliveries_and_counts_the_others(admin
 
     assert len(re.findall(r'<tr id="delivery-', html)) == 1
     assert "1 listener has not been picked up by a worker yet" in html
-    assert 'http-equiv="refresh"' in html
+    assert "refresh.js" in html
 
 
 def test_the_event_page_of_an_event_with_every_delivery_written_counts_none_waiting(

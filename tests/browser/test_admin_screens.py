@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM
+from tests.browser.conftest import CHROMIUM, STEP_TIMEOUT_MS
 
 if not Path(CHROMIUM).exists():
     pytest.skip(
@@ -193,6 +193,24 @@ def test_on_call_finds_a_failure_deploys_the_fix_and_replays_it_from_the_failure
         "fix deployed: ValueError in fixable",
         "oncall",
     )
+    screen.assert_clean()
+
+
+def test_a_page_in_flight_refreshes_itself_but_not_over_a_reason_being_typed(screen):
+    make_user("oncall", superuser=True)
+    event = make_event("failed", "running")  # one to replay, one still in flight
+    page = screen.page
+    screen.log_in("oncall")
+    screen.goto(f"/admin/messagio/event/{event.pk}/change/")
+
+    reason = page.locator("#replay-failed-form input[name=reason]")
+    assert page.evaluate("window.messagioRefresh.busy()") is False
+    reason.fill("fix deployed")
+    assert page.evaluate("window.messagioRefresh.busy()") is True  # no reload meanwhile
+    reason.fill("")
+    page.locator("h1").click()  # the field left, empty: nothing to lose
+    with page.expect_event("load", timeout=STEP_TIMEOUT_MS):
+        pass  # reloads by itself
     screen.assert_clean()
 
 
