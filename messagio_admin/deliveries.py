@@ -214,9 +214,7 @@ class DeliveryAdmin(RecordAdmin):
                     and permissions.can_replay_type(request.user, obj.messagio_type),
                     "type_permission": permissions.type_permission(obj.messagio_type),
                     "in_flight": obj.status in queries.IN_FLIGHT,
-                    "show_task_results": request.user.has_perm(
-                        "django_celery_results.view_taskresult"
-                    ),
+                    "show_task_results": display.can_see_task_results(request.user),
                 }
             )
         return super().render_change_form(request, context, add, change, form_url, obj)

@@ -124,6 +124,14 @@ def admin_url(viewname: str, *args: Any) -> str | None:
         return None
 
 
+def can_see_task_results(user: Any) -> bool:
+    """Whether to link tasks to their django-celery-results page: the user may view them,
+    and the page exists (the app's admin may be unregistered)."""
+    return user.has_perm("django_celery_results.view_taskresult") and bool(
+        admin_url("admin:django_celery_results_taskresult_changelist")
+    )
+
+
 def task_results(task_ids: Iterable[str]) -> dict[str, int]:
     """``{task id: TaskResult pk}`` for the ids that have a django-celery-results row."""
     ids = {task_id for task_id in task_ids if task_id}

@@ -205,7 +205,7 @@ class EventAdmin(RecordAdmin):
                 if may_be_lost(event, deliveries, publish_again_after())
                 else 0
             ),
-            "show_task_results": request.user.has_perm("django_celery_results.view_taskresult"),
+            "show_task_results": display.can_see_task_results(request.user),
             "here": request.get_full_path(),
         }
 

@@ -5,6 +5,7 @@ import re
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_results.models import TaskResult
@@ -440,6 +441,20 @@ def test_the_event_page_links_the_celery_task_result_where_one_exists(admin_clie
     html = response.content.decode()
     url = f"/admin/django_celery_results/taskresult/{result.pk}/change/"
     assert f'<a href="{url}">{delivery.task_id}</a>' in html
+
+
+@override_settings(ROOT_URLCONF="tests.admin.urls_without_task_results")
+def test_the_event_page_shows_the_task_unlinked_where_task_results_have_no_admin(
+    admin_client, failed_event
+):
+    delivery = failed_event.deliveries.get(position=0)
+    TaskResult.objects.create(task_id=delivery.task_id, status="SUCCESS")
+
+    response = admin_client.get(event_url(failed_event))
+
+    assert response.status_code == 200
+    assert delivery.task_id in response.content.decode()
+    assert "/taskresult/" not in response.content.decode()
 
 
 def test_the_event_page_links_the_event_it_replays_and_its_replays(admin_client, failed_event):
