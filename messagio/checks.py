@@ -254,6 +254,8 @@ def _stuck_while_held() -> list[Any]:
     from messagio.dispatch import listener_spec
     from messagio.registry import registry
 
+    if not get_setting("RECORD"):
+        return []  # nothing is recorded, so nothing is requeued
     seconds = float(get_setting("STUCK_TIMEOUT"))
     over = []
     # Its clock runs from a run's start, then from a failure to its retry: each on its own.

@@ -487,7 +487,7 @@ def publish_recorded(
         return False
     if deliveries is None:
         # Read once it is ours (the relay): another publisher may have sent some meanwhile.
-        deliveries = list(Delivery.objects.filter(event_id=event.pk))
+        deliveries = list(Delivery.objects.using(db_alias()).filter(event_id=event.pk))
     try:
         _publish_groups(envelopes(event, unsent(deliveries)))
     except Exception as exc:  # noqa: BLE001 - any publish failure leaves it to the relay

@@ -37,8 +37,6 @@ def requeue(deliveries: Any, why: str) -> int:
     from messagio.records import db_alias
 
     selected = list(deliveries.select_related("event").order_by("event_id", "position"))
-    # Before any becomes pending: requeue_lost must never take these events meanwhile.
-    mark_published_again(list({d.event_id for d in selected}))
     by_event: dict[Any, list[Any]] = {}
     for delivery in selected:
         by_event.setdefault(delivery.event_id, []).append(delivery)
@@ -46,6 +44,9 @@ def requeue(deliveries: Any, why: str) -> int:
     for event_id, candidates in by_event.items():
         try:
             with transaction.atomic(using=db_alias()):
+                # With its deliveries made pending (requeue_lost counts a wait from it),
+                # and not at all when the broker refuses.
+                mark_published_again([event_id])
                 taken, failed = _take_interrupted(candidates, why)
                 followers = pending_followers({event_id: taken} if taken else {})
                 members = [d for d in taken if d not in {f for f, _ in failed}] + followers

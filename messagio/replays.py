@@ -178,6 +178,33 @@ def _wait_for_canary(ids: list[Any], timeout: float) -> tuple[int, int]:
     return 0, 0
 
 
+def _canary_stopped(
+    record: Replay, canary_ids: list[Any], timeout: float, threshold: float | None
+) -> bool:
+    """Wait for the canary's outcomes; stop the replay (and say so) unless they are a go."""
+    unfinished, retrying = _wait_for_canary(canary_ids, timeout)
+    if unfinished:
+        # A canary that tells nothing is no go-ahead: no worker on the queue, a backlog,
+        # listeners slower than the timeout, or failing again and retried.
+        _stop(
+            record,
+            f"canary: {unfinished} of {len(canary_ids)} replayed deliveries had no outcome "
+            f"after {timeout:g} s ({retrying} of them waiting for a retry); stopped after "
+            f"{record.queued} of {record.total}; replay the rest once they have one",
+        )
+        return True
+    failed, finished = _outcomes(record)
+    if threshold is not None and finished and failed / finished > threshold:
+        _stop(
+            record,
+            f"canary: {failed} of {finished} replayed deliveries failed again "
+            f"({failed / finished:.0%} > {threshold:.0%}); stopped after "
+            f"{record.queued} of {record.total}",
+        )
+        return True
+    return False
+
+
 def _take(delivery: Delivery, record: Replay) -> bool:
     """Make ``delivery`` pending for ``record`` if it is still as the batch read it."""
     return bool(
@@ -202,11 +229,16 @@ def run_replay(
     interval = 1.0 / record.rate if record.rate else 0.0
     next_at = time.monotonic()
     last_pk = None
-    # A run resumed after its worker died (its message handed out again) past the canary
-    # does not wait for it again.
     canary_pending = bool(record.canary) and record.queued < (record.canary or 0)
     #: What the canary published, over as many batches as it took: what it waits for.
     canary_ids: list[Any] = []
+    if record.canary and record.queued:
+        # Resumed (its worker died, the task's message came back): the canary's first
+        # deliveries went out already, and maybe all of it, never judged.
+        taken_first = Delivery.objects.filter(replay=record).order_by("pk")
+        canary_ids = list(taken_first.values_list("pk", flat=True)[: record.canary])
+        if not canary_pending and _canary_stopped(record, canary_ids, canary_timeout, threshold):
+            return record
     while True:
         if last_pk is not None and _ended_elsewhere(record):
             record.refresh_from_db()
@@ -265,26 +297,7 @@ def run_replay(
             canary_ids.extend(d.pk for d in taken)
         if canary_pending and record.queued >= (record.canary or 0):
             canary_pending = False
-            unfinished, retrying = _wait_for_canary(canary_ids, canary_timeout)
-            if unfinished:
-                # A canary that tells nothing is no go-ahead: no worker on the queue, a
-                # backlog, listeners slower than the timeout, or failing again and retried.
-                _stop(
-                    record,
-                    f"canary: {unfinished} of {len(canary_ids)} replayed deliveries had no "
-                    f"outcome after {canary_timeout:g} s ({retrying} of them waiting for a "
-                    f"retry); stopped after {record.queued} of {record.total}; replay the "
-                    "rest once they have one",
-                )
-                return record
-            failed, finished = _outcomes(record)
-            if threshold is not None and finished and failed / finished > threshold:
-                _stop(
-                    record,
-                    f"canary: {failed} of {finished} replayed deliveries failed again "
-                    f"({failed / finished:.0%} > {threshold:.0%}); stopped after "
-                    f"{record.queued} of {record.total}",
-                )
+            if _canary_stopped(record, canary_ids, canary_timeout, threshold):
                 return record
         elif threshold is not None:
             failed, finished = _outcomes(record)

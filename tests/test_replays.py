@@ -148,3 +148,20 @@ def test_a_replay_resumed_past_its_canary_replays_the_rest_without_waiting(monke
 
     assert sent == [str(second.pk)]
     assert (record.state, record.queued) == ("finished", 2)
+
+
+def test_a_replay_resumed_after_its_canary_went_out_judges_it_before_going_on(monkeypatch):
+    """Its worker died while it waited for the canary; the task's message came back."""
+    event = failed_event()
+    first, second = event.deliveries.order_by("pk")
+    sent: list[dict] = []
+    monkeypatch.setattr(replays, "publish_all", sent.extend)
+    record = Replay.objects.create(snapshot_at=timezone.now(), total=2, canary=1, queued=1)
+    Delivery.objects.filter(pk=first.pk).update(status="pending", replay=record)  # no outcome
+
+    replays.run_replay(record, Delivery.objects.filter(event=event), canary_timeout=0.3)
+
+    assert sent == []
+    assert record.state == "stopped"
+    assert "canary: 1 of 1 replayed deliveries had no outcome" in record.stopped_reason
+    assert Delivery.objects.get(pk=second.pk).status == "failed"
