@@ -511,12 +511,21 @@ class ListenerStats:
 
 
 def listener_stats(
-    listeners: Iterable[str], since: datetime.datetime, using: str = "default"
-) -> dict[str, ListenerStats]:
-    """Runs, failures and median / p95 duration per listener of deliveries finished since
-    ``since``. One statement on PostgreSQL (percentile_cont, after ``SET LOCAL jit = off``),
-    two elsewhere (the most recent :data:`DURATION_SAMPLE` durations per listener, read with
-    a window function)."""
+    listeners: Iterable[str],
+    since: datetime.datetime,
+    using: str = "default",
+    by_type: bool = False,
+) -> dict[Any, ListenerStats]:
+    """Runs, failures and median / p95 duration per listener (``by_type``: per listener and
+    messagio type, keyed ``(listener, type)``) of deliveries finished since ``since``. One
+    statement on PostgreSQL (percentile_cont, after ``SET LOCAL jit = off``), two elsewhere
+    (the most recent :data:`DURATION_SAMPLE` durations per key, read with a window
+    function)."""
+    keys = ("listener", "messagio_type") if by_type else ("listener",)
+
+    def key(values: Sequence[Any]) -> Any:
+        return tuple(values) if by_type else values[0]
+
     names = sorted(set(listeners))
     if not names:
         return {}
@@ -534,7 +543,7 @@ def listener_stats(
     if postgres:
         annotations["p50"] = Percentile("duration_ms", 0.5)
         annotations["p95"] = Percentile("duration_ms", 0.95)
-    rows: Iterable[dict[str, Any]] = finished.values("listener").annotate(**annotations)
+    rows: Iterable[dict[str, Any]] = finished.values(*keys).annotate(**annotations)
     if postgres:
         # Sorting each listener's durations makes the plan costly enough for PostgreSQL to
         # compile it with JIT first, which costs more than it saves (at 1,000,000 events:
@@ -545,7 +554,7 @@ def listener_stats(
             rows = list(rows)
     stats = {}
     for row in rows:
-        stats[row["listener"]] = ListenerStats(
+        stats[key([row[name] for name in keys])] = ListenerStats(
             runs=row["runs"], failures=row["failures"], p50=row.get("p50"), p95=row.get("p95")
         )
     if not postgres:
@@ -553,14 +562,16 @@ def listener_stats(
             finished.filter(duration_ms__isnull=False)
             .annotate(
                 rank=Window(
-                    RowNumber(), partition_by=F("listener"), order_by=F("finished_at").desc()
+                    RowNumber(),
+                    partition_by=[F(name) for name in keys],
+                    order_by=F("finished_at").desc(),
                 )
             )
             .filter(rank__lte=DURATION_SAMPLE)
-            .values_list("listener", "duration_ms")
+            .values_list(*keys, "duration_ms")
         )
-        for listener, duration in recent:
-            stats.setdefault(listener, ListenerStats()).durations.append(duration)
+        for *values, duration in recent:
+            stats.setdefault(key(values), ListenerStats()).durations.append(duration)
         for entry in stats.values():
             entry.p50 = percentile(entry.durations, 0.5)
             entry.p95 = percentile(entry.durations, 0.95)

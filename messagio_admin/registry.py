@@ -93,15 +93,17 @@ def registry_context(now: datetime.datetime | None = None) -> dict[str, Any]:
     orphan_ids = sorted(set(recorded) - registered)
     everyone = registered | set(recorded)
     last_runs = queries.last_finished(everyone)
-    stats = queries.listener_stats(everyone, now - WINDOW)
-    for row in [row for type_row in types for row in type_row.listeners]:
-        row.last_run = last_runs.get(row.listener_id)
-        row.stats = stats.get(row.listener_id, queries.ListenerStats())
+    # Under each type, a listener of several types shows its runs of that type.
+    by_type = queries.listener_stats(everyone, now - WINDOW, by_type=True)
+    for type_row in types:
+        for row in type_row.listeners:
+            row.last_run = last_runs.get(row.listener_id)
+            row.stats = by_type.get((row.listener_id, type_row.name), queries.ListenerStats())
     orphans = [
         ListenerRow(
             listener_id=listener_id,
             last_run=last_runs.get(listener_id),
-            stats=stats.get(listener_id, queries.ListenerStats()),
+            stats=_over_types([s for (name, _), s in by_type.items() if name == listener_id]),
         )
         for listener_id in orphan_ids
     ]
@@ -116,6 +118,16 @@ def registry_context(now: datetime.datetime | None = None) -> dict[str, Any]:
         "unknown_recorded": unknown_recorded,
         "since": now - WINDOW,
     }
+
+
+def _over_types(per_type: list[queries.ListenerStats]) -> queries.ListenerStats:
+    """A listener's stats over all its types: runs and failures add up; durations only
+    when it ran for one type (percentiles do not add up)."""
+    if len(per_type) == 1:
+        return per_type[0]
+    return queries.ListenerStats(
+        runs=sum(s.runs for s in per_type), failures=sum(s.failures for s in per_type)
+    )
 
 
 def registry_view(model_admin: Any, request: Any) -> Any:

@@ -179,3 +179,25 @@ def test_the_messagio_app_index_links_to_the_registry(admin_client):
     html = admin_client.get("/admin/messagio/").content.decode()
 
     assert f'<a href="{LISTENERS_PAGE}">Listener registry</a>' in html
+
+
+def test_a_listener_of_two_types_shows_under_each_its_runs_of_that_type(admin_client):
+    of_many = "tests.testapp.messagio.of_many"  # listens to Ping and PlainPing
+    plain_ping = "tests.testapp.messagio.PlainPing"
+    for status in ("succeeded", "succeeded"):
+        make_event(status, listeners=[of_many])
+    make_event("failed", messagio_type=plain_ping, listeners=[of_many])
+    html = page(admin_client)
+
+    def section(messagio_type: str) -> str:
+        (found,) = [
+            part
+            for part in html.split('<div class="module messagio-type"')[1:]
+            if f'<h2 title="{messagio_type}">' in part
+        ]
+        return found
+
+    assert row_of(section("tests.testapp.messagio.Ping"), of_many)[5:7] == ["2", "0"]
+    plain = section(plain_ping)
+    assert row_of(plain, of_many)[5:7] == ["1", "1"]
+    assert f"listener={of_many}&amp;messagio_type={plain_ping}&amp;status__exact=failed" in plain
