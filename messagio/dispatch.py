@@ -85,8 +85,10 @@ def resolve_listener(listener_id: str, import_path: str | None) -> Listener:
         if callable(listener):
             return listener
     raise ListenerNotFoundError(
-        f"listener {listener_id!r} is not registered in this worker and cannot be imported; "
-        "subscribe it in a module the worker imports (autodiscovered messagio.py or tasks.py)"
+        f"listener {listener_id!r} is not registered in this worker and cannot be imported "
+        "(a lambda, a nested function, or one defined in a shell or a script); subscribe a "
+        "module-level function of a module the worker imports (autodiscovered messagio.py "
+        "or tasks.py)"
     )
 
 

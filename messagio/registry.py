@@ -50,11 +50,18 @@ def _describe(obj: Any) -> str:
     return repr(obj)
 
 
+#: Modules a worker cannot import a listener from: a script run as ``python script.py``, and
+#: ``manage.py shell``, where the functions typed in belong to the shell command's module.
+UNIMPORTABLE_MODULES = ("__main__", "django.core.management.commands.shell")
+
+
 def _import_path(listener: Listener) -> str | None:
     module = getattr(listener, "__module__", None)
     qualname = getattr(listener, "__qualname__", None)
-    if not module or not qualname or "<" in qualname:
-        return None  # a lambda, a nested function or a callable instance: not importable
+    if not module or not qualname or "<" in qualname or module in UNIMPORTABLE_MODULES:
+        # A lambda, a nested function, a callable instance, or one defined in a script or
+        # a shell: not importable by a worker.
+        return None
     return f"{module}:{qualname}"
 
 

@@ -184,3 +184,24 @@ def test_task_priority_is_higher_for_more_important():
     from messagio.const import TASK_PRIORITY as from_const
 
     assert from_const is TASK_PRIORITY
+
+
+@pytest.mark.parametrize("module", ["__main__", "django.core.management.commands.shell"])
+def test_a_listener_defined_in_a_script_or_a_shell_has_no_import_path_for_workers(module):
+    def typed_in(event):
+        return None
+
+    typed_in.__module__, typed_in.__qualname__ = module, "typed_in"
+
+    subscription = MessageCenter.singleton().subscribe(PerformAction, typed_in)
+
+    assert subscription.listener_id == f"{module}.typed_in"
+    assert subscription.import_path is None  # the worker says why, instead of failing to import
+
+
+def test_a_worker_that_cannot_import_a_listener_says_where_it_must_be_defined():
+    from messagio.dispatch import resolve_listener
+    from messagio.exceptions import ListenerNotFoundError
+
+    with pytest.raises(ListenerNotFoundError, match="defined in a shell or a script"):
+        resolve_listener("django.core.management.commands.shell.typed_in", None)
