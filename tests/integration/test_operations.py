@@ -77,8 +77,9 @@ def test_the_relay_command_fails_while_the_broker_refuses_and_delivers_once_it_i
 def test_the_relay_task_drains_more_than_one_batch_in_a_run(worker, broker_outage):
     from messagio import tasks
 
+    tokens = [uuid.uuid4().hex for _ in range(5)]
     broker_outage.cut()
-    reports = [Ping(uuid.uuid4().hex).fire() for _ in range(5)]
+    reports = [Ping(token).fire() for token in tokens]
     broker_outage.restore()
 
     with override_settings(MESSAGIO={"RELAY_GRACE": 0}):
@@ -86,3 +87,5 @@ def test_the_relay_task_drains_more_than_one_batch_in_a_run(worker, broker_outag
 
     events = Event.objects.filter(pk__in=[r.event_id for r in reports])
     assert set(events.values_list("state", flat=True)) == {"published"}
+    # Each of their 5 listeners runs (and the worker is done writing before the test ends).
+    wait_for(lambda: Call.objects.filter(token__in=tokens).count() == 25, what="the relayed events")
