@@ -6,12 +6,12 @@ Django's ``setting_changed`` signal fires, so ``override_settings(MESSAGIO=...)`
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+
+from messagio.validation import Check, amount, flag, one_of, text, whole
 
 #: Documented defaults; every key of ``settings.MESSAGIO`` must be one of these.
 DEFAULTS: dict[str, Any] = {
@@ -121,55 +121,6 @@ def unknown_settings() -> list[str]:
     return sorted(set(getattr(settings, "MESSAGIO", None) or {}) - set(DEFAULTS))
 
 
-def _flag(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "True or False"
-
-
-def _count(minimum: int, *, none: str = "") -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if value is None and none:
-            return None
-        if not isinstance(value, bool) and isinstance(value, int) and value >= minimum:
-            return None
-        return f"a whole number, {minimum} or more" + (f" (None: {none})" if none else "")
-
-    return check
-
-
-def _seconds(
-    *, zero: bool = False, none: str = "", unit: str = "seconds"
-) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if value is None and none:
-            return None
-        if (
-            not isinstance(value, bool)
-            and isinstance(value, (int, float))
-            and (0 <= value if zero else 0 < value)
-            and value < math.inf
-        ):
-            return None
-        bound = "0 or more" if zero else "more than 0"
-        return f"a number of {unit}, {bound}" + (f" (None: {none})" if none else "")
-
-    return check
-
-
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    return lambda value: None if value in choices else " or ".join(map(repr, choices))
-
-
-def _text(*, none: str = "") -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if value is None and none:
-            return None
-        if isinstance(value, (str, bytes)) and value:
-            return None
-        return "a non-empty string" + (f" (None: {none})" if none else "")
-
-    return check
-
-
 def _keys(value: Any) -> str | None:
     if isinstance(value, (list, tuple)) and all(isinstance(k, (str, bytes)) and k for k in value):
         return None
@@ -185,40 +136,40 @@ def _permissions(value: Any) -> str | None:
 
 
 #: What each setting takes: a check returning what it should be, or None when it is fine.
-VALID: dict[str, Callable[[Any], str | None]] = {
-    "MESSAGE_CENTER": _text(),
-    "AUTODISCOVER": _flag,
+VALID: dict[str, Check] = {
+    "MESSAGE_CENTER": text(),
+    "AUTODISCOVER": flag,
     "DEFAULT_PRIORITY": lambda value: (
-        _count(0)(value)
+        whole(0)(value)
         or (None if value <= 10 else "a whole number from 0 to 10 (messagio.TASK_PRIORITY)")
     ),
-    "DEFAULT_QUEUE": _text(none="let CELERY_TASK_ROUTES decide"),
-    "DEFAULT_MAX_RETRIES": _count(0),
-    "DEFAULT_RETRY_DELAY": _seconds(zero=True),
-    "BROKER_PRIORITY": _one_of("auto", "inverted", "direct"),
-    "DEFAULT_TIME_LIMIT": _seconds(none="no limit"),
-    "STUCK_TIMEOUT": _seconds(),
-    "MAX_LOST_ATTEMPTS": _count(1, none="no limit"),
-    "SYNC_RAISE_ERRORS": _flag,
-    "MAX_PAYLOAD_BYTES": _count(1),
-    "SIGNING_KEY": _text(none="derived from SECRET_KEY"),
+    "DEFAULT_QUEUE": text(none="let CELERY_TASK_ROUTES decide"),
+    "DEFAULT_MAX_RETRIES": whole(0),
+    "DEFAULT_RETRY_DELAY": amount("a number of seconds", zero=True),
+    "BROKER_PRIORITY": one_of("auto", "inverted", "direct"),
+    "DEFAULT_TIME_LIMIT": amount("a number of seconds", none="no limit"),
+    "STUCK_TIMEOUT": amount("a number of seconds"),
+    "MAX_LOST_ATTEMPTS": whole(1, none="no limit"),
+    "SYNC_RAISE_ERRORS": flag,
+    "MAX_PAYLOAD_BYTES": whole(1),
+    "SIGNING_KEY": text(none="derived from SECRET_KEY"),
     "SIGNING_KEY_FALLBACKS": _keys,
-    "RECORD": _flag,
-    "ASYNC_COMMIT": _flag,
-    "PREPARED_STATEMENTS": _flag,
-    "RAISE_ON_PUBLISH_ERROR": _flag,
-    "RELAY_INTERVAL": _seconds(),
-    "RELAY_GRACE": _seconds(zero=True),
-    "PUBLISH_CLAIM_TIMEOUT": _seconds(),
-    "PUBLISH_AGAIN_AFTER": _seconds(zero=True),
-    "RETAIN_SUCCEEDED_DAYS": _seconds(zero=True, none="keep forever", unit="days"),
-    "RETAIN_FAILED_DAYS": _seconds(zero=True, none="keep forever", unit="days"),
-    "PRUNE_BATCH_SIZE": _count(1),
-    "PRUNE_INTERVAL": _seconds(),
-    "SCHEDULE_PERIODIC_TASKS": _flag,
+    "RECORD": flag,
+    "ASYNC_COMMIT": flag,
+    "PREPARED_STATEMENTS": flag,
+    "RAISE_ON_PUBLISH_ERROR": flag,
+    "RELAY_INTERVAL": amount("a number of seconds"),
+    "RELAY_GRACE": amount("a number of seconds", zero=True),
+    "PUBLISH_CLAIM_TIMEOUT": amount("a number of seconds"),
+    "PUBLISH_AGAIN_AFTER": amount("a number of seconds", zero=True),
+    "RETAIN_SUCCEEDED_DAYS": amount("a number of days", zero=True, none="keep forever"),
+    "RETAIN_FAILED_DAYS": amount("a number of days", zero=True, none="keep forever"),
+    "PRUNE_BATCH_SIZE": whole(1),
+    "PRUNE_INTERVAL": amount("a number of seconds"),
+    "SCHEDULE_PERIODIC_TASKS": flag,
     "REPLAY_PERMISSIONS": _permissions,
-    "RESULT_MAX_CHARS": _count(1),
-    "TRACEBACK_MAX_CHARS": _count(1),
+    "RESULT_MAX_CHARS": whole(1),
+    "TRACEBACK_MAX_CHARS": whole(1),
 }
 
 

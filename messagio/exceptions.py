@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MessageProcessingError(Exception):
     """One or more listeners failed while a messagio was processed synchronously."""
@@ -26,6 +28,20 @@ class ListenerNotFoundError(LookupError):
 
 class ListenerTimeoutError(Exception):
     """A listener ran past its time limit in a worker and was stopped."""
+
+
+class PublishRefusedError(Exception):
+    """The broker refused one of the envelopes published one at a time; ``sent`` holds the
+    (envelope, task id) of those that went out before it, ``cause`` the refusal."""
+
+    def __init__(self, sent: list[tuple[dict[str, Any], str]], cause: Exception) -> None:
+        super().__init__(f"the broker refused a publish ({cause!r})")
+        self.sent = sent
+        self.cause = cause
+
+    @property
+    def published(self) -> int:
+        return len(self.sent)
 
 
 class WorkerLostTooOftenError(Exception):

@@ -33,7 +33,11 @@ from django.utils import timezone
 
 from messagio.conf import get_setting
 from messagio.dispatch import effective_priority, effective_queue, listener_spec
-from messagio.exceptions import ListenerTimeoutError, WorkerLostTooOftenError
+from messagio.exceptions import (
+    ListenerTimeoutError,
+    PublishRefusedError,
+    WorkerLostTooOftenError,
+)
 from messagio.ids import time_ordered_uuid
 from messagio.message import Messagio
 from messagio.models import Attempt, Delivery, Event
@@ -420,33 +424,22 @@ def publish_all(envelope_list: list[dict[str, Any]]) -> list[str]:
     return [publish(envelope) for envelope in envelope_list]
 
 
-class PartlyPublishedError(Exception):
-    """The broker refused a group's envelope after others of the same fire went out."""
-
-    def __init__(self, sent: list[tuple[dict[str, Any], str]], cause: Exception) -> None:
-        super().__init__(str(cause))
-        #: (envelope, task id) of each group that went out before the refusal.
-        self.sent = sent
-        self.cause = cause
-
-
-def _publish_groups(envelope_list: list[dict[str, Any]]) -> list[str]:
-    """publish_all, one group at a time; a refusal after some went out says which did."""
+def publish_each(envelope_list: list[dict[str, Any]]) -> list[str]:
+    """publish_all, one envelope at a time: a refusal raises PublishRefusedError saying
+    which went out before it."""
     sent: list[tuple[dict[str, Any], str]] = []
     for envelope in envelope_list:
         try:
             (task_id,) = publish_all([envelope])
         except Exception as exc:
-            if not sent:
-                raise
-            raise PartlyPublishedError(sent, exc) from exc
+            raise PublishRefusedError(sent, exc) from exc
         sent.append((envelope, task_id))
     return [task_id for _, task_id in sent]
 
 
 def _sent_ids(error: Exception) -> dict[str, str]:
     """Delivery id -> task id of what went out before a refusal."""
-    if not isinstance(error, PartlyPublishedError):
+    if not isinstance(error, PublishRefusedError):
         return {}
     return {
         spec["delivery"]: task_id
@@ -455,15 +448,10 @@ def _sent_ids(error: Exception) -> dict[str, str]:
     }
 
 
-def unsent(deliveries: Iterable[Any]) -> list[Any]:
+def unsent(deliveries: Iterable[Delivery]) -> list[Delivery]:
     """The deliveries of a recorded event that no published message carries: pending, with
     no task. A fire the broker took only partly marks what went out with its task id."""
-    return [
-        d
-        for d in deliveries
-        if getattr(d, "status", Delivery.Status.PENDING) == Delivery.Status.PENDING
-        and not getattr(d, "task_id", "")
-    ]
+    return [d for d in deliveries if d.status == Delivery.Status.PENDING and not d.task_id]
 
 
 def publish_recorded(
@@ -473,11 +461,10 @@ def publish_recorded(
 
     The claim is a conditional UPDATE on the state (and claim time) read before, so
     ``on_commit`` and the relay, or two relays, never both publish it.
-    Only what no message carries yet is published (see :func:`unsent`): when the broker
-    takes some groups and refuses the next, the ones that went out are marked with their
-    task id, and the relay later publishes the rest. ``deliveries`` None (the relay): its
-    rows as they are once the event is claimed. Returns whether it was published by this
-    call.
+    ``deliveries``: those of a fire in a transaction, none published yet; None (the
+    relay): the event's :func:`unsent` rows once it is claimed. When the broker takes some
+    groups and refuses the next, the ones that went out are marked with their task id, and
+    the relay later publishes the rest. Returns whether it was published by this call.
     """
     now = timezone.now()
     claimed = Event.objects.filter(
@@ -487,9 +474,9 @@ def publish_recorded(
         return False
     if deliveries is None:
         # Read once it is ours (the relay): another publisher may have sent some meanwhile.
-        deliveries = list(Delivery.objects.using(db_alias()).filter(event_id=event.pk))
+        deliveries = unsent(Delivery.objects.using(db_alias()).filter(event_id=event.pk))
     try:
-        _publish_groups(envelopes(event, unsent(deliveries)))
+        publish_each(envelopes(event, deliveries))
     except Exception as exc:  # noqa: BLE001 - any publish failure leaves it to the relay
         _mark_sent(_sent_ids(exc))
         cause = _cause(exc)
@@ -530,7 +517,7 @@ def record_and_publish(event: NewEvent, deliveries: list[NewDelivery]) -> list[s
         transaction.on_commit(lambda: publish_recorded(event, deliveries), using=alias)
         return []
     try:
-        task_ids = _publish_groups(envelopes(event, deliveries, deliveries_recorded=False))
+        task_ids = publish_each(envelopes(event, deliveries, deliveries_recorded=False))
     except Exception as exc:  # noqa: BLE001 - any publish failure leaves it to the relay
         return _record_for_the_relay(event, deliveries, exc)
     event.state = "published"
@@ -580,7 +567,7 @@ def _mark_sent(sent: dict[str, str]) -> None:
 
 
 def _cause(error: Exception) -> Exception:
-    return error.cause if isinstance(error, PartlyPublishedError) else error
+    return error.cause if isinstance(error, PublishRefusedError) else error
 
 
 def recreate_from_envelope(envelope: dict[str, Any]) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
+from messagio.exceptions import PublishRefusedError
+
 logger = logging.getLogger("messagio")
 
 
@@ -49,7 +51,8 @@ def requeue(deliveries: Any, why: str) -> int:
                 mark_published_again([event_id])
                 taken, failed = _take_interrupted(candidates, why)
                 followers = pending_followers({event_id: taken} if taken else {})
-                members = [d for d in taken if d not in {f for f, _ in failed}] + followers
+                failed_ids = {delivery.pk for delivery, _ in failed}
+                members = [d for d in taken if d.pk not in failed_ids] + followers
                 if members:
                     publish_by_replay(sorted(members, key=lambda d: d.position))
         except PublishRefusedError as refused:
@@ -123,29 +126,21 @@ def _report_failed(failed: list[tuple[Any, Exception]]) -> None:
         )
 
 
-class PublishRefusedError(Exception):
-    """The broker refused a publish after ``published`` envelopes of the same call went out."""
-
-    def __init__(self, published: int, cause: Exception) -> None:
-        super().__init__(f"the broker refused a publish ({cause!r})")
-        self.published = published
-
-
 def publish_by_replay(members: list[Any]) -> None:
-    """Publish deliveries of one event, in envelopes per replay (each keeps its own)."""
-    from messagio.records import envelopes, publish_all
+    """Publish deliveries of one event, in envelopes per replay (each keeps its own); a
+    refusal raises PublishRefusedError."""
+    from messagio.records import envelopes, publish_each
 
     by_replay: dict[Any, list[Any]] = {}
     for delivery in members:
         by_replay.setdefault(delivery.replay_id, []).append(delivery)
-    sent = 0
-    for replay_id, group in by_replay.items():
-        for envelope in envelopes(group[0].event, group, replay_id=replay_id):
-            try:
-                publish_all([envelope])
-            except Exception as exc:
-                raise PublishRefusedError(sent, exc) from exc
-            sent += 1
+    publish_each(
+        [
+            envelope
+            for replay_id, group in by_replay.items()
+            for envelope in envelopes(group[0].event, group, replay_id=replay_id)
+        ]
+    )
 
 
 def mark_published_again(event_ids: list[Any]) -> None:

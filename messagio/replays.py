@@ -8,7 +8,6 @@ bounded rate, can run a canary first, and stops itself when what it replayed fai
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +18,7 @@ from django.utils import timezone
 from messagio.models import Delivery, Event, Replay
 from messagio.records import envelopes, publish_all
 from messagio.recovery import mark_published_again
+from messagio.validation import amount, require, share, whole
 
 logger = logging.getLogger("messagio")
 
@@ -56,25 +56,11 @@ def check_options(
 ) -> None:
     """Raise ValueError naming the first bad option, before anything is recorded: a replay
     started with one would stop half-way or ignore the safety asked for."""
-    if canary is not None and (
-        isinstance(canary, bool) or not isinstance(canary, int) or canary < 1
-    ):
-        raise ValueError(
-            f"canary takes a number of deliveries, 1 or more (None: no canary), not {canary!r}"
-        )
-    if rate is not None and not (0 < rate < math.inf):
-        raise ValueError(
-            f"rate takes deliveries per second, more than 0 (None: no limit), not {rate!r}"
-        )
-    if max_failure_rate is not None and not (0 <= max_failure_rate <= 1):
-        raise ValueError(
-            "max_failure_rate takes a share from 0 to 1, e.g. 0.2 for 20% (None: never stop), "
-            f"not {max_failure_rate!r}"
-        )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size takes a number of deliveries, 1 or more, not {batch_size!r}")
-    if not (0 < canary_timeout < math.inf):
-        raise ValueError(f"canary_timeout takes seconds, more than 0, not {canary_timeout!r}")
+    require(whole(1, what="a number of deliveries", none="no canary"), canary, "canary")
+    require(amount("deliveries per second", none="no limit"), rate, "rate")
+    require(share(none="never stop"), max_failure_rate, "max_failure_rate")
+    require(whole(1, what="a number of deliveries"), batch_size, "batch_size")
+    require(amount("seconds"), canary_timeout, "canary_timeout")
 
 
 def replay(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import math
 from collections.abc import Callable
 
 from django.utils import timezone
 
 from messagio.conf import get_setting
+from messagio.validation import amount, require, whole
 
 SUCCEEDED_DAYS = "the succeeded days (--succeeded-days, RETAIN_SUCCEEDED_DAYS)"
 FAILED_DAYS = "the failed days (--failed-days, RETAIN_FAILED_DAYS)"
@@ -21,15 +21,11 @@ def cutoff(days: float | None) -> datetime.datetime | None:
 def check_retention(days: float | None, name: str) -> None:
     """Raise ValueError unless ``days`` is None (keep forever) or a number of days, 0 or more:
     a negative one would move the cut-off into the future and delete everything finished."""
-    if days is None:
-        return
-    if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 <= days < math.inf:
-        raise ValueError(f"{name} takes a number of days, 0 or more (None: keep), not {days!r}")
+    require(amount("a number of days", zero=True, none="keep"), days, name)
 
 
 def check_batch_size(size: int, name: str) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"{name} takes a number of events, 1 or more, not {size!r}")
+    require(whole(1, what="a number of events"), size, name)
 
 
 def count_expired(succeeded_days: float | None, failed_days: float | None) -> int:

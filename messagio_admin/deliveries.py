@@ -51,18 +51,6 @@ class DeliveryAdmin(RecordAdmin):
     list_defer = ("result", "error", "traceback", "autoretry_for", "import_path")
     actions = ["replay_selected"]
 
-    def delete_view(self, request: Any, object_id: str, extra_context: Any = None) -> Any:
-        # One delivery gone from its event reads as a listener still waiting for a worker,
-        # which "publish again" would run a second time. An event goes whole, with its
-        # deliveries (which is why the permission itself stays).
-        raise PermissionDenied
-
-    def change_view(
-        self, request: Any, object_id: str, form_url: str = "", extra_context: Any = None
-    ) -> Any:
-        extra_context = {**(extra_context or {}), "show_delete": False}
-        return super().change_view(request, object_id, form_url, extra_context)
-
     fieldsets = (
         (
             None,
@@ -103,6 +91,18 @@ class DeliveryAdmin(RecordAdmin):
         ),
     )
     readonly_fields = tuple(field for _, options in fieldsets for field in options["fields"])
+
+    def delete_view(self, request: Any, object_id: str, extra_context: Any = None) -> Any:
+        # One delivery gone from its event reads as a listener still waiting for a worker,
+        # which "publish again" would run a second time. An event goes whole, with its
+        # deliveries (which is why the permission itself stays).
+        raise PermissionDenied
+
+    def change_view(
+        self, request: Any, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        extra_context = {**(extra_context or {}), "show_delete": False}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     # --- Queries ---------------------------------------------------------------------------
 

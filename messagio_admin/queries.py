@@ -511,20 +511,13 @@ class ListenerStats:
 
 
 def listener_stats(
-    listeners: Iterable[str],
-    since: datetime.datetime,
-    using: str = "default",
-    by_type: bool = False,
-) -> dict[Any, ListenerStats]:
-    """Runs, failures and median / p95 duration per listener (``by_type``: per listener and
-    messagio type, keyed ``(listener, type)``) of deliveries finished since ``since``. One
-    statement on PostgreSQL (percentile_cont, after ``SET LOCAL jit = off``), two elsewhere
-    (the most recent :data:`DURATION_SAMPLE` durations per key, read with a window
-    function)."""
-    keys = ("listener", "messagio_type") if by_type else ("listener",)
-
-    def key(values: Sequence[Any]) -> Any:
-        return tuple(values) if by_type else values[0]
+    listeners: Iterable[str], since: datetime.datetime, using: str = "default"
+) -> dict[tuple[str, str], ListenerStats]:
+    """Runs, failures and median / p95 duration per listener and messagio type, keyed
+    ``(listener, type)``, of deliveries finished since ``since``. One statement on
+    PostgreSQL (percentile_cont, after ``SET LOCAL jit = off``), two elsewhere (the most
+    recent :data:`DURATION_SAMPLE` durations per key, read with a window function)."""
+    keys = ("listener", "messagio_type")
 
     names = sorted(set(listeners))
     if not names:
@@ -554,7 +547,7 @@ def listener_stats(
             rows = list(rows)
     stats = {}
     for row in rows:
-        stats[key([row[name] for name in keys])] = ListenerStats(
+        stats[(row["listener"], row["messagio_type"])] = ListenerStats(
             runs=row["runs"], failures=row["failures"], p50=row.get("p50"), p95=row.get("p95")
         )
     if not postgres:
@@ -570,8 +563,8 @@ def listener_stats(
             .filter(rank__lte=DURATION_SAMPLE)
             .values_list(*keys, "duration_ms")
         )
-        for *values, duration in recent:
-            stats.setdefault(key(values), ListenerStats()).durations.append(duration)
+        for listener, messagio_type, duration in recent:
+            stats.setdefault((listener, messagio_type), ListenerStats()).durations.append(duration)
         for entry in stats.values():
             entry.p50 = percentile(entry.durations, 0.5)
             entry.p95 = percentile(entry.durations, 0.95)

@@ -94,16 +94,19 @@ def registry_context(now: datetime.datetime | None = None) -> dict[str, Any]:
     everyone = registered | set(recorded)
     last_runs = queries.last_finished(everyone)
     # Under each type, a listener of several types shows its runs of that type.
-    by_type = queries.listener_stats(everyone, now - WINDOW, by_type=True)
+    by_type = queries.listener_stats(everyone, now - WINDOW)
     for type_row in types:
         for row in type_row.listeners:
             row.last_run = last_runs.get(row.listener_id)
             row.stats = by_type.get((row.listener_id, type_row.name), queries.ListenerStats())
+    per_listener: dict[str, list[queries.ListenerStats]] = {}
+    for (listener_id, _type), entry in by_type.items():
+        per_listener.setdefault(listener_id, []).append(entry)
     orphans = [
         ListenerRow(
             listener_id=listener_id,
             last_run=last_runs.get(listener_id),
-            stats=_over_types([s for (name, _), s in by_type.items() if name == listener_id]),
+            stats=_over_types(per_listener.get(listener_id, [])),
         )
         for listener_id in orphan_ids
     ]

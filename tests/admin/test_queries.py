@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from messagio.models import Delivery, Event
 from messagio_admin import queries
-from tests.admin.factories import LISTENERS, make_event
+from tests.admin.factories import LISTENERS, PING, make_event
 
 pytestmark = pytest.mark.django_db
 
@@ -195,7 +195,7 @@ def test_listener_stats_count_runs_failures_and_durations_since_a_time():
 
     stats = queries.listener_stats([LISTENERS[0]], timezone.now() - datetime.timedelta(hours=1))
 
-    entry = stats[LISTENERS[0]]
+    entry = stats[(LISTENERS[0], PING)]
     assert (entry.runs, entry.failures, entry.p50, entry.p95) == (3, 1, 10.0, 10.0)
     assert entry.failure_rate == pytest.approx(1 / 3)
 
