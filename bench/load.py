@@ -124,7 +124,7 @@ class LoadRun:
             CELERY_DEFAULT_QUEUE=f"{self.queue}-default",
             MESSAGIO_VAR_DIR=str(run.tmp / "var"),
             BENCH_LOAD_READY_DIR=str(self.ready_dir),
-            C_FORCE_ROOT="1",  # root here; workers accept pickle
+            C_FORCE_ROOT="1",  # root here (needed only where a worker accepts pickle)
             PYTHONUNBUFFERED="1",
         )
         self.workers: list[subprocess.Popen] = []

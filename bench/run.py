@@ -190,7 +190,7 @@ class Side:
             BENCH_PROBE_URL=PROBE_URL,
             BENCH_PREFIX=run.prefix,
             BENCH_QUEUE=self.queue,
-            C_FORCE_ROOT="1",  # everything runs as root here; workers accept pickle
+            C_FORCE_ROOT="1",  # everything runs as root here; B and C accept pickle
             PYTHONUNBUFFERED="1",
         )
         if name == "A":

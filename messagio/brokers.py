@@ -1,7 +1,9 @@
-"""What messagio needs to know about the broker: its kind and how it orders priorities."""
+"""What messagio needs to know about the broker: its kind, how it orders priorities, and
+what its messages may be serialized as."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from messagio.conf import get_setting
@@ -41,3 +43,32 @@ def broker_priority(app: Any, priority: int) -> int:
     raise ValueError(
         f"MESSAGIO['BROKER_PRIORITY'] must be 'auto', 'inverted' or 'direct', not {mode!r}"
     )
+
+
+#: kombu's content types of the two serializers messagio's tasks can travel as.
+JSON_CONTENT_TYPE = "application/json"
+PICKLE_CONTENT_TYPE = "application/x-python-serialize"
+
+
+def accepted_content_types(app: Any) -> set[str]:
+    """The content types Celery's ``accept_content`` lets a worker deserialize."""
+    from kombu.serialization import prepare_accept_content
+
+    return set(prepare_accept_content(app.conf.accept_content or ()))
+
+
+def task_serializer(app: Any) -> str:
+    """What messagio's task messages travel as: JSON wherever Celery accepts it (its default),
+    so that a worker unpickles nothing but messagio's own signed payloads; pickle only for a
+    project that accepts pickle alone (as the original library's README set it)."""
+    return _serializer_for(tuple(app.conf.accept_content or ()))
+
+
+@functools.lru_cache(maxsize=8)
+def _serializer_for(accept_content: tuple[str, ...]) -> str:
+    from kombu.serialization import prepare_accept_content
+
+    accepted = prepare_accept_content(accept_content)
+    if JSON_CONTENT_TYPE in accepted or PICKLE_CONTENT_TYPE not in accepted:
+        return "json"
+    return "pickle"

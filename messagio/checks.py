@@ -7,12 +7,18 @@ from typing import Any
 from django.core.checks import Error, Tags, Warning, register
 from django.db import connections, router
 from django.db.migrations.recorder import MigrationRecorder
+from kombu.exceptions import SerializerNotInstalled
 
-from messagio.brokers import is_amqp, is_redis
+from messagio.brokers import (
+    JSON_CONTENT_TYPE,
+    PICKLE_CONTENT_TYPE,
+    accepted_content_types,
+    is_amqp,
+    is_redis,
+)
 from messagio.conf import get_setting, invalid_settings, unknown_settings
 from messagio.tasks import DELIVER_TASK
 
-PICKLE_CONTENT_TYPES = {"pickle", "application/x-python-serialize"}
 #: The trigram index of the admin's search by summary text (migration 0004, PostgreSQL).
 SEARCH_INDEX = "messagio_ev_summary_trgm"
 SEARCH_INDEX_SQL = (
@@ -106,16 +112,37 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return celery_config_errors(_celery_app())
 
 
+def _accepted(app: Any) -> set[str]:
+    try:
+        return accepted_content_types(app)
+    except SerializerNotInstalled:  # Celery reports the unknown name itself
+        return set(app.conf.accept_content or ())
+
+
+@register(Tags.security, deploy=True)
+def check_pickle(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    if PICKLE_CONTENT_TYPE not in _accepted(_celery_app()):
+        return []
+    return [
+        Warning(
+            "Celery accepts pickle: a worker runs whatever code a pickled message in its queues "
+            "tells it to, so anyone who can write to the broker can run code in your workers.",
+            hint='messagio\'s tasks need only JSON. Remove "pickle" from CELERY_ACCEPT_CONTENT '
+            "unless other tasks need it, and keep the broker private either way.",
+            id="messagio.W009",
+        )
+    ]
+
+
 def celery_config_errors(app: Any) -> list[Any]:
     """The messagio checks of one Celery app's configuration."""
     errors: list[Any] = []
-    accepted = set(app.conf.accept_content or ())
-    if not accepted & PICKLE_CONTENT_TYPES:
+    if not _accepted(app) & {JSON_CONTENT_TYPE, PICKLE_CONTENT_TYPE}:
         errors.append(
             Error(
-                "Celery does not accept pickle, so workers reject every messagio task.",
-                hint='Add "pickle" to CELERY_ACCEPT_CONTENT, e.g. '
-                'CELERY_ACCEPT_CONTENT = ["json", "pickle"].',
+                "Celery accepts neither JSON nor pickle, so workers reject every messagio task.",
+                hint='Add "json" to CELERY_ACCEPT_CONTENT (Celery\'s default), e.g. '
+                'CELERY_ACCEPT_CONTENT = ["json"].',
                 id="messagio.E001",
             )
         )

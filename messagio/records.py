@@ -10,6 +10,7 @@ Event and its pending Deliveries, which on_commit or the relay publish.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import functools
 import logging
@@ -403,7 +404,8 @@ def envelopes(
                 "v": 1,
                 "event": str(event.id),
                 "type": event.messagio_type,
-                "payload": bytes(event.payload),
+                # Base64 text: the same in a JSON message as in a pickled one.
+                "payload": base64.b64encode(event.payload).decode("ascii"),
                 "origin": event.origin,
                 "fired_at": event.fired_at.isoformat(),
                 "listener_count": event.listener_count,
@@ -416,6 +418,14 @@ def envelopes(
             }
         )
     return result
+
+
+def envelope_payload(envelope: dict[str, Any]) -> bytes:
+    """The signed payload an envelope carries (bytes in messages sent before it was base64)."""
+    payload = envelope["payload"]
+    if isinstance(payload, str):
+        return base64.b64decode(payload)
+    return bytes(payload)
 
 
 def publish_all(envelope_list: list[dict[str, Any]]) -> list[str]:
@@ -577,12 +587,13 @@ def recreate_from_envelope(envelope: dict[str, Any]) -> None:
 
 
 def _event_from_envelope(envelope: dict[str, Any]) -> NewEvent:
+    payload = envelope_payload(envelope)
     return NewEvent(
         id=uuid.UUID(envelope["event"]),
         messagio_type=envelope["type"],
         fired_at=datetime.datetime.fromisoformat(envelope["fired_at"]),
-        payload=envelope["payload"],
-        summary=_summary_from_payload(envelope["payload"]),
+        payload=payload,
+        summary=_summary_from_payload(payload),
         origin=envelope.get("origin") or "fire",
         state="published",
         published_at=timezone.now(),

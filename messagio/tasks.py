@@ -3,9 +3,10 @@
 Task names are stable strings under ``messagio.tasks.`` so that routes such as
 ``('messagio.tasks.*', {'queue': 'messagio'})`` apply, and queued messages survive refactors.
 messagio tasks store no Celery result (``ignore_result``): the Delivery rows are the record,
-and a result row per task would double the write load. All of them travel as pickle, which
-messagio needs accepted anyway: a project that accepts only pickle (as the original
-library's README set it) still runs the relay, prune, scheduled fires and replays.
+and a result row per task would double the write load. They travel as JSON wherever Celery
+accepts it (a messagio's signed pickle rides inside as base64), so workers need not accept
+pickle at all; as pickle in a project that accepts pickle alone (the original library's
+README), whose workers would refuse JSON.
 """
 
 from __future__ import annotations
@@ -13,14 +14,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 
-from messagio.brokers import broker_priority
+from messagio.brokers import broker_priority, task_serializer
 
 logger = logging.getLogger("messagio")
 
 #: Seconds before a group interrupted by a database outage is tried again.
 DB_OUTAGE_REQUEUE_DELAY = 10.0
+
+
+class MessagioTask(Task):
+    """A messagio task: sent in the serializer :func:`~messagio.brokers.task_serializer`
+    picks for the app, however it is sent (``publish``, ``delay``, celery beat)."""
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        options.setdefault("serializer", task_serializer(self.app))
+        return super().apply_async(args, kwargs, **options)
+
 
 #: Runs one group of listeners of one fired messagio, in subscription order.
 DELIVER_TASK = "messagio.tasks.deliver"
@@ -34,7 +45,7 @@ FIRE_SCHEDULED_TASK = "messagio.tasks.fire_scheduled"
 REPLAY_TASK = "messagio.tasks.replay"
 
 
-@shared_task(name=DELIVER_TASK, bind=True, ignore_result=True, serializer="pickle")
+@shared_task(name=DELIVER_TASK, bind=True, ignore_result=True, base=MessagioTask)
 def deliver(self: Any, envelope: dict[str, Any]) -> None:
     """Run the listeners of one group in order; a failure never stops the others.
 
@@ -44,6 +55,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
     from django.db import InterfaceError, OperationalError
 
     from messagio.execution import EXITS, RECORDED_EXIT, RunContext, load_messagio, run_once
+    from messagio.records import envelope_payload
 
     ctx = RunContext(
         event_id=envelope["event"],
@@ -59,7 +71,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
     messagio = None
     load_error: BaseException | None = None
     try:
-        messagio = load_messagio(envelope["payload"], envelope["type"])
+        messagio = load_messagio(envelope_payload(envelope), envelope["type"])
     except Exception as exc:  # noqa: BLE001 - recorded on every delivery of the group
         load_error = exc
     specs = envelope["listeners"]
@@ -129,7 +141,6 @@ def publish(
 ) -> str:
     """Publish one group's envelope with its priority (mapped for the broker) and queue."""
     options: dict[str, Any] = {
-        "serializer": "pickle",
         "priority": broker_priority(deliver.app, envelope["priority"]),
         # What monitoring tools show for the task; Celery would otherwise build it with a
         # safe repr of the whole envelope, payload bytes included, on every publish.
@@ -150,7 +161,7 @@ def _argsrepr(envelope: dict[str, Any]) -> str:
     return f"(<{envelope['type']} event {envelope['event']} for {listeners}>,)"
 
 
-@shared_task(name=RELAY_TASK, ignore_result=True, serializer="pickle")
+@shared_task(name=RELAY_TASK, ignore_result=True, base=MessagioTask)
 def relay(batch_size: int = 500) -> int:
     """Publish events left recorded-not-published; scheduled by django-celery-beat.
 
@@ -174,7 +185,7 @@ def relay(batch_size: int = 500) -> int:
             return published
 
 
-@shared_task(name=PRUNE_TASK, ignore_result=True, serializer="pickle")
+@shared_task(name=PRUNE_TASK, ignore_result=True, base=MessagioTask)
 def prune() -> int:
     """Delete records past their retention (RETAIN_SUCCEEDED_DAYS / RETAIN_FAILED_DAYS)."""
     from messagio.retention import prune_expired
@@ -182,7 +193,7 @@ def prune() -> int:
     return prune_expired()
 
 
-@shared_task(name=FIRE_SCHEDULED_TASK, ignore_result=True, serializer="pickle")
+@shared_task(name=FIRE_SCHEDULED_TASK, ignore_result=True, base=MessagioTask)
 def fire_scheduled(messagio: str, fields: dict[str, Any] | None = None) -> str:
     """Fire ``messagio`` (a dotted class path) built from JSON ``fields``, from a PeriodicTask."""
     from messagio.center import MessageCenter, get_message_center
@@ -201,7 +212,7 @@ def fire_scheduled(messagio: str, fields: dict[str, Any] | None = None) -> str:
     return str(report.event_id)
 
 
-@shared_task(name=REPLAY_TASK, ignore_result=True, serializer="pickle")
+@shared_task(name=REPLAY_TASK, ignore_result=True, base=MessagioTask)
 def replay(replay_id: int, delivery_filter: dict[str, Any]) -> None:
     """Run a bulk replay recorded by the admin, over deliveries matching ``delivery_filter``."""
     from django.db.models import Q

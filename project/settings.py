@@ -94,8 +94,9 @@ LOGGING = {
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://localhost//")
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
-# messagio tasks travel as pickle (see README); everything else may stay JSON.
-CELERY_ACCEPT_CONTENT = ["json", "pickle"]
+# JSON only (Celery's default): messagio's tasks travel as JSON, and a worker that accepted
+# pickle would run whatever code a pickled message in its queues told it to.
+CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 MESSAGIO_QUEUE = os.environ.get("MESSAGIO_QUEUE", "messagio")

@@ -29,6 +29,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory: worker processes started by the tests open the same database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 
+# A worker of a project that accepts pickle alone (the original library's README) is started
+# with MESSAGIO_TEST_ACCEPT_CONTENT=pickle.
+if os.environ.get("MESSAGIO_TEST_ACCEPT_CONTENT"):
+    CELERY_ACCEPT_CONTENT = os.environ["MESSAGIO_TEST_ACCEPT_CONTENT"].split(",")
+
 TEST_PRIORITY_QUEUE = os.environ["MESSAGIO_TEST_PRIORITY_QUEUE"]
 TEST_CRASH_QUEUE = os.environ["MESSAGIO_TEST_CRASH_QUEUE"]
 TEST_LOAD_QUEUE = os.environ["MESSAGIO_TEST_LOAD_QUEUE"]

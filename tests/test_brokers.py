@@ -7,10 +7,27 @@ from celery import Celery
 from django.test import override_settings
 
 from messagio import Messagio
-from messagio.brokers import broker_priority
+from messagio.brokers import broker_priority, task_serializer
 from messagio.payload import encode
 from messagio.records import build_records, envelopes
 from messagio.registry import registry
+
+
+@pytest.mark.parametrize(
+    ("accept_content", "expected"),
+    [
+        (["json"], "json"),
+        (["json", "pickle"], "json"),
+        (["application/json", "application/x-python-serialize"], "json"),
+        (["pickle"], "pickle"),
+        (["application/x-python-serialize"], "pickle"),
+        (["yaml"], "json"),  # neither: messagio.E001 says so
+    ],
+)
+def test_tasks_travel_as_json_unless_the_project_accepts_only_pickle(accept_content, expected):
+    app = Celery(set_as_current=False)
+    app.conf.accept_content = accept_content
+    assert task_serializer(app) == expected
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ uses_no_subscriptions = pytest.mark.usefixtures("no_subscriptions")
 
 def app_with(**config):
     app = Celery(set_as_current=False)
-    config.setdefault("accept_content", ["json", "pickle"])
+    config.setdefault("accept_content", ["json"])
     config.setdefault("CELERY_DB_REUSE_MAX", 500)
     app.conf.update(config)
     return app
@@ -38,10 +38,33 @@ def test_the_test_configuration_passes_every_check():
 
 
 @uses_no_subscriptions
-def test_celery_without_pickle_is_an_error_with_the_fix():
-    errors = celery_config_errors(app_with(broker_url="memory://", accept_content=["json"]))
+def test_celery_accepting_neither_json_nor_pickle_is_an_error_with_the_fix():
+    errors = celery_config_errors(app_with(broker_url="memory://", accept_content=["yaml"]))
     assert ids(errors) == ["messagio.E001"]
     assert "CELERY_ACCEPT_CONTENT" in errors[0].hint
+
+
+@uses_no_subscriptions
+@pytest.mark.parametrize("accept_content", [["json"], ["pickle"], ["json", "pickle"]])
+def test_celery_accepting_json_or_pickle_passes(accept_content):
+    app = app_with(broker_url="memory://", accept_content=accept_content)
+    assert celery_config_errors(app) == []
+
+
+def deploy_messages(check_id):
+    return [m for m in checks.run_checks(include_deployment_checks=True) if m.id == check_id]
+
+
+def test_accepting_pickle_is_a_deployment_warning(monkeypatch):
+    from project.celery import app
+
+    assert deploy_messages("messagio.W009") == []  # JSON alone, as the demo project
+    monkeypatch.setitem(app.conf, "accept_content", ["json", "pickle"])
+    (message,) = deploy_messages("messagio.W009")
+    assert "run code in your workers" in message.msg
+    assert "need only JSON" in message.hint
+    # Not outside deployment checks: the original library's README sets pickle.
+    assert [m for m in checks.run_checks() if m.id == "messagio.W009"] == []
 
 
 @uses_no_subscriptions

@@ -7,7 +7,10 @@ from django.conf import settings
 
 from messagio import MessageCenter
 from messagio.brokers import is_amqp, is_redis
+from messagio.models import Delivery
+from messagio.tasks import DELIVER_TASK
 from project.celery import app
+from tests.integration.conftest import purge_queue
 from tests.polling import wait_for
 from tests.testapp.messagio import (
     BacklogHigh,
@@ -15,6 +18,7 @@ from tests.testapp.messagio import (
     Flaky,
     Ping,
     PlainPing,
+    SlowPair,
     Unheard,
     WithModel,
 )
@@ -43,6 +47,60 @@ def wait_for_calls(token: str, count: int, timeout: float = 30) -> list[str]:
 def test_the_readme_route_sends_messagio_tasks_to_the_messagio_queue():
     route = app.amqp.router.route({}, "messagio.tasks.deliver", args=(), kwargs={})
     assert route["queue"].name == settings.MESSAGIO_QUEUE
+
+
+def test_a_worker_that_accepts_json_alone_never_unpickles_a_message(worker, tmp_path):
+    # The demo project's setting, Celery's default: messagio's tasks need nothing else, and a
+    # pickled message put on the queue by whoever can write to the broker runs no code.
+    marker = tmp_path / "pwned"
+    refused = "untrusted content of type pickle"
+    before = worker.output().count(refused)
+
+    app.send_task(
+        DELIVER_TASK,
+        args=(_WritesFile(str(marker)),),
+        serializer="pickle",
+        queue=settings.MESSAGIO_QUEUE,
+    )
+
+    wait_for(lambda: worker.output().count(refused) > before, what="the worker to refuse it")
+    assert not marker.exists()
+
+
+class _WritesFile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_project_that_accepts_pickle_alone_runs_its_messagios(start_worker, monkeypatch):
+    # The original library's README sets CELERY_ACCEPT_CONTENT = ['pickle']: its workers
+    # refuse JSON, so messagio's tasks travel as pickle there.
+    purge_queue(settings.TEST_CRASH_QUEUE)
+    pickle_only = start_worker(
+        [settings.TEST_CRASH_QUEUE],
+        concurrency=1,
+        env={"MESSAGIO_TEST_ACCEPT_CONTENT": "pickle"},
+    )
+    monkeypatch.setitem(app.conf, "accept_content", ["pickle"])
+    token = new_token()
+    Call.objects.create(token=token, listener="release")  # the slow listener returns at once
+
+    report = SlowPair(token).fire()
+
+    try:
+        wait_for(
+            lambda: (
+                Delivery.objects.filter(event_id=report.event_id, status="succeeded").count() == 2
+            ),
+            what="both listeners to succeed",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nworker:\n{pickle_only.output()}") from None
+    pickle_only.stop()
+    assert calls(token) == ["release", "slow-started", "slow-finished", "after-slow"]
 
 
 def test_a_dataclass_messagio_runs_all_its_listeners_in_subscription_order(worker):
