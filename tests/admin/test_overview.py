@@ -64,6 +64,19 @@ def test_the_overview_leaves_out_what_is_older_than_24_hours(admin_client):
     assert counts(html)["deliveries failed"] == "0"
 
 
+def test_the_failed_count_links_to_the_same_failures(admin_client):
+    make_event("failed", fired_at=timezone.now() - datetime.timedelta(hours=30))
+    make_event("succeeded", "failed")
+
+    html = admin_client.get(EVENTS).content.decode()
+    link = re.search(r'<a href="([^"]*status__exact=failed[^"]*)">(\d+)</a>', html)
+
+    assert link.group(2) == "1"
+    listed = admin_client.get(link.group(1).replace("&amp;", "&"))
+    assert listed.status_code == 200
+    assert listed.context["cl"].result_count == 1
+
+
 def test_the_chart_has_a_bar_per_hour_for_24_hours():
     result = overview()
 
