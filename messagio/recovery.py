@@ -31,11 +31,13 @@ def requeue(deliveries: Any, why: str) -> int:
     failed instead (its followers go as they would with it). Returns how many of
     ``deliveries`` were requeued.
 
-    Each event's deliveries are taken and published in one transaction: when the broker
-    refuses, that event and the ones after it are left as they were, for the next run.
+    Each event's deliveries are taken and published in one transaction: when the broker is
+    unreachable, that event and the ones after it are left as they were, for the next run;
+    when it refuses one event alone, that one.
     """
     from django.db import transaction
 
+    from messagio.brokers import broker_unreachable
     from messagio.records import db_alias
 
     selected = list(deliveries.select_related("event").order_by("event_id", "position"))
@@ -56,6 +58,15 @@ def requeue(deliveries: Any, why: str) -> int:
                 if members:
                     publish_by_replay(sorted(members, key=lambda d: d.position))
         except PublishRefusedError as refused:
+            if not broker_unreachable(refused.cause):
+                # This event alone: the ones after it may still go.
+                logger.error(
+                    "messagio: the broker refused the requeue of event %s (%s); left as it "
+                    "was for the next run",
+                    event_id,
+                    refused,
+                )
+                continue
             logger.error(
                 "messagio: the broker refused a requeue (%s); %d event(s) left as they were "
                 "for the next run",
@@ -239,7 +250,8 @@ class LostReport:
 
     events: int = 0
     deliveries: int = 0
-    #: Events whose missing Delivery rows could not be written again: event id -> why.
+    #: Events not published again (their missing Delivery rows could not be written again,
+    #: or the broker refused that event alone): event id -> why.
     skipped: dict[str, str] = field(default_factory=dict)
     #: How many events were examined, published or not.
     examined: int = 0
@@ -270,8 +282,10 @@ def requeue_lost(
     or an earlier run published since. ``events`` (a queryset) narrows the search; ``now``
     is what the wait counts back from; ``exclude``, event ids to leave out (those a run
     could not publish).
-    Stops at the first publish the broker refuses, putting that event back as it was.
+    Stops at the first publish that finds the broker unreachable, putting that event back
+    as it was; an event the broker refuses alone is put back and skipped.
     """
+    from messagio.brokers import broker_unreachable
     from messagio.models import Delivery, Event
 
     now = now or timezone.now()
@@ -324,10 +338,14 @@ def requeue_lost(
         held = retaken
         try:
             publish_by_replay(members)
-        except PublishRefusedError as refused:  # the broker is down: stop
+        except PublishRefusedError as refused:
             if not refused.published:
                 _put_back(event, held)  # nothing went out; else what did must not go again
-            report.error = str(refused)
+            if not broker_unreachable(refused.cause):  # this event alone: go on
+                report.skipped[str(event.pk)] = str(refused)
+                logger.error("messagio: event %s cannot be published again: %s", event.pk, refused)
+                continue
+            report.error = str(refused)  # the broker is down: stop
             break
         report.events += 1
         report.deliveries += len(members)

@@ -30,10 +30,14 @@ def relay(batch_size: int = 500, grace: float | None = None, requeue: bool = Tru
     """Publish up to ``batch_size`` unpublished events, oldest first; then, with
     ``requeue``, requeue deliveries stuck past STUCK_TIMEOUT.
 
-    Stops publishing at the first failure: the broker is presumably still down. The
-    requeue runs all the same (what the broker refuses there is left as it was), so one
-    event the broker keeps refusing does not leave stuck deliveries stuck.
+    Stops publishing at the first failure that says the broker is unreachable; an event the
+    broker refuses alone (its queue's declaration conflicts, say) is left for the next run
+    and the batch goes on, so it does not hold back every event after it. The requeue runs
+    all the same (what the broker refuses there is left as it was).
     """
+    from django.db import DatabaseError
+
+    from messagio.brokers import broker_unreachable
     from messagio.models import Event
     from messagio.records import publish_recorded
 
@@ -44,11 +48,15 @@ def relay(batch_size: int = 500, grace: float | None = None, requeue: bool = Tru
     report = RelayReport()
     events = list(waiting.order_by("fired_at")[:batch_size])
     for event in events:
-        if publish_recorded(event, raise_errors=False):
-            report.published += 1
-        elif Event.objects.filter(pk=event.pk, state=Event.State.RECORDED).exists():
+        try:
+            if publish_recorded(event, raise_errors=True):
+                report.published += 1
+        except DatabaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded on the event by publish_recorded
             report.failed += 1
-            break
+            if broker_unreachable(exc):
+                break
     report.remaining = waiting.count() if report.failed or len(events) == batch_size else 0
     if requeue:
         from messagio.recovery import requeue_stuck

@@ -7,10 +7,33 @@ from celery import Celery
 from django.test import override_settings
 
 from messagio import Messagio
-from messagio.brokers import broker_priority, task_serializer
+from messagio.brokers import broker_priority, broker_unreachable, task_serializer
 from messagio.payload import encode
 from messagio.records import build_records, envelopes
 from messagio.registry import registry
+
+
+def test_a_broker_that_cannot_be_reached_is_told_from_one_that_refuses_a_message():
+    from amqp.exceptions import PreconditionFailed
+    from kombu.exceptions import EncodeError, OperationalError
+
+    assert broker_unreachable(OperationalError("Connection refused"))
+    assert broker_unreachable(ConnectionRefusedError(111, "Connection refused"))
+    assert not broker_unreachable(PreconditionFailed("inequivalent arg 'x-max-priority'"))
+    assert not broker_unreachable(EncodeError("cannot serialize"))
+
+
+def test_a_transports_own_connection_error_is_the_broker_unreachable(monkeypatch):
+    # As publishing raises it when it is not retried (CELERY_TASK_PUBLISH_RETRY = False).
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from project.celery import app
+
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery prefers it to broker_url
+    monkeypatch.setitem(app.conf, "broker_url", "memory://")
+    assert not broker_unreachable(RedisConnectionError("Connection refused"))  # not this broker
+    monkeypatch.setitem(app.conf, "broker_url", "redis://127.0.0.1:6379/0")
+    assert broker_unreachable(RedisConnectionError("Connection refused"))
 
 
 @pytest.mark.parametrize(

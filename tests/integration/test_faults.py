@@ -2,15 +2,18 @@
 
 import datetime
 import uuid
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
+from kombu import Exchange, Queue
 
+from messagio import Messagio, listen_to_message
 from messagio.brokers import is_amqp, is_redis
-from messagio.models import Delivery
+from messagio.models import Delivery, Event
 from messagio.relay import relay
 from project.celery import app
 from tests.integration.conftest import BROKER_URL, database_url
@@ -18,6 +21,7 @@ from tests.polling import wait_for
 from tests.tcp_proxy import TcpProxy
 from tests.testapp.messagio import FileGated, Fixable, Hang
 from tests.testapp.models import Call
+from tests.testapp.runtime_listeners import runtime_listener
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -167,3 +171,60 @@ def test_a_broker_connection_cut_while_a_listener_runs_is_recorded_once(start_wo
     delivery.refresh_from_db()
     assert delivery.attempts == 1
     assert (tmp_path / "runs").read_text().count("run") == 1
+
+
+@dataclass
+class ToARefusedQueue(Messagio):
+    token: str
+
+
+@pytest.fixture
+def refused_queue():
+    """A queue someone declared with other arguments than Celery's: RabbitMQ refuses every
+    publish to it (PRECONDITION_FAILED), while the broker is up for everything else."""
+    if not is_amqp(app):
+        pytest.skip("RabbitMQ refuses a queue declared otherwise")
+    name = f"refused-{uuid.uuid4().hex[:8]}"
+    queue = Queue(name, Exchange(name), routing_key=name, queue_arguments={"x-max-priority": 3})
+    with app.connection_for_write() as conn:
+        queue.bind(conn.default_channel).declare()
+    yield name
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(name)
+        conn.default_channel.exchange_delete(name)
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_an_event_the_broker_refuses_alone_does_not_hold_back_the_relay(
+    worker, broker_outage, refused_queue
+):
+    listen_to_message(ToARefusedQueue, queue=refused_queue)(runtime_listener)
+    refused = ToARefusedQueue(uuid.uuid4().hex).fire()  # the oldest: the relay's first
+    broker_outage.cut()
+    waiting = Fixable(uuid.uuid4().hex).fire()
+    broker_outage.restore()
+
+    report = relay(grace=0)
+
+    assert (report.published, report.failed) == (1, 1)
+    event = Event.objects.get(pk=refused.event_id)
+    assert event.state == "recorded"
+    assert "PRECONDITION_FAILED" in event.publish_error
+    wait_for(
+        lambda: Delivery.objects.filter(
+            event_id=waiting.event_id, status__in=["succeeded", "failed"]
+        ).exists(),
+        what="the event behind the refused one to be delivered",
+    )
+
+
+def test_a_requeue_the_broker_refuses_alone_does_not_hold_back_the_others(worker, refused_queue):
+    # Requeued event by event, in event id order: the refused one first.
+    first, second = sorted([stuck_after_its_fix(), stuck_after_its_fix()])
+    Delivery.objects.filter(event_id=first).update(queue=refused_queue)
+
+    assert relay(grace=0).requeued == 1
+
+    delivery = Delivery.objects.get(event_id=first)
+    assert (delivery.status, delivery.worker) == ("running", "gone@nowhere")  # as it was
+    succeeds_after_a_lost_attempt(second)

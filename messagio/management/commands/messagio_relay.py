@@ -50,8 +50,9 @@ class Command(BaseCommand):
             # A non-zero exit, so that cron, a Kubernetes Job or CI sees that events wait.
             skipped = "; --lost-after was not run" if lost_after is not None else ""
             raise CommandError(
-                f"The broker refused a publish; {report.remaining} event(s) still wait"
-                f"{skipped}. Run it again when the broker is back."
+                f"The broker refused {report.failed} publish(es); {report.remaining} event(s) "
+                f"still wait{skipped}. Each event's publish error says why; run it again "
+                "when the broker is back."
             )
         if lost_after is not None:
             self.requeue_lost(lost_after, batch_size, once, started)
