@@ -15,7 +15,8 @@ RUN pip install -r requirements.txt
 
 COPY . .
 
-# Celery refuses to run a worker that accepts pickle as root: run everything as a plain user.
+# Run everything as a plain user: a worker needs no more (and Celery refuses to run one that
+# accepts pickle as root).
 RUN useradd --system --create-home --home-dir /home/messagio messagio \
     && mkdir -p /app/var \
     && chown messagio:messagio /app/var

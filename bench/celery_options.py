@@ -1,7 +1,9 @@
 """The Celery settings every side shares, copied from project/settings.py.
 
 Only the library differs between A, B and C: broker, queue layout, priorities, acks and
-prefetch are the same. Standalone, so B's Django settings (in the 0.7 virtualenv) import it too.
+prefetch are the same. Every side accepts pickle, which B and C send; A's tasks go as JSON
+there (messagio picks JSON wherever it is accepted), as they would in the demo project.
+Standalone, so B's Django settings (in the 0.7 virtualenv) import it too.
 """
 
 from __future__ import annotations

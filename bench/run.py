@@ -904,7 +904,8 @@ def report(run: Run, verdicts: dict[str, tuple[str, str]], elapsed: float) -> st
         + "; "
         + "; ".join(b["server"] for b in r["brokers"].values()),
         f"- workers: `-c 2 --prefetch-multiplier={run.plan.prefetch}`, one per side, same "
-        "Celery settings for all (acks late, priority queues as in project/settings.py); A's: "
+        "Celery settings for all (acks late, priority queues as in project/settings.py; A's "
+        "tasks travel as JSON, B's and C's as pickle); A's: "
         f"`{next((b.get('worker_command', '') for b in r['brokers'].values()), '')}`",
         "- each figure: the median of the runs (min–max in brackets); A/B and A/C are "
         "computed run by run (A, B and C interleaved, in rotating order), then the median.",

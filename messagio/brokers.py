@@ -64,25 +64,33 @@ JSON_CONTENT_TYPE = "application/json"
 PICKLE_CONTENT_TYPE = "application/x-python-serialize"
 
 
-def accepted_content_types(app: Any) -> set[str]:
-    """The content types Celery's ``accept_content`` lets a worker deserialize."""
-    from kombu.serialization import prepare_accept_content
+def accepted_content_types(app: Any) -> set[str] | None:
+    """The content types Celery's ``accept_content`` lets a worker deserialize; None when it
+    is None, which kombu takes for every one. Names no serializer is registered under in
+    this process are left out (Celery reports them where they matter)."""
+    accept_content = app.conf.accept_content
+    if accept_content is None:
+        return None
+    return _content_types(tuple(accept_content))
 
-    return set(prepare_accept_content(app.conf.accept_content or ()))
+
+@functools.lru_cache(maxsize=8)
+def _content_types(accept_content: tuple[str, ...]) -> set[str]:
+    from kombu.serialization import registry as serializers
+
+    types = set()
+    for name in accept_content:
+        content_type = name if "/" in name else serializers.name_to_type.get(name)
+        if content_type:
+            types.add(content_type)
+    return types
 
 
 def task_serializer(app: Any) -> str:
     """What messagio's task messages travel as: JSON wherever Celery accepts it (its default),
     so that a worker unpickles nothing but messagio's own signed payloads; pickle only for a
     project that accepts pickle alone (as the original library's README set it)."""
-    return _serializer_for(tuple(app.conf.accept_content or ()))
-
-
-@functools.lru_cache(maxsize=8)
-def _serializer_for(accept_content: tuple[str, ...]) -> str:
-    from kombu.serialization import prepare_accept_content
-
-    accepted = prepare_accept_content(accept_content)
-    if JSON_CONTENT_TYPE in accepted or PICKLE_CONTENT_TYPE not in accepted:
+    accepted = accepted_content_types(app)
+    if accepted is None or JSON_CONTENT_TYPE in accepted or PICKLE_CONTENT_TYPE not in accepted:
         return "json"
     return "pickle"

@@ -7,7 +7,6 @@ from typing import Any
 from django.core.checks import Error, Tags, Warning, register
 from django.db import connections, router
 from django.db.migrations.recorder import MigrationRecorder
-from kombu.exceptions import SerializerNotInstalled
 
 from messagio.brokers import (
     JSON_CONTENT_TYPE,
@@ -112,23 +111,17 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return celery_config_errors(_celery_app())
 
 
-def _accepted(app: Any) -> set[str]:
-    try:
-        return accepted_content_types(app)
-    except SerializerNotInstalled:  # Celery reports the unknown name itself
-        return set(app.conf.accept_content or ())
-
-
 @register(Tags.security, deploy=True)
 def check_pickle(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    if PICKLE_CONTENT_TYPE not in _accepted(_celery_app()):
+    accepted = accepted_content_types(_celery_app())
+    if accepted is not None and PICKLE_CONTENT_TYPE not in accepted:
         return []
     return [
         Warning(
             "Celery accepts pickle: a worker runs whatever code a pickled message in its queues "
             "tells it to, so anyone who can write to the broker can run code in your workers.",
-            hint='messagio\'s tasks need only JSON. Remove "pickle" from CELERY_ACCEPT_CONTENT '
-            "unless other tasks need it, and keep the broker private either way.",
+            hint='messagio\'s tasks need only JSON: CELERY_ACCEPT_CONTENT = ["json"], unless '
+            "other tasks need pickle; keep the broker private either way.",
             id="messagio.W009",
         )
     ]
@@ -137,7 +130,8 @@ def check_pickle(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 def celery_config_errors(app: Any) -> list[Any]:
     """The messagio checks of one Celery app's configuration."""
     errors: list[Any] = []
-    if not _accepted(app) & {JSON_CONTENT_TYPE, PICKLE_CONTENT_TYPE}:
+    accepted = accepted_content_types(app)
+    if accepted is not None and not accepted & {JSON_CONTENT_TYPE, PICKLE_CONTENT_TYPE}:
         errors.append(
             Error(
                 "Celery accepts neither JSON nor pickle, so workers reject every messagio task.",

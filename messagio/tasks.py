@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Task, shared_task
+from celery import shared_task
 
 from messagio.brokers import broker_priority, task_serializer
 
@@ -24,13 +24,17 @@ logger = logging.getLogger("messagio")
 DB_OUTAGE_REQUEUE_DELAY = 10.0
 
 
-class MessagioTask(Task):
-    """A messagio task: sent in the serializer :func:`~messagio.brokers.task_serializer`
-    picks for the app, however it is sent (``publish``, ``delay``, celery beat)."""
+class _SerializerOfItsApp:
+    """The ``serializer`` of messagio's tasks: :func:`~messagio.brokers.task_serializer` of
+    the app each is bound to, however it is sent (``publish``, ``delay``, celery beat).
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        options.setdefault("serializer", task_serializer(self.app))
-        return super().apply_async(args, kwargs, **options)
+    A class attribute of the task class Celery builds, not a base class of messagio's: the
+    project's own Task class (``Celery(task_cls=...)``, Django's) stays the base."""
+
+    def __get__(self, task: Any, owner: Any) -> str:
+        from celery import current_app
+
+        return task_serializer(owner._app or current_app)
 
 
 #: Runs one group of listeners of one fired messagio, in subscription order.
@@ -45,7 +49,7 @@ FIRE_SCHEDULED_TASK = "messagio.tasks.fire_scheduled"
 REPLAY_TASK = "messagio.tasks.replay"
 
 
-@shared_task(name=DELIVER_TASK, bind=True, ignore_result=True, base=MessagioTask)
+@shared_task(name=DELIVER_TASK, bind=True, ignore_result=True, serializer=_SerializerOfItsApp())
 def deliver(self: Any, envelope: dict[str, Any]) -> None:
     """Run the listeners of one group in order; a failure never stops the others.
 
@@ -141,9 +145,11 @@ def publish(
 ) -> str:
     """Publish one group's envelope with its priority (mapped for the broker) and queue."""
     options: dict[str, Any] = {
+        # Read each time (a task caches its own options for the life of the process).
+        "serializer": task_serializer(deliver.app),
         "priority": broker_priority(deliver.app, envelope["priority"]),
         # What monitoring tools show for the task; Celery would otherwise build it with a
-        # safe repr of the whole envelope, payload bytes included, on every publish.
+        # safe repr of the whole envelope, payload included, on every publish.
         "argsrepr": _argsrepr(envelope),
         "kwargsrepr": "{}",
     }
@@ -161,7 +167,7 @@ def _argsrepr(envelope: dict[str, Any]) -> str:
     return f"(<{envelope['type']} event {envelope['event']} for {listeners}>,)"
 
 
-@shared_task(name=RELAY_TASK, ignore_result=True, base=MessagioTask)
+@shared_task(name=RELAY_TASK, ignore_result=True, serializer=_SerializerOfItsApp())
 def relay(batch_size: int = 500) -> int:
     """Publish events left recorded-not-published; scheduled by django-celery-beat.
 
@@ -185,7 +191,7 @@ def relay(batch_size: int = 500) -> int:
             return published
 
 
-@shared_task(name=PRUNE_TASK, ignore_result=True, base=MessagioTask)
+@shared_task(name=PRUNE_TASK, ignore_result=True, serializer=_SerializerOfItsApp())
 def prune() -> int:
     """Delete records past their retention (RETAIN_SUCCEEDED_DAYS / RETAIN_FAILED_DAYS)."""
     from messagio.retention import prune_expired
@@ -193,7 +199,7 @@ def prune() -> int:
     return prune_expired()
 
 
-@shared_task(name=FIRE_SCHEDULED_TASK, ignore_result=True, base=MessagioTask)
+@shared_task(name=FIRE_SCHEDULED_TASK, ignore_result=True, serializer=_SerializerOfItsApp())
 def fire_scheduled(messagio: str, fields: dict[str, Any] | None = None) -> str:
     """Fire ``messagio`` (a dotted class path) built from JSON ``fields``, from a PeriodicTask."""
     from messagio.center import MessageCenter, get_message_center
@@ -212,7 +218,7 @@ def fire_scheduled(messagio: str, fields: dict[str, Any] | None = None) -> str:
     return str(report.event_id)
 
 
-@shared_task(name=REPLAY_TASK, ignore_result=True, base=MessagioTask)
+@shared_task(name=REPLAY_TASK, ignore_result=True, serializer=_SerializerOfItsApp())
 def replay(replay_id: int, delivery_filter: dict[str, Any]) -> None:
     """Run a bulk replay recorded by the admin, over deliveries matching ``delivery_filter``."""
     from django.db.models import Q

@@ -45,6 +45,9 @@ def test_a_transports_own_connection_error_is_the_broker_unreachable(monkeypatch
         (["pickle"], "pickle"),
         (["application/x-python-serialize"], "pickle"),
         (["yaml"], "json"),  # neither: messagio.E001 says so
+        (None, "json"),  # kombu's "accept everything"
+        (["json", "not-installed"], "json"),  # an unknown name does not stop every publish
+        (["pickle", "not-installed"], "pickle"),
     ],
 )
 def test_tasks_travel_as_json_unless_the_project_accepts_only_pickle(accept_content, expected):
@@ -105,6 +108,27 @@ def tasks_of(messagio):
 
 def names(envelope):
     return [spec["id"].rsplit(".", 1)[-1] for spec in envelope["listeners"]]
+
+
+def test_an_envelope_carries_its_signed_payload_through_a_json_message():
+    from kombu.serialization import dumps, loads
+
+    from messagio.records import envelope_payload
+
+    registry.subscribe(Evt, a)
+    messagio = Evt()
+    event, deliveries = build_records(
+        messagio, encode(messagio), [*registry.subscriptions_for(Evt)]
+    )
+    (envelope,) = envelopes(event, deliveries)
+
+    content_type, encoding, body = dumps(((envelope,), {}, {}), serializer="json")
+    ((received,), _, _) = loads(body, content_type, encoding, accept={content_type})
+
+    assert received == envelope
+    assert envelope_payload(received) == event.payload
+    # A message sent before payloads travelled as base64 text (pickled: bytes).
+    assert envelope_payload(dict(envelope, payload=event.payload)) == event.payload
 
 
 def test_listeners_of_equal_priority_and_queue_share_one_task_in_order():

@@ -45,7 +45,10 @@ def test_celery_accepting_neither_json_nor_pickle_is_an_error_with_the_fix():
 
 
 @uses_no_subscriptions
-@pytest.mark.parametrize("accept_content", [["json"], ["pickle"], ["json", "pickle"]])
+@pytest.mark.parametrize(
+    "accept_content",
+    [["json"], ["pickle"], ["json", "pickle"], None, ["json", "not-installed"]],
+)
 def test_celery_accepting_json_or_pickle_passes(accept_content):
     app = app_with(broker_url="memory://", accept_content=accept_content)
     assert celery_config_errors(app) == []
@@ -55,11 +58,12 @@ def deploy_messages(check_id):
     return [m for m in checks.run_checks(include_deployment_checks=True) if m.id == check_id]
 
 
-def test_accepting_pickle_is_a_deployment_warning(monkeypatch):
+@pytest.mark.parametrize("accept_content", [["json", "pickle"], ["pickle", "not-installed"], None])
+def test_accepting_pickle_is_a_deployment_warning(accept_content, monkeypatch):
     from project.celery import app
 
     assert deploy_messages("messagio.W009") == []  # JSON alone, as the demo project
-    monkeypatch.setitem(app.conf, "accept_content", ["json", "pickle"])
+    monkeypatch.setitem(app.conf, "accept_content", accept_content)  # None: kombu takes all
     (message,) = deploy_messages("messagio.W009")
     assert "run code in your workers" in message.msg
     assert "need only JSON" in message.hint

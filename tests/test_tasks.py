@@ -3,7 +3,7 @@
 import uuid
 
 import pytest
-from celery import Celery
+from celery import Celery, Task
 
 from messagio.const import TASK_NAME_PREFIX
 from messagio.tasks import DELIVER_TASK, FIRE_SCHEDULED_TASK, PRUNE_TASK, RELAY_TASK, REPLAY_TASK
@@ -27,36 +27,56 @@ ARGS = {
 
 
 @pytest.mark.parametrize(
-    ("accept_content", "content_type"),
+    ("accept_content", "project_serializer", "content_type"),
     [
-        (["json"], "application/json"),
-        (["json", "pickle"], "application/json"),
+        (["json"], "pickle", "application/json"),
+        (["json", "pickle"], "pickle", "application/json"),
         # The original library's README accepts pickle alone: JSON would be refused.
-        (["pickle"], "application/x-python-serialize"),
+        (["pickle"], "json", "application/x-python-serialize"),
     ],
 )
 def test_every_messagio_task_is_sent_as_the_workers_accept_it(
-    accept_content, content_type, monkeypatch
+    accept_content, project_serializer, content_type, monkeypatch
 ):
-    # However it is sent (delay, apply_async, celery beat's apply_async), in a project whose
-    # own tasks are pickled or not.
-    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery prefers it to broker=
-    queue = f"serializer-test-{uuid.uuid4().hex[:8]}"
-    app = Celery(broker="memory://", set_as_current=False)
-    app.conf.update(
-        accept_content=accept_content, task_serializer="pickle", task_default_queue=queue
-    )
+    # However it is sent (delay, apply_async, celery beat's apply_async), whatever the
+    # project's own tasks are sent as.
+    app = memory_app(accept_content=accept_content, task_serializer=project_serializer)
     for name, args in ARGS.items():
         app.tasks[name].apply_async(args)
 
+    assert sent(app) == dict.fromkeys(ARGS, content_type)
+
+
+class ProjectTask(Task):
+    """A project's own base class for its tasks (tenant headers, request context...)."""
+
+
+def test_every_messagio_task_keeps_the_projects_task_class():
+    app = memory_app(task_cls=ProjectTask)
+
+    assert all(isinstance(app.tasks[name], ProjectTask) for name in ARGS)
+
+
+@pytest.fixture(autouse=True)
+def _no_broker_from_the_environment(monkeypatch):
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery prefers it to broker=
+
+
+def memory_app(task_cls=None, **config):
+    app = Celery(broker="memory://", set_as_current=False, task_cls=task_cls)
+    app.conf.update(task_default_queue=f"serializer-test-{uuid.uuid4().hex[:8]}", **config)
+    return app
+
+
+def sent(app):
+    """{task name: content type} of the messages waiting in the app's default queue."""
     with app.connection_for_read() as connection:
         # Only this test's own arguments are in it.
-        waiting = connection.SimpleQueue(queue, accept=["json", "pickle"])
-        sent = {}
+        waiting = connection.SimpleQueue(app.conf.task_default_queue, accept=["json", "pickle"])
+        messages = {}
         for _ in ARGS:
             message = waiting.get(timeout=5)
-            sent[message.headers["task"]] = message.content_type
+            messages[message.headers["task"]] = message.content_type
             message.ack()
         waiting.close()
-
-    assert sent == dict.fromkeys(ARGS, content_type)
+    return messages

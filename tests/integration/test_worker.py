@@ -87,10 +87,8 @@ def test_a_project_that_accepts_pickle_alone_runs_its_messagios(start_worker, mo
     monkeypatch.setitem(app.conf, "accept_content", ["pickle"])
     token = new_token()
     Call.objects.create(token=token, listener="release")  # the slow listener returns at once
-
-    report = SlowPair(token).fire()
-
     try:
+        report = SlowPair(token).fire()
         wait_for(
             lambda: (
                 Delivery.objects.filter(event_id=report.event_id, status="succeeded").count() == 2
@@ -99,7 +97,8 @@ def test_a_project_that_accepts_pickle_alone_runs_its_messagios(start_worker, mo
         )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nworker:\n{pickle_only.output()}") from None
-    pickle_only.stop()
+    finally:
+        pickle_only.stop()  # it would refuse the crash queue's next messages
     assert calls(token) == ["release", "slow-started", "slow-finished", "after-slow"]
 
 
