@@ -48,15 +48,13 @@ def broker_priority(app: Any, priority: int) -> int:
 def broker_unreachable(exc: BaseException) -> bool:
     """Whether a publish failed for want of the broker (down, cut off: what follows would
     fail too), rather than because the broker refused this one message (a queue it will not
-    take it on, say), after which the next message may still go."""
-    from celery import current_app
+    take it on, say), after which the next message may still go.
+
+    Celery's publish turns the transport's recoverable errors into kombu's OperationalError
+    (some refusals too: those stop a relay run as an outage would, as before)."""
     from kombu.exceptions import OperationalError
 
-    if isinstance(exc, (OperationalError, OSError)):
-        return True  # kombu's word for it, once its retries are spent; or the socket's
-    # A transport's own connection errors, when publishing is not retried (redis-py's).
-    with current_app.connection_for_write() as connection:
-        return isinstance(exc, connection.connection_errors)
+    return isinstance(exc, (OperationalError, OSError))
 
 
 #: kombu's content types of the two serializers messagio's tasks can travel as.

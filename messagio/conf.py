@@ -68,7 +68,8 @@ DEFAULTS: dict[str, Any] = {
     "RELAY_INTERVAL": 30,
     # Seconds an Event may stay recorded-not-published before the relay publishes it.
     "RELAY_GRACE": 10,
-    # Seconds after which a publisher's claim on an Event is presumed dead and the relay retakes it.
+    # Seconds after which a publisher's claim on an Event is presumed dead and the relay retakes
+    # it; also how long an Event the broker refused on its own waits to be tried again.
     "PUBLISH_CLAIM_TIMEOUT": 300,
     # Seconds what a published event's messages carry must have waited for a worker, with
     # nothing of it running, before its admin page offers to publish it again (a message the

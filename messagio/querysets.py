@@ -13,11 +13,13 @@ from django.utils import timezone
 
 class EventQuerySet(models.QuerySet):
     def unpublished(self, grace: datetime.timedelta, claim_timeout: datetime.timedelta):
-        """Events the relay should publish: recorded past ``grace``, or claimed by a publisher
-        that did not finish within ``claim_timeout``."""
+        """Events the relay should publish: recorded past ``grace`` (and, when the broker
+        refused one alone, past ``claim_timeout`` since), or claimed by a publisher that did
+        not finish within ``claim_timeout``."""
         now = timezone.now()
         return self.filter(
             models.Q(state="recorded", fired_at__lt=now - grace)
+            & (models.Q(claimed_at__isnull=True) | models.Q(claimed_at__lt=now - claim_timeout))
             | models.Q(state="publishing", claimed_at__lt=now - claim_timeout)
         )
 

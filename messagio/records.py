@@ -32,6 +32,7 @@ from django.db import (
 from django.db.models import F
 from django.utils import timezone
 
+from messagio.brokers import broker_unreachable
 from messagio.conf import get_setting
 from messagio.dispatch import effective_priority, effective_queue, listener_spec
 from messagio.exceptions import (
@@ -490,8 +491,11 @@ def publish_recorded(
     except Exception as exc:  # noqa: BLE001 - any publish failure leaves it to the relay
         _mark_sent(_sent_ids(exc))
         cause = _cause(exc)
+        # An event the broker refused alone (not an outage) stays claimed: the relay tries it
+        # again after PUBLISH_CLAIM_TIMEOUT, and meanwhile goes on with the events after it.
+        held = None if broker_unreachable(cause) else now
         Event.objects.filter(pk=event.pk).update(
-            state=Event.State.RECORDED, claimed_at=None, publish_error=_describe_exc(cause)
+            state=Event.State.RECORDED, claimed_at=held, publish_error=_describe_exc(cause)
         )
         logger.warning(
             "messagio: could not publish event %s (%s); the relay will retry: %r",

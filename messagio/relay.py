@@ -19,7 +19,10 @@ logger = logging.getLogger("messagio")
 @dataclass
 class RelayReport:
     published: int = 0
+    #: Events not published: the broker refused them alone, or could not be reached.
     failed: int = 0
+    #: Whether the run stopped because the broker could not be reached.
+    unreachable: bool = False
     #: Events still waiting after this run (the broker is still down, or the batch was full).
     remaining: int = 0
     #: Deliveries found stuck running or retrying and queued again.
@@ -30,12 +33,13 @@ def relay(batch_size: int = 500, grace: float | None = None, requeue: bool = Tru
     """Publish up to ``batch_size`` unpublished events, oldest first; then, with
     ``requeue``, requeue deliveries stuck past STUCK_TIMEOUT.
 
-    Stops publishing at the first failure that says the broker is unreachable; an event the
-    broker refuses alone (its queue's declaration conflicts, say) is left for the next run
-    and the batch goes on, so it does not hold back every event after it. The requeue runs
-    all the same (what the broker refuses there is left as it was).
+    Stops publishing at the first failure that says the broker is unreachable. An event the
+    broker refuses alone (its queue's declaration conflicts, say) keeps its publish error
+    and is tried again after PUBLISH_CLAIM_TIMEOUT; the batch goes on, so it does not hold
+    back the events after it. The requeue runs all the same (what the broker refuses there
+    is left as it was).
     """
-    from django.db import DatabaseError
+    from django.db import Error as DatabaseError
 
     from messagio.brokers import broker_unreachable
     from messagio.models import Event
@@ -56,6 +60,7 @@ def relay(batch_size: int = 500, grace: float | None = None, requeue: bool = Tru
         except Exception as exc:  # noqa: BLE001 - recorded on the event by publish_recorded
             report.failed += 1
             if broker_unreachable(exc):
+                report.unreachable = True
                 break
     report.remaining = waiting.count() if report.failed or len(events) == batch_size else 0
     if requeue:

@@ -187,7 +187,7 @@ def relay(batch_size: int = 500) -> int:
         report = run_relay(batch_size=batch_size, requeue=first)
         first = False
         published += report.published
-        if report.failed or not report.remaining or time.monotonic() > deadline:
+        if report.unreachable or not report.remaining or time.monotonic() > deadline:
             return published
 
 

@@ -186,12 +186,15 @@ def refused_queue():
         pytest.skip("RabbitMQ refuses a queue declared otherwise")
     name = f"refused-{uuid.uuid4().hex[:8]}"
     queue = Queue(name, Exchange(name), routing_key=name, queue_arguments={"x-max-priority": 3})
-    with app.connection_for_write() as conn:
+    # Straight to the broker, not through a test's outage proxy.
+    with app.connection_for_write(BROKER_URL) as conn:
         queue.bind(conn.default_channel).declare()
     yield name
-    with app.connection_for_write() as conn:
-        conn.default_channel.queue_delete(name)
-        conn.default_channel.exchange_delete(name)
+    with app.connection_for_write(BROKER_URL) as conn:
+        try:
+            conn.default_channel.queue_delete(name)
+        finally:
+            conn.default_channel.exchange_delete(name)
 
 
 @pytest.mark.usefixtures("isolated_registry")
@@ -204,17 +207,43 @@ def test_an_event_the_broker_refuses_alone_does_not_hold_back_the_relay(
     waiting = Fixable(uuid.uuid4().hex).fire()
     broker_outage.restore()
 
-    report = relay(grace=0)
+    first = relay(grace=0, batch_size=1)
+    # Held for PUBLISH_CLAIM_TIMEOUT, the refused event leaves the next batch to the others.
+    second = relay(grace=0, batch_size=1)
 
-    assert (report.published, report.failed) == (1, 1)
+    assert (first.published, first.failed, first.unreachable) == (0, 1, False)
+    assert (second.published, second.failed) == (1, 0)
     event = Event.objects.get(pk=refused.event_id)
-    assert event.state == "recorded"
+    assert (event.state, event.claimed_at is not None) == ("recorded", True)
     assert "PRECONDITION_FAILED" in event.publish_error
     wait_for(
         lambda: Delivery.objects.filter(
             event_id=waiting.event_id, status__in=["succeeded", "failed"]
         ).exists(),
         what="the event behind the refused one to be delivered",
+    )
+
+
+def test_the_relay_stops_at_the_first_event_while_the_broker_cannot_be_reached(
+    worker, broker_outage
+):
+    broker_outage.cut()
+    fired = [Fixable(uuid.uuid4().hex).fire().event_id for _ in range(2)]
+
+    report = relay(grace=0)
+
+    assert (report.published, report.failed, report.unreachable) == (0, 1, True)
+    assert report.remaining == 2
+    # Not held: the next run tries them at once.
+    assert Event.objects.filter(pk__in=fired, claimed_at__isnull=True).count() == 2
+    broker_outage.restore()
+    assert relay(grace=0).published == 2
+    wait_for(
+        lambda: (
+            Delivery.objects.filter(event_id__in=fired, status__in=["succeeded", "failed"]).count()
+            == 2
+        ),
+        what="both events to be delivered",
     )
 
 

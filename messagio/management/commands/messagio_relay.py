@@ -37,25 +37,31 @@ class Command(BaseCommand):
             raise CommandError("--lost-after takes a number of seconds, 0 or more.")
         # What the relay publishes below, requeued deliveries included, is not lost.
         started = timezone.now()
-        published = 0
+        published = refused = 0
         first = True
         while True:
             report = relay(batch_size=batch_size, grace=grace, requeue=first)
             first = False
             published += report.published
-            if once or report.failed or not report.remaining:
+            if not report.unreachable:
+                refused += report.failed
+            if once or report.unreachable or not report.remaining:
                 break
         self.stdout.write(f"Published {published} event(s).")
-        if report.failed:
-            # A non-zero exit, so that cron, a Kubernetes Job or CI sees that events wait.
+        # A non-zero exit for either, so that cron, a Kubernetes Job or CI sees that events wait.
+        if report.unreachable:
             skipped = "; --lost-after was not run" if lost_after is not None else ""
             raise CommandError(
-                f"The broker refused {report.failed} publish(es); {report.remaining} event(s) "
-                f"still wait{skipped}. Each event's publish error says why; run it again "
-                "when the broker is back."
+                f"The broker could not be reached; {report.remaining} event(s) still wait"
+                f"{skipped}. Run it again when the broker is back."
             )
         if lost_after is not None:
             self.requeue_lost(lost_after, batch_size, once, started)
+        if refused:
+            raise CommandError(
+                f"The broker refused {refused} event(s) on their own; each keeps its publish "
+                "error (the admin shows it) and is tried again after PUBLISH_CLAIM_TIMEOUT."
+            )
 
     def requeue_lost(
         self, older_than: float, batch_size: int, once: bool, started: datetime.datetime
