@@ -50,11 +50,18 @@ def broker_unreachable(exc: BaseException) -> bool:
     fail too), rather than because the broker refused this one message (a queue it will not
     take it on, say), after which the next message may still go.
 
-    Celery's publish turns the transport's recoverable errors into kombu's OperationalError
-    (some refusals too: those stop a relay run as an outage would, as before)."""
+    Celery's retried publish turns the transport's recoverable errors into kombu's
+    OperationalError (some refusals too: those stop a relay run as an outage would)."""
+    from celery import current_app
     from kombu.exceptions import OperationalError
 
-    return isinstance(exc, (OperationalError, OSError))
+    if isinstance(exc, (OperationalError, OSError)):
+        return True  # kombu's word for it, once its retries are spent; or the socket's
+    if isinstance(exc, KeyError):
+        return False  # Celery's QueueNotFound (Redis counts KeyError among its connection errors)
+    # A transport's own connection errors, when publishing is not retried (redis-py's).
+    with current_app.connection_for_write() as connection:
+        return isinstance(exc, connection.connection_errors)
 
 
 #: kombu's content types of the two serializers messagio's tasks can travel as.

@@ -69,7 +69,7 @@ DEFAULTS: dict[str, Any] = {
     # Seconds an Event may stay recorded-not-published before the relay publishes it.
     "RELAY_GRACE": 10,
     # Seconds after which a publisher's claim on an Event is presumed dead and the relay retakes
-    # it; also how long an Event the broker refused on its own waits to be tried again.
+    # it; also how long the periodic relay leaves an Event the broker refused on its own.
     "PUBLISH_CLAIM_TIMEOUT": 300,
     # Seconds what a published event's messages carry must have waited for a worker, with
     # nothing of it running, before its admin page offers to publish it again (a message the

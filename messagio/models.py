@@ -55,7 +55,9 @@ class Event(models.Model):
     #: When its messages were last published: by the fire or the relay, then again by a
     #: requeue, a replay or ``messagio_relay --lost-after`` (which counts a wait from it).
     published_at = models.DateTimeField(_("published at"), null=True, blank=True)
-    #: When a publisher claimed it (state publishing), so a dead publisher's claim expires.
+    #: When a publisher claimed it (state publishing), so a dead publisher's claim expires;
+    #: on a recorded event, when the broker refused it alone (the relay waits
+    #: PUBLISH_CLAIM_TIMEOUT before it tries again).
     claimed_at = models.DateTimeField(null=True, blank=True)
     publish_error = models.TextField(_("last publish error"), blank=True)
     listener_count = models.PositiveSmallIntegerField(_("listeners"), default=0)

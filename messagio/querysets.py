@@ -12,15 +12,23 @@ from django.utils import timezone
 
 
 class EventQuerySet(models.QuerySet):
-    def unpublished(self, grace: datetime.timedelta, claim_timeout: datetime.timedelta):
-        """Events the relay should publish: recorded past ``grace`` (and, when the broker
-        refused one alone, past ``claim_timeout`` since), or claimed by a publisher that did
-        not finish within ``claim_timeout``."""
+    def unpublished(
+        self,
+        grace: datetime.timedelta,
+        claim_timeout: datetime.timedelta,
+        hold_refused: bool = True,
+    ):
+        """Events the relay should publish: recorded past ``grace`` (with ``hold_refused``,
+        one the broker refused alone only ``claim_timeout`` after that), or claimed by a
+        publisher that did not finish within ``claim_timeout``."""
         now = timezone.now()
+        recorded = models.Q(state="recorded", fired_at__lt=now - grace)
+        if hold_refused:
+            recorded &= models.Q(claimed_at__isnull=True) | models.Q(
+                claimed_at__lt=now - claim_timeout
+            )
         return self.filter(
-            models.Q(state="recorded", fired_at__lt=now - grace)
-            & (models.Q(claimed_at__isnull=True) | models.Q(claimed_at__lt=now - claim_timeout))
-            | models.Q(state="publishing", claimed_at__lt=now - claim_timeout)
+            recorded | models.Q(state="publishing", claimed_at__lt=now - claim_timeout)
         )
 
     def every_delivery_written(self):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from messagio.conf import get_setting
 
@@ -23,21 +23,33 @@ class RelayReport:
     failed: int = 0
     #: Whether the run stopped because the broker could not be reached.
     unreachable: bool = False
+    #: Events the broker refused alone (the rest of the batch went on).
+    refused_ids: set[str] = field(default_factory=set)
     #: Events still waiting after this run (the broker is still down, or the batch was full).
     remaining: int = 0
     #: Deliveries found stuck running or retrying and queued again.
     requeued: int = 0
 
 
-def relay(batch_size: int = 500, grace: float | None = None, requeue: bool = True) -> RelayReport:
+def relay(
+    batch_size: int = 500,
+    grace: float | None = None,
+    requeue: bool = True,
+    *,
+    retry_refused: bool = False,
+    exclude: set[str] | frozenset[str] = frozenset(),
+) -> RelayReport:
     """Publish up to ``batch_size`` unpublished events, oldest first; then, with
     ``requeue``, requeue deliveries stuck past STUCK_TIMEOUT.
 
     Stops publishing at the first failure that says the broker is unreachable. An event the
     broker refuses alone (its queue's declaration conflicts, say) keeps its publish error
-    and is tried again after PUBLISH_CLAIM_TIMEOUT; the batch goes on, so it does not hold
-    back the events after it. The requeue runs all the same (what the broker refuses there
-    is left as it was).
+    and the batch goes on, so it does not hold back the events after it; the periodic relay
+    leaves it for PUBLISH_CLAIM_TIMEOUT, so that refused events do not fill its batches,
+    unless ``retry_refused`` (a run by hand, once the cause is fixed). ``exclude``: event
+    ids to leave out (those this run already saw refused); the ids refused are added to
+    ``report.refused_ids``. The requeue runs all the same (what the broker refuses there is
+    left as it was).
     """
     from django.db import Error as DatabaseError
 
@@ -48,7 +60,9 @@ def relay(batch_size: int = 500, grace: float | None = None, requeue: bool = Tru
     if grace is None:
         grace = float(get_setting("RELAY_GRACE"))
     claim_timeout = datetime.timedelta(seconds=float(get_setting("PUBLISH_CLAIM_TIMEOUT")))
-    waiting = Event.objects.unpublished(datetime.timedelta(seconds=grace), claim_timeout)
+    waiting = Event.objects.unpublished(
+        datetime.timedelta(seconds=grace), claim_timeout, hold_refused=not retry_refused
+    ).exclude(pk__in=list(exclude))
     report = RelayReport()
     events = list(waiting.order_by("fired_at")[:batch_size])
     for event in events:
@@ -62,6 +76,7 @@ def relay(batch_size: int = 500, grace: float | None = None, requeue: bool = Tru
             if broker_unreachable(exc):
                 report.unreachable = True
                 break
+            report.refused_ids.add(str(event.pk))
     report.remaining = waiting.count() if report.failed or len(events) == batch_size else 0
     if requeue:
         from messagio.recovery import requeue_stuck

@@ -183,10 +183,12 @@ def relay(batch_size: int = 500) -> int:
     deadline = time.monotonic() + float(get_setting("RELAY_INTERVAL")) / 2
     published = 0
     first = True
+    refused: set[str] = set()
     while True:
-        report = run_relay(batch_size=batch_size, requeue=first)
+        report = run_relay(batch_size=batch_size, requeue=first, exclude=refused)
         first = False
         published += report.published
+        refused |= report.refused_ids
         if report.unreachable or not report.remaining or time.monotonic() > deadline:
             return published
 

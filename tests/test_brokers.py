@@ -23,10 +23,28 @@ def test_a_broker_that_cannot_be_reached_is_told_from_one_that_refuses_a_message
     assert not broker_unreachable(EncodeError("cannot serialize"))
 
 
-def test_a_queue_celery_does_not_know_is_not_the_broker_unreachable():
-    # Raised by Celery's router before any connection (task_create_missing_queues off).
+def test_a_transports_own_connection_error_is_the_broker_unreachable(monkeypatch):
+    # As publishing raises it when it is not retried (CELERY_TASK_PUBLISH_RETRY = False).
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from project.celery import app
+
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery prefers it to broker_url
+    monkeypatch.setitem(app.conf, "broker_url", "memory://")
+    assert not broker_unreachable(RedisConnectionError("Connection refused"))  # not this broker
+    monkeypatch.setitem(app.conf, "broker_url", "redis://127.0.0.1:6379/0")
+    assert broker_unreachable(RedisConnectionError("Connection refused"))
+
+
+def test_a_queue_celery_does_not_know_is_not_the_broker_unreachable(monkeypatch):
+    # Raised by Celery's router before any connection (task_create_missing_queues off); a
+    # KeyError, which Redis's transport counts among its connection errors.
     from celery.exceptions import QueueNotFound
 
+    from project.celery import app
+
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery prefers it to broker_url
+    monkeypatch.setitem(app.conf, "broker_url", "redis://127.0.0.1:6379/0")
     assert not broker_unreachable(QueueNotFound("refused-queue"))
 
 

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 from kombu import Exchange, Queue
@@ -222,6 +223,13 @@ def test_an_event_the_broker_refuses_alone_does_not_hold_back_the_relay(
         ).exists(),
         what="the event behind the refused one to be delivered",
     )
+    # By hand, the held event is tried at once: refused still, then published once fixed.
+    with pytest.raises(CommandError, match=r"refused 1 event\(s\) on their own"):
+        call_command("messagio_relay", "--grace", "0")
+    with app.connection_for_write(BROKER_URL) as conn:
+        conn.default_channel.queue_delete(refused_queue)  # the fix: Celery declares it anew
+    call_command("messagio_relay", "--grace", "0")
+    assert Event.objects.get(pk=refused.event_id).state == "published"
 
 
 def test_the_relay_stops_at_the_first_event_while_the_broker_cannot_be_reached(

@@ -37,30 +37,38 @@ class Command(BaseCommand):
             raise CommandError("--lost-after takes a number of seconds, 0 or more.")
         # What the relay publishes below, requeued deliveries included, is not lost.
         started = timezone.now()
-        published = refused = 0
+        published = 0
         first = True
+        refused: set[str] = set()
         while True:
-            report = relay(batch_size=batch_size, grace=grace, requeue=first)
+            # By hand, once the cause is fixed: what the broker refused is tried again now.
+            report = relay(
+                batch_size=batch_size,
+                grace=grace,
+                requeue=first,
+                retry_refused=True,
+                exclude=refused,
+            )
             first = False
             published += report.published
-            if not report.unreachable:
-                refused += report.failed
+            refused |= report.refused_ids
             if once or report.unreachable or not report.remaining:
                 break
         self.stdout.write(f"Published {published} event(s).")
         # A non-zero exit for either, so that cron, a Kubernetes Job or CI sees that events wait.
+        also = f" (and refused {len(refused)} event(s) on their own)" if refused else ""
         if report.unreachable:
             skipped = "; --lost-after was not run" if lost_after is not None else ""
             raise CommandError(
-                f"The broker could not be reached; {report.remaining} event(s) still wait"
-                f"{skipped}. Run it again when the broker is back."
+                f"The broker could not be reached{also}; {report.remaining} event(s) still "
+                f"wait{skipped}. Run it again when the broker is back."
             )
         if lost_after is not None:
             self.requeue_lost(lost_after, batch_size, once, started)
         if refused:
             raise CommandError(
-                f"The broker refused {refused} event(s) on their own; each keeps its publish "
-                "error (the admin shows it) and is tried again after PUBLISH_CLAIM_TIMEOUT."
+                f"The broker refused {len(refused)} event(s) on their own; each keeps its "
+                "publish error, shown in the admin. Run this again once the cause is fixed."
             )
 
     def requeue_lost(
