@@ -52,11 +52,14 @@ def broker_unreachable(exc: BaseException) -> bool:
 
     Celery's retried publish turns the transport's recoverable errors into kombu's
     OperationalError (some refusals too: those stop a relay run as an outage would)."""
+    from amqp.exceptions import AccessRefused
     from celery import current_app
     from kombu.exceptions import OperationalError
 
     if isinstance(exc, (OperationalError, OSError)):
         return True  # kombu's word for it, once its retries are spent; or the socket's
+    if isinstance(exc, AccessRefused):
+        return True  # RabbitMQ refusing the login (or the user's rights on every queue)
     if isinstance(exc, KeyError):
         return False  # Celery's QueueNotFound (Redis counts KeyError among its connection errors)
     # A transport's own connection errors, when publishing is not retried (redis-py's).

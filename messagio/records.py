@@ -421,6 +421,19 @@ def envelopes(
     return result
 
 
+#: The task id kept by a retrying delivery whose retry the broker refused: no task's id, so
+#: none claims it; the relay requeues it once its delay has passed.
+RETRY_NOT_SENT = "not sent"
+
+
+def mark_retry_not_sent(delivery_id: str, task_id: str | None) -> None:
+    """Record that the retry published under ``task_id`` never reached the broker."""
+    if task_id:
+        Delivery.objects.using(db_alias()).filter(
+            pk=delivery_id, status=Delivery.Status.RETRYING, task_id=task_id
+        ).update(task_id=RETRY_NOT_SENT)
+
+
 def envelope_payload(envelope: dict[str, Any]) -> bytes:
     """The signed payload an envelope carries (bytes in messages sent before it was base64)."""
     payload = envelope["payload"]

@@ -223,21 +223,36 @@ REQUEUE_BATCH = 1000
 def requeue_stuck(timeout: float | None = None, limit: int = REQUEUE_BATCH) -> int:
     """Requeue deliveries ``running`` or ``retrying`` for longer than STUCK_TIMEOUT, the
     ``limit`` oldest: a broker that lost a backlog of retries does not make one run load
-    them all."""
+    them all. Then the retries the broker refused to take (see ``tasks.deliver``), once
+    their delay has passed."""
     from messagio.conf import get_setting
     from messagio.models import Delivery
+    from messagio.records import RETRY_NOT_SENT
 
     seconds = float(timeout if timeout is not None else get_setting("STUCK_TIMEOUT"))
-    cutoff = timezone.now() - datetime.timedelta(seconds=seconds)
+    now = timezone.now()
+    cutoff = now - datetime.timedelta(seconds=seconds)
     stuck = Delivery.objects.filter(
         Q(status=Delivery.Status.RUNNING, started_at__lt=cutoff)
         | Q(status=Delivery.Status.RETRYING, finished_at__lt=cutoff)
     )
     oldest = list(stuck.order_by("started_at").values_list("pk", flat=True)[:limit])
-    return requeue(
+    requeued = requeue(
         stuck.filter(pk__in=oldest),  # still stuck when read again
         f"it was stuck for more than {seconds:g}s; its worker is presumed dead",
     )
+    # Retries the broker refused, once due: no message would ever run them.
+    unsent = Delivery.objects.filter(status=Delivery.Status.RETRYING, task_id=RETRY_NOT_SENT)
+    due = [
+        pk
+        for pk, finished_at, delay in unsent.values_list("pk", "finished_at", "retry_delay")[:limit]
+        if finished_at is not None and finished_at + datetime.timedelta(seconds=delay) <= now
+    ]
+    if due:
+        requeued += requeue(
+            unsent.filter(pk__in=due), "the broker refused its retry; its delay has passed"
+        )
+    return requeued
 
 
 #: How far back before the cutoff :func:`requeue_lost` looks for events (by fired_at).
@@ -255,8 +270,10 @@ class LostReport:
     skipped: dict[str, str] = field(default_factory=dict)
     #: How many events were examined, published or not.
     examined: int = 0
-    #: Why publishing stopped (the broker refused), or "" when it did not.
+    #: Why publishing stopped (the broker could not be reached), or "" when it did not.
     error: str = ""
+    #: How many of ``skipped`` the broker refused alone.
+    refused: int = 0
 
 
 def requeue_lost(
@@ -343,6 +360,7 @@ def requeue_lost(
                 _put_back(event, held)  # nothing went out; else what did must not go again
             if not broker_unreachable(refused.cause):  # this event alone: go on
                 report.skipped[str(event.pk)] = str(refused)
+                report.refused += 1
                 logger.error("messagio: event %s cannot be published again: %s", event.pk, refused)
                 continue
             report.error = str(refused)  # the broker is down: stop

@@ -122,14 +122,26 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
                     task_id=ctx.retry_task_ids.get(spec["delivery"]),
                 )
             except Exception as exc:  # noqa: BLE001 - the rest of the group still runs
-                # Recorded retrying: the relay requeues it once past STUCK_TIMEOUT.
                 logger.error(
                     "messagio: the broker refused the retry of %s for event %s; the relay "
-                    "will requeue it after STUCK_TIMEOUT: %r",
+                    "will requeue it once its delay has passed: %r",
                     spec["id"],
                     ctx.event_id,
                     exc,
                 )
+                if ctx.record:
+                    _retry_not_sent(spec["delivery"], ctx.retry_task_ids.get(spec["delivery"]))
+
+
+def _retry_not_sent(delivery_id: str, task_id: str | None) -> None:
+    """Leave a retry the broker refused to the relay (see recovery.requeue_stuck), which
+    otherwise would take it for a retry still on its way until STUCK_TIMEOUT."""
+    from messagio.records import mark_retry_not_sent
+
+    try:
+        mark_retry_not_sent(delivery_id, task_id)
+    except Exception:  # noqa: BLE001 - then it waits for STUCK_TIMEOUT, as before
+        logger.exception("messagio: could not mark the retry of delivery %s unsent", delivery_id)
 
 
 def _from_position(envelope: dict[str, Any], position: int) -> dict[str, Any]:

@@ -14,12 +14,13 @@ from messagio.registry import registry
 
 
 def test_a_broker_that_cannot_be_reached_is_told_from_one_that_refuses_a_message():
-    from amqp.exceptions import PreconditionFailed
+    from amqp.exceptions import AccessRefused, PreconditionFailed
     from kombu.exceptions import EncodeError, OperationalError
 
     assert broker_unreachable(OperationalError("Connection refused"))
     assert broker_unreachable(ConnectionRefusedError(111, "Connection refused"))
     assert not broker_unreachable(PreconditionFailed("inequivalent arg 'x-max-priority'"))
+    assert broker_unreachable(AccessRefused("ACCESS_REFUSED - Login was refused"))
     assert not broker_unreachable(EncodeError("cannot serialize"))
 
 

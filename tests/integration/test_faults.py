@@ -265,3 +265,21 @@ def test_a_requeue_the_broker_refuses_alone_does_not_hold_back_the_others(worker
     delivery = Delivery.objects.get(event_id=first)
     assert (delivery.status, delivery.worker) == ("running", "gone@nowhere")  # as it was
     succeeds_after_a_lost_attempt(second)
+
+
+def test_a_lost_event_the_broker_refuses_alone_makes_the_relay_command_fail(worker, refused_queue):
+    token = uuid.uuid4().hex
+    report = Fixable(token).fire()
+    wait_for(
+        lambda: Delivery.objects.filter(event_id=report.event_id, status="failed").exists(),
+        what="its first attempt",
+    )
+    # Waiting for a message the broker lost, on a queue the broker now refuses.
+    Delivery.objects.filter(event_id=report.event_id).update(status="pending", queue=refused_queue)
+    published_at = Event.objects.get(pk=report.event_id).published_at
+
+    with pytest.raises(CommandError, match=r"refused 1 event\(s\) on their own"):
+        call_command("messagio_relay", "--grace", "0", "--lost-after", "0")
+
+    assert Event.objects.get(pk=report.event_id).published_at == published_at  # put back
+    assert Delivery.objects.get(event_id=report.event_id).status == "pending"

@@ -198,9 +198,11 @@ def test_a_listener_waiting_for_its_retry_runs_only_in_its_retrys_own_task(worke
 
 
 def test_a_retry_the_broker_refuses_leaves_its_delivery_retrying_and_the_group_goes_on(
-    broker_outage,
+    worker, broker_outage
 ):
     from messagio import tasks
+    from messagio.records import RETRY_NOT_SENT
+    from messagio.recovery import requeue_stuck
 
     token = new_token()
     event, envelope = recorded_group(Flaky(token, fail_times=1))
@@ -209,8 +211,16 @@ def test_a_retry_the_broker_refuses_leaves_its_delivery_retrying_and_the_group_g
     tasks.deliver.apply(args=(envelope,))
 
     flaky, sibling = Delivery.objects.filter(event_id=event.id).order_by("position")
-    assert (flaky.status, flaky.attempts) == ("retrying", 1)  # the relay requeues it later
+    assert (flaky.status, flaky.attempts, flaky.task_id) == ("retrying", 1, RETRY_NOT_SENT)
     assert (sibling.status, sibling.attempts) == ("succeeded", 1)
+    broker_outage.restore()
+    # Once its delay (0.1 s) has passed, not after STUCK_TIMEOUT (an hour).
+    wait_for(lambda: requeue_stuck() == 1, what="the relay to requeue the refused retry")
+    wait_for(
+        lambda: Delivery.objects.get(pk=flaky.pk).status == "succeeded",
+        what="the requeued retry to succeed",
+    )
+    assert Call.objects.filter(token=token, listener="flaky").count() == 2
 
 
 def test_a_retry_records_its_own_task_as_the_one_that_may_run_it(worker):

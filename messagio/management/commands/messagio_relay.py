@@ -63,20 +63,23 @@ class Command(BaseCommand):
                 f"The broker could not be reached{also}; {report.remaining} event(s) still "
                 f"wait{skipped}. Run it again when the broker is back."
             )
+        refused_again = 0
         if lost_after is not None:
-            self.requeue_lost(lost_after, batch_size, once, started)
-        if refused:
+            refused_again = self.requeue_lost(lost_after, batch_size, once, started)
+        if refused or refused_again:
             raise CommandError(
-                f"The broker refused {len(refused)} event(s) on their own; each keeps its "
-                "publish error, shown in the admin. Run this again once the cause is fixed."
+                f"The broker refused {len(refused) + refused_again} event(s) on their own; "
+                "each keeps its publish error (shown in the admin) or is listed above. Run "
+                "this again once the cause is fixed."
             )
 
     def requeue_lost(
         self, older_than: float, batch_size: int, once: bool, started: datetime.datetime
-    ) -> None:
+    ) -> int:
+        """Publish again what waited too long; returns how many events the broker refused."""
         from messagio.recovery import requeue_lost
 
-        events = deliveries = 0
+        events = deliveries = refused = 0
         skipped: dict[str, str] = {}
         while True:
             # Every batch counts the wait from the same start: none takes up what another
@@ -84,6 +87,7 @@ class Command(BaseCommand):
             lost = requeue_lost(older_than, limit=batch_size, now=started, exclude=set(skipped))
             events, deliveries = events + lost.events, deliveries + lost.deliveries
             skipped.update(lost.skipped)
+            refused += lost.refused
             if once or lost.error or lost.examined < batch_size:
                 break
         self.stdout.write(
@@ -94,3 +98,4 @@ class Command(BaseCommand):
             self.stderr.write(f"Event {event_id} not published again: {why}.")
         if lost.error:
             raise CommandError(f"Stopped: {lost.error}; run it again when the broker is back.")
+        return refused
