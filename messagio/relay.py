@@ -19,8 +19,6 @@ logger = logging.getLogger("messagio")
 @dataclass
 class RelayReport:
     published: int = 0
-    #: Events not published: the broker refused them alone, or could not be reached.
-    failed: int = 0
     #: Whether the run stopped because the broker could not be reached.
     unreachable: bool = False
     #: Events the broker refused alone (the rest of the batch went on).
@@ -29,6 +27,11 @@ class RelayReport:
     remaining: int = 0
     #: Deliveries found stuck running or retrying and queued again.
     requeued: int = 0
+
+    @property
+    def failed(self) -> int:
+        """Events not published: refused alone, or the one that found the broker unreachable."""
+        return len(self.refused_ids) + self.unreachable
 
 
 def relay(
@@ -72,7 +75,6 @@ def relay(
         except DatabaseError:
             raise
         except Exception as exc:  # noqa: BLE001 - recorded on the event by publish_recorded
-            report.failed += 1
             if broker_unreachable(exc):
                 report.unreachable = True
                 break

@@ -157,8 +157,6 @@ def publish(
 ) -> str:
     """Publish one group's envelope with its priority (mapped for the broker) and queue."""
     options: dict[str, Any] = {
-        # Read each time (a task caches its own options for the life of the process).
-        "serializer": task_serializer(deliver.app),
         "priority": broker_priority(deliver.app, envelope["priority"]),
         # What monitoring tools show for the task; Celery would otherwise build it with a
         # safe repr of the whole envelope, payload included, on every publish.

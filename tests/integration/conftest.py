@@ -37,6 +37,21 @@ def database_url() -> str:
     return f"postgres://{user}{password}@{host}{port}/{db['NAME']}"
 
 
+def process_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process of the test project (a worker, a firing script): this
+    run's settings, database and broker."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url(),
+        CELERY_BROKER_URL=BROKER_URL,
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        C_FORCE_ROOT="1",  # tests run as root here; never do this in production
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra or {})
+    return env
+
+
 @dataclass
 class Worker:
     process: subprocess.Popen
@@ -76,16 +91,7 @@ def start_worker(django_db_setup, django_db_blocker, tmp_path_factory):
     ) -> Worker:
         name = name or f"test-{uuid.uuid4().hex[:8]}"
         log = logs / f"{name}-{uuid.uuid4().hex[:4]}.log"
-        extra_env = env
-        env = dict(os.environ)
-        env.update(
-            DATABASE_URL=database_url(),
-            CELERY_BROKER_URL=BROKER_URL,
-            DJANGO_SETTINGS_MODULE="tests.settings",
-            C_FORCE_ROOT="1",  # tests run as root here; never do this in production
-            PYTHONUNBUFFERED="1",
-        )
-        env.update(extra_env or {})
+        env = process_env(env)
         command = [
             sys.executable, "-m", "celery", "-A", "project", "worker",
             "--loglevel=INFO", f"--concurrency={concurrency}", "--prefetch-multiplier=1",

@@ -1,5 +1,7 @@
 """Firing through a real Celery worker process, on the stack the environment names."""
 
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -10,7 +12,7 @@ from messagio.brokers import is_amqp, is_redis
 from messagio.models import Delivery
 from messagio.tasks import DELIVER_TASK
 from project.celery import app
-from tests.integration.conftest import purge_queue
+from tests.integration.conftest import ROOT, process_env, purge_queue
 from tests.polling import wait_for
 from tests.testapp.messagio import (
     BacklogHigh,
@@ -18,7 +20,6 @@ from tests.testapp.messagio import (
     Flaky,
     Ping,
     PlainPing,
-    SlowPair,
     Unheard,
     WithModel,
 )
@@ -75,30 +76,38 @@ class _WritesFile:
         return (open, (self.path, "w"))
 
 
-def test_a_project_that_accepts_pickle_alone_runs_its_messagios(start_worker, monkeypatch):
+def test_a_project_that_accepts_pickle_alone_runs_its_messagios(start_worker):
     # The original library's README sets CELERY_ACCEPT_CONTENT = ['pickle']: its workers
-    # refuse JSON, so messagio's tasks travel as pickle there.
+    # refuse JSON, so messagio's tasks travel as pickle there. Fired by a process of that
+    # project too.
+    pickle_alone = {"MESSAGIO_TEST_ACCEPT_CONTENT": "pickle"}
     purge_queue(settings.TEST_CRASH_QUEUE)
-    pickle_only = start_worker(
-        [settings.TEST_CRASH_QUEUE],
-        concurrency=1,
-        env={"MESSAGIO_TEST_ACCEPT_CONTENT": "pickle"},
-    )
-    monkeypatch.setitem(app.conf, "accept_content", ["pickle"])
+    worker = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, env=pickle_alone)
     token = new_token()
     Call.objects.create(token=token, listener="release")  # the slow listener returns at once
+    fire = (
+        "import django; django.setup(); from tests.testapp.messagio import SlowPair; "
+        f"print(SlowPair({token!r}).fire().event_id)"
+    )
     try:
-        report = SlowPair(token).fire()
+        fired = subprocess.run(
+            [sys.executable, "-c", fire],
+            cwd=ROOT,
+            env=process_env(pickle_alone),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        event_id = fired.stdout.split()[-1]
         wait_for(
-            lambda: (
-                Delivery.objects.filter(event_id=report.event_id, status="succeeded").count() == 2
-            ),
+            lambda: Delivery.objects.filter(event_id=event_id, status="succeeded").count() == 2,
             what="both listeners to succeed",
         )
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\nworker:\n{pickle_only.output()}") from None
+        raise AssertionError(f"{exc}\nworker:\n{worker.output()}") from None
     finally:
-        pickle_only.stop()  # it would refuse the crash queue's next messages
+        worker.stop()  # it would refuse the crash queue's next messages
     assert calls(token) == ["release", "slow-started", "slow-finished", "after-slow"]
 
 
