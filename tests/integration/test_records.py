@@ -15,6 +15,7 @@ from messagio.models import Delivery, Event, Replay
 from messagio.payload import MAGIC, sign
 from messagio.records import publish_recorded
 from messagio.relay import relay
+from tests.hostile import WritesFile
 from tests.polling import wait_for
 from tests.testapp.messagio import Fixable, Flaky, Ping, Split, SplitHeld
 from tests.testapp.models import Call
@@ -316,7 +317,7 @@ def test_a_tampered_payload_runs_no_code_and_fails_its_delivery(worker, tmp_path
     report = Fixable(token).fire()
     (delivery,) = wait_finished(report.event_id)
     marker = tmp_path / "pwned"
-    hostile = pickle.dumps(_WritesFile(str(marker)))
+    hostile = pickle.dumps(WritesFile(str(marker)))
     for forged in (hostile, MAGIC + b"\0" * 32 + hostile):
         Event.objects.filter(pk=report.event_id).update(payload=forged)
         messagio.replay(delivery)
@@ -333,14 +334,6 @@ def test_a_tampered_payload_runs_no_code_and_fails_its_delivery(worker, tmp_path
         assert delivery.error_type.endswith("PayloadSignatureError")
     assert not Path(marker).exists()
     assert Call.objects.filter(token=token, listener="fixable").count() == 1
-
-
-class _WritesFile:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def test_a_listener_that_no_longer_exists_fails_its_replay_saying_which(worker):

@@ -12,6 +12,7 @@ from messagio.brokers import is_amqp, is_redis
 from messagio.models import Delivery
 from messagio.tasks import DELIVER_TASK
 from project.celery import app
+from tests.hostile import WritesFile
 from tests.integration.conftest import ROOT, process_env, purge_queue
 from tests.polling import wait_for
 from tests.testapp.messagio import (
@@ -59,21 +60,13 @@ def test_a_worker_that_accepts_json_alone_never_unpickles_a_message(worker, tmp_
 
     app.send_task(
         DELIVER_TASK,
-        args=(_WritesFile(str(marker)),),
+        args=(WritesFile(str(marker)),),
         serializer="pickle",
         queue=settings.MESSAGIO_QUEUE,
     )
 
     wait_for(lambda: worker.output().count(refused) > before, what="the worker to refuse it")
     assert not marker.exists()
-
-
-class _WritesFile:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def test_a_project_that_accepts_pickle_alone_runs_its_messagios(start_worker):
