@@ -92,15 +92,14 @@ class AbstractMessageCenter(abc.ABC):
         report = DispatchReport(uuid.uuid4(), type(messagio).get_name(), sync=origin == "sync")
         specs = [listener_spec(s) for s in subscriptions]
         if record:
-            from messagio.records import build_records, save_records, spec_of
-
+            records = _records()
             payload = encode(messagio, get_setting("MAX_PAYLOAD_BYTES"))
-            event, deliveries = build_records(
+            event, deliveries = records.build_records(
                 messagio, payload, subscriptions, origin=origin, state="inline"
             )
-            save_records(event, deliveries)
+            records.save_records(event, deliveries)
             report.event_id = event.id
-            specs = [spec_of(d) for d in deliveries]
+            specs = [records.spec_of(d) for d in deliveries]
         ctx = RunContext(str(report.event_id), report.messagio_type, record=record)
 
         def run() -> None:
@@ -140,6 +139,25 @@ class AbstractMessageCenter(abc.ABC):
         return self.run_here(messagio, "sync", raise_errors)
 
 
+def _records() -> Any:
+    """``messagio.records``, or an error that says what to do when messagio is not an
+    installed app (its models, which the records import, cannot load then)."""
+    try:
+        from messagio import records
+    except RuntimeError as exc:
+        from django.apps import apps
+        from django.core.exceptions import ImproperlyConfigured
+
+        if apps.is_installed("messagio"):
+            raise
+        raise ImproperlyConfigured(
+            'messagio is not in INSTALLED_APPS: add "messagio" (with "django_celery_results" '
+            'and "django_celery_beat") to INSTALLED_APPS and run manage.py migrate. It records '
+            "every fire in its models, and workers find its tasks through the installed apps."
+        ) from exc
+    return records
+
+
 def _fired(messagio: Messagio, report: DispatchReport) -> None:
     """Send ``messagio_fired``; inside a transaction, only once it commits."""
     from django.db import transaction
@@ -176,21 +194,21 @@ class MessageCenter(AbstractMessageCenter):
 
         from messagio.conf import get_setting
         from messagio.payload import encode
-        from messagio.records import build_records, envelopes, publish_all, record_and_publish
 
+        records = _records()
         subscriptions = self.subscriptions_for(type(messagio))
         payload = encode(messagio, get_setting("MAX_PAYLOAD_BYTES"))
-        event, deliveries = build_records(messagio, payload, subscriptions, origin=origin)
+        event, deliveries = records.build_records(messagio, payload, subscriptions, origin=origin)
         report = DispatchReport(event.id, event.messagio_type, sync=False)
         if get_setting("RECORD"):
-            report.task_ids = record_and_publish(event, deliveries)
+            report.task_ids = records.record_and_publish(event, deliveries)
         else:
-            unrecorded = envelopes(event, deliveries, record=False)
+            unrecorded = records.envelopes(event, deliveries, record=False)
             if transaction.get_connection().in_atomic_block:
                 # As with records: a rollback publishes nothing.
-                transaction.on_commit(lambda: publish_all(unrecorded))
+                transaction.on_commit(lambda: records.publish_all(unrecorded))
             else:
-                report.task_ids = publish_all(unrecorded)
+                report.task_ids = records.publish_all(unrecorded)
         _fired(messagio, report)
         return report
 

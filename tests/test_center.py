@@ -1,7 +1,11 @@
 """Message centers: sync fire, the in-process center, and choosing a center by setting."""
 
+import subprocess
+import sys
+import textwrap
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from django.test import override_settings
@@ -254,3 +258,45 @@ def test_without_records_a_fire_in_a_transaction_publishes_when_it_commits(monke
             assert published == []
     assert published == [str(report.event_id)]
     assert not Event.objects.exists()
+
+
+def test_a_fire_in_a_project_without_messagio_in_installed_apps_says_how_to_fix_it():
+    # A project of its own, where messagio's models never loaded (here they have).
+    script = textwrap.dedent(
+        """
+        from dataclasses import dataclass
+
+        import django
+        from django.conf import settings
+
+        settings.configure(INSTALLED_APPS=[], DATABASES={
+            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+        })
+        django.setup()
+
+        from messagio import Messagio
+
+        @dataclass
+        class Hello(Messagio):
+            name: str
+
+        for sync in (False, True):
+            try:
+                Hello("you").fire(sync=sync)
+            except Exception as exc:
+                print(type(exc).__name__, exc)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stderr
+    for line in lines:
+        assert line.startswith("ImproperlyConfigured messagio is not in INSTALLED_APPS")
+        assert "run manage.py migrate" in line
