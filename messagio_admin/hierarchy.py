@@ -80,7 +80,7 @@ def _chosen_period(year: str, month: str | None) -> tuple[datetime.datetime, dat
 
 def bounds(cl: Any, year: str | None = None, month: str | None = None) -> tuple[Any, Any] | None:
     """The first and the last date to list periods between (see the module's docstring), or
-    None when there is no row; ``year`` and ``month``: the period chosen."""
+    None when no row has one; ``year`` and ``month``: the period chosen."""
     field_name = cl.date_hierarchy
     paginator = getattr(cl, "paginator", None)
     counted = paginator is not None and not (
@@ -107,7 +107,8 @@ def bounds(cl: Any, year: str | None = None, month: str | None = None) -> tuple[
             last_date=Subquery(dates.order_by(f"-{field_name}")[:1]),
         ).values_list("first_date", "last_date")[:1]
     )
-    return ends[0] if ends else None
+    # No row with a date at all (deliveries no worker has started): both ends are NULL.
+    return ends[0] if ends and ends[0][0] is not None else None
 
 
 def date_hierarchy(cl: Any) -> dict[str, Any]:

@@ -158,3 +158,16 @@ def test_an_empty_selection_shows_no_hierarchy(admin_client):
     html = admin_client.get(f"{EVENTS}?status=in_flight").content.decode()
 
     assert 'class="toplinks"' not in html
+
+
+@pytest.mark.django_db
+def test_a_large_selection_of_deliveries_none_of_them_started_shows_no_hierarchy(
+    admin_client, counted_selections_are_large
+):
+    # Workers that never took their queue: every delivery pending, none with a start date.
+    make_event("pending", "pending", fired_at=at(2024, 3, 8))
+
+    response = admin_client.get("/admin/messagio/delivery/?status__exact=pending")
+
+    assert response.status_code == 200
+    assert 'class="toplinks"' not in response.content.decode()
