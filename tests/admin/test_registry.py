@@ -201,3 +201,22 @@ def test_a_listener_of_two_types_shows_under_each_its_runs_of_that_type(admin_cl
     plain = section(plain_ping)
     assert row_of(plain, of_many)[5:7] == ["1", "1"]
     assert f"listener={of_many}&amp;messagio_type={plain_ping}&amp;status__exact=failed" in plain
+
+
+def test_a_listeners_failure_count_links_to_the_same_failures(admin_client):
+    make_event("failed")
+    make_event("failed", fired_at=timezone.now() - datetime.timedelta(days=2))
+    html = page(admin_client)
+    row = re.search(
+        r'<tr class="listener[^"]*">\s*<td>[^<]*</td>\s*<td><a href="[^"]*listener='
+        + re.escape(FIRST)
+        + r'".*?</tr>',
+        html,
+        re.S,
+    ).group(0)
+    link = re.search(r'<a href="([^"]*status__exact=failed[^"]*)">(\d+)</a>', row)
+
+    assert link.group(2) == "1"
+    listed = admin_client.get(link.group(1).replace("&amp;", "&"))
+    assert listed.status_code == 200
+    assert listed.context["cl"].result_count == 1
