@@ -56,6 +56,7 @@ class EventStatusFilter(admin.SimpleListFilter):
             ("failed", _("has failures")),
             ("ok", _("all ok")),
             ("in_flight", _("in flight")),
+            ("waiting", _("waiting for a worker")),
             ("unpublished", _("never published")),
         ]
 
@@ -64,6 +65,7 @@ class EventStatusFilter(admin.SimpleListFilter):
             "failed": queries.with_failures,
             "ok": queries.all_ok,
             "in_flight": queries.in_flight,
+            "waiting": queries.waiting_for_a_worker,
             "unpublished": queries.never_published,
         }
         selection = selections.get(self.value() or "")

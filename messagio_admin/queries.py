@@ -279,6 +279,13 @@ def in_flight(events: QuerySet, now: datetime.datetime | None = None) -> QuerySe
     return published.filter(Q(pk__in=running) | Q(pk__in=waiting))
 
 
+def waiting_for_a_worker(events: QuerySet, now: datetime.datetime | None = None) -> QuerySet:
+    """Published events no worker has written a delivery of yet, the newest
+    :data:`IN_FLIGHT_LIMIT` (:func:`waiting_event_ids`): what the overview counts as
+    waiting for a worker, a part of :func:`in_flight`."""
+    return events.filter(pk__in=waiting_event_ids(IN_FLIGHT_LIMIT, now=now, using=events.db))
+
+
 def all_ok(events: QuerySet) -> QuerySet:
     """Published events whose every listener has a succeeded delivery: not those whose
     Delivery rows no worker has written yet (fewer rows than listeners)."""
