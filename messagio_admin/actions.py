@@ -56,7 +56,23 @@ def replay_deliveries(
         for pk, messagio_type, status in rows
         if status not in IN_FLIGHT and messagio_type not in forbidden
     ]
+    succeeded = sum(
+        1
+        for _pk, messagio_type, status in rows
+        if status == Delivery.Status.SUCCEEDED and messagio_type not in forbidden
+    )
     notes = []
+    if succeeded:
+        # Selected on purpose or swept in with a filter: a listener that charged or mailed
+        # would do it again. Said before the replay starts, not after.
+        notes.append(
+            ngettext(
+                "%(count)d of them succeeded: its listener runs again.",
+                "%(count)d of them succeeded: their listeners run again.",
+                succeeded,
+            )
+            % {"count": succeeded}
+        )
     if in_flight:
         notes.append(
             ngettext(

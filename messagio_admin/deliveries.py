@@ -90,7 +90,21 @@ class DeliveryAdmin(RecordAdmin):
             },
         ),
     )
-    readonly_fields = tuple(field for _, options in fieldsets for field in options["fields"])
+    readonly_fields = (
+        *(field for _, options in fieldsets for field in options["fields"]),
+        "task_id",
+    )
+
+    def get_fieldsets(self, request: Any, obj: Any = None) -> Any:
+        if display.can_see_task_results(request.user):
+            return self.fieldsets
+        # The task id as text: a link to a TaskResult this user may not view would 403.
+        return tuple(
+            (name, {**options, "fields": tuple(
+                "task_id" if field == "task_display" else field for field in options["fields"]
+            )})
+            for name, options in self.fieldsets
+        )  # fmt: skip
 
     def delete_view(self, request: Any, object_id: str, extra_context: Any = None) -> Any:
         # One delivery gone from its event reads as a listener still waiting for a worker,

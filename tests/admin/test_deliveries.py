@@ -7,10 +7,12 @@ import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django_celery_results.models import TaskResult
 
 from messagio import tasks
 from messagio.models import Attempt, Delivery, Replay
-from tests.admin.factories import ERROR, HOSTILE, LISTENERS, make_event
+from messagio_admin.paginator import LargeTablePaginator
+from tests.admin.factories import ERROR, HOSTILE, LISTENERS, client_for, make_event
 
 pytestmark = pytest.mark.django_db
 
@@ -294,6 +296,21 @@ def test_the_replay_action_first_asks_why(admin_client, failed_event, sent):
     assert sent == []
 
 
+def test_the_replay_action_says_first_that_succeeded_deliveries_run_again(
+    admin_client, failed_event, sent
+):
+    broken = failed_event.deliveries.get(position=2)
+    done = failed_event.deliveries.get(position=0)
+
+    html = admin_client.post(DELIVERIES, select(broken, done, index=0)).content.decode()
+    only_failed = admin_client.post(DELIVERIES, select(broken, index=0)).content.decode()
+
+    assert "2 deliveries will be replayed on a worker" in html
+    assert "1 of them succeeded: its listener runs again." in html
+    assert "of them succeeded" not in only_failed
+    assert sent == []
+
+
 def test_the_replay_action_records_a_replay_and_sends_the_replay_task(
     admin_client, superuser, failed_event, sent, django_capture_on_commit_callbacks
 ):
@@ -430,3 +447,32 @@ def test_a_search_matches_listeners_and_error_classes_not_the_rows_themselves(
 
     assert listed(response) == []
     assert not [q["sql"] for q in queries.captured_queries if "LIKE" in q["sql"].upper()]
+
+
+def test_the_delivery_page_links_its_task_result_only_for_who_may_view_it(
+    admin_client, viewer, failed_event
+):
+    delivery = failed_event.deliveries.get(position=0)
+    result = TaskResult.objects.create(task_id=delivery.task_id, status="SUCCESS")
+    link = f'href="/admin/django_celery_results/taskresult/{result.pk}/change/"'
+
+    as_superuser = admin_client.get(delivery_url(delivery)).content.decode()
+    as_viewer = client_for(viewer).get(delivery_url(delivery))
+
+    assert link in as_superuser
+    assert as_viewer.status_code == 200
+    assert delivery.task_id in as_viewer.content.decode()
+    assert "/taskresult/" not in as_viewer.content.decode()
+
+
+def test_select_all_says_when_the_count_is_capped(admin_client, monkeypatch):
+    monkeypatch.setattr(LargeTablePaginator, "cap", 2)
+    make_event("failed", "failed", "failed", "failed")
+
+    capped = admin_client.get(f"{DELIVERIES}?status__exact=failed").content.decode()
+    counted = admin_client.get(f"{DELIVERIES}?status__exact=failed&listener={LISTENERS[0]}")
+
+    assert "Select all (more than 2) deliveries" in capped
+    assert "All (more than 2) selected" in capped
+    assert "Select all 3" not in capped
+    assert "(more than" not in counted.content.decode()
