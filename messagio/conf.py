@@ -73,8 +73,9 @@ DEFAULTS: dict[str, Any] = {
     "PUBLISH_CLAIM_TIMEOUT": 300,
     # Seconds what a published event's messages carry must have waited for a worker, with
     # nothing of it running, before its admin page offers to publish it again (a message the
-    # broker lost). Choose more than your queues ever take.
-    "PUBLISH_AGAIN_AFTER": 60,
+    # broker lost). Choose more than your queues ever take: a copy published while the
+    # original still waits in a backlog runs its listeners twice if the two overlap.
+    "PUBLISH_AGAIN_AFTER": 600,
     # Days succeeded / failed records are kept by the prune task; None keeps them forever.
     "RETAIN_SUCCEEDED_DAYS": 30,
     "RETAIN_FAILED_DAYS": 90,

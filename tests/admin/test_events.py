@@ -643,7 +643,7 @@ def offers_to_publish_again(client, event) -> bool:
 
 def test_the_event_page_offers_to_publish_again_what_has_waited_for_a_worker(admin_client):
     assert offers_to_publish_again(
-        admin_client, make_event("succeeded", "pending", waiting=2, fired_at=minutes_ago(5))
+        admin_client, make_event("succeeded", "pending", waiting=2, fired_at=minutes_ago(15))
     )
 
 
@@ -652,12 +652,15 @@ def test_the_event_page_does_not_offer_it_for_what_is_just_on_its_way_or_finishe
 ):
     assert not offers_to_publish_again(admin_client, make_event("pending", waiting=2))
     assert not offers_to_publish_again(admin_client, failed_event)
+    # Five minutes behind a backlog is still on its way (PUBLISH_AGAIN_AFTER: ten).
+    behind = make_event("pending", waiting=2, fired_at=minutes_ago(5))
+    assert not offers_to_publish_again(admin_client, behind)
 
 
 def test_the_event_page_does_not_offer_it_while_a_worker_runs_one_of_its_deliveries(
     admin_client,
 ):
-    event = make_event("running", "pending", fired_at=minutes_ago(5))
+    event = make_event("running", "pending", fired_at=minutes_ago(15))
 
     assert not offers_to_publish_again(admin_client, event)
 
@@ -665,15 +668,15 @@ def test_the_event_page_does_not_offer_it_while_a_worker_runs_one_of_its_deliver
 def test_the_wait_before_publishing_again_is_the_publish_again_after_setting(
     admin_client, settings
 ):
-    settings.MESSAGIO = {**getattr(settings, "MESSAGIO", {}), "PUBLISH_AGAIN_AFTER": 600}
-    five = make_event("succeeded", "pending", waiting=2, fired_at=minutes_ago(5))
+    settings.MESSAGIO = {**getattr(settings, "MESSAGIO", {}), "PUBLISH_AGAIN_AFTER": 1200}
     fifteen = make_event("succeeded", "pending", waiting=2, fired_at=minutes_ago(15))
+    thirty = make_event("succeeded", "pending", waiting=2, fired_at=minutes_ago(30))
 
-    assert not offers_to_publish_again(admin_client, five)
-    assert offers_to_publish_again(admin_client, fifteen)
-    refused = admin_client.post(f"{EVENTS}{five.pk}/publish-again/", follow=True)
+    assert not offers_to_publish_again(admin_client, fifteen)
+    assert offers_to_publish_again(admin_client, thirty)
+    refused = admin_client.post(f"{EVENTS}{fifteen.pk}/publish-again/", follow=True)
     assert "Nothing of this event has waited for a worker" in refused.content.decode()
-    assert five.deliveries.filter(status="pending").count() == 1
+    assert fifteen.deliveries.filter(status="pending").count() == 1
 
 
 def ping_listeners() -> int:
@@ -682,7 +685,7 @@ def ping_listeners() -> int:
 
 def test_publishing_again_writes_the_missing_deliveries_and_queues_what_waits(admin_client):
     listeners = ping_listeners()
-    event = make_event("succeeded", "pending", waiting=listeners - 2, fired_at=minutes_ago(5))
+    event = make_event("succeeded", "pending", waiting=listeners - 2, fired_at=minutes_ago(15))
     published_before = event.published_at
 
     response = admin_client.post(f"{EVENTS}{event.pk}/publish-again/", follow=True)
@@ -699,7 +702,7 @@ def test_publishing_again_writes_the_missing_deliveries_and_queues_what_waits(ad
 
 
 def test_publishing_again_an_event_whose_listeners_changed_says_why_it_did_not(admin_client):
-    event = make_event("pending", waiting=1, fired_at=minutes_ago(5))  # with two listeners
+    event = make_event("pending", waiting=1, fired_at=minutes_ago(15))  # with two listeners
 
     response = admin_client.post(f"{EVENTS}{event.pk}/publish-again/", follow=True)
 
