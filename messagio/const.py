@@ -19,3 +19,12 @@ class TASK_PRIORITY(IntEnum):  # noqa: N801 - name kept from the original librar
 
 #: Prefix of every Celery task name messagio defines, for ``CELERY_TASK_ROUTES``.
 TASK_NAME_PREFIX = "messagio.tasks."
+
+
+def __getattr__(name: str) -> object:
+    """``from messagio.const import Messagio``, where messagio 0.x defined it, still works."""
+    if name == "Messagio":
+        from messagio.message import Messagio
+
+        return Messagio
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

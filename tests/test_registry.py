@@ -186,6 +186,15 @@ def test_task_priority_is_higher_for_more_important():
     assert from_const is TASK_PRIORITY
 
 
+def test_messagio_imports_from_where_the_original_library_defined_it():
+    from messagio import const
+    from messagio.const import Messagio as from_const
+
+    assert from_const is Messagio
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        const.Nothing  # noqa: B018
+
+
 @pytest.mark.parametrize("module", ["__main__", "django.core.management.commands.shell"])
 def test_a_listener_defined_in_a_script_or_a_shell_has_no_import_path_for_workers(module):
     def typed_in(event):
