@@ -4,6 +4,7 @@ import threading
 from dataclasses import dataclass
 
 import pytest
+from django.db import transaction
 from django.test import override_settings
 
 from messagio import MessageCenter, Messagio, PayloadError
@@ -104,9 +105,9 @@ def test_assert_fired_checks_the_count():
         OrderPlaced(1).fire()
         OrderPlaced(1).fire()
 
-    fired.assert_fired(OrderPlaced, count=2, order_id=1)
+    fired.assert_fired(OrderPlaced, 2, order_id=1)
     with pytest.raises(AssertionError, match=r"to be fired 1 time\(s\); found 2"):
-        fired.assert_fired(OrderPlaced, count=1, order_id=1)
+        fired.assert_fired(OrderPlaced, 1, order_id=1)
 
 
 def test_assert_fired_fails_when_a_field_differs():
@@ -158,7 +159,11 @@ def test_assert_not_fired_fails_when_one_was():
     with capture_messagios() as fired:
         OrderPlaced(1).fire()
 
-    with pytest.raises(AssertionError, match=r"Expected no OrderPlaced\(order_id=1\); found 1"):
+    with pytest.raises(
+        AssertionError,
+        match=r"Expected no OrderPlaced\(order_id=1\); found 1: "
+        r"OrderPlaced\(order_id=1, total='0'\)",
+    ):
         fired.assert_not_fired(OrderPlaced, order_id=1)
 
 
@@ -177,7 +182,7 @@ def test_the_pytest_fixture_captures_fires(messagio_fired):
     OrderPlaced(5).fire()
 
     assert isinstance(messagio_fired, FiredMessagios)
-    messagio_fired.assert_fired(OrderPlaced, count=1, order_id=5)
+    messagio_fired.assert_fired(OrderPlaced, 1, order_id=5)
     assert ran == []
 
 
@@ -216,3 +221,93 @@ def test_an_unknown_fire_option_is_refused_while_capturing():
     with capture_messagios():
         with pytest.raises(TypeError, match="Unknown fire\\(\\) options"):
             OrderPlaced(1).fire(priorty=9)
+
+
+def test_raise_errors_is_taken_while_capturing_as_the_in_process_center_takes_it():
+    with capture_messagios() as fired:
+        OrderPlaced(1).fire(raise_errors=True)
+        OrderPlaced(2).fire(sync=True, raise_errors=True)
+
+    assert [m.order_id for m in fired] == [1, 2]
+
+
+# --- Fields and counts ---------------------------------------------------------------------
+
+
+@dataclass
+class StockLow(Messagio):
+    sku: str
+    count: int
+
+
+def test_a_misspelt_field_is_an_error_not_a_silent_pass():
+    with capture_messagios() as fired:
+        OrderPlaced(1).fire()
+
+    with pytest.raises(TypeError, match="OrderPlaced has no field 'ordr_id'"):
+        fired.assert_not_fired(OrderPlaced, ordr_id=1)
+    with pytest.raises(TypeError, match=r"give the number second: assert_fired\(OrderPlaced, 2"):
+        fired.assert_fired(OrderPlaced, count=1)
+
+
+def test_a_field_named_count_is_matched_as_a_field():
+    with capture_messagios() as fired:
+        StockLow("a", count=3).fire()
+        StockLow("b", count=3).fire()
+
+    assert len(fired.assert_fired(StockLow, 2, count=3)) == 2
+    fired.assert_not_fired(StockLow, count=99)
+
+
+def test_a_count_of_zero_points_to_assert_not_fired():
+    with capture_messagios() as fired:
+        pass
+
+    with pytest.raises(ValueError, match="assert_not_fired"):
+        fired.assert_fired(OrderPlaced, 0)
+
+
+class Plain(Messagio):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def test_a_failure_shows_a_plain_class_by_its_attributes_and_at_most_twenty():
+    with capture_messagios() as fired:
+        for number in range(25):
+            Plain(f"n{number}").fire()
+
+    with pytest.raises(AssertionError) as error:
+        fired.assert_fired(OrderPlaced)
+
+    assert "Plain(name='n0'), Plain(name='n1')" in str(error.value)
+    assert str(error.value).endswith("Plain(name='n19') and 5 more")
+
+
+# --- Transactions ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_fire_in_a_block_that_rolls_back_is_forgotten():
+    with capture_messagios() as fired:
+        OrderPlaced(1).fire()
+        with pytest.raises(RuntimeError), transaction.atomic():
+            OrderPlaced(2).fire()
+            raise RuntimeError("the order failed")
+        with transaction.atomic():
+            OrderPlaced(3).fire()
+
+    assert [m.order_id for m in fired] == [1, 3]
+    fired.assert_not_fired(OrderPlaced, order_id=2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fire_in_a_committed_transaction_stays_and_one_rolled_back_whole_goes():
+    with capture_messagios() as fired:
+        with transaction.atomic():
+            OrderPlaced(1).fire()
+        with pytest.raises(RuntimeError), transaction.atomic():
+            OrderPlaced(2).fire()
+            raise RuntimeError("the order failed")
+
+    assert [m.order_id for m in fired] == [1]
