@@ -11,7 +11,7 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from messagio.validation import Check, amount, flag, one_of, text, whole
+from messagio.validation import DAYS_AT_MOST, Check, amount, flag, one_of, text, whole
 
 #: Documented defaults; every key of ``settings.MESSAGIO`` must be one of these.
 DEFAULTS: dict[str, Any] = {
@@ -164,8 +164,12 @@ VALID: dict[str, Check] = {
     "RELAY_GRACE": amount("a number of seconds", zero=True),
     "PUBLISH_CLAIM_TIMEOUT": amount("a number of seconds"),
     "PUBLISH_AGAIN_AFTER": amount("a number of seconds", zero=True),
-    "RETAIN_SUCCEEDED_DAYS": amount("a number of days", zero=True, none="keep forever"),
-    "RETAIN_FAILED_DAYS": amount("a number of days", zero=True, none="keep forever"),
+    "RETAIN_SUCCEEDED_DAYS": amount(
+        "a number of days", zero=True, none="keep forever", most=DAYS_AT_MOST
+    ),
+    "RETAIN_FAILED_DAYS": amount(
+        "a number of days", zero=True, none="keep forever", most=DAYS_AT_MOST
+    ),
     "PRUNE_BATCH_SIZE": whole(1),
     "PRUNE_INTERVAL": amount("a number of seconds"),
     "SCHEDULE_PERIODIC_TASKS": flag,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from django.utils import timezone
 
 from messagio.conf import get_setting
-from messagio.validation import amount, require, whole
+from messagio.validation import DAYS_AT_MOST, amount, require, whole
 
 SUCCEEDED_DAYS = "the succeeded days (--succeeded-days, RETAIN_SUCCEEDED_DAYS)"
 FAILED_DAYS = "the failed days (--failed-days, RETAIN_FAILED_DAYS)"
@@ -21,7 +21,7 @@ def cutoff(days: float | None) -> datetime.datetime | None:
 def check_retention(days: float | None, name: str) -> None:
     """Raise ValueError unless ``days`` is None (keep forever) or a number of days, 0 or more:
     a negative one would move the cut-off into the future and delete everything finished."""
-    require(amount("a number of days", zero=True, none="keep"), days, name)
+    require(amount("a number of days", zero=True, none="keep", most=DAYS_AT_MOST), days, name)
 
 
 def check_batch_size(size: int, name: str) -> None:

@@ -32,9 +32,9 @@ def whole(minimum: int, *, what: str = "a whole number", none: str = "") -> Chec
     return check
 
 
-def amount(what: str, *, zero: bool = False, none: str = "") -> Check:
-    """A finite number above 0 (``zero``: 0 or more); None too when ``none`` says what it
-    means."""
+def amount(what: str, *, zero: bool = False, none: str = "", most: float = math.inf) -> Check:
+    """A finite number above 0 (``zero``: 0 or more), at most ``most``; None too when
+    ``none`` says what it means."""
 
     def check(value: Any) -> str | None:
         if value is None and none:
@@ -44,11 +44,21 @@ def amount(what: str, *, zero: bool = False, none: str = "") -> Check:
             and isinstance(value, (int, float))
             and (0 <= value if zero else 0 < value)
             and value < math.inf
+            and value <= most
         ):
             return None
-        return _or_none(f"{what}, {'0 or more' if zero else 'more than 0'}", none)
+        bounds = "0 or more" if zero else "more than 0"
+        if most < math.inf:
+            bounds += f", at most {most:,g}"
+        return _or_none(f"{what}, {bounds}", none)
 
     return check
+
+
+#: The longest span a number of days or seconds may give: a cut-off further back than this
+#: would fall before year 1 (Python's dates), a grace that long means "never".
+DAYS_AT_MOST = 36_500
+SECONDS_AT_MOST = DAYS_AT_MOST * 86_400
 
 
 def share(*, none: str = "") -> Check:

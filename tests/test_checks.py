@@ -192,7 +192,11 @@ def test_a_time_limit_past_rabbitmq_consumer_timeout_is_a_warning_naming_it():
         ("RELAY_INTERVAL", 0, "a number of seconds, more than 0"),
         ("RELAY_INTERVAL", None, "a number of seconds, more than 0"),
         ("PRUNE_BATCH_SIZE", 0, "a whole number, 1 or more"),
-        ("RETAIN_FAILED_DAYS", -1, "a number of days, 0 or more (None: keep forever)"),
+        (
+            "RETAIN_FAILED_DAYS",
+            -1,
+            "a number of days, 0 or more, at most 36,500 (None: keep forever)",
+        ),
         ("SIGNING_KEY_FALLBACKS", "abc", "a list of non-empty strings"),
         ("DEFAULT_PRIORITY", 42, "a whole number from 0 to 10"),
         ("MAX_LOST_ATTEMPTS", 0, "a whole number, 1 or more (None: no limit)"),

@@ -294,9 +294,20 @@ def test_dry_run_with_nothing_failed_counts_zero():
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("option", ["--since", "--until"])
-def test_a_date_that_does_not_parse_is_a_command_error(option):
+@pytest.mark.parametrize("value", ["last tuesday", "2026-13-45T00:00", "2026-02-30"])
+def test_a_date_that_does_not_parse_is_a_command_error(option, value):
     with pytest.raises(CommandError, match=f"{option} must be an ISO 8601 date and time"):
-        dry_run(option, "last tuesday")
+        dry_run(option, value)
+
+
+@pytest.mark.django_db
+def test_a_replay_whose_filters_match_nothing_records_nothing_and_fails():
+    make_delivery("failed")
+
+    with pytest.raises(CommandError, match="No failed delivery matches these filters"):
+        call_command("messagio_replay", "--type", "NoSuchType", stdout=io.StringIO())
+
+    assert not Replay.objects.exists()
 
 
 @pytest.mark.django_db
@@ -343,6 +354,10 @@ def test_a_date_without_offset_is_read_in_the_current_time_zone():
         (["--lost-after", "-1"], "--lost-after takes a number of seconds"),
         (["--lost-after", "nan"], "--lost-after takes a number of seconds"),
         (["--lost-after", "inf"], "--lost-after takes a number of seconds"),
+        (["--lost-after", "1e12"], "--lost-after takes a number of seconds, 0 or more, at most"),
+        (["--grace", "nan"], "--grace takes a number of seconds"),
+        (["--grace", "-5"], "--grace takes a number of seconds"),
+        (["--grace", "1e12"], "--grace takes a number of seconds"),
         (["--batch-size", "0"], "--batch-size takes a number of events"),
     ],
 )

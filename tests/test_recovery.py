@@ -2,9 +2,11 @@
 tests/integration/test_crash.py and test_lost_messages.py run it against real workers)."""
 
 import datetime
+import io
 import logging
 
 import pytest
+from django.core.management import call_command
 from django.test import override_settings
 from django.utils import timezone
 
@@ -306,6 +308,16 @@ def test_the_relay_requeues_the_oldest_stuck_deliveries_a_batch_at_a_time(publis
     assert sorted(sum(published, [])) == sorted([str(stuck[0].pk), str(stuck[2].pk)])
     assert Delivery.objects.get(pk=stuck[1].pk).status == "running"  # for the next run
     assert requeue_stuck(limit=2) == 1
+
+
+def test_the_relay_command_says_how_many_stuck_deliveries_it_queued_again(published):
+    event_with(("running", 1), at=hours_ago(5))
+    out = io.StringIO()
+
+    call_command("messagio_relay", stdout=out)
+
+    assert "Queued again 1 delivery(ies) stuck running or retrying." in out.getvalue()
+    assert len(published) == 1
 
 
 def test_a_stuck_delivery_that_finishes_before_its_requeue_reads_it_is_left_alone(

@@ -420,6 +420,7 @@ def test_the_prune_command_with_nothing_expired_deletes_nothing():
         ({"succeeded_days": -1}, "the succeeded days .* takes a number of days, 0 or more"),
         ({"failed_days": float("nan")}, "the failed days .* takes a number of days, 0 or more"),
         ({"succeeded_days": float("inf")}, "the succeeded days"),
+        ({"failed_days": 1e7}, "the failed days .* 0 or more, at most 36,500"),
         ({"batch_size": 0}, "the batch size .* takes a number of events, 1 or more"),
     ],
 )
@@ -450,6 +451,18 @@ def test_the_prune_command_refuses_a_negative_number_of_days():
         call_command("messagio_prune", "--succeeded-days=-1", stdout=io.StringIO())
 
     assert exists(recent)
+
+
+@pytest.mark.parametrize(
+    "options, error",
+    [
+        (["--succeeded-days", "1e7"], "--succeeded-days.* at most 36,500"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_the_prune_command_dry_run_refuses_what_the_real_run_would(options, error):
+    with pytest.raises(CommandError, match=error):
+        call_command("messagio_prune", *options, "--dry-run", stdout=io.StringIO())
 
 
 def test_the_prune_command_dry_run_counts_and_deletes_nothing():

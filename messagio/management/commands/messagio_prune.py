@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from messagio.conf import get_setting
-from messagio.retention import count_expired, prune_expired
+from messagio.retention import check_batch_size, count_expired, prune_expired
 
 
 class Command(BaseCommand):
@@ -40,6 +40,8 @@ class Command(BaseCommand):
             failed_days = get_setting("RETAIN_FAILED_DAYS")
         try:
             if dry_run:
+                if batch_size is not None:  # refused here as the real run would refuse it
+                    check_batch_size(batch_size, "the batch size (--batch-size, PRUNE_BATCH_SIZE)")
                 count = count_expired(succeeded_days, failed_days)
                 self.stdout.write(f"{count} event(s) would be deleted.")
                 return

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from messagio.relay import relay
+from messagio.validation import SECONDS_AT_MOST, amount, require
 
 
 class Command(BaseCommand):
@@ -33,11 +34,16 @@ class Command(BaseCommand):
     def handle(self, *args, batch_size, grace, once, lost_after, **options):
         if batch_size < 1:
             raise CommandError("--batch-size takes a number of events, 1 or more.")
-        if lost_after is not None and not (0 <= lost_after < float("inf")):
-            raise CommandError("--lost-after takes a number of seconds, 0 or more.")
+        seconds = amount("a number of seconds", zero=True, most=SECONDS_AT_MOST)
+        for option, value in (("--grace", grace), ("--lost-after", lost_after)):
+            try:
+                if value is not None:
+                    require(seconds, value, option)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from exc
         # What the relay publishes below, requeued deliveries included, is not lost.
         started = timezone.now()
-        published = 0
+        published = requeued = 0
         first = True
         refused: set[str] = set()
         while True:
@@ -49,12 +55,16 @@ class Command(BaseCommand):
                 retry_refused=True,
                 exclude=refused,
             )
+            if first:
+                requeued = report.requeued
             first = False
             published += report.published
             refused |= report.refused_ids
             if once or report.unreachable or not report.remaining:
                 break
         self.stdout.write(f"Published {published} event(s).")
+        if requeued:
+            self.stdout.write(f"Queued again {requeued} delivery(ies) stuck running or retrying.")
         # A non-zero exit for either, so that cron, a Kubernetes Job or CI sees that events wait.
         also = f" (and refused {len(refused)} event(s) on their own)" if refused else ""
         if report.unreachable:

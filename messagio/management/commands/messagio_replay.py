@@ -30,7 +30,10 @@ class Command(BaseCommand):
     def _when(self, value, option):
         if value is None:
             return None
-        parsed = parse_datetime(value)
+        try:
+            parsed = parse_datetime(value)
+        except ValueError:  # well formed, not a date: month 13
+            parsed = None
         if parsed is None:
             raise CommandError(f"--{option} must be an ISO 8601 date and time, not {value!r}")
         if timezone.is_naive(parsed):
@@ -68,6 +71,9 @@ class Command(BaseCommand):
         if options["dry_run"]:
             self.stdout.write(f"{selection.count()} failed deliveries would be replayed.")
             return
+        if not selection.exists():
+            # Nothing recorded for it: a typo in a filter is not an empty replay in the audit.
+            raise CommandError("No failed delivery matches these filters; nothing replayed.")
 
         def progress(record: Replay) -> None:
             total = max(record.total, 1)
