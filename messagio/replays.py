@@ -191,6 +191,10 @@ def _canary_stopped(
     return False
 
 
+#: What a batch of deliveries to replay does not read: nothing of it goes in a message.
+UNSENT_FIELDS = ("result", "error", "traceback", "event__summary")
+
+
 def _take(delivery: Delivery, record: Replay) -> bool:
     """Make ``delivery`` pending for ``record`` if it is still as the batch read it."""
     return bool(
@@ -235,7 +239,9 @@ def run_replay(
         limit = batch_size
         if canary_pending:
             limit = max(1, min(batch_size, (record.canary or 0) - record.queued))
-        batch = list(page.select_related("event")[:limit])
+        # Not the texts a replay never sends (a traceback: up to 20,000 characters a row).
+        reads = page.select_related("event").defer(*UNSENT_FIELDS)
+        batch = list(reads[:limit])
         if not batch:
             break
         last_pk = batch[-1].pk
