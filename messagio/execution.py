@@ -238,6 +238,10 @@ def run_once(
             raise  # a worker shutting down: the delivery stays running, its message returns
         error = escaping = exc
         setattr(exc, RECORDED_EXIT, True)
+    except BaseException as exc:  # noqa: BLE001 - asyncio's CancelledError, GeneratorExit...
+        # Recorded as the listener's failure: raised out of the task, the outcome would be
+        # lost with the message acknowledged, and the delivery left running.
+        error = exc
     duration_ms = (time.perf_counter() - start) * 1000
 
     will_retry = False

@@ -906,6 +906,10 @@ def fail_lost_too_often(
     return bool(failed)
 
 
+#: The longest error class name a record holds (Delivery.error_type).
+ERROR_TYPE_MAX = 255
+
+
 def exception_name(exc: BaseException) -> str:
     """An exception's class by its dotted path, as error_type records it."""
     return f"{type(exc).__module__}.{type(exc).__qualname__}"
@@ -1003,8 +1007,29 @@ def _cap(text: str, setting: str) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def storable(text: str) -> str:
+    """``text`` as PostgreSQL stores it: no NUL character, no lone surrogate (either would
+    make the write of a listener's outcome fail, and the outcome would be lost)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def text_of(render: Callable[[], str], what: Any) -> str:
+    """``render()``, or what says it failed: a listener's result or exception whose
+    ``repr``/``str`` raises must not keep its outcome from being recorded."""
+    try:
+        return storable(render())
+    except Exception as exc:  # noqa: BLE001
+        return f"<{type(what).__name__}: its text could not be made ({type(exc).__name__})>"
+
+
 def _describe_exc(exc: BaseException) -> str:
-    return f"{exception_name(exc)}: {exc}"
+    return f"{exception_name(exc)}: {text_of(lambda: str(exc), exc)}"
 
 
 def finish(
@@ -1033,7 +1058,8 @@ def finish(
     now = timezone.now()
     if exception is None:
         status, outcome = Delivery.Status.SUCCEEDED, Attempt.Outcome.SUCCEEDED
-        fields = {"result": _cap(repr(result), "RESULT_MAX_CHARS") if result is not None else ""}
+        shown = text_of(lambda: repr(result), result) if result is not None else ""
+        fields = {"result": _cap(shown, "RESULT_MAX_CHARS")}
         fields.update(error_type="", error="", traceback="")
     else:
         if will_retry:
@@ -1044,9 +1070,12 @@ def finish(
             status, outcome = Delivery.Status.FAILED, Attempt.Outcome.FAILED
         fields = {
             "result": "",
-            "error_type": exception_name(exception),
-            "error": _cap(str(exception), "RESULT_MAX_CHARS"),
-            "traceback": _cap("".join(tb.format_exception(exception)), "TRACEBACK_MAX_CHARS"),
+            "error_type": storable(exception_name(exception))[:ERROR_TYPE_MAX],
+            "error": _cap(text_of(lambda: str(exception), exception), "RESULT_MAX_CHARS"),
+            "traceback": _cap(
+                text_of(lambda: "".join(tb.format_exception(exception)), exception),
+                "TRACEBACK_MAX_CHARS",
+            ),
         }
     connection = connections[db_alias()]
     if connection.vendor == "postgresql" and not connection.in_atomic_block:

@@ -98,3 +98,64 @@ def test_a_ctrl_c_in_a_sync_fire_leaves_the_listener_running_for_the_relay(isola
         Quits(0).fire(sync=True)
 
     assert Delivery.objects.get().status == "running"  # requeued once STUCK_TIMEOUT passes
+
+
+# --- Outcomes whose text is hard to make ----------------------------------------------------
+
+
+@dataclass
+class Awkward(Messagio):
+    number: int
+
+
+class Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class Mute(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+def returns_unprintable(messagio: Awkward) -> Unprintable:
+    return Unprintable()
+
+
+def raises_mute(messagio: Awkward) -> None:
+    raise Mute()
+
+
+def raises_nul(messagio: Awkward) -> None:
+    raise ValueError("a\x00b\ud800c")  # neither goes into a PostgreSQL text column as is
+
+
+def is_cancelled(messagio: Awkward) -> None:
+    import asyncio
+
+    raise asyncio.CancelledError()  # a BaseException, not an Exception
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_outcome_whose_text_cannot_be_made_or_stored_is_recorded_all_the_same(
+    isolated_registry,
+):
+    ran.clear()
+    for listener in (returns_unprintable, raises_mute, raises_nul, is_cancelled, after_quits):
+        MessageCenter.singleton().subscribe(Awkward, listener)
+
+    Awkward(1).fire(sync=True)
+
+    unprintable, mute, nul, cancelled, after = Delivery.objects.order_by("position")
+    assert unprintable.status == "succeeded"
+    assert unprintable.result == "<Unprintable: its text could not be made (RuntimeError)>"
+    assert (mute.status, mute.error_type) == ("failed", "tests.test_execution.Mute")
+    assert mute.error == "<Mute: its text could not be made (RuntimeError)>"
+    assert (nul.status, nul.error) == ("failed", "a\\x00b\\ud800c")
+    assert "ValueError: a\\x00b\\ud800c" in nul.traceback
+    assert (cancelled.status, cancelled.error_type) == (
+        "failed",
+        "asyncio.exceptions.CancelledError",
+    )
+    assert [a.outcome for a in cancelled.history.all()] == ["failed"]
+    assert after.status == "succeeded" and ran == ["after"]
