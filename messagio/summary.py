@@ -9,6 +9,7 @@ import dataclasses
 import datetime
 import decimal
 import math
+import reprlib
 import uuid
 from typing import Any
 
@@ -18,39 +19,90 @@ TOTAL_LIMIT = 8000
 
 
 def _cap(text: str, limit: int = FIELD_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    # PostgreSQL's jsonb takes neither a NUL character nor a lone surrogate.
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
-def _model_label(value: Any) -> str | None:
+def _model_label(value: Any, with_text: bool = True) -> str | None:
     if isinstance(value, type):
         return None  # a model class, not an instance
     meta = getattr(value, "_meta", None)
     if meta is None or not hasattr(meta, "label") or not hasattr(value, "pk"):
         return None
+    label = f"{meta.label}(pk={value.pk!r})"
+    if not with_text:
+        return label
     try:
         text = str(value)
     except Exception:  # noqa: BLE001 - a broken __str__ must not break a fire
         text = "?"
-    return f'{meta.label}(pk={value.pk!r}) "{_cap(text, 120)}"'
+    return f'{label} "{_cap(text, 120)}"'
+
+
+class _BoundedRepr(reprlib.Repr):
+    """``repr`` that stops early: a list of a thousand long strings is not rendered whole
+    to be cut afterwards, and model instances inside a container are shown by label and
+    pk (their ``__str__`` may query the database)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxtuple = self.maxlist = self.maxarray = self.maxdeque = 50
+        self.maxdict = self.maxset = self.maxfrozenset = 50
+        self.maxstring = self.maxother = FIELD_LIMIT
+        self.maxlong = 60
+
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # more digits than Python will convert
+            return f"<int of {x.bit_length()} bits>"
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        label = _model_label(x, with_text=False)
+        if label is not None:
+            return label
+        try:
+            text = repr(x)
+        except Exception:  # noqa: BLE001 - shown by its type's name
+            return f"<{type(x).__name__}>"
+        return _cap(text, self.maxother)
+
+
+_bounded_repr = _BoundedRepr().repr
 
 
 def describe(value: Any) -> Any:
-    """A JSON-safe rendering of one field value."""
-    if value is None or isinstance(value, (bool, int)):
+    """A JSON-safe rendering of one field value; never raises."""
+    try:
+        return _describe(value)
+    except Exception:  # noqa: BLE001 - a field that cannot be shown must not break a fire
+        return f"<{type(value).__name__}>"
+
+
+def _describe(value: Any) -> Any:
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        # Beyond what JSON readers hold exactly (and what Python turns into digits): text.
+        return value if abs(value) < 2**53 else _cap(_bounded_repr(value))
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)  # JSON has no NaN or Infinity
     if isinstance(value, str):
         return _cap(value)
     if isinstance(value, (decimal.Decimal, uuid.UUID, datetime.date, datetime.time)):
-        return str(value)
+        return _cap(str(value))
     label = _model_label(value)
     if label is not None:
         return label
-    try:
-        return _cap(repr(value))
-    except Exception:  # noqa: BLE001
-        return f"<{type(value).__name__}>"
+    return _cap(_bounded_repr(value))
 
 
 def fields_of(messagio: Any) -> dict[str, Any]:
@@ -73,5 +125,5 @@ def summarize(messagio: Any) -> dict[str, Any]:
         if used > TOTAL_LIMIT:
             summary["…"] = f"{len(fields) - len(summary)} more field(s) not shown"
             break
-        summary[str(name)] = rendered
+        summary[_cap(str(name), 120)] = rendered
     return summary

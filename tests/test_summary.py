@@ -3,6 +3,7 @@
 import datetime
 import decimal
 import json
+import tracemalloc
 import uuid
 from dataclasses import dataclass, field
 
@@ -142,8 +143,67 @@ def test_a_string_exactly_at_the_field_limit_is_kept_whole():
 def test_a_long_repr_is_capped_to_the_field_limit():
     text = describe(list(range(1000)))
 
+    assert len(text) <= FIELD_LIMIT
+    assert text.startswith("[0, 1, 2, ") and text.endswith("...]")
+
+
+def test_a_long_object_repr_is_capped_to_the_field_limit():
+    class Wordy:
+        def __repr__(self) -> str:
+            return "w" * 10_000
+
+    text = describe(Wordy())
+
     assert len(text) == FIELD_LIMIT
     assert text.endswith("…")
+
+
+def test_a_container_of_huge_strings_is_not_rendered_whole():
+    # 1,000 strings of 100,000 characters: a full repr is 100 MB before its cut.
+    values = ["x" * 100_000] * 1_000
+    tracemalloc.start()
+    try:
+        text = describe(values)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert len(text) <= FIELD_LIMIT
+    assert text.startswith("['xxx")
+    assert peak < 10_000_000
+
+
+def test_a_model_instance_inside_a_container_is_shown_by_label_and_pk_without_its_str():
+    class Meta:
+        label = "shop.Order"
+
+    class Order:
+        _meta = Meta()
+        pk = 7
+
+        def __str__(self) -> str:
+            raise AssertionError("would query the database")
+
+    assert describe([Order()]) == "[shop.Order(pk=7)]"
+
+
+def test_a_value_that_cannot_be_shown_leaves_the_rest_of_the_summary():
+    class Strange:
+        def __getattr__(self, name):
+            raise KeyError(name)  # not an AttributeError: getattr's default does not catch it
+
+    @dataclass
+    class Odd(Messagio):
+        strange: object
+        huge: int
+        text: str
+
+    summary = summarize(Odd(Strange(), 7**6000, "a\x00b\ud800"))
+
+    assert summary["strange"] == "<Strange>"
+    assert summary["huge"] == "<int of 16845 bits>"
+    assert summary["text"] == "a\\x00b\\ud800"
+    json.dumps(summary).encode("utf-8")  # storable as jsonb: no NUL, no lone surrogate
 
 
 def test_the_total_size_is_capped_with_a_marker_of_the_fields_not_shown():
