@@ -59,7 +59,8 @@ def dumps(messagio: Messagio, max_bytes: int | None = None) -> bytes:
     return data
 
 
-def _keys() -> list[str | bytes]:
+def signing_keys() -> list[str | bytes]:
+    """The key that signs (first) and every key still accepted when verifying."""
     from django.conf import settings
 
     from messagio.conf import get_setting
@@ -78,7 +79,7 @@ def _digest(data: bytes, key: str | bytes) -> bytes:
 
 def sign(data: bytes) -> bytes:
     """Prefix pickled ``data`` with its HMAC, keyed from the signing key or SECRET_KEY."""
-    return MAGIC + _digest(data, _keys()[0]) + data
+    return MAGIC + _digest(data, signing_keys()[0]) + data
 
 
 def unsign(blob: bytes) -> bytes:
@@ -91,7 +92,7 @@ def unsign(blob: bytes) -> bytes:
         )
     digest = blob[len(MAGIC) : len(MAGIC) + _DIGEST_SIZE]
     data = blob[len(MAGIC) + _DIGEST_SIZE :]
-    for key in _keys():
+    for key in signing_keys():
         if hmac.compare_digest(digest, _digest(data, key)):
             return data
     raise PayloadSignatureError(

@@ -6,7 +6,8 @@ messagio tasks store no Celery result (``ignore_result``): the Delivery rows are
 and a result row per task would double the write load. They travel as JSON wherever Celery
 accepts it (a messagio's signed pickle rides inside as base64), so workers need not accept
 pickle at all; as pickle in a project that accepts pickle alone (the original library's
-README), whose workers would refuse JSON.
+README), whose workers would refuse JSON. Each message carries messagio's seal
+(:mod:`messagio.seals`): a worker drops one it did not seal, before it writes or imports.
 """
 
 from __future__ import annotations
@@ -58,8 +59,21 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
     """
     from django.db import InterfaceError, OperationalError
 
+    from messagio.exceptions import PayloadSignatureError
     from messagio.execution import EXITS, RECORDED_EXIT, RunContext, load_messagio, run_once
     from messagio.records import envelope_payload
+    from messagio.seals import check
+
+    seal = check(envelope) if _from_the_broker(self.request) else "sealed"
+    if seal == "forged":
+        logger.error(
+            "messagio: dropped a task message for event %r that messagio did not seal "
+            "(forged, or sealed with another key: check that SECRET_KEY / MESSAGIO"
+            "['SIGNING_KEY'] match between the processes that fire and the workers); "
+            "nothing of it was run or recorded",
+            envelope.get("event") if isinstance(envelope, dict) else None,
+        )
+        return
 
     ctx = RunContext(
         event_id=envelope["event"],
@@ -75,6 +89,11 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
     messagio = None
     load_error: BaseException | None = None
     try:
+        if seal == "payload":
+            raise PayloadSignatureError(
+                "payload signature mismatch: the payload is not the one messagio published "
+                "with this task; it was not unpickled"
+            )
         messagio = load_messagio(envelope_payload(envelope), envelope["type"])
     except Exception as exc:  # noqa: BLE001 - recorded on every delivery of the group
         load_error = exc
@@ -144,6 +163,12 @@ def _retry_not_sent(delivery_id: str, task_id: str | None) -> None:
         logger.exception("messagio: could not mark the retry of delivery %s unsent", delivery_id)
 
 
+def _from_the_broker(request: Any) -> bool:
+    """Whether the task runs a message from the broker: not ``apply()`` nor a direct call
+    in this process, which need no seal."""
+    return not request.is_eager and request.id is not None
+
+
 def _from_position(envelope: dict[str, Any], position: int) -> dict[str, Any]:
     """The group's envelope from its listener at ``position`` on."""
     if position == 0:
@@ -155,7 +180,11 @@ def _from_position(envelope: dict[str, Any], position: int) -> dict[str, Any]:
 def publish(
     envelope: dict[str, Any], countdown: float | None = None, task_id: str | None = None
 ) -> str:
-    """Publish one group's envelope with its priority (mapped for the broker) and queue."""
+    """Publish one group's envelope, sealed, with its priority (mapped for the broker) and
+    queue."""
+    from messagio.seals import sealed
+
+    envelope = sealed(envelope)
     options: dict[str, Any] = {
         "priority": broker_priority(deliver.app, envelope["priority"]),
         # What monitoring tools show for the task; Celery would otherwise build it with a
@@ -213,14 +242,14 @@ def prune() -> int:
 
 @shared_task(name=FIRE_SCHEDULED_TASK, ignore_result=True, serializer=_SerializerOfItsApp())
 def fire_scheduled(messagio: str, fields: dict[str, Any] | None = None) -> str:
-    """Fire ``messagio`` (a dotted class path) built from JSON ``fields``, from a PeriodicTask."""
-    from messagio.center import MessageCenter, get_message_center
-    from messagio.dispatch import import_object
-    from messagio.message import Messagio
+    """Fire ``messagio`` (a dotted class path) built from JSON ``fields``, from a PeriodicTask.
 
-    cls = import_object(messagio)
-    if not (isinstance(cls, type) and issubclass(cls, Messagio)):
-        raise TypeError(f"{messagio} is not a Messagio subclass")
+    Only a Messagio subclass this worker has loaded (its listeners' modules import it):
+    the path comes from a message, and importing whatever it names would run that module.
+    """
+    from messagio.center import MessageCenter, get_message_center
+
+    cls = _loaded_messagio_class(messagio)
     instance = cls(**(fields or {}))
     center = get_message_center()
     if isinstance(center, MessageCenter):
@@ -230,13 +259,45 @@ def fire_scheduled(messagio: str, fields: dict[str, Any] | None = None) -> str:
     return str(report.event_id)
 
 
-@shared_task(name=REPLAY_TASK, ignore_result=True, serializer=_SerializerOfItsApp())
-def replay(replay_id: int, delivery_filter: dict[str, Any]) -> None:
-    """Run a bulk replay recorded by the admin, over deliveries matching ``delivery_filter``."""
+def _loaded_messagio_class(path: str) -> Any:
+    from messagio.message import Messagio
+
+    wanted = path.replace(":", ".")
+    found, seen = list(Messagio.__subclasses__()), set()
+    while found:
+        cls = found.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if cls.get_name() == wanted:
+            return cls
+        found.extend(cls.__subclasses__())
+    raise TypeError(
+        f"{path} is not a Messagio subclass this worker has loaded: name one by its dotted "
+        "path (Type.get_name()), defined or imported in a module the worker imports (its "
+        "listeners' messagio.py or tasks.py)"
+    )
+
+
+@shared_task(name=REPLAY_TASK, bind=True, ignore_result=True, serializer=_SerializerOfItsApp())
+def replay(
+    self: Any, replay_id: int, delivery_filter: dict[str, Any], seal: str | None = None
+) -> None:
+    """Run a bulk replay recorded by the admin, over deliveries matching ``delivery_filter``
+    (``seal``: see :func:`send_replay`)."""
     from django.db.models import Q
 
     from messagio.models import Delivery, Replay
     from messagio.replays import IN_FLIGHT, run_replay
+    from messagio.seals import is_sealed
+
+    if _from_the_broker(self.request) and not is_sealed([replay_id, delivery_filter], seal):
+        logger.error(
+            "messagio: dropped a replay task message for replay %r that messagio did not "
+            "seal (forged, or sealed with another key); nothing was replayed",
+            replay_id,
+        )
+        return
 
     record = Replay.objects.get(pk=replay_id)
     if record.state != Replay.State.RUNNING:
@@ -250,3 +311,11 @@ def replay(replay_id: int, delivery_filter: dict[str, Any]) -> None:
         .filter(Q(finished_at__isnull=True) | Q(finished_at__lte=record.snapshot_at))
     )
     run_replay(record, frozen)
+
+
+def send_replay(replay_id: int, delivery_filter: dict[str, Any]) -> None:
+    """Send the replay task, its arguments sealed: a message that names other deliveries
+    would replay them (those that succeeded too)."""
+    from messagio.seals import seal_of
+
+    replay.delay(replay_id, delivery_filter, seal_of([replay_id, delivery_filter]))

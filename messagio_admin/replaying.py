@@ -79,7 +79,7 @@ def start_bulk_replay(
 
     def send() -> None:
         try:
-            tasks.replay.delay(record.pk, delivery_filter)
+            tasks.send_replay(record.pk, delivery_filter)
         except Exception as exc:
             logger.exception("messagio_admin: could not send the task of replay %s", record.pk)
             Replay.objects.filter(pk=record.pk).update(

@@ -80,3 +80,16 @@ def sent(app):
             message.ack()
         waiting.close()
     return messages
+
+
+def test_a_scheduled_fire_names_only_a_messagio_class_already_loaded():
+    import sys
+
+    from messagio.tasks import fire_scheduled
+
+    sys.modules.pop("this", None)
+    for path in ("this.Anything", "os.system", "builtins:print"):
+        with pytest.raises(TypeError, match="not a Messagio subclass this worker has loaded"):
+            fire_scheduled(path, {})
+
+    assert "this" not in sys.modules  # named by a message, never imported

@@ -11,6 +11,7 @@ from django_celery_results.models import TaskResult
 
 from messagio import tasks
 from messagio.models import Attempt, Delivery, Replay
+from messagio.seals import is_sealed
 from messagio_admin.paginator import LargeTablePaginator
 from tests.admin.factories import ERROR, HOSTILE, LISTENERS, client_for, make_event
 
@@ -329,7 +330,8 @@ def test_the_replay_action_records_a_replay_and_sends_the_replay_task(
         "bug #12 fixed",
     )
     assert (record.total, record.canary, record.rate) == (1, 1, 5.0)
-    assert sent == [(record.pk, {"pk__in": [str(broken.pk)]})]
+    assert [args[:2] for args in sent] == [(record.pk, {"pk__in": [str(broken.pk)]})]
+    assert is_sealed(list(sent[0][:2]), sent[0][2])  # a worker runs only what is sealed
 
 
 def test_the_replay_task_sent_by_the_action_requeues_the_deliveries(

@@ -243,7 +243,7 @@ def test_a_group_is_replayed_from_the_failures_page_through_its_page_with_the_cs
     record = Replay.objects.get()
     assert response.status_code == 302
     assert (record.reason, record.total, record.requested_by) == ("bug #12 fixed", 1, superuser)
-    assert sent == [(record.pk, {"status": "failed", **group_key()})]
+    assert [args[:2] for args in sent] == [(record.pk, {"status": "failed", **group_key()})]
 
 
 # --- Replaying a group ----------------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_replaying_a_group_sends_the_replay_task_with_the_group_filter(
         admin_client.post(REPLAY_GROUP, group_form())
 
     record = Replay.objects.get()
-    assert sent == [
+    assert [args[:2] for args in sent] == [
         (
             record.pk,
             {

@@ -7,7 +7,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from messagio.models import Delivery, Event, Replay
-from messagio.tasks import fire_scheduled
+from messagio.tasks import fire_scheduled, replay
 from tests.polling import wait_for
 from tests.testapp.messagio import Fixable, Ping
 from tests.testapp.models import Call
@@ -24,6 +24,33 @@ def test_a_scheduled_messagio_is_fired_by_a_worker_with_its_fields(worker):
     wait_for(lambda: Call.objects.filter(token=token).count() == 5, what="the scheduled fire")
     event = Event.objects.get(summary__token=token)
     assert event.origin == "schedule"
+
+
+def test_a_replay_task_message_messagio_did_not_seal_replays_nothing(worker):
+    from django.utils import timezone
+
+    from messagio.tasks import send_replay
+
+    token = uuid.uuid4().hex
+    event = Fixable(token).fire().event_id
+    wait_for(
+        lambda: Delivery.objects.filter(event_id=event, status="failed").exists(), what="a failure"
+    )
+    record = Replay.objects.create(snapshot_at=timezone.now(), total=1)
+    chosen = {"event_id": str(event)}
+    Call.objects.create(token=token, listener="fix-deployed")
+
+    # Whoever can write to the broker, naming deliveries of a replay still running.
+    replay.delay(record.pk, chosen)
+    replay.delay(record.pk, chosen, "0" * 64)
+
+    wait_for(lambda: worker.output().count("dropped a replay task message") >= 2, what="both")
+    assert Delivery.objects.get(event_id=event).attempts == 1
+    send_replay(record.pk, chosen)  # messagio's own
+    wait_for(
+        lambda: Delivery.objects.filter(event_id=event, status="succeeded").exists(),
+        what="the sealed replay to run",
+    )
 
 
 def test_the_replay_command_replays_the_selected_failures(worker):

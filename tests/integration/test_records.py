@@ -20,6 +20,8 @@ from tests.polling import wait_for
 from tests.testapp.messagio import Fixable, Flaky, Ping, Split, SplitHeld
 from tests.testapp.models import Call
 
+FIXABLE = "tests.testapp.messagio:fixable"
+
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
@@ -334,6 +336,54 @@ def test_a_tampered_payload_runs_no_code_and_fails_its_delivery(worker, tmp_path
         assert delivery.error_type.endswith("PayloadSignatureError")
     assert not Path(marker).exists()
     assert Call.objects.filter(token=token, listener="fixable").count() == 1
+
+
+def send_as_is(envelope) -> None:
+    """Put ``envelope`` on the messagio queue as it is: what whoever can write to the broker
+    can do (messagio's own publish would seal it)."""
+    from django.conf import settings
+
+    from messagio.tasks import DELIVER_TASK
+    from project.celery import app
+
+    app.send_task(DELIVER_TASK, args=(envelope,), queue=settings.MESSAGIO_QUEUE)
+
+
+def test_a_task_message_messagio_did_not_seal_runs_and_writes_nothing(worker):
+    from messagio.seals import sealed
+
+    token = new_token()
+    # A real signed payload (any message on the queue has one), its frame rewritten: the
+    # listener named by path, so that a worker would import and call it.
+    event, envelope = published_group(Fixable(token), record_event=False)
+    redirected = [dict(envelope["listeners"][0], id="any.function", import_path=FIXABLE)]
+    unsealed = dict(envelope, listeners=redirected)
+    reused_seal = dict(sealed(envelope), listeners=redirected)
+    dropped = "that messagio did not seal"
+    before = worker.output().count(dropped)
+
+    for forged in (unsealed, reused_seal):
+        send_as_is(forged)
+
+    wait_for(lambda: worker.output().count(dropped) >= before + 2, what="both to be dropped")
+    assert not Event.objects.filter(pk=event.id).exists()
+    assert not Delivery.objects.filter(event_id=event.id).exists()
+    assert not Call.objects.filter(token=token).exists()
+
+
+def test_a_sealed_task_whose_payload_was_swapped_fails_its_delivery_unread(worker):
+    from messagio.seals import sealed
+
+    victim, other = new_token(), new_token()
+    event, envelope = published_group(Fixable(victim))
+    _, elsewhere = published_group(Fixable(other))
+    # Validly signed, but another message's payload: the listener would act on other data.
+    send_as_is(dict(sealed(envelope), payload=elsewhere["payload"]))
+
+    (delivery,) = wait_finished(event.id)
+    assert delivery.status == "failed"
+    assert "payload signature mismatch" in delivery.error
+    assert not Call.objects.filter(token__in=[victim, other]).exists()
 
 
 def test_a_listener_that_no_longer_exists_fails_its_replay_saying_which(worker):
