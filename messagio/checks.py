@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.core.checks import Error, Tags, Warning, register
@@ -185,6 +186,7 @@ def celery_config_errors(app: Any) -> list[Any]:
                 )
             )
     errors.extend(_redelivered_while_held(app))
+    errors.extend(_group_outlives_celery_limit(app))
     # Celery's fixup treats 0 like unset: it closes the connections around every task.
     if get_setting("RECORD") and not app.conf.get("CELERY_DB_REUSE_MAX"):
         from messagio.records import db_alias
@@ -328,5 +330,60 @@ def _redelivered_while_held(app: Any) -> list[Any]:
             hint=f"Shorten the time limit or retry delay, or {fix} above the longest hold "
             "(with room for the other listeners of the same group, which run in one task).",
             id="messagio.W007",
+        )
+    ]
+
+
+def _group_outlives_celery_limit(app: Any) -> list[Any]:
+    """W010: Celery's time limits apply to a whole messagio task, which runs a group of
+    listeners one after the other: a hard limit kills the worker process in whichever
+    listener runs then (its attempt recorded as lost, and run again), a soft one raises
+    SoftTimeLimitExceeded in it (recorded as its failure)."""
+    from messagio.dispatch import effective_priority, effective_queue, listener_spec
+    from messagio.registry import registry
+
+    task = app.tasks.get(DELIVER_TASK)
+    # The task's own limit (CELERY_TASK_ANNOTATIONS) wins over the app's, as in a worker.
+    limits = [
+        (name, float(value))
+        for name, value in (
+            ("time limit", getattr(task, "time_limit", None) or app.conf.task_time_limit),
+            (
+                "soft time limit",
+                getattr(task, "soft_time_limit", None) or app.conf.task_soft_time_limit,
+            ),
+        )
+        if value
+    ]
+    if not limits or invalid_settings():
+        return []
+    over = []
+    for messagio_type in registry.messagio_types():
+        groups: dict[tuple[int, Any], list[dict[str, Any]]] = {}
+        for subscription in registry.subscriptions_for(messagio_type):
+            key = (effective_priority(subscription), effective_queue(subscription))
+            groups.setdefault(key, []).append(listener_spec(subscription))
+        for specs in groups.values():
+            total = sum(float(s["time_limit"]) if s["time_limit"] else math.inf for s in specs)
+            name, seconds = min(limits, key=lambda limit: limit[1])
+            if total >= seconds:
+                ids = ", ".join(s["id"] for s in specs)
+                took = "have no time limit" if total == math.inf else f"may take {total:g}s"
+                over.append(
+                    f"{messagio_type.get_name()}: {ids} {took} in one task, "
+                    f"not less than Celery's {name} of {seconds:g}s"
+                )
+    if not over:
+        return []
+    shown = "; ".join(over[:3]) + (f"; and {len(over) - 3} more" if len(over) > 3 else "")
+    return [
+        Warning(
+            f"{shown}. Celery's limit covers a whole messagio task, whose listeners run one "
+            "after the other: it would stop the task in one of them.",
+            hint="Raise CELERY_TASK_TIME_LIMIT / CELERY_TASK_SOFT_TIME_LIMIT above each "
+            "group's total (messagio stops every listener at its own time_limit), or give "
+            "messagio's task limits of its own: CELERY_TASK_ANNOTATIONS = "
+            '{"messagio.tasks.deliver": {"time_limit": ..., "soft_time_limit": ...}}.',
+            id="messagio.W010",
         )
     ]

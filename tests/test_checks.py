@@ -247,3 +247,32 @@ def test_a_listener_without_a_time_limit_or_with_a_long_retry_delay_is_a_warning
 
     assert "slow_listener has no time limit" in messages[0].msg
     assert "a retry of tests.test_checks.slow_retrier waits 4000s" in messages[0].msg
+
+
+@uses_no_subscriptions
+def test_a_group_whose_listeners_together_outlast_celerys_time_limit_is_a_warning():
+    listen_to_message(Slow, time_limit=200)(slow_listener)
+    listen_to_message(Slow, time_limit=200)(slow_retrier)  # the same group: one task
+    app = app_with(broker_url="memory://", task_time_limit=300)
+
+    errors = celery_config_errors(app)
+
+    assert ids(errors) == ["messagio.W010"]
+    assert "slow_listener, tests.test_checks.slow_retrier may take 400s in one task" in (
+        errors[0].msg
+    )
+    assert "not less than Celery's time limit of 300s" in errors[0].msg
+    assert "CELERY_TASK_ANNOTATIONS" in errors[0].hint
+    assert celery_config_errors(app_with(broker_url="memory://", task_time_limit=500)) == []
+    assert celery_config_errors(app_with(broker_url="memory://")) == []
+
+
+@uses_no_subscriptions
+def test_a_listener_without_a_time_limit_under_a_soft_celery_limit_is_a_warning_too():
+    listen_to_message(Slow, time_limit=None)(slow_listener)
+
+    with override_settings(MESSAGIO={"DEFAULT_TIME_LIMIT": None, "STUCK_TIMEOUT": 3600}):
+        errors = celery_config_errors(app_with(broker_url="memory://", task_soft_time_limit=60))
+
+    assert "messagio.W010" in ids(errors)
+    assert "slow_listener have no time limit" in errors[ids(errors).index("messagio.W010")].msg
