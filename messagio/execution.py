@@ -6,6 +6,7 @@ so that every run is recorded the same way wherever it happens.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
@@ -238,9 +239,10 @@ def run_once(
             raise  # a worker shutting down: the delivery stays running, its message returns
         error = escaping = exc
         setattr(exc, RECORDED_EXIT, True)
-    except BaseException as exc:  # noqa: BLE001 - asyncio's CancelledError, GeneratorExit...
-        # Recorded as the listener's failure: raised out of the task, the outcome would be
-        # lost with the message acknowledged, and the delivery left running.
+    except asyncio.CancelledError as exc:
+        # A BaseException a listener's own event loop raises: recorded as its failure (raised
+        # out of the task, the outcome would be lost with the message acknowledged). Not
+        # gevent's or eventlet's Timeout and GreenletExit, with which a pool stops a task.
         error = exc
     duration_ms = (time.perf_counter() - start) * 1000
 

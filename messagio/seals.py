@@ -72,6 +72,8 @@ def sealed(envelope: dict[str, Any]) -> dict[str, Any]:
 def check(envelope: dict[str, Any]) -> Literal["sealed", "payload", "forged"]:
     """``sealed``: all of it is messagio's; ``payload``: its frame is, its payload is not;
     ``forged``: its frame is not (or it has no seal)."""
+    if not isinstance(envelope, dict):
+        return "forged"
     seals = envelope.get(SEAL)
     if not isinstance(seals, str) or seals.count(":") != 1:
         return "forged"

@@ -59,6 +59,31 @@ class _BoundedRepr(reprlib.Repr):
         self.maxstring = self.maxother = FIELD_LIMIT
         self.maxlong = 60
 
+    def repr1(self, x: Any, level: int) -> str:
+        # reprlib picks its method by the type's name: subclasses and bytes would otherwise
+        # be rendered whole by repr() and cut afterwards.
+        if isinstance(x, (bytes, bytearray)):
+            return repr(x[: self.maxstring]) + ("…" if len(x) > self.maxstring else "")
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            if level <= 0:
+                return f"{type(x).__name__}(...)"
+            shown = [
+                f"{f.name}={self.repr1(getattr(x, f.name, None), level - 1)}"
+                for f in dataclasses.fields(x)[: self.maxlist]
+            ]
+            return f"{type(x).__name__}({', '.join(shown)})"
+        methods: tuple[tuple[type, Any], ...] = (
+            (dict, self.repr_dict),
+            (list, self.repr_list),
+            (tuple, self.repr_tuple),
+            (set, self.repr_set),
+            (frozenset, self.repr_frozenset),
+        )
+        for base, method in methods:
+            if isinstance(x, base) and type(x) is not base:
+                return f"{type(x).__name__}({method(x, level)})"
+        return super().repr1(x, level)
+
     def repr_int(self, x: int, level: int) -> str:
         try:
             return super().repr_int(x, level)

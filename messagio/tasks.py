@@ -165,8 +165,9 @@ def _retry_not_sent(delivery_id: str, task_id: str | None) -> None:
 
 def _from_the_broker(request: Any) -> bool:
     """Whether the task runs a message from the broker: not ``apply()`` nor a direct call
-    in this process, which need no seal."""
-    return not request.is_eager and request.id is not None
+    in this process, which need no seal. Not read from anything a message sets (its task id
+    may be null): a worker sets both flags to False for every message it runs."""
+    return not (request.called_directly or request.is_eager)
 
 
 def _from_position(envelope: dict[str, Any], position: int) -> dict[str, Any]:
@@ -260,9 +261,23 @@ def fire_scheduled(messagio: str, fields: dict[str, Any] | None = None) -> str:
 
 
 def _loaded_messagio_class(path: str) -> Any:
+    import sys
+
     from messagio.message import Messagio
 
     wanted = path.replace(":", ".")
+    # An alias in a module already imported (a package re-exporting the class): looked up,
+    # never imported.
+    parts = wanted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        found: Any = sys.modules.get(".".join(parts[:cut]))
+        if found is None:
+            continue
+        for name in parts[cut:]:
+            found = getattr(found, name, None)
+        if isinstance(found, type) and issubclass(found, Messagio):
+            return found
+        break
     found, seen = list(Messagio.__subclasses__()), set()
     while found:
         cls = found.pop()

@@ -159,3 +159,27 @@ def test_an_outcome_whose_text_cannot_be_made_or_stored_is_recorded_all_the_same
     )
     assert [a.outcome for a in cancelled.history.all()] == ["failed"]
     assert after.status == "succeeded" and ran == ["after"]
+
+
+class PoolKill(BaseException):
+    """What gevent's Timeout or GreenletExit are: a BaseException a pool stops a task with."""
+
+
+def killed_by_its_pool(messagio: Awkward) -> None:
+    raise PoolKill()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pool_stopping_the_task_goes_through_and_leaves_the_listener_running(
+    isolated_registry,
+):
+    ran.clear()
+    for listener in (killed_by_its_pool, after_quits):
+        MessageCenter.singleton().subscribe(Awkward, listener)
+
+    with pytest.raises(PoolKill):
+        Awkward(2).fire(sync=True)
+
+    killed, after = Delivery.objects.order_by("position")
+    assert (killed.status, after.status) == ("running", "pending")
+    assert ran == []

@@ -73,3 +73,21 @@ def test_task_arguments_are_sealed_as_a_whole():
     assert is_sealed(loads(dumps(arguments)), seal)
     assert not is_sealed([12, {"pk__in": ["a", "b", "c"]}], seal)
     assert not is_sealed(arguments, None)
+
+
+@pytest.mark.parametrize("message", [None, "text", ["a", "list"], 42])
+def test_a_message_that_is_not_an_envelope_is_forged(message):
+    assert check(message) == "forged"
+
+
+def test_only_what_runs_in_this_process_goes_unsealed_never_what_a_message_says():
+    from celery.app.task import Context
+
+    from messagio.tasks import _from_the_broker
+
+    # A worker sets both flags to False for every message, whatever its headers say: a
+    # message whose task id is null is still from the broker.
+    assert _from_the_broker(Context(id=None, called_directly=False, is_eager=False))
+    assert _from_the_broker(Context(id="t", called_directly=False, is_eager=False))
+    assert not _from_the_broker(Context())  # a direct call
+    assert not _from_the_broker(Context(id="t", called_directly=False, is_eager=True))  # apply()

@@ -252,3 +252,29 @@ def test_a_nan_or_infinite_float_is_summarized_as_valid_json():
 
 def test_a_model_class_is_not_shown_as_a_model_instance():
     assert "pk=" not in describe(Call)
+
+
+def test_bytes_subclasses_and_nested_dataclasses_are_rendered_bounded_too():
+    import collections
+
+    @dataclass
+    class Inner:
+        note: str
+
+    Pair = collections.namedtuple("Pair", "left right")
+    tracemalloc.start()
+    try:
+        shown = [
+            describe(b"x" * 20_000_000),
+            describe(collections.OrderedDict(a="y" * 20_000_000)),
+            describe(Inner("z" * 20_000_000)),
+            describe(Pair(1, "w" * 20_000_000)),
+        ]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert all(len(text) <= FIELD_LIMIT for text in shown)
+    assert shown[0].startswith("b'xxx") and shown[1].startswith("OrderedDict({'a': 'yyy")
+    assert shown[2].startswith("Inner(note='zzz") and shown[3].startswith("Pair((1, 'www")
+    assert peak < 50_000_000  # not one whole repr of 20 MB (40 MB with its copy)

@@ -93,3 +93,17 @@ def test_a_scheduled_fire_names_only_a_messagio_class_already_loaded():
             fire_scheduled(path, {})
 
     assert "this" not in sys.modules  # named by a message, never imported
+
+
+def test_a_scheduled_fire_may_name_its_class_where_a_loaded_package_exports_it(monkeypatch):
+    import tests.testapp
+    from messagio.tasks import fire_scheduled
+    from messagio.testing import capture_messagios
+    from tests.testapp.messagio import Ping
+
+    monkeypatch.setattr(tests.testapp, "ExportedPing", Ping, raising=False)
+
+    with capture_messagios() as fired:
+        fire_scheduled("tests.testapp.ExportedPing", {"token": "t"})
+
+    fired.assert_fired(Ping, 1, token="t")
