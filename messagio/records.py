@@ -44,7 +44,7 @@ from messagio.ids import time_ordered_uuid
 from messagio.message import Messagio
 from messagio.models import Attempt, Delivery, Event
 from messagio.registry import Subscription
-from messagio.summary import summarize
+from messagio.summary import storable, summarize
 
 logger = logging.getLogger("messagio")
 
@@ -1005,18 +1005,6 @@ def _build_worker_statement(alias: str, asynchronous: bool, kind: str) -> str:
 def _cap(text: str, setting: str) -> str:
     limit = int(get_setting(setting))
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def storable(text: str) -> str:
-    """``text`` as PostgreSQL stores it: no NUL character, no lone surrogate (either would
-    make the write of a listener's outcome fail, and the outcome would be lost)."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def text_of(render: Callable[[], str], what: Any) -> str:

@@ -18,9 +18,9 @@ FIELD_LIMIT = 500
 TOTAL_LIMIT = 8000
 
 
-def _cap(text: str, limit: int = FIELD_LIMIT) -> str:
-    text = text if len(text) <= limit else text[: limit - 1] + "…"
-    # PostgreSQL's jsonb takes neither a NUL character nor a lone surrogate.
+def storable(text: str) -> str:
+    """``text`` as PostgreSQL stores it, in text and jsonb columns: no NUL character, no lone
+    surrogate (either makes the write fail: a fire's record, a listener's outcome)."""
     if "\x00" in text:
         text = text.replace("\x00", "\\x00")
     try:
@@ -28,6 +28,10 @@ def _cap(text: str, limit: int = FIELD_LIMIT) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def _cap(text: str, limit: int = FIELD_LIMIT) -> str:
+    return storable(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def _model_label(value: Any, with_text: bool = True) -> str | None:
