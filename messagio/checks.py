@@ -293,7 +293,7 @@ def _stuck_while_held() -> list[Any]:
             over.append(f"a retry of {spec['id']} waits {spec['retry_delay']:g}s (its delay)")
     if not over:
         return []
-    shown = "; ".join(over[:3]) + (f"; and {len(over) - 3} more" if len(over) > 3 else "")
+    shown = _first_three(over)
     return [
         Warning(
             f"{shown}; STUCK_TIMEOUT is {seconds:g}s, after which the relay takes the "
@@ -303,6 +303,11 @@ def _stuck_while_held() -> list[Any]:
             id="messagio.W008",
         )
     ]
+
+
+def _first_three(items: list[str]) -> str:
+    """What a warning names: the first three, and how many more."""
+    return "; ".join(items[:3]) + (f"; and {len(items) - 3} more" if len(items) > 3 else "")
 
 
 def _redelivered_while_held(app: Any) -> list[Any]:
@@ -316,7 +321,7 @@ def _redelivered_while_held(app: Any) -> list[Any]:
     over = [what for what, held in _longest_holds() if held >= seconds]
     if not over:
         return []
-    shown = "; ".join(over[:3]) + (f"; and {len(over) - 3} more" if len(over) > 3 else "")
+    shown = _first_three(over)
     fix = (
         'raise it with CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": ...}'
         if is_redis(app)
@@ -375,7 +380,7 @@ def _group_outlives_celery_limit(app: Any) -> list[Any]:
                 )
     if not over:
         return []
-    shown = "; ".join(over[:3]) + (f"; and {len(over) - 3} more" if len(over) > 3 else "")
+    shown = _first_three(over)
     return [
         Warning(
             f"{shown}. Celery's limit covers a whole messagio task, whose listeners run one "
