@@ -96,9 +96,15 @@ class RunContext:
     retry_task_ids: dict[str, str] = field(default_factory=dict)
 
 
+#: Seconds between the ListenerTimeoutErrors raised in a listener past its time limit.
+TIMEOUT_REPEAT = 1.0
+
+
 @contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise ListenerTimeoutError in the running listener after ``seconds`` (SIGALRM).
+    """Raise ListenerTimeoutError in the running listener after ``seconds`` (SIGALRM), and
+    again every second (or ``seconds``, if shorter) until it returns: a listener whose
+    ``except Exception:`` swallows the first goes on no longer than that.
 
     Works in the main thread of a worker process (prefork and solo pools); elsewhere the
     limit is not enforced.
@@ -122,7 +128,7 @@ def time_limit(seconds: float | None) -> Iterator[None]:
             )
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, min(seconds, TIMEOUT_REPEAT))
     try:
         yield
     finally:

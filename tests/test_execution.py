@@ -2,6 +2,7 @@
 
 import signal
 import sys
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -19,6 +20,19 @@ def test_an_alarm_due_as_the_limit_is_lifted_neither_escapes_nor_stays_installed
     handler(signal.SIGALRM, None)  # what runs if the alarm comes as the listener returns
 
     assert signal.getsignal(signal.SIGALRM) is before
+
+
+def test_a_listener_that_swallows_its_timeout_is_stopped_again():
+    from messagio.exceptions import ListenerTimeoutError
+
+    swallowed = []
+    with pytest.raises(ListenerTimeoutError), time_limit(0.05):
+        try:
+            time.sleep(5)  # the listener's work, past its limit
+        except Exception as exc:  # noqa: BLE001 - what a listener's own handler may do
+            swallowed.append(exc)
+        time.sleep(5)  # and it goes on
+    assert len(swallowed) == 1
 
 
 @dataclass
