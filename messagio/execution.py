@@ -293,6 +293,22 @@ def run_once(
             ctx.claims[claim_next] = claimed_next
 
     delivery_id = spec.get("delivery")
+    if ctx.taken_over:
+        # Nothing of it was recorded: the copy that took it over sends the signal of the
+        # outcome it records (a failure here is no final failure to alert on).
+        if error is not None:
+            logger.warning(
+                "messagio: listener %s failed for %s (attempt %d) after its attempt was "
+                "taken over; the other copy's outcome is recorded",
+                spec["id"],
+                ctx.messagio_type,
+                number,
+                exc_info=error,
+            )
+        if escaping is not None:
+            raise escaping
+        ok = error is None
+        return ListenerOutcome(spec["id"], ok, result=result, exception=error), False
     if error is None:
         signals.delivery_succeeded.send_robust(
             sender=RunContext,

@@ -847,6 +847,35 @@ def test_a_worker_whose_attempt_was_taken_over_leaves_the_rest_of_the_group_to_t
     assert (taken.status, taken.attempts, taken.worker) == ("running", 2, "other@host")
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_an_attempt_taken_over_sends_no_signal_its_copy_will(fails):
+    from messagio import signals
+    from messagio.execution import run_once
+    from messagio.records import claim
+
+    first, second, ctx = group_in_a_worker()
+    sent = []
+
+    def taken_over_meanwhile(messagio):
+        claim(first["delivery"], "task-2", "other@host")
+        if fails:
+            raise ValueError("after the takeover")
+
+    def receiver(signal=None, **kwargs):
+        sent.append(signal)
+
+    for signal in (signals.delivery_succeeded, signals.delivery_failed):
+        signal.connect(receiver, dispatch_uid="taken-over-test")
+    try:
+        run_once(None, first, ctx, listener=taken_over_meanwhile, next_spec=second)
+    finally:
+        for signal in (signals.delivery_succeeded, signals.delivery_failed):
+            signal.disconnect(dispatch_uid="taken-over-test")
+
+    assert ctx.taken_over
+    assert sent == []
+
+
 def test_an_exit_after_the_attempt_was_taken_over_leaves_the_rest_to_the_other_copy():
     import sys
 
