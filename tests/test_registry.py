@@ -4,7 +4,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from messagio import TASK_PRIORITY, MessageCenter, Messagio, listen_to_message
+from messagio import (
+    TASK_PRIORITY,
+    AbstractMessageCenter,
+    MessageCenter,
+    Messagio,
+    autodiscover_listeners,
+    listen_to_message,
+)
 from messagio.registry import registry
 
 
@@ -214,3 +221,18 @@ def test_a_worker_that_cannot_import_a_listener_says_where_it_must_be_defined():
 
     with pytest.raises(ListenerNotFoundError, match="defined in a shell or a script"):
         resolve_listener("django.core.management.commands.shell.typed_in", None)
+
+
+@pytest.mark.parametrize(
+    "module, name, same_as",
+    [
+        ("messagio.message_center", "MessageCenter", MessageCenter),
+        ("messagio.abstract_message_center", "AbstractMessageCenter", AbstractMessageCenter),
+        ("messagio.decorators", "listen_to_message", listen_to_message),
+        ("messagio.autodiscover", "autodiscover_listeners", autodiscover_listeners),
+    ],
+)
+def test_the_original_librarys_import_paths_still_import(module, name, same_as):
+    import importlib
+
+    assert getattr(importlib.import_module(module), name) is same_as
