@@ -109,7 +109,34 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 def check_celery(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     if get_setting("MESSAGE_CENTER") != "messagio.center.MessageCenter":
         return []
-    return celery_config_errors(_celery_app())
+    return [*celery_config_errors(_celery_app()), *_sqlite_locks()]
+
+
+def _sqlite_locks() -> list[Any]:
+    """W011: SQLite's transactions start DEFERRED, and one that reads, then writes, fails at
+    once with "database is locked" while another process writes: with web processes,
+    workers and beat recording in one file, now and then a fire or an outcome."""
+    if not get_setting("RECORD"):
+        return []
+    from messagio.records import db_alias
+
+    connection = connections[db_alias()]
+    if connection.vendor != "sqlite":
+        return []
+    options = connection.settings_dict.get("OPTIONS") or {}
+    if str(options.get("transaction_mode", "")).upper() == "IMMEDIATE":
+        return []
+    return [
+        Warning(
+            "messagio records in SQLite, which web processes and workers write at once, "
+            'without OPTIONS "transaction_mode": "IMMEDIATE": a transaction that reads and '
+            'then writes fails with "database is locked" while another process writes.',
+            hint='Give the database the options messagio\'s README shows: {"init_command": '
+            '"PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", "transaction_mode": '
+            '"IMMEDIATE", "timeout": 30} (Django 5.1+), or use PostgreSQL.',
+            id="messagio.W011",
+        )
+    ]
 
 
 @register(Tags.security, deploy=True)

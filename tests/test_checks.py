@@ -3,6 +3,7 @@
 import pytest
 from celery import Celery
 from django.core import checks
+from django.db import connection
 from django.test import override_settings
 from kombu import Exchange, Queue
 
@@ -276,3 +277,17 @@ def test_a_listener_without_a_time_limit_under_a_soft_celery_limit_is_a_warning_
 
     assert "messagio.W010" in ids(errors)
     assert "slow_listener have no time limit" in errors[ids(errors).index("messagio.W010")].msg
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="the records are in SQLite here only")
+def test_sqlite_without_immediate_transactions_is_a_warning(monkeypatch):
+    options = dict(connection.settings_dict.get("OPTIONS") or {})
+    assert [m for m in checks.run_checks() if m.id == "messagio.W011"] == []
+
+    options.pop("transaction_mode", None)
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", options)
+    messages = [m for m in checks.run_checks() if m.id == "messagio.W011"]
+
+    assert len(messages) == 1
+    assert "database is locked" in messages[0].msg
+    assert '"transaction_mode": "IMMEDIATE"' in messages[0].hint
