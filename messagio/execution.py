@@ -149,8 +149,9 @@ def load_messagio(payload: bytes, messagio_type: str) -> Any:
         raise
     except (ImportError, AttributeError) as exc:
         raise MessagioClassMissingError(
-            f"messagio class {messagio_type} no longer imports ({exc}); restore it or "
-            "keep an alias at its old path to run or replay its events"
+            f"messagio class {messagio_type} no longer imports ({exc}) in this worker: a "
+            "worker started before the class was added needs a restart; a class renamed or "
+            "moved needs an alias at its old path to run or replay its events"
         ) from exc
 
 

@@ -421,6 +421,7 @@ def test_a_messagio_class_that_no_longer_imports_fails_its_replay_saying_which(w
     delivery.refresh_from_db()
     assert delivery.status == "failed"
     assert "messagio class tests.testapp.messagio.Fixable no longer imports" in delivery.error
+    assert "needs a restart" in delivery.error
 
 
 def test_a_fire_while_the_broker_is_down_is_recorded_and_relayed_once_it_is_back(
