@@ -100,11 +100,28 @@ class RunContext:
 TIMEOUT_REPEAT = 1.0
 
 
+class TimeLimit:
+    """A running time limit; :meth:`stop` it as the listener returns, inside the ``with``."""
+
+    def __init__(self, armed: bool) -> None:
+        self.armed = armed
+        self.running = armed
+
+    def stop(self) -> None:
+        """Disarm the timer. Called in the ``with`` body's ``finally``: an alarm due before
+        it is raised in the body, where the limit's own cleanup still runs; one due in the
+        ``with``'s exit would skip it, and the repeating timer would stay armed."""
+        self.running = False
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 @contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
+def time_limit(seconds: float | None) -> Iterator[TimeLimit]:
     """Raise ListenerTimeoutError in the running listener after ``seconds`` (SIGALRM), and
     again every second (or ``seconds``, if shorter) until it returns: a listener whose
-    ``except Exception:`` swallows the first goes on no longer than that.
+    ``except Exception:`` swallows the first goes on no longer than that. The body must end
+    with :meth:`TimeLimit.stop` in a ``finally``.
 
     Works in the main thread of a worker process (prefork and solo pools); elsewhere the
     limit is not enforced.
@@ -114,25 +131,25 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         or threading.current_thread() is not threading.main_thread()
         or not hasattr(signal, "setitimer")
     ):
-        yield
+        yield TimeLimit(armed=False)
         return
 
-    running = True
+    limit = TimeLimit(armed=True)
 
     def expire(signum: int, frame: Any) -> None:
-        # Not while the timer is being disarmed: an alarm due at that moment would escape
-        # from here and leave this handler installed.
-        if running:
+        if limit.running:
             raise ListenerTimeoutError(
                 f"the listener ran past its time limit of {seconds:g}s and was stopped"
             )
+        # Due as it was stopped: never raised outside the listener, and not again.
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds, min(seconds, TIMEOUT_REPEAT))
     try:
-        yield
+        yield limit
     finally:
-        running = False
+        limit.running = False
         try:
             signal.setitimer(signal.ITIMER_REAL, 0)
         finally:
@@ -236,8 +253,11 @@ def run_once(
         if listener is None:
             listener = resolve_listener(spec["id"], spec["import_path"])
         limit = spec.get("time_limit") if ctx.enforce_time_limit else None
-        with time_limit(limit):
-            result = listener(messagio)
+        with time_limit(limit) as running_limit:
+            try:
+                result = listener(messagio)
+            finally:
+                running_limit.stop()
     except Exception as exc:  # noqa: BLE001 - whatever a listener raises is recorded
         error = exc
     except EXITS as exc:
@@ -309,7 +329,10 @@ def run_once(
         if escaping is not None:
             raise escaping
         ok = error is None
-        return ListenerOutcome(spec["id"], ok, result=result, exception=error), False
+        outcome = ListenerOutcome(
+            spec["id"], ok, result=result, exception=error, attempts=spec["attempt"]
+        )
+        return outcome, False
     if error is None:
         signals.delivery_succeeded.send_robust(
             sender=RunContext,

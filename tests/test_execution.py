@@ -3,6 +3,7 @@
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 
 import pytest
@@ -26,13 +27,47 @@ def test_a_listener_that_swallows_its_timeout_is_stopped_again():
     from messagio.exceptions import ListenerTimeoutError
 
     swallowed = []
-    with pytest.raises(ListenerTimeoutError), time_limit(0.05):
+    with pytest.raises(ListenerTimeoutError), time_limit(0.05) as limit:
         try:
-            time.sleep(5)  # the listener's work, past its limit
-        except Exception as exc:  # noqa: BLE001 - what a listener's own handler may do
-            swallowed.append(exc)
-        time.sleep(5)  # and it goes on
+            try:
+                time.sleep(5)  # the listener's work, past its limit
+            except Exception as exc:  # noqa: BLE001 - what a listener's own handler may do
+                swallowed.append(exc)
+            time.sleep(5)  # and it goes on
+        finally:
+            limit.stop()
     assert len(swallowed) == 1
+
+
+ZEROS = [0] * 5_000_000
+
+
+def ends_in_c_past_its_repeat(messagio: object) -> bool:
+    from messagio.exceptions import ListenerTimeoutError
+
+    try:
+        time.sleep(5)
+    except ListenerTimeoutError:
+        pass
+    # Its last work in C, past the next repeat, then straight back to messagio: the alarm is
+    # handled in the first Python frame after it (the with's exit, were the limit not
+    # stopped in its body first).
+    return -1 in ZEROS
+
+
+def test_a_repeat_due_as_the_listener_returns_leaves_no_timer_behind():
+    from messagio.execution import RunContext, run_once
+
+    before = signal.getsignal(signal.SIGALRM)
+    ctx = RunContext(str(uuid.uuid4()), "t", record=False, enforce_time_limit=True)
+    spec = {"id": "l", "attempt": 1, "max_retries": 0, "autoretry_for": [], "time_limit": 0.01}
+
+    # The outcome (and its exception's traceback) held, as deliver holds it meanwhile.
+    outcome, _ = run_once(object(), spec, ctx, listener=ends_in_c_past_its_repeat)
+
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) is before
+    assert outcome is not None
 
 
 @dataclass
