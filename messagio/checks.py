@@ -121,10 +121,11 @@ def _sqlite_locks() -> list[Any]:
     from messagio.records import db_alias
 
     connection = connections[db_alias()]
-    if connection.vendor != "sqlite":
-        return []
+    if connection.vendor != "sqlite" or connection.is_in_memory_db():
+        return []  # no other process opens a database in memory
     options = connection.settings_dict.get("OPTIONS") or {}
-    if str(options.get("transaction_mode", "")).upper() == "IMMEDIATE":
+    # Both take the write lock at BEGIN: a writer waits its turn instead of failing.
+    if str(options.get("transaction_mode", "")).upper() in ("IMMEDIATE", "EXCLUSIVE"):
         return []
     return [
         Warning(

@@ -291,3 +291,8 @@ def test_sqlite_without_immediate_transactions_is_a_warning(monkeypatch):
     assert len(messages) == 1
     assert "database is locked" in messages[0].msg
     assert '"transaction_mode": "IMMEDIATE"' in messages[0].hint
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {"transaction_mode": "EXCLUSIVE"})
+    assert [m for m in checks.run_checks() if m.id == "messagio.W011"] == []
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {})
+    monkeypatch.setattr(connection, "is_in_memory_db", lambda: True)  # a test settings' DB
+    assert [m for m in checks.run_checks() if m.id == "messagio.W011"] == []
