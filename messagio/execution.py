@@ -100,19 +100,36 @@ class RunContext:
 TIMEOUT_REPEAT = 1.0
 
 
-class TimeLimit:
-    """A running time limit; :meth:`stop` it as the listener returns, inside the ``with``."""
+#: Longest time limit the timer takes (setitimer overflows past ~9.2e9 s on 64-bit Linux).
+TIMER_AT_MOST = 1e9
+#: Shortest pause between repeats, whatever the limit: a repeat every few microseconds
+#: would leave the listener no time to return.
+REPEAT_AT_LEAST = 0.01
 
-    def __init__(self, armed: bool) -> None:
-        self.armed = armed
-        self.running = armed
+
+class TimeLimit:
+    """A time limit installed for one listener: :meth:`start` it as the first thing in the
+    ``with`` body's ``try``, and :meth:`stop` it in that ``try``'s ``finally``.
+
+    Every alarm then falls inside the body, where the limit's own cleanup is already in
+    force: one due in ``with``'s enter or exit would skip it, leaving the repeating timer
+    armed while the exception is held.
+    """
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.running = False
+
+    def start(self) -> None:
+        if self.seconds:
+            self.running = True
+            seconds = min(self.seconds, TIMER_AT_MOST)
+            repeat = max(min(seconds, TIMEOUT_REPEAT), REPEAT_AT_LEAST)
+            signal.setitimer(signal.ITIMER_REAL, seconds, repeat)
 
     def stop(self) -> None:
-        """Disarm the timer. Called in the ``with`` body's ``finally``: an alarm due before
-        it is raised in the body, where the limit's own cleanup still runs; one due in the
-        ``with``'s exit would skip it, and the repeating timer would stay armed."""
         self.running = False
-        if self.armed:
+        if self.seconds:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
 
@@ -120,21 +137,22 @@ class TimeLimit:
 def time_limit(seconds: float | None) -> Iterator[TimeLimit]:
     """Raise ListenerTimeoutError in the running listener after ``seconds`` (SIGALRM), and
     again every second (or ``seconds``, if shorter) until it returns: a listener whose
-    ``except Exception:`` swallows the first goes on no longer than that. The body must end
-    with :meth:`TimeLimit.stop` in a ``finally``.
+    ``except Exception:`` swallows the first goes on no longer than that. The body starts
+    and stops the :class:`TimeLimit` it is given.
 
-    Works in the main thread of a worker process (prefork and solo pools); elsewhere the
-    limit is not enforced.
+    Works in the main thread of a worker process (prefork and solo pools), and not inside
+    another limit (there is one timer); elsewhere the limit is not enforced.
     """
     if (
         not seconds
         or threading.current_thread() is not threading.main_thread()
         or not hasattr(signal, "setitimer")
+        or signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0)
     ):
-        yield TimeLimit(armed=False)
+        yield TimeLimit(None)
         return
 
-    limit = TimeLimit(armed=True)
+    limit = TimeLimit(seconds)
 
     def expire(signum: int, frame: Any) -> None:
         if limit.running:
@@ -145,7 +163,6 @@ def time_limit(seconds: float | None) -> Iterator[TimeLimit]:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds, min(seconds, TIMEOUT_REPEAT))
     try:
         yield limit
     finally:
@@ -255,6 +272,7 @@ def run_once(
         limit = spec.get("time_limit") if ctx.enforce_time_limit else None
         with time_limit(limit) as running_limit:
             try:
+                running_limit.start()
                 result = listener(messagio)
             finally:
                 running_limit.stop()

@@ -1,5 +1,6 @@
 """Running one listener: its time limit, and a listener that ends its process."""
 
+import contextlib
 import signal
 import sys
 import time
@@ -29,6 +30,7 @@ def test_a_listener_that_swallows_its_timeout_is_stopped_again():
     swallowed = []
     with pytest.raises(ListenerTimeoutError), time_limit(0.05) as limit:
         try:
+            limit.start()
             try:
                 time.sleep(5)  # the listener's work, past its limit
             except Exception as exc:  # noqa: BLE001 - what a listener's own handler may do
@@ -53,6 +55,54 @@ def ends_in_c_past_its_repeat(messagio: object) -> bool:
     # handled in the first Python frame after it (the with's exit, were the limit not
     # stopped in its body first).
     return -1 in ZEROS
+
+
+def no_timer_left(before) -> bool:
+    return signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and (
+        signal.getsignal(signal.SIGALRM) is before
+    )
+
+
+def test_a_limit_too_short_to_enter_its_listener_leaves_no_timer_behind():
+    from messagio.exceptions import ListenerTimeoutError
+
+    before = signal.getsignal(signal.SIGALRM)
+    for _ in range(200):  # due at once: as the timer is armed, or as the body begins
+        with contextlib.suppress(ListenerTimeoutError), time_limit(1e-6) as limit:
+            try:
+                limit.start()
+            finally:
+                limit.stop()
+        assert no_timer_left(before)
+
+
+def test_a_limit_longer_than_the_timer_takes_is_the_longest_it_takes():
+    before = signal.getsignal(signal.SIGALRM)
+
+    with time_limit(1e12) as limit:
+        try:
+            limit.start()
+            ran = True
+        finally:
+            limit.stop()
+
+    assert ran and no_timer_left(before)
+
+
+def test_a_limit_inside_another_leaves_the_outer_one_running():
+    from messagio.exceptions import ListenerTimeoutError
+
+    with pytest.raises(ListenerTimeoutError), time_limit(0.2) as outer:
+        try:
+            outer.start()
+            with time_limit(5) as inner:  # a listener running another's limit: not armed
+                try:
+                    inner.start()
+                finally:
+                    inner.stop()
+            time.sleep(5)
+        finally:
+            outer.stop()
 
 
 def test_a_repeat_due_as_the_listener_returns_leaves_no_timer_behind():
