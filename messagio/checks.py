@@ -390,6 +390,7 @@ def _group_outlives_celery_limit(app: Any) -> list[Any]:
     ]
     if not limits or invalid_settings():
         return []
+    name, seconds = min(limits, key=lambda limit: limit[1])  # the one a group meets first
     over = []
     for messagio_type in registry.messagio_types():
         groups: dict[tuple[int, Any], list[dict[str, Any]]] = {}
@@ -398,7 +399,6 @@ def _group_outlives_celery_limit(app: Any) -> list[Any]:
             groups.setdefault(key, []).append(listener_spec(subscription))
         for specs in groups.values():
             total = sum(float(s["time_limit"]) if s["time_limit"] else math.inf for s in specs)
-            name, seconds = min(limits, key=lambda limit: limit[1])
             if total >= seconds:
                 ids = ", ".join(s["id"] for s in specs)
                 took = "have no time limit" if total == math.inf else f"may take {total:g}s"

@@ -98,13 +98,11 @@ class RunContext:
 
 #: Seconds between the ListenerTimeoutErrors raised in a listener past its time limit.
 TIMEOUT_REPEAT = 1.0
-
-
-#: Longest time limit the timer takes (setitimer overflows past ~9.2e9 s on 64-bit Linux).
-TIMER_AT_MOST = 1e9
 #: Shortest pause between repeats, whatever the limit: a repeat every few microseconds
 #: would leave the listener no time to return.
 REPEAT_AT_LEAST = 0.01
+#: Longest time limit the timer takes (setitimer overflows past ~9.2e9 s on 64-bit Linux).
+TIMER_AT_MOST = 1e9
 
 
 class TimeLimit:

@@ -906,8 +906,8 @@ def fail_lost_too_often(
     return bool(failed)
 
 
-#: The longest error class name a record holds (Delivery.error_type).
-ERROR_TYPE_MAX = 255
+#: Where a record keeps an error's class: a longer dotted path is cut to its length.
+_ERROR_TYPE_FIELD = Delivery._meta.get_field("error_type")
 
 
 def exception_name(exc: BaseException) -> str:
@@ -1058,7 +1058,7 @@ def finish(
             status, outcome = Delivery.Status.FAILED, Attempt.Outcome.FAILED
         fields = {
             "result": "",
-            "error_type": storable(exception_name(exception))[:ERROR_TYPE_MAX],
+            "error_type": storable(exception_name(exception))[: _ERROR_TYPE_FIELD.max_length],
             "error": _cap(text_of(lambda: str(exception), exception), "RESULT_MAX_CHARS"),
             "traceback": _cap(
                 text_of(lambda: "".join(tb.format_exception(exception)), exception),

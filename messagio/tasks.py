@@ -261,14 +261,14 @@ def fire_scheduled(messagio: str, fields: dict[str, Any] | None = None) -> str:
 
 
 def _loaded_messagio_class(path: str) -> Any:
+    """The class at ``path`` in the longest of its modules already imported, looked up and
+    never imported: where the class is defined (``Type.get_name()``), or a package that
+    exports it."""
     import sys
 
     from messagio.message import Messagio
 
-    wanted = path.replace(":", ".")
-    # An alias in a module already imported (a package re-exporting the class): looked up,
-    # never imported.
-    parts = wanted.split(".")
+    parts = path.replace(":", ".").split(".")
     for cut in range(len(parts) - 1, 0, -1):
         found: Any = sys.modules.get(".".join(parts[:cut]))
         if found is None:
@@ -278,15 +278,6 @@ def _loaded_messagio_class(path: str) -> Any:
         if isinstance(found, type) and issubclass(found, Messagio):
             return found
         break
-    found, seen = list(Messagio.__subclasses__()), set()
-    while found:
-        cls = found.pop()
-        if cls in seen:
-            continue
-        seen.add(cls)
-        if cls.get_name() == wanted:
-            return cls
-        found.extend(cls.__subclasses__())
     raise TypeError(
         f"{path} is not a Messagio subclass this worker has loaded: name one by its dotted "
         "path (Type.get_name()), defined or imported in a module the worker imports (its "

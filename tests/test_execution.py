@@ -137,13 +137,18 @@ def after_quits(messagio: Quits) -> None:
     ran.append("after")
 
 
+def subscribe(messagio_type: type[Messagio], *listeners) -> None:
+    """Subscribe ``listeners`` in order (the test's isolated_registry undoes it)."""
+    ran.clear()
+    for listener in listeners:
+        MessageCenter.singleton().subscribe(messagio_type, listener)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_listener_that_exits_is_recorded_as_failed_and_the_exit_goes_through(
     isolated_registry,
 ):
-    ran.clear()
-    for listener in (quits, after_quits):
-        MessageCenter.singleton().subscribe(Quits, listener)
+    subscribe(Quits, quits, after_quits)
 
     with pytest.raises(SystemExit):
         Quits(3).fire(sync=True)
@@ -173,8 +178,7 @@ def test_a_worker_shutting_down_in_a_listener_leaves_it_running_for_its_message(
 ):
     from celery.exceptions import WorkerTerminate
 
-    for listener in (shut_down, after_quits):
-        MessageCenter.singleton().subscribe(Quits, listener)
+    subscribe(Quits, shut_down, after_quits)
 
     with pytest.raises(WorkerTerminate):
         Quits(0).fire(sync=True)
@@ -191,7 +195,7 @@ def interrupted(messagio: Quits) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_a_ctrl_c_in_a_sync_fire_leaves_the_listener_running_for_the_relay(isolated_registry):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    MessageCenter.singleton().subscribe(Quits, interrupted)
+    subscribe(Quits, interrupted)
 
     with pytest.raises(KeyboardInterrupt):
         Quits(0).fire(sync=True)
@@ -239,9 +243,7 @@ def is_cancelled(messagio: Awkward) -> None:
 def test_an_outcome_whose_text_cannot_be_made_or_stored_is_recorded_all_the_same(
     isolated_registry,
 ):
-    ran.clear()
-    for listener in (returns_unprintable, raises_mute, raises_nul, is_cancelled, after_quits):
-        MessageCenter.singleton().subscribe(Awkward, listener)
+    subscribe(Awkward, returns_unprintable, raises_mute, raises_nul, is_cancelled, after_quits)
 
     Awkward(1).fire(sync=True)
 
@@ -272,9 +274,7 @@ def killed_by_its_pool(messagio: Awkward) -> None:
 def test_a_pool_stopping_the_task_goes_through_and_leaves_the_listener_running(
     isolated_registry,
 ):
-    ran.clear()
-    for listener in (killed_by_its_pool, after_quits):
-        MessageCenter.singleton().subscribe(Awkward, listener)
+    subscribe(Awkward, killed_by_its_pool, after_quits)
 
     with pytest.raises(PoolKill):
         Awkward(2).fire(sync=True)
