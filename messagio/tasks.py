@@ -18,6 +18,7 @@ from typing import Any
 from celery import shared_task
 
 from messagio.brokers import broker_priority, task_serializer
+from messagio.publisher import publish_task
 
 logger = logging.getLogger("messagio")
 
@@ -195,11 +196,11 @@ def publish(
     }
     if envelope["queue"]:
         options["queue"] = envelope["queue"]
-    if countdown:
-        options["countdown"] = countdown
-    if task_id:
-        options["task_id"] = task_id
-    return deliver.apply_async(args=(envelope,), **options).id
+    if not countdown:
+        published = publish_task(deliver, (envelope,), options, task_id=task_id)
+        if published is not None:
+            return published
+    return deliver.apply_async(args=(envelope,), countdown=countdown, task_id=task_id, **options).id
 
 
 def _argsrepr(envelope: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 import messagio
 from messagio.models import Delivery, Event, Replay
 from messagio.payload import MAGIC, sign
+from messagio.publisher import kept_producers
 from messagio.records import publish_recorded
 from messagio.relay import relay
 from tests.hostile import WritesFile
@@ -560,6 +561,25 @@ def test_a_setting_makes_fire_raise_when_the_broker_is_down(worker, broker_outag
         with pytest.raises(Exception):  # noqa: B017 - whatever the transport raises
             Ping(new_token()).fire()
     assert Event.objects.filter(state="recorded").count() == 1
+
+
+def test_a_fire_after_the_broker_dropped_the_kept_connection_is_published(worker, broker_outage):
+    """messagio keeps its producer between fires (messagio.publisher): one whose connection
+    the broker closed meanwhile (a restart, an idle timeout) publishes on a new one."""
+    from project.celery import app
+
+    if broker_outage.proxy is None:
+        pytest.skip("the filesystem broker keeps no connection")
+    wait_finished(Ping(new_token()).fire().event_id)  # a producer is kept, connected
+    assert kept_producers(app).idle
+
+    broker_outage.proxy.cut()  # every open connection reset: the kept one is dead now
+    broker_outage.proxy.restore()
+    token = new_token()
+    report = Ping(token).fire()
+
+    assert Event.objects.get(pk=report.event_id).state == "published"
+    assert len(wait_finished(report.event_id)) == Call.objects.filter(token=token).count() == 5
 
 
 def test_on_commit_and_the_relay_never_both_publish_an_event(worker):

@@ -1,0 +1,160 @@
+"""How a fire's task message reaches the broker: on a producer messagio keeps for the next.
+
+``apply_async`` acquires a producer from Celery's pool and revives it, merges the task's
+options, reads half a dozen settings and builds an AsyncResult on every call: about a third
+of what a whole fire costs (bench/RESULTS.md, "Measured at stop 16"). A fire publishes one
+message of one known task, so messagio keeps idle producers of its own, builds the message
+with Celery's protocol (``app.amqp.create_task_message``), routes it with Celery's router
+and sends it with ``app.amqp.send_task_message``: task routes, the publish retry policy, the
+``before_task_publish``/``after_task_publish`` signals and task-sent events work as they do
+for ``apply_async``.
+
+``apply_async`` still publishes whenever this path could differ from it: in eager mode,
+with a countdown, an ``expires`` set on the task or its results stored, when a project's
+Task class or a monitoring tool wraps ``apply_async`` or ``send_task`` (Sentry's tracing
+does), and when this process already holds ``broker_pool_limit`` producers (0 or None: none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections import deque
+from typing import Any
+
+from kombu import pools
+from kombu.utils.uuid import uuid
+
+
+class KeptProducers:
+    """The idle producers of one Celery app in this process, at most ``limit`` in all.
+
+    Taken and given back whole (a deque's pop and append are atomic), so threads never
+    share one; a producer whose publish raised is closed, not kept."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.pid = os.getpid()
+        self.limit = app.conf.broker_pool_limit or 0
+        self.idle: deque[Any] = deque()
+        self.count = 0
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def acquire(self) -> Any | None:
+        """An idle producer, or a new one; None once ``limit`` are out."""
+        try:
+            return self.idle.pop()
+        except IndexError:
+            pass
+        with self._lock:
+            if self.count >= self.limit:
+                return None
+            self.count += 1
+        return self.app.amqp.Producer(self.app.connection_for_write(), auto_declare=False)
+
+    def release(self, producer: Any) -> None:
+        if self.closed:
+            self.discard(producer)
+        else:
+            self.idle.append(producer)
+
+    def discard(self, producer: Any) -> None:
+        with self._lock:
+            self.count -= 1
+        with contextlib.suppress(Exception):
+            producer.connection.release()
+
+    # What kombu asks of a pool when its pools are reset or resized (kombu.pools.reset,
+    # set_limit): the next publish then builds a new KeptProducers from the app's settings.
+    def force_close_all(self) -> None:
+        self.closed = True
+        while self.idle:
+            self.discard(self.idle.pop())
+
+    def resize(self, limit: int) -> None:
+        self.limit = limit or 0
+
+
+#: Per Celery app; registered with kombu like its own pools, so that ``kombu.pools.reset()``
+#: (Celery's tests, a project's) closes these too.
+_kept: weakref.WeakKeyDictionary[Any, KeptProducers] = pools.register_group(
+    weakref.WeakKeyDictionary()
+)
+
+
+def kept_producers(app: Any) -> KeptProducers:
+    kept = _kept.get(app)
+    if kept is None or kept.closed or kept.pid != os.getpid():
+        # After a fork the parent's connections are not ours to use or to close.
+        kept = _kept[app] = KeptProducers(app)
+    return kept
+
+
+def _celerys_own(function: Any, qualname: str) -> bool:
+    return (
+        getattr(function, "__module__", "").startswith("celery.")
+        and getattr(function, "__qualname__", None) == qualname
+        and not hasattr(function, "__wrapped__")
+    )
+
+
+def publish_task(
+    task: Any, args: tuple[Any, ...], options: dict[str, Any], task_id: str | None = None
+) -> str | None:
+    """Publish ``task(*args)`` as ``apply_async`` would, on a kept producer; its task id,
+    or None when ``apply_async`` has to (see the module's docstring)."""
+    task = getattr(task, "_get_current_object", lambda: task)()  # shared_task's proxy
+    app = task._get_app()
+    if not (
+        _celerys_own(type(task).apply_async, "Task.apply_async")
+        and _celerys_own(type(app).send_task, "Celery.send_task")
+        and task.ignore_result
+    ):
+        return None
+    conf = app.conf
+    if conf.task_always_eager:
+        return None
+    options = {
+        **{key: value for key, value in task._get_exec_options().items() if value is not None},
+        **options,
+    }
+    if options.pop("expires", None) is not None or options.get("countdown"):
+        return None
+    kept = kept_producers(app)
+    producer = kept.acquire()
+    if producer is None:
+        return None
+    try:
+        task_id = task_id or uuid()
+        time_limit = options.pop("time_limit", None)
+        soft_time_limit = options.pop("soft_time_limit", None)
+        options = app.amqp.router.route(options, task.name, args, {}, task)
+        root_id = parent_id = None
+        parent = app.current_worker_task
+        if parent:
+            root_id = parent.request.root_id or parent.request.id
+            parent_id = parent.request.id
+        message = app.amqp.create_task_message(
+            task_id,
+            task.name,
+            args,
+            {},
+            reply_to=app.thread_oid,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
+            create_sent_event=conf.task_send_sent_event,
+            root_id=root_id,
+            parent_id=parent_id,
+            ignore_result=True,
+            **options,  # argsrepr and kwargsrepr among them, which Celery also sends on
+        )
+        with producer.connection._reraise_as_library_errors():
+            app.amqp.send_task_message(producer, task.name, message, **options)
+    except BaseException:
+        kept.discard(producer)
+        raise
+    kept.release(producer)
+    return task_id
