@@ -283,3 +283,49 @@ def test_a_lost_event_the_broker_refuses_alone_makes_the_relay_command_fail(work
 
     assert Event.objects.get(pk=report.event_id).published_at == published_at  # put back
     assert Delivery.objects.get(event_id=report.event_id).status == "pending"
+
+
+@pytest.mark.skipif(
+    not is_amqp(app), reason="RabbitMQ drops a message for a queue it does not have"
+)
+def test_a_kept_producer_declares_its_queue_again_after_a_reconnect(monkeypatch):
+    """messagio binds the queue to a kept producer's channel once (messagio.publisher):
+    after the broker lost the queue and the connection, the next publish declares it
+    again on the new connection instead of publishing to no queue."""
+    from celery import Celery
+
+    from messagio.publisher import kept_producers, publish_task
+    from messagio.tasks import DELIVER_TASK
+
+    proxy = TcpProxy(("127.0.0.1", urlsplit(BROKER_URL).port or 5672)).start()
+    url = urlsplit(BROKER_URL)
+    proxied = urlunsplit(
+        url._replace(netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}")
+    )
+    name = f"redeclared-{uuid.uuid4().hex[:8]}"
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery prefers it to broker=
+    own = Celery(broker=proxied, set_as_current=False)
+    own.conf.update(task_default_queue=name, task_queues=[Queue(name, Exchange(name), name)])
+    envelope = {"event": "e", "type": "t", "listeners": [], "priority": 5, "queue": None}
+    try:
+        for _ in range(2):  # the second publish declares the queue bound to the channel
+            assert publish_task(own.tasks[DELIVER_TASK], (envelope,), {"priority": 5})
+        with app.connection_for_write(BROKER_URL) as conn:
+            conn.default_channel.queue_delete(name)  # as a broker that lost it
+        proxy.cut()  # and the kept connection with it
+        proxy.restore()
+
+        task_id = publish_task(own.tasks[DELIVER_TASK], (envelope,), {"priority": 5})
+
+        with app.connection_for_read(BROKER_URL) as conn:
+            waiting = conn.SimpleQueue(name, accept=["json"])
+            message = waiting.get(timeout=5)
+            message.ack()
+            waiting.close()
+        assert message.headers["id"] == task_id
+        assert kept_producers(own).count == 1
+    finally:
+        with app.connection_for_write(BROKER_URL) as conn:
+            conn.default_channel.queue_delete(name)
+            conn.default_channel.exchange_delete(name)
+        proxy.stop()
