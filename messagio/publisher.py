@@ -60,7 +60,7 @@ class KeptProducers:
     share one; a producer whose publish raised is closed, not kept."""
 
     def __init__(self, app: Any) -> None:
-        self.app = app
+        self._app = weakref.ref(app)  # an app no longer used closes these (finalizer below)
         self.pid = os.getpid()
         self.limit = app.conf.broker_pool_limit or 0
         self.idle: deque[KeptProducer] = deque()
@@ -74,18 +74,25 @@ class KeptProducers:
             return self.idle.pop()
         except IndexError:
             pass
+        app = self._app()
         with self._lock:
-            if self.count >= self.limit:
+            if app is None or self.closed or self.count >= self.limit:
                 return None
             self.count += 1
-        connection = self.app.connection_for_write()
-        return KeptProducer(self.app.amqp.Producer(connection, auto_declare=False))
+        try:
+            connection = app.connection_for_write()
+            return KeptProducer(app.amqp.Producer(connection, auto_declare=False))
+        except BaseException:
+            with self._lock:
+                self.count -= 1
+            raise
 
     def release(self, kept: KeptProducer) -> None:
-        if self.closed:
-            self.discard(kept)
-        else:
-            self.idle.append(kept)
+        with self._lock:
+            if not self.closed:
+                self.idle.append(kept)
+                return
+        self.discard(kept)
 
     def discard(self, kept: KeptProducer) -> None:
         with self._lock:
@@ -96,9 +103,13 @@ class KeptProducers:
     # What kombu asks of a pool when its pools are reset or resized (kombu.pools.reset,
     # set_limit): the next publish then builds a new KeptProducers from the app's settings.
     def force_close_all(self) -> None:
-        self.closed = True
-        while self.idle:
-            self.discard(self.idle.pop())
+        with self._lock:
+            self.closed = True
+            idle, self.idle = list(self.idle), deque()
+        if self.pid != os.getpid():
+            return  # a forked child's: the parent's connections, not its to close
+        for kept in idle:
+            self.discard(kept)
 
     def resize(self, limit: int) -> None:
         self.limit = limit or 0
@@ -111,17 +122,27 @@ _kept: weakref.WeakKeyDictionary[Any, KeptProducers] = pools.register_group(
 )
 
 
+_creating = threading.Lock()
+
+
 def kept_producers(app: Any) -> KeptProducers:
     kept = _kept.get(app)
     if kept is None or kept.closed or kept.pid != os.getpid():
-        # After a fork the parent's connections are not ours to use or to close.
-        kept = _kept[app] = KeptProducers(app)
+        with _creating:  # two threads' first fires must not each make their own
+            kept = _kept.get(app)
+            if kept is None or kept.closed or kept.pid != os.getpid():
+                # After a fork the parent's connections are not ours to use or to close.
+                kept = _kept[app] = KeptProducers(app)
+                weakref.finalize(app, kept.force_close_all)
     return kept
 
 
-def _celerys_own(function: Any, qualname: str) -> bool:
+def _celerys_own(method: Any, qualname: str) -> bool:
+    """Whether a bound method is Celery's own function, neither overridden nor wrapped on
+    the class or the instance."""
+    function = getattr(method, "__func__", None)
     return (
-        getattr(function, "__module__", "").startswith("celery.")
+        (getattr(function, "__module__", None) or "").startswith("celery.")
         and getattr(function, "__qualname__", None) == qualname
         and not hasattr(function, "__wrapped__")
     )
@@ -135,8 +156,9 @@ def publish_task(
     task = getattr(task, "_get_current_object", lambda: task)()  # shared_task's proxy
     app = task._get_app()
     if not (
-        _celerys_own(type(task).apply_async, "Task.apply_async")
-        and _celerys_own(type(app).send_task, "Celery.send_task")
+        _celerys_own(task.apply_async, "Task.apply_async")
+        and _celerys_own(task.shadow_name, "Task.shadow_name")
+        and _celerys_own(app.send_task, "Celery.send_task")
         and task.ignore_result
     ):
         return None
@@ -149,17 +171,20 @@ def publish_task(
     }
     if options.pop("expires", None) is not None or options.get("countdown"):
         return None
+    time_limit = options.pop("time_limit", None)
+    soft_time_limit = options.pop("soft_time_limit", None)
+    if time_limit and soft_time_limit and soft_time_limit > time_limit:
+        return None  # apply_async refuses it (ValueError)
     producers = kept_producers(app)
-    kept = producers.acquire()
-    if kept is None:
-        return None
+    kept = None
     try:
+        kept = producers.acquire()
+        if kept is None:
+            return None
         task_id = task_id or uuid()
-        time_limit = options.pop("time_limit", None)
-        soft_time_limit = options.pop("soft_time_limit", None)
         options = app.amqp.router.route(options, task.name, args, {}, task)
         root_id = parent_id = None
-        parent = app.current_worker_task
+        parent = app.current_worker_task  # a fire from inside a task: its child, as Celery says
         if parent:
             root_id = parent.request.root_id or parent.request.id
             parent_id = parent.request.id
@@ -182,8 +207,11 @@ def publish_task(
         with producer.connection._reraise_as_library_errors():
             app.amqp.send_task_message(producer, task.name, message, declare=declare, **options)
     except BaseException:
-        producers.discard(kept)
+        if kept is not None:
+            producers.discard(kept)
         raise
     kept.published = True
     producers.release(kept)
+    if parent:
+        parent.add_trail(app.AsyncResult(task_id))  # the parent's request.children
     return task_id

@@ -1,12 +1,15 @@
 """messagio.publisher: a fire's message on a kept producer is the message apply_async sends."""
 
 import functools
+import gc
 import os
 import threading
 import uuid
+import weakref
 
 import pytest
-from celery import Celery
+from celery import Celery, Task
+from celery.local import Proxy
 from celery.signals import before_task_publish
 from kombu import Exchange, Queue, pools
 from kombu.exceptions import EncodeError
@@ -152,8 +155,10 @@ def test_no_producer_is_kept_when_celery_keeps_no_connections():
         ({"task_always_eager": True}, {}),
         ({}, {"countdown": 5}),
         ({"task_annotations": {DELIVER_TASK: {"expires": 60}}}, {}),
+        ({"task_annotations": {DELIVER_TASK: {"ignore_result": False}}}, {}),
+        ({"task_annotations": {DELIVER_TASK: {"time_limit": 5, "soft_time_limit": 9}}}, {}),
     ],
-    ids=["eager", "countdown", "expires"],
+    ids=["eager", "countdown", "expires", "results-stored", "soft-limit-past-hard"],
 )
 def test_apply_async_publishes_what_the_kept_producer_would_send_differently(config, options):
     app = memory_app(**config)
@@ -161,30 +166,95 @@ def test_apply_async_publishes_what_the_kept_producer_would_send_differently(con
     assert publish_task(app.tasks[DELIVER_TASK], (ENVELOPE,), {"priority": 5, **options}) is None
 
 
-def test_a_wrapped_apply_async_is_left_to_do_the_publishing(monkeypatch):
-    # Monitoring tools (Sentry's tracing) wrap Task.apply_async to add their headers.
-    app = memory_app()
-    deliver = app.tasks[DELIVER_TASK]
-    original = type(deliver).apply_async
+def traced(original):
+    """A wrapper as monitoring tools (Sentry's tracing) put around apply_async or send_task
+    to add their headers."""
 
     @functools.wraps(original)
-    def traced(self, *args, **kwargs):
-        return original(self, *args, **kwargs)
+    def wrapper(*args, **kwargs):
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(type(deliver), "apply_async", traced)
+    return wrapper
+
+
+@pytest.mark.parametrize("where", ["task class", "task", "app class", "app"])
+def test_a_wrapped_apply_async_or_send_task_is_left_to_do_the_publishing(where, monkeypatch):
+    app = memory_app()
+    deliver = app.tasks[DELIVER_TASK]
+    owner, name = {
+        "task class": (type(deliver), "apply_async"),
+        "task": (deliver, "apply_async"),  # mock.patch.object(deliver, "apply_async") does this
+        "app class": (type(app), "send_task"),
+        "app": (app, "send_task"),
+    }[where]
+    monkeypatch.setattr(owner, name, traced(getattr(owner, name)))
 
     assert publish_task(deliver, (ENVELOPE,), {"priority": 5}) is None
+
+
+@pytest.mark.parametrize("hook", ["apply_async", "shadow_name"])
+def test_a_task_class_of_the_project_that_overrides_a_hook_is_left_to_apply_async(hook):
+    def override(self, *args, **kwargs):
+        return getattr(Task, hook)(self, *args, **kwargs)
+
+    app = Celery(
+        broker="memory://",
+        set_as_current=False,
+        task_cls=type("ProjectTask", (Task,), {hook: override}),
+    )
+
+    assert publish_task(app.tasks[DELIVER_TASK], (ENVELOPE,), {"priority": 5}) is None
+
+
+def test_shared_tasks_proxy_publishes_on_a_kept_producer():
+    app = memory_app()
+
+    task_id = publish_task(Proxy(lambda: app.tasks[DELIVER_TASK]), (ENVELOPE,), {"priority": 5})
+
+    assert task_id and received(app, 1)[0].headers["id"] == task_id
+
+
+def test_a_fire_from_inside_a_task_names_it_as_parent_and_root():
+    app = memory_app()
+    deliver = app.tasks[DELIVER_TASK]
+
+    @app.task(bind=True)
+    def outer(self):
+        published = publish_task(deliver, (ENVELOPE,), {"priority": 5})
+        return published, [child.id for child in self.request.children]
+
+    published, children = outer.apply(task_id="the-parent").get()
+
+    (message,) = received(app, 1)
+    assert (message.headers["parent_id"], message.headers["root_id"]) == ("the-parent",) * 2
+    assert children == [published]  # as apply_async leaves it in the parent's trail
 
 
 def test_a_publish_that_fails_closes_its_producer():
     app = memory_app()
     deliver = app.tasks[DELIVER_TASK]
+    publish_task(deliver, (ENVELOPE,), {"priority": 5})
+    (kept,) = kept_producers(app).idle
+    assert kept.producer.connection.connected
 
     with pytest.raises(EncodeError):
         publish_task(deliver, (object(),), {"priority": 5})  # JSON cannot carry it
 
-    kept = kept_producers(app)
-    assert (kept.count, len(kept.idle)) == (0, 0)
+    assert (kept_producers(app).count, len(kept_producers(app).idle)) == (0, 0)
+    assert not kept.producer.connection.connected
+
+
+def test_an_app_no_longer_used_takes_its_producers_with_it():
+    app = memory_app()
+    publish_task(app.tasks[DELIVER_TASK], (ENVELOPE,), {"priority": 5})
+    (kept,) = kept_producers(app).idle
+    gone = weakref.ref(app)
+
+    del app
+    gc.collect()
+
+    assert gone() is None
+    assert not kept.producer.connection.connected
 
 
 def test_resetting_kombus_pools_closes_the_kept_producers():

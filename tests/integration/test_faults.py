@@ -325,6 +325,7 @@ def test_a_kept_producer_declares_its_queue_again_after_a_reconnect(monkeypatch)
         assert message.headers["id"] == task_id
         assert kept_producers(own).count == 1
     finally:
+        kept_producers(own).force_close_all()
         with app.connection_for_write(BROKER_URL) as conn:
             conn.default_channel.queue_delete(name)
             conn.default_channel.exchange_delete(name)
