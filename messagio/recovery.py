@@ -241,13 +241,15 @@ def requeue_stuck(timeout: float | None = None, limit: int = REQUEUE_BATCH) -> i
         stuck.filter(pk__in=oldest),  # still stuck when read again
         f"it was stuck for more than {seconds:g}s; its worker is presumed dead",
     )
-    # Retries the broker refused, once due: no message would ever run them.
+    # Retries the broker refused, once due: no message would ever run them. Due is
+    # finished_at + retry_delay <= now, asked per delay (listeners have few) so that the
+    # database picks the due ones, however many wait longer.
     unsent = Delivery.objects.filter(status=Delivery.Status.RETRYING, task_id=RETRY_NOT_SENT)
-    due = [
-        pk
-        for pk, finished_at, delay in unsent.values_list("pk", "finished_at", "retry_delay")[:limit]
-        if finished_at is not None and finished_at + datetime.timedelta(seconds=delay) <= now
-    ]
+    delays = unsent.order_by().values_list("retry_delay", flat=True).distinct()
+    due_now = Q(pk__in=[])
+    for delay in delays:
+        due_now |= Q(retry_delay=delay, finished_at__lte=now - datetime.timedelta(seconds=delay))
+    due = list(unsent.filter(due_now).order_by("finished_at").values_list("pk", flat=True)[:limit])
     if due:
         requeued += requeue(
             unsent.filter(pk__in=due), "the broker refused its retry; its delay has passed"

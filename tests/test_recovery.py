@@ -338,3 +338,26 @@ def test_a_stuck_delivery_that_finishes_before_its_requeue_reads_it_is_left_alon
 
     assert published == []
     assert Delivery.objects.get(pk=stuck.pk).status == "succeeded"
+
+
+def test_refused_retries_that_are_due_are_requeued_behind_any_number_not_due(published):
+    from messagio.recovery import requeue_stuck
+
+    def refused_retry(finished_hours_ago: float, delay: float) -> Delivery:
+        _, (delivery,) = event_with(("retrying", 1), at=hours_ago(finished_hours_ago))
+        Delivery.objects.filter(pk=delivery.pk).update(
+            task_id=records.RETRY_NOT_SENT,
+            finished_at=hours_ago(finished_hours_ago),
+            retry_delay=delay,
+        )
+        return delivery
+
+    # Three waiting a day, written first and finished longest ago: a read of the first
+    # two unsent retries would have found none due.
+    for _ in range(3):
+        refused_retry(0.5, delay=86_400)
+    due = refused_retry(0.1, delay=60)
+
+    assert requeue_stuck(timeout=86_400 * 30, limit=2) == 1
+
+    assert published == [[str(due.pk)]]
