@@ -57,10 +57,12 @@ class KeptProducers:
     """The idle producers of one Celery app in this process, at most ``limit`` in all.
 
     Taken and given back whole (a deque's pop and append are atomic), so threads never
-    share one; a producer whose publish raised is closed, not kept."""
+    share one; a producer whose publish raised is closed, not kept. An app no longer used
+    takes them with it, their sockets closed by the garbage collector, as Celery's pooled
+    connections are at exit: closing them politely could wait on a broker that blocks."""
 
     def __init__(self, app: Any) -> None:
-        self._app = weakref.ref(app)  # an app no longer used closes these (finalizer below)
+        self._app = weakref.ref(app)
         self.pid = os.getpid()
         self.limit = app.conf.broker_pool_limit or 0
         self.idle: deque[KeptProducer] = deque()
@@ -97,32 +99,60 @@ class KeptProducers:
     def discard(self, kept: KeptProducer) -> None:
         with self._lock:
             self.count -= 1
-        with contextlib.suppress(Exception):
-            kept.producer.connection.release()
+        connection = kept.producer.connection
+        # Not every Exception: a task's SoftTimeLimitExceeded must reach the task.
+        with contextlib.suppress(
+            OSError, *connection.connection_errors, *connection.channel_errors
+        ):
+            connection.release()
 
     # What kombu asks of a pool when its pools are reset or resized (kombu.pools.reset,
     # set_limit): the next publish then builds a new KeptProducers from the app's settings.
     def force_close_all(self) -> None:
-        with self._lock:
-            self.closed = True
-            idle, self.idle = list(self.idle), deque()
         if self.pid != os.getpid():
-            return  # a forked child's: the parent's connections, not its to close
-        for kept in idle:
+            self.closed = True  # a forked child's: the parent's connections, not its to close
+            return
+        with self._lock:  # a release after this discards its producer
+            self.closed = True
+        while True:
+            try:
+                kept = self.idle.pop()
+            except IndexError:
+                return
             self.discard(kept)
 
     def resize(self, limit: int) -> None:
         self.limit = limit or 0
 
 
-#: Per Celery app; registered with kombu like its own pools, so that ``kombu.pools.reset()``
-#: (Celery's tests, a project's) closes these too.
-_kept: weakref.WeakKeyDictionary[Any, KeptProducers] = pools.register_group(
-    weakref.WeakKeyDictionary()
-)
-
-
+#: Per Celery app.
+_kept: weakref.WeakKeyDictionary[Any, KeptProducers] = weakref.WeakKeyDictionary()
 _creating = threading.Lock()
+
+
+def _new_lock_in_the_child() -> None:
+    global _creating
+    _creating = threading.Lock()  # a fork while another thread held it leaves it held
+
+
+os.register_at_fork(after_in_child=_new_lock_in_the_child)
+
+
+class KeptGroup:
+    """What ``kombu.pools.reset()`` and ``set_limit()`` ask of a group of pools, so that
+    they close and resize these too (Celery's tests and a project's call them). Closed
+    ones stay in ``_kept`` until their next use replaces them: one a publish made while a
+    reset ran stays where the next reset finds it."""
+
+    def values(self) -> list[KeptProducers]:
+        with _creating:
+            return list(_kept.values())
+
+    def clear(self) -> None:
+        pass
+
+
+kept_group = pools.register_group(KeptGroup())
 
 
 def kept_producers(app: Any) -> KeptProducers:
@@ -133,7 +163,6 @@ def kept_producers(app: Any) -> KeptProducers:
             if kept is None or kept.closed or kept.pid != os.getpid():
                 # After a fork the parent's connections are not ours to use or to close.
                 kept = _kept[app] = KeptProducers(app)
-                weakref.finalize(app, kept.force_close_all)
     return kept
 
 
@@ -212,6 +241,8 @@ def publish_task(
         raise
     kept.published = True
     producers.release(kept)
-    if parent:
-        parent.add_trail(app.AsyncResult(task_id))  # the parent's request.children
+    if parent:  # the parent's request.children, as apply_async leaves them
+        result = task.AsyncResult(task_id)
+        result.ignored = True  # its get() returns at once: a deliver task stores nothing
+        parent.add_trail(result)
     return task_id

@@ -14,7 +14,7 @@ from celery.signals import before_task_publish
 from kombu import Exchange, Queue, pools
 from kombu.exceptions import EncodeError
 
-from messagio.publisher import kept_producers, publish_task
+from messagio.publisher import kept_group, kept_producers, publish_task
 from messagio.tasks import DELIVER_TASK
 
 ENVELOPE = {"event": "e", "type": "t", "listeners": [], "priority": 5, "queue": None}
@@ -247,14 +247,28 @@ def test_a_publish_that_fails_closes_its_producer():
 def test_an_app_no_longer_used_takes_its_producers_with_it():
     app = memory_app()
     publish_task(app.tasks[DELIVER_TASK], (ENVELOPE,), {"priority": 5})
-    (kept,) = kept_producers(app).idle
-    gone = weakref.ref(app)
+    gone = weakref.ref(app), weakref.ref(kept_producers(app))
 
     del app
     gc.collect()
 
-    assert gone() is None
-    assert not kept.producer.connection.connected
+    assert [ref() for ref in gone] == [None, None]
+
+
+def test_a_publish_while_kombus_pools_reset_is_closed_by_the_next_reset():
+    app = memory_app()
+    deliver = app.tasks[DELIVER_TASK]
+    publish_task(deliver, (ENVELOPE,), {"priority": 5})
+    for pool in kept_group.values():  # kombu.pools.reset(), in two steps
+        pool.force_close_all()
+    publish_task(deliver, (ENVELOPE,), {"priority": 5})  # from another thread, meanwhile
+    kept_group.clear()
+    latest = kept_producers(app)
+    assert latest.idle
+
+    pools.reset()
+
+    assert latest.closed and not latest.idle
 
 
 def test_resetting_kombus_pools_closes_the_kept_producers():
