@@ -10,9 +10,11 @@ and sends it with ``app.amqp.send_task_message``: task routes, the publish retry
 for ``apply_async``.
 
 ``apply_async`` still publishes whenever this path could differ from it: in eager mode,
-with a countdown, an ``expires`` set on the task or its results stored, when a project's
-Task class or a monitoring tool wraps ``apply_async`` or ``send_task`` (Sentry's tracing
-does), and when this process already holds ``broker_pool_limit`` producers (0 or None: none).
+with a countdown, an ``expires`` set on the task or its results stored, a soft time limit
+past the hard one (which it refuses), when ``apply_async``, ``send_task`` or
+``shadow_name`` is overridden or wrapped, on the class or the instance (a project's Task
+class, ``mock.patch.object``, Sentry's tracing), and when this process already holds
+``broker_pool_limit`` producers of the app (0 or None: none).
 """
 
 from __future__ import annotations
