@@ -185,6 +185,8 @@ def publish_task(
 ) -> str | None:
     """Publish ``task(*args)`` as ``apply_async`` would, on a kept producer; its task id,
     or None when ``apply_async`` has to (see the module's docstring)."""
+    if options.get("countdown"):
+        return None  # delayed delivery (native on quorum queues) stays Celery's
     task = getattr(task, "_get_current_object", lambda: task)()  # shared_task's proxy
     app = task._get_app()
     if not (
@@ -201,7 +203,7 @@ def publish_task(
         **{key: value for key, value in task._get_exec_options().items() if value is not None},
         **options,
     }
-    if options.pop("expires", None) is not None or options.get("countdown"):
+    if options.pop("expires", None) is not None:
         return None
     time_limit = options.pop("time_limit", None)
     soft_time_limit = options.pop("soft_time_limit", None)

@@ -196,11 +196,11 @@ def publish(
     }
     if envelope["queue"]:
         options["queue"] = envelope["queue"]
-    if not countdown:
-        published = publish_task(deliver, (envelope,), options, task_id=task_id)
-        if published is not None:
-            return published
-    return deliver.apply_async(args=(envelope,), countdown=countdown, task_id=task_id, **options).id
+    if countdown:
+        options["countdown"] = countdown
+    # On a kept producer; by apply_async where that could differ (a countdown among them).
+    published = publish_task(deliver, (envelope,), options, task_id=task_id)
+    return published or deliver.apply_async(args=(envelope,), task_id=task_id, **options).id
 
 
 def _argsrepr(envelope: dict[str, Any]) -> str:
