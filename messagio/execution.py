@@ -342,14 +342,7 @@ def run_once(
                 number,
                 exc_info=error,
             )
-        if escaping is not None:
-            raise escaping
-        ok = error is None
-        outcome = ListenerOutcome(
-            spec["id"], ok, result=result, exception=error, attempts=spec["attempt"]
-        )
-        return outcome, False
-    if error is None:
+    elif error is None:
         signals.delivery_succeeded.send_robust(
             sender=RunContext,
             delivery_id=delivery_id,
@@ -358,36 +351,37 @@ def run_once(
             messagio=messagio,
             result=result,
         )
-        return ListenerOutcome(spec["id"], True, result=result, attempts=spec["attempt"]), False
-
-    if will_retry:
-        logger.warning(
-            "messagio: listener %s failed for %s (attempt %d), retrying: %r",
-            spec["id"],
-            ctx.messagio_type,
-            number,
-            error,
-        )
     else:
-        logger.error(
-            "messagio: listener %s failed for %s (attempt %d)",
-            spec["id"],
-            ctx.messagio_type,
-            number,
-            exc_info=error,
+        if will_retry:
+            logger.warning(
+                "messagio: listener %s failed for %s (attempt %d), retrying: %r",
+                spec["id"],
+                ctx.messagio_type,
+                number,
+                error,
+            )
+        else:
+            logger.error(
+                "messagio: listener %s failed for %s (attempt %d)",
+                spec["id"],
+                ctx.messagio_type,
+                number,
+                exc_info=error,
+            )
+        signals.delivery_failed.send_robust(
+            sender=RunContext,
+            delivery_id=delivery_id,
+            event_id=uuid.UUID(ctx.event_id),
+            listener=spec["id"],
+            messagio=messagio,
+            exception=error,
+            will_retry=will_retry,
         )
-    signals.delivery_failed.send_robust(
-        sender=RunContext,
-        delivery_id=delivery_id,
-        event_id=uuid.UUID(ctx.event_id),
-        listener=spec["id"],
-        messagio=messagio,
-        exception=error,
-        will_retry=will_retry,
-    )
     if escaping is not None:
         raise escaping
-    outcome = ListenerOutcome(spec["id"], False, exception=error, attempts=spec["attempt"])
+    outcome = ListenerOutcome(
+        spec["id"], error is None, result=result, exception=error, attempts=spec["attempt"]
+    )
     return outcome, will_retry
 
 

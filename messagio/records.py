@@ -911,8 +911,10 @@ _ERROR_TYPE_FIELD = Delivery._meta.get_field("error_type")
 
 
 def exception_name(exc: BaseException) -> str:
-    """An exception's class by its dotted path, as error_type records it."""
-    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+    """An exception's class by its dotted path, as error_type records it (storable, cut to
+    the field's length)."""
+    name = storable(f"{type(exc).__module__}.{type(exc).__qualname__}")
+    return name[: _ERROR_TYPE_FIELD.max_length]
 
 
 def _claim_params(delivery_id: str, now: datetime.datetime, task_id: str, worker: str) -> list[Any]:
@@ -1058,7 +1060,7 @@ def finish(
             status, outcome = Delivery.Status.FAILED, Attempt.Outcome.FAILED
         fields = {
             "result": "",
-            "error_type": storable(exception_name(exception))[: _ERROR_TYPE_FIELD.max_length],
+            "error_type": exception_name(exception),
             "error": _cap(text_of(lambda: str(exception), exception), "RESULT_MAX_CHARS"),
             "traceback": _cap(
                 text_of(lambda: "".join(tb.format_exception(exception)), exception),

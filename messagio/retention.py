@@ -24,6 +24,10 @@ def check_retention(days: float | None, name: str) -> None:
     require(amount("a number of days", zero=True, none="keep", most=DAYS_AT_MOST), days, name)
 
 
+#: How a refused batch size is named, from the command or the setting.
+BATCH_SIZE_NAME = "the batch size (--batch-size, PRUNE_BATCH_SIZE)"
+
+
 def check_batch_size(size: int, name: str) -> None:
     require(whole(1, what="a number of events"), size, name)
 
@@ -60,7 +64,7 @@ def prune_expired(
         batch_size = get_setting("PRUNE_BATCH_SIZE")
     check_retention(succeeded_days, SUCCEEDED_DAYS)
     check_retention(failed_days, FAILED_DAYS)
-    check_batch_size(batch_size, "the batch size (--batch-size, PRUNE_BATCH_SIZE)")
+    check_batch_size(batch_size, BATCH_SIZE_NAME)
     return Event.objects.prune(
         succeeded_before=cutoff(succeeded_days),
         failed_before=cutoff(failed_days),

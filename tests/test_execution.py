@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+from celery.exceptions import WorkerTerminate
 
 from messagio import MessageCenter, Messagio
 from messagio.execution import time_limit
@@ -166,26 +167,59 @@ def test_a_listener_that_exits_is_recorded_as_failed_and_the_exit_goes_through(
     assert "not run" in after.error and not after.history.exists()
 
 
-def shut_down(messagio: Quits) -> None:
-    from celery.exceptions import WorkerTerminate
+#: A SystemExit of a class whose dotted path is longer than Delivery.error_type holds.
+LongExit = type("Exit" + "s" * 300, (SystemExit,), {})
 
-    raise WorkerTerminate()  # what a solo pool's worker raises in the task on a hard shutdown
+
+def quits_with_a_long_class(messagio: Quits) -> None:
+    raise LongExit(messagio.code)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_worker_shutting_down_in_a_listener_leaves_it_running_for_its_message(
+def test_an_error_class_too_long_for_its_field_is_cut_for_the_listeners_not_run_too(
     isolated_registry,
 ):
-    from celery.exceptions import WorkerTerminate
+    subscribe(Quits, quits_with_a_long_class, after_quits)
 
-    subscribe(Quits, shut_down, after_quits)
+    with pytest.raises(LongExit):
+        Quits(3).fire(sync=True)
 
-    with pytest.raises(WorkerTerminate):
+    limit = Delivery._meta.get_field("error_type").max_length
+    exited, after = Delivery.objects.order_by("position")
+    assert exited.error_type == after.error_type  # "not run" for the one that exited
+    assert len(after.error_type) == limit and after.error_type.startswith("tests.")
+
+
+def shut_down(messagio: Quits) -> None:
+    raise WorkerTerminate()  # what a solo pool's worker raises in the task on a hard shutdown
+
+
+class PoolKill(BaseException):
+    """What gevent's Timeout or GreenletExit are: a BaseException a pool stops a task with."""
+
+
+def killed_by_its_pool(messagio: Quits) -> None:
+    raise PoolKill()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("listener", "raised"),
+    [(shut_down, WorkerTerminate), (killed_by_its_pool, PoolKill)],
+    ids=["worker-shutting-down", "pool-stopping-the-task"],
+)
+def test_a_task_stopped_in_a_listener_goes_through_and_leaves_it_running_for_its_message(
+    isolated_registry, listener, raised
+):
+    subscribe(Quits, listener, after_quits)
+
+    with pytest.raises(raised):
         Quits(0).fire(sync=True)
 
     interrupted, after = Delivery.objects.order_by("position")
     assert (interrupted.status, after.status) == ("running", "pending")
     assert not interrupted.history.exists()
+    assert ran == []
 
 
 def interrupted(messagio: Quits) -> None:
@@ -260,25 +294,3 @@ def test_an_outcome_whose_text_cannot_be_made_or_stored_is_recorded_all_the_same
     )
     assert [a.outcome for a in cancelled.history.all()] == ["failed"]
     assert after.status == "succeeded" and ran == ["after"]
-
-
-class PoolKill(BaseException):
-    """What gevent's Timeout or GreenletExit are: a BaseException a pool stops a task with."""
-
-
-def killed_by_its_pool(messagio: Awkward) -> None:
-    raise PoolKill()
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_pool_stopping_the_task_goes_through_and_leaves_the_listener_running(
-    isolated_registry,
-):
-    subscribe(Awkward, killed_by_its_pool, after_quits)
-
-    with pytest.raises(PoolKill):
-        Awkward(2).fire(sync=True)
-
-    killed, after = Delivery.objects.order_by("position")
-    assert (killed.status, after.status) == ("running", "pending")
-    assert ran == []

@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from messagio.conf import get_setting
-from messagio.retention import check_batch_size, count_expired, prune_expired
+from messagio.retention import BATCH_SIZE_NAME, check_batch_size, count_expired, prune_expired
 
 
 class Command(BaseCommand):
@@ -41,7 +41,7 @@ class Command(BaseCommand):
         try:
             if dry_run:
                 if batch_size is not None:  # refused here as the real run would refuse it
-                    check_batch_size(batch_size, "the batch size (--batch-size, PRUNE_BATCH_SIZE)")
+                    check_batch_size(batch_size, BATCH_SIZE_NAME)
                 count = count_expired(succeeded_days, failed_days)
                 self.stdout.write(f"{count} event(s) would be deleted.")
                 return
