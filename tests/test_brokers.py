@@ -31,6 +31,7 @@ def test_a_transports_own_connection_error_is_the_broker_unreachable(monkeypatch
     from project.celery import app
 
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery prefers it to broker_url
+    monkeypatch.setitem(app.conf, "broker_transport", None)  # the URL's (the demo names one)
     monkeypatch.setitem(app.conf, "broker_url", "memory://")
     assert not broker_unreachable(RedisConnectionError("Connection refused"))  # not this broker
     monkeypatch.setitem(app.conf, "broker_url", "redis://127.0.0.1:6379/0")
