@@ -52,6 +52,11 @@ logger = logging.getLogger("messagio")
 TERMINAL = (Delivery.Status.SUCCEEDED, Delivery.Status.FAILED)
 #: A delivery in these states, at the attempt a worker ran, was taken from that worker.
 TAKEN_UP = (Delivery.Status.PENDING, Delivery.Status.RUNNING)
+#: A delivery in these states is claimed only by the task that holds it (its task id): a
+#: retrying one by its retry's task, a running one by its own message delivered again after
+#: its worker died. Any other message (the group's message delivered again while a retry of
+#: one of its listeners runs elsewhere) would run it a second time, alongside the live one.
+HELD = (Delivery.Status.RETRYING, Delivery.Status.RUNNING)
 
 
 def db_alias() -> str:
@@ -483,19 +488,27 @@ def publish_recorded(
 ) -> bool:
     """Publish a recorded Event once: claim it, publish, mark it published.
 
-    The claim is a conditional UPDATE on the state (and claim time) read before, so
-    ``on_commit`` and the relay, or two relays, never both publish it.
-    ``deliveries``: those of a fire in a transaction, none published yet; None (the
-    relay): the event's :func:`unsent` rows once it is claimed. When the broker takes some
-    groups and refuses the next, the ones that went out are marked with their task id, and
-    the relay later publishes the rest. Returns whether it was published by this call.
+    The claim is a conditional UPDATE on the state, claim time and publish error read
+    before, so ``on_commit`` and the relay, or two relays, never both publish it, and
+    ``on_commit`` publishes only an event no relay tried before it (one that sent some
+    groups before the broker refused the rest leaves its error). ``deliveries``: those of
+    a fire in a transaction, none published yet; None (the relay): the event's
+    :func:`unsent` rows once it is claimed. When the broker takes some groups and refuses
+    the next, the ones that went out are marked with their task id, and the relay later
+    publishes the rest. The outcome is written only while the claim is still this call's
+    (the relay takes over a claim older than PUBLISH_CLAIM_TIMEOUT). Returns whether it was
+    published by this call.
     """
     now = timezone.now()
     claimed = Event.objects.filter(
-        pk=event.pk, state=event.state, claimed_at=event.claimed_at
+        pk=event.pk,
+        state=event.state,
+        claimed_at=event.claimed_at,
+        publish_error=event.publish_error,
     ).update(state=Event.State.PUBLISHING, claimed_at=now)
     if not claimed:
         return False
+    ours = Event.objects.filter(pk=event.pk, state=Event.State.PUBLISHING, claimed_at=now)
     if deliveries is None:
         # Read once it is ours (the relay): another publisher may have sent some meanwhile.
         deliveries = unsent(Delivery.objects.using(db_alias()).filter(event_id=event.pk))
@@ -507,7 +520,7 @@ def publish_recorded(
         # An event the broker refused alone (not an outage) stays claimed: the relay tries it
         # again after PUBLISH_CLAIM_TIMEOUT, and meanwhile goes on with the events after it.
         held = None if broker_unreachable(cause) else now
-        Event.objects.filter(pk=event.pk).update(
+        ours.update(
             state=Event.State.RECORDED, claimed_at=held, publish_error=_describe_exc(cause)
         )
         logger.warning(
@@ -521,7 +534,7 @@ def publish_recorded(
         if raise_errors:
             raise cause from None
         return False
-    Event.objects.filter(pk=event.pk).update(
+    ours.update(
         state=Event.State.PUBLISHED, published_at=timezone.now(), claimed_at=None, publish_error=""
     )
     return True
@@ -693,9 +706,11 @@ def claim(
     """Mark a delivery running and count the attempt; None when it is not recorded.
 
     A delivery already succeeded or failed is not run again (a redelivered message). One left
-    ``running`` belonged to a worker that died: its attempt is recorded as lost, then rerun.
-    One ``retrying`` is run only by its retry's own task (``task_id``): a redelivered message
-    of its group would run it before its delay and start a second chain of retries.
+    ``running`` by a worker that died is claimed again by its own message (the same
+    ``task_id``): its attempt is recorded as lost, then rerun; any other message leaves it to
+    the attempt that may still run it (requeues make it pending first). One ``retrying`` is
+    run only by its retry's own task: a redelivered message of its group would run it before
+    its delay and start a second chain of retries.
     """
     connection = connections[db_alias()]
     now = timezone.now()
@@ -731,7 +746,7 @@ def _claimable(row: dict[str, Any], task_id: str) -> bool:
     """See _build_worker_statement's "claimed"."""
     if row["status"] in TERMINAL:
         return False
-    return row["status"] != Delivery.Status.RETRYING or row["task_id"] == (task_id or "")
+    return row["status"] not in HELD or row["task_id"] == (task_id or "")
 
 
 def claim_group(envelope: dict[str, Any], task_id: str, worker: str) -> Claim | None:
@@ -922,7 +937,7 @@ def _claim_params(delivery_id: str, now: datetime.datetime, task_id: str, worker
     terminal = [str(status) for status in TERMINAL]
     return [
         uuid.UUID(str(delivery_id)), "running", now, task_id or "", worker or "", *terminal,
-        str(Delivery.Status.RETRYING), task_id or "",
+        *(str(status) for status in HELD), task_id or "",
     ]  # fmt: skip
 
 
@@ -993,7 +1008,7 @@ def _build_worker_statement(alias: str, asynchronous: bool, kind: str) -> str:
             SET "status" = %s, "attempts" = d."attempts" + 1, "started_at" = %s,
                 "finished_at" = NULL, "task_id" = %s, "worker" = %s
             FROM old WHERE d."id" = old."id" AND old."status" NOT IN (%s, %s)
-                AND (old."status" <> %s OR old."task_id" = %s){written}
+                AND (old."status" NOT IN (%s, %s) OR old."task_id" = %s){written}
         )""")  # noqa: S608
     returned = ", ".join("old." + quote(c) for c in CLAIM_COLUMNS)
     if written:

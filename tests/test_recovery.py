@@ -86,11 +86,12 @@ def test_a_delivery_another_worker_claims_meanwhile_is_not_requeued(published, m
     from messagio import recovery
 
     event, (dead, after) = event_with(("running", 1), ("pending", 0))
+    Delivery.objects.filter(pk=dead.pk).update(task_id="its-task")
     mark = recovery.mark_published_again
 
     def mark_then_claim_elsewhere(event_ids):  # runs between the requeue's read and take
         mark(event_ids)
-        records.claim(str(dead.pk), "redelivered-task", "other@host")
+        records.claim(str(dead.pk), "its-task", "other@host")  # its message, delivered again
 
     monkeypatch.setattr(recovery, "mark_published_again", mark_then_claim_elsewhere)
 
@@ -278,9 +279,10 @@ def test_a_redelivered_message_whose_listener_lost_its_worker_too_often_does_not
     # Celery hands the message of a killed pool process back (task_reject_on_worker_lost):
     # the claim of the third copy records the lost attempt and fails the delivery.
     _, (dead,) = event_with(("running", 3))
+    Delivery.objects.filter(pk=dead.pk).update(task_id="its-task")
     lost_before(dead, 2)
 
-    claimed = records.claim(str(dead.pk), "task-4", "worker@host")
+    claimed = records.claim(str(dead.pk), "its-task", "worker@host")
 
     assert claimed.run is False
     assert isinstance(claimed.lost_too_often, WorkerLostTooOftenError)
@@ -295,7 +297,8 @@ def test_a_redelivered_message_whose_listener_lost_its_worker_too_often_does_not
     ]
     # Below the limit, the claim runs it again.
     _, (once,) = event_with(("running", 1))
-    assert records.claim(str(once.pk), "task-2", "worker@host").run is True
+    Delivery.objects.filter(pk=once.pk).update(task_id="its-task")
+    assert records.claim(str(once.pk), "its-task", "worker@host").run is True
 
 
 def test_the_relay_requeues_the_oldest_stuck_deliveries_a_batch_at_a_time(published):

@@ -595,6 +595,60 @@ def test_on_commit_and_the_relay_never_both_publish_an_event(worker):
     assert Delivery.objects.filter(event_id=report.event_id, attempts=1).count() == 5
 
 
+def a_fire_recorded_in_a_transaction(messagio_obj):
+    """The Event and pending Deliveries a fire in ``atomic()`` leaves for ``on_commit``, and
+    what ``on_commit`` holds of them."""
+    from messagio.center import MessageCenter
+    from messagio.payload import encode
+    from messagio.records import build_records, save_records
+
+    subscriptions = MessageCenter.singleton().subscriptions_for(type(messagio_obj))
+    event, deliveries = build_records(messagio_obj, encode(messagio_obj, 1 << 20), subscriptions)
+    event.state = "recorded"
+    save_records(event, deliveries)
+    return event, deliveries
+
+
+def test_on_commit_leaves_an_event_a_relay_tried_first_to_the_relay(monkeypatch):
+    """A transaction longer than RELAY_GRACE: right after its commit, a relay took the event
+    first, sent its first group, and the broker refused the next. on_commit, late, must not
+    send the first group again: the relay sends what is left."""
+    from messagio import records
+
+    event, deliveries = a_fire_recorded_in_a_transaction(Ping(new_token()))
+    sent_by_the_relay = str(deliveries[0].id)
+    Delivery.objects.filter(pk=sent_by_the_relay).update(task_id="the-relays-task")
+    Event.objects.filter(pk=event.id).update(publish_error="the broker refused a group")
+    published = []
+    monkeypatch.setattr(records, "publish_each", lambda envelopes: published.extend(envelopes))
+
+    assert publish_recorded(event, deliveries) is False  # on_commit, late
+    assert published == []
+
+    assert publish_recorded(Event.objects.get(pk=event.id)) is True  # the relay
+    sent = [spec["delivery"] for envelope in published for spec in envelope["listeners"]]
+    assert sorted(sent) == sorted(str(d.id) for d in deliveries[1:])
+
+
+def test_a_publisher_whose_claim_the_relay_took_over_leaves_the_event_to_it(monkeypatch):
+    """A publish slower than PUBLISH_CLAIM_TIMEOUT: the relay took the event over meanwhile.
+    The first publisher's failure must not put the event back for a third publish."""
+    from messagio import records
+
+    event, deliveries = a_fire_recorded_in_a_transaction(Ping(new_token()))
+
+    def slow_then_refused(envelopes):
+        # Meanwhile the relay took the claim over and published the event.
+        Event.objects.filter(pk=event.id).update(state="published", claimed_at=None)
+        raise records.PublishRefusedError([], ConnectionRefusedError("the broker went away"))
+
+    monkeypatch.setattr(records, "publish_each", slow_then_refused)
+
+    assert publish_recorded(event, deliveries) is False
+    recorded = Event.objects.get(pk=event.id)
+    assert (recorded.state, recorded.publish_error) == ("published", "")
+
+
 def test_a_replay_while_the_broker_is_down_stops_and_leaves_deliveries_as_they_were(
     worker, broker_outage
 ):
@@ -667,13 +721,14 @@ def test_a_redelivered_message_of_a_published_fire_runs_only_what_did_not_finish
 
     token = new_token()
     event, envelope = published_group(Ping(token))
-    deliver.apply(args=(envelope,))  # the first delivery of the message wrote the rows
+    # The first delivery of the message wrote the rows.
+    deliver.apply(args=(envelope,), task_id="the-groups-task")
     first = Delivery.objects.get(event_id=event.id, position=0)
     second = Delivery.objects.get(event_id=event.id, position=1)
     Delivery.objects.filter(pk=second.pk).update(status="running")  # its worker died
     Call.objects.filter(token=token).delete()
 
-    deliver.apply(args=(envelope,))
+    deliver.apply(args=(envelope,), task_id="the-groups-task")  # the same message again
 
     first.refresh_from_db()
     second.refresh_from_db()
@@ -719,6 +774,36 @@ def test_a_group_records_each_outcome_and_claims_the_next_listener_in_one_statem
         assert [d.status for d in deliveries].count("failed") == 1
 
 
+def test_a_listener_its_retry_runs_elsewhere_is_not_run_again_by_its_groups_message():
+    """A listener's retry runs on one worker while its group's message comes back to another
+    (the worker that went on with the group died in a later listener): the returned message
+    leaves the running attempt to its retry's task, instead of recording it lost and running
+    the listener a second time alongside it."""
+    from messagio.tasks import deliver
+
+    token = new_token()
+    event, envelope = recorded_group(Ping(token))
+    first, second = (spec["delivery"] for spec in envelope["listeners"][:2])
+    Delivery.objects.filter(pk=first).update(
+        status="running", attempts=2, task_id="the-retrys-task", worker="other@host"
+    )  # its retry, running on another worker
+    Delivery.objects.filter(pk=second).update(
+        status="running", attempts=1, task_id="the-groups-task"
+    )  # where the group's worker died
+
+    deliver.apply(args=(envelope,), task_id="the-groups-task")
+
+    retried = Delivery.objects.get(pk=first)
+    assert (retried.status, retried.attempts, retried.task_id) == (
+        "running", 2, "the-retrys-task"
+    )  # fmt: skip
+    assert not retried.history.exists()  # no lost attempt made up for the live one
+    assert not Call.objects.filter(token=token, listener="first").exists()
+    interrupted = Delivery.objects.get(pk=second)
+    assert (interrupted.status, interrupted.attempts) == ("succeeded", 2)
+    assert list(interrupted.history.values_list("outcome", flat=True)) == ["lost", "succeeded"]
+
+
 def test_a_redelivered_group_runs_only_what_did_not_finish():
     from messagio.tasks import deliver
 
@@ -727,9 +812,11 @@ def test_a_redelivered_group_runs_only_what_did_not_finish():
     first = Delivery.objects.get(event_id=event.id, position=0)
     Delivery.objects.filter(pk=first.pk).update(status="succeeded", attempts=1)
     second = Delivery.objects.get(event_id=event.id, position=1)
-    Delivery.objects.filter(pk=second.pk).update(status="running", attempts=1)
+    Delivery.objects.filter(pk=second.pk).update(
+        status="running", attempts=1, task_id="the-groups-task"
+    )  # its worker died
 
-    deliver.apply(args=(envelope,))
+    deliver.apply(args=(envelope,), task_id="the-groups-task")  # its message again
 
     first.refresh_from_db()
     second.refresh_from_db()
@@ -778,6 +865,32 @@ def test_a_group_the_database_interrupts_is_sent_again_from_the_interrupted_list
     assert again["deliveries_recorded"] is True
 
 
+def test_a_group_neither_the_database_nor_the_broker_takes_goes_back_to_its_queue(monkeypatch):
+    """Acknowledged as a failed task, the message would leave the interrupted listener and
+    the ones after it pending (or unwritten) with no message and nothing to requeue them."""
+    from celery.exceptions import Reject
+    from django.db import OperationalError
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from messagio import records, tasks
+
+    event, envelope = recorded_group(Ping(new_token()))
+
+    def the_database_went_away(*args, **kwargs):
+        raise OperationalError("the database went away")
+
+    def the_broker_refuses(*args, **kwargs):
+        raise BrokerError("the broker refuses it")
+
+    monkeypatch.setattr(records, "finish", the_database_went_away)
+    monkeypatch.setattr(records, "DB_RETRY_SECONDS", 0)  # give up at once
+    monkeypatch.setattr(tasks, "publish", the_broker_refuses)
+
+    outcome = tasks.deliver.apply(args=(envelope,), task_id="the-groups-task")
+
+    assert isinstance(outcome.result, Reject) and outcome.result.requeue
+
+
 def test_an_outcome_written_again_after_a_lost_reply_is_recorded_once():
     from django.utils import timezone
 
@@ -804,7 +917,7 @@ def test_a_late_outcome_does_not_overwrite_a_later_attempts():
     event, envelope = recorded_group(Ping(new_token()))
     delivery_id = envelope["listeners"][0]["delivery"]
     first = claim(delivery_id, "task-1", "slow@host")
-    second = claim(delivery_id, "task-2", "other@host")  # presumed dead: the message came back
+    second = claim(delivery_id, "task-1", "other@host")  # presumed dead: the message came back
     finish(delivery_id, second.number, timezone.now(), 1.0, result="second")
 
     with pytest.raises(AttemptTakenOverError):
@@ -827,7 +940,7 @@ def test_an_attempt_taken_over_while_it_ran_records_nothing_and_claims_nothing()
     event, envelope = recorded_group(Ping(new_token()))
     first, second = (spec["delivery"] for spec in envelope["listeners"][:2])
     mine = claim(first, "task-1", "slow@host")
-    claim(first, "task-2", "other@host")  # its message handed to another worker meanwhile
+    claim(first, "task-1", "other@host")  # its message handed to another worker meanwhile
 
     with pytest.raises(AttemptTakenOverError, match="taken over"):
         finish(first, mine.number, timezone.now(), 1.0, result="late", claim_next=second)
@@ -856,7 +969,7 @@ def test_a_worker_whose_attempt_was_taken_over_leaves_the_rest_of_the_group_to_t
     first, second, ctx = group_in_a_worker()
 
     def taken_over_meanwhile(messagio):
-        claim(first["delivery"], "task-2", "other@host")  # RabbitMQ's consumer_timeout, say
+        claim(first["delivery"], "task-1", "other@host")  # RabbitMQ's consumer_timeout, say
 
     outcome, will_retry = run_once(
         None, first, ctx, listener=taken_over_meanwhile, next_spec=second
@@ -878,7 +991,7 @@ def test_an_attempt_taken_over_sends_no_signal_its_copy_will(fails):
     sent = []
 
     def taken_over_meanwhile(messagio):
-        claim(first["delivery"], "task-2", "other@host")
+        claim(first["delivery"], "task-1", "other@host")
         if fails:
             raise ValueError("after the takeover")
 
@@ -906,7 +1019,7 @@ def test_an_exit_after_the_attempt_was_taken_over_leaves_the_rest_to_the_other_c
     first, second, ctx = group_in_a_worker()
 
     def taken_over_then_exits(messagio):
-        claim(first["delivery"], "task-2", "other@host")
+        claim(first["delivery"], "task-1", "other@host")
         sys.exit(1)
 
     with pytest.raises(SystemExit) as exited:
