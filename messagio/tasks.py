@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Reject
 
 from messagio.brokers import broker_priority, task_serializer
 from messagio.publisher import publish_task
@@ -51,7 +52,17 @@ FIRE_SCHEDULED_TASK = "messagio.tasks.fire_scheduled"
 REPLAY_TASK = "messagio.tasks.replay"
 
 
-@shared_task(name=DELIVER_TASK, bind=True, ignore_result=True, serializer=_SerializerOfItsApp())
+@shared_task(
+    name=DELIVER_TASK,
+    bind=True,
+    ignore_result=True,
+    serializer=_SerializerOfItsApp(),
+    # At least once, whatever the project's task_acks_late and task_reject_on_worker_lost:
+    # a message is acknowledged after its group ran, and handed back when the pool process
+    # running it dies (its claims tell the next worker what finished).
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
 def deliver(self: Any, envelope: dict[str, Any]) -> None:
     """Run the listeners of one group in order; a failure never stops the others.
 
@@ -113,11 +124,22 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
                 "messagio: database unavailable, group of %s requeued: %r", ctx.event_id, exc
             )
             # Under this task's id: a retry's delivery waits for its own task id.
-            publish(
-                _from_position(envelope, position),
-                countdown=DB_OUTAGE_REQUEUE_DELAY,
-                task_id=ctx.task_id or None,
-            )
+            try:
+                publish(
+                    _from_position(envelope, position),
+                    countdown=DB_OUTAGE_REQUEUE_DELAY,
+                    task_id=ctx.task_id or None,
+                )
+            except Exception as refused:  # noqa: BLE001 - whatever the transport raises
+                # Nor the broker: this message goes back to its queue, not acknowledged as
+                # a failed task would be (the claims it could not write leave the rest of
+                # the group to no one else).
+                logger.error(
+                    "messagio: the broker refused it too (%r); the message goes back to its "
+                    "queue",
+                    refused,
+                )
+                raise Reject(refused, requeue=True) from exc
             return
         except EXITS as exc:
             if not getattr(exc, RECORDED_EXIT, False):

@@ -57,6 +57,17 @@ def test_every_messagio_task_keeps_the_projects_task_class():
     assert all(isinstance(app.tasks[name], ProjectTask) for name in ARGS)
 
 
+def test_the_deliver_task_acks_late_and_is_handed_back_whatever_the_project_says():
+    # At least once does not hang on the project's settings: Celery's defaults acknowledge a
+    # message before its task runs, and one whose pool process died.
+    app = memory_app(task_acks_late=False, task_reject_on_worker_lost=False)
+
+    deliver = app.tasks[DELIVER_TASK]
+    assert (deliver.acks_late, deliver.reject_on_worker_lost) == (True, True)
+    relay = app.tasks[RELAY_TASK]  # the project's settings, where messagio says nothing
+    assert (relay.acks_late, relay.reject_on_worker_lost) == (False, False)
+
+
 @pytest.fixture(autouse=True)
 def _no_broker_from_the_environment(monkeypatch):
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery prefers it to broker=
