@@ -37,10 +37,29 @@ class AbstractMessageCenter(abc.ABC):
             return cls._instances[cls]
 
     def subscribe(
-        self, messagio_type: type[Messagio], listener: Listener, **options: Any
+        self,
+        messagio_type: type[Messagio],
+        listener: Listener,
+        priority: int | None = None,
+        autoretry_for: Any = (),
+        max_retries: int | None = None,
+        default_retry_delay: float | None = None,
+        **options: Any,
     ) -> Subscription:
-        """Subscribe ``listener`` to ``messagio_type``; options as for ``@listen_to_message``."""
-        return registry.subscribe(messagio_type, listener, **options)
+        """Subscribe ``listener`` to ``messagio_type``; options as for ``@listen_to_message``.
+
+        The retry policy may come by position, in messagio 0.x's order; ``name``, ``queue``
+        and ``time_limit`` by keyword only.
+        """
+        return registry.subscribe(
+            messagio_type,
+            listener,
+            priority=priority,
+            autoretry_for=autoretry_for,
+            max_retries=max_retries,
+            default_retry_delay=default_retry_delay,
+            **options,
+        )
 
     def unsubscribe(self, messagio_type: type[Messagio], listener: Listener) -> bool:
         """Remove a subscription; return whether there was one."""
@@ -115,7 +134,7 @@ class AbstractMessageCenter(abc.ABC):
             # Recorded in the caller's transaction; listeners run only if it commits.
             from django.db import transaction
 
-            transaction.on_commit(run)
+            transaction.on_commit(run, using=records_alias())
             _fired(messagio, report)  # also on commit, after the listeners
             return report
         run()
@@ -137,6 +156,12 @@ class AbstractMessageCenter(abc.ABC):
         if options:
             raise TypeError(f"Unknown fire() options: {', '.join(sorted(options))}")
         return self.run_here(messagio, "sync", raise_errors)
+
+
+def records_alias() -> str:
+    """The database messagio records on: a fire joins that database's transaction, and
+    what waits for a commit waits for that one's."""
+    return str(_records().db_alias())
 
 
 def _records() -> Any:
@@ -172,8 +197,9 @@ def _fired(messagio: Messagio, report: DispatchReport) -> None:
             report=report,
         )
 
-    if transaction.get_connection().in_atomic_block:
-        transaction.on_commit(send)
+    alias = records_alias()
+    if transaction.get_connection(alias).in_atomic_block:
+        transaction.on_commit(send, using=alias)
     else:
         send()
 
@@ -204,9 +230,10 @@ class MessageCenter(AbstractMessageCenter):
             report.task_ids = records.record_and_publish(event, deliveries)
         else:
             unrecorded = records.envelopes(event, deliveries, record=False)
-            if transaction.get_connection().in_atomic_block:
+            alias = records.db_alias()
+            if transaction.get_connection(alias).in_atomic_block:
                 # As with records: a rollback publishes nothing.
-                transaction.on_commit(lambda: records.publish_all(unrecorded))
+                transaction.on_commit(lambda: records.publish_all(unrecorded), using=alias)
             else:
                 report.task_ids = records.publish_all(unrecorded)
         _fired(messagio, report)
@@ -240,7 +267,7 @@ class InProcessMessageCenter(AbstractMessageCenter):
             raise_errors,
             runs_on=copy,
             by_priority=True,
-            defer_to_commit=transaction.get_connection().in_atomic_block,
+            defer_to_commit=transaction.get_connection(records_alias()).in_atomic_block,
         )
 
 

@@ -29,6 +29,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory: worker processes started by the tests open the same database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 
+#: A second database, for a project that routes messagio's records to a database of their
+#: own (tests/test_center.py); only the tests that ask for it create it.
+DATABASES["records"] = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": str(VAR_DIR / "records.sqlite3"),
+    "TEST": {"NAME": str(VAR_DIR / "test-records.sqlite3")},
+}
+
 # A worker of a project that accepts pickle alone (the original library's README) is started
 # with MESSAGIO_TEST_ACCEPT_CONTENT=pickle.
 if os.environ.get("MESSAGIO_TEST_ACCEPT_CONTENT"):

@@ -260,6 +260,59 @@ def test_without_records_a_fire_in_a_transaction_publishes_when_it_commits(monke
     assert not Event.objects.exists()
 
 
+class RecordsElsewhere:
+    """A project's router that keeps messagio's records in a database of their own."""
+
+    def db_for_write(self, model, **hints):
+        return "records" if model._meta.app_label == "messagio" else None
+
+    db_for_read = db_for_write
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "records"])
+def test_a_fire_joins_the_transaction_of_the_database_messagio_records_on(monkeypatch):
+    from django.db import transaction
+
+    from messagio import records
+
+    published: list[str] = []
+    monkeypatch.setattr(
+        records, "publish_all", lambda envelopes: published.extend(e["event"] for e in envelopes)
+    )
+    subscribe_all()
+    with override_settings(DATABASE_ROUTERS=[RecordsElsewhere()], MESSAGIO=IN_PROCESS):
+        # The records are not in another database's transaction: they commit at once, and
+        # the listeners run at once (a rollback there would leave them pending for ever).
+        with transaction.atomic(using="default"):
+            InProcessMessageCenter.singleton().send(Shout("now"))
+            assert calls == ["loud", "failing", "quiet"]
+        calls.clear()
+        # In the records' database's transaction: on its commit, and not on its rollback.
+        with pytest.raises(RuntimeError), transaction.atomic(using="records"):
+            InProcessMessageCenter.singleton().send(Shout("rolled back"))
+            raise RuntimeError("the caller's transaction fails")
+        with transaction.atomic(using="records"):
+            InProcessMessageCenter.singleton().send(Shout("committed"))
+            assert calls == []
+        assert calls == ["loud", "failing", "quiet"]
+    with override_settings(DATABASE_ROUTERS=[RecordsElsewhere()], MESSAGIO={"RECORD": False}):
+        with transaction.atomic(using="records"):
+            report = Shout("unrecorded").fire()
+            assert published == []
+        assert published == [str(report.event_id)]
+
+
+def test_subscribe_takes_the_retry_policy_by_position_as_messagio_0x_did():
+    def retried(msg: Shout) -> None: ...
+
+    subscription = MessageCenter.singleton().subscribe(Shout, retried, 9, (KeyError,), 4, 2.5)
+
+    assert (subscription.priority, subscription.autoretry_for) == (9, (KeyError,))
+    assert (subscription.max_retries, subscription.default_retry_delay) == (4, 2.5)
+    with pytest.raises(TypeError):
+        MessageCenter.singleton().subscribe(Shout, retried, 9, (), 4, 2.5, "a-queue")
+
+
 def test_a_fire_in_a_project_without_messagio_in_installed_apps_says_how_to_fix_it():
     # A project of its own, where messagio's models never loaded (here they have).
     script = textwrap.dedent(
