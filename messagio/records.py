@@ -520,9 +520,7 @@ def publish_recorded(
         # An event the broker refused alone (not an outage) stays claimed: the relay tries it
         # again after PUBLISH_CLAIM_TIMEOUT, and meanwhile goes on with the events after it.
         held = None if broker_unreachable(cause) else now
-        ours.update(
-            state=Event.State.RECORDED, claimed_at=held, publish_error=_describe_exc(cause)
-        )
+        ours.update(state=Event.State.RECORDED, claimed_at=held, publish_error=_describe_exc(cause))
         logger.warning(
             "messagio: could not publish event %s (%s); the relay will retry: %r",
             event.pk,

@@ -135,8 +135,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
                 # a failed task would be (the claims it could not write leave the rest of
                 # the group to no one else).
                 logger.error(
-                    "messagio: the broker refused it too (%r); the message goes back to its "
-                    "queue",
+                    "messagio: the broker refused it too (%r); the message goes back to its queue",
                     refused,
                 )
                 raise Reject(refused, requeue=True) from exc
