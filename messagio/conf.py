@@ -41,7 +41,8 @@ DEFAULTS: dict[str, Any] = {
     # listener that kills every worker it runs on would otherwise loop through them for ever.
     # Counted per replay; None sets no limit.
     "MAX_LOST_ATTEMPTS": 3,
-    # fire(sync=True) raises MessageProcessingError when a listener fails, instead of reporting it.
+    # fire(sync=True), and the InProcessMessageCenter's fire() outside a transaction, raise
+    # MessageProcessingError when a listener fails, instead of reporting it.
     "SYNC_RAISE_ERRORS": False,
     # Largest pickled messagio accepted by fire(), in bytes.
     "MAX_PAYLOAD_BYTES": 512 * 1024,
@@ -64,7 +65,8 @@ DEFAULTS: dict[str, Any] = {
     "PREPARED_STATEMENTS": True,
     # fire() raises when the broker cannot be reached, instead of leaving the Event for the relay.
     "RAISE_ON_PUBLISH_ERROR": False,
-    # Seconds between runs of the relay (a django-celery-beat PeriodicTask made by migrate).
+    # Seconds between runs of the relay (a django-celery-beat PeriodicTask made by migrate);
+    # 1 or more, rounded to whole seconds.
     "RELAY_INTERVAL": 30,
     # Seconds an Event may stay recorded-not-published before the relay publishes it.
     "RELAY_GRACE": 10,
@@ -82,7 +84,8 @@ DEFAULTS: dict[str, Any] = {
     # Events deleted per batch (with their deliveries and attempts) by the prune task and
     # messagio_prune.
     "PRUNE_BATCH_SIZE": 1000,
-    # Seconds between prune runs (a django-celery-beat PeriodicTask made by migrate).
+    # Seconds between prune runs (a django-celery-beat PeriodicTask made by migrate); 1 or
+    # more, rounded to whole seconds.
     "PRUNE_INTERVAL": 3600,
     # Create or update the relay and prune PeriodicTasks on migrate.
     "SCHEDULE_PERIODIC_TASKS": True,
@@ -137,6 +140,14 @@ def _permissions(value: Any) -> str | None:
     return 'a dict of messagio type to permission, e.g. {"shop.events.Paid": "shop.replay_paid"}'
 
 
+def _interval(value: Any) -> str | None:
+    """Seconds between runs of a periodic task: django-celery-beat's IntervalSchedule counts
+    whole seconds, 1 or more."""
+    if amount("a number of seconds")(value) is None and value >= 1:
+        return None
+    return "a number of seconds, 1 or more (django-celery-beat's intervals count whole seconds)"
+
+
 #: What each setting takes: a check returning what it should be, or None when it is fine.
 VALID: dict[str, Check] = {
     "MESSAGE_CENTER": text(),
@@ -160,7 +171,7 @@ VALID: dict[str, Check] = {
     "ASYNC_COMMIT": flag,
     "PREPARED_STATEMENTS": flag,
     "RAISE_ON_PUBLISH_ERROR": flag,
-    "RELAY_INTERVAL": amount("a number of seconds"),
+    "RELAY_INTERVAL": _interval,
     "RELAY_GRACE": amount("a number of seconds", zero=True),
     "PUBLISH_CLAIM_TIMEOUT": amount("a number of seconds"),
     "PUBLISH_AGAIN_AFTER": amount("a number of seconds", zero=True),
@@ -171,7 +182,7 @@ VALID: dict[str, Check] = {
         "a number of days", zero=True, none="keep forever", most=DAYS_AT_MOST
     ),
     "PRUNE_BATCH_SIZE": whole(1),
-    "PRUNE_INTERVAL": amount("a number of seconds"),
+    "PRUNE_INTERVAL": _interval,
     "SCHEDULE_PERIODIC_TASKS": flag,
     "REPLAY_PERMISSIONS": _permissions,
     "RESULT_MAX_CHARS": whole(1),

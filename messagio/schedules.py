@@ -12,6 +12,12 @@ RELAY_SCHEDULE_NAME = "messagio: relay unpublished events"
 PRUNE_SCHEDULE_NAME = "messagio: prune expired records"
 
 
+def whole_seconds(interval: float) -> int:
+    """``interval`` in the whole seconds of an IntervalSchedule: rounded, and at least 1
+    (its field's own minimum, which ``create()`` does not enforce)."""
+    return max(1, round(interval))
+
+
 def ensure_periodic_tasks(using: str = "default", **kwargs: Any) -> None:
     """Create or update the relay and prune PeriodicTasks (a post_migrate receiver).
 
@@ -34,8 +40,8 @@ def ensure_periodic_tasks(using: str = "default", **kwargs: Any) -> None:
         return
 
     for name, task, seconds in (
-        (RELAY_SCHEDULE_NAME, RELAY_TASK, int(get_setting("RELAY_INTERVAL"))),
-        (PRUNE_SCHEDULE_NAME, PRUNE_TASK, int(get_setting("PRUNE_INTERVAL"))),
+        (RELAY_SCHEDULE_NAME, RELAY_TASK, whole_seconds(get_setting("RELAY_INTERVAL"))),
+        (PRUNE_SCHEDULE_NAME, PRUNE_TASK, whole_seconds(get_setting("PRUNE_INTERVAL"))),
     ):
         intervals = IntervalSchedule.objects.using(using)
         # Not unique in django-celery-beat: take the first equal one, as its scheduler does.

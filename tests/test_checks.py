@@ -190,8 +190,8 @@ def test_a_time_limit_past_rabbitmq_consumer_timeout_is_a_warning_naming_it():
     "name, value, expected",
     [
         ("BROKER_PRIORITY", "inverse", "'auto' or 'inverted' or 'direct'"),
-        ("RELAY_INTERVAL", 0, "a number of seconds, more than 0"),
-        ("RELAY_INTERVAL", None, "a number of seconds, more than 0"),
+        ("RELAY_INTERVAL", 0, "a number of seconds, 1 or more"),
+        ("RELAY_INTERVAL", None, "a number of seconds, 1 or more"),
         ("PRUNE_BATCH_SIZE", 0, "a whole number, 1 or more"),
         (
             "RETAIN_FAILED_DAYS",
@@ -211,6 +211,25 @@ def test_a_setting_messagio_cannot_use_is_an_error_saying_what_it_takes(name, va
     assert ids(messages) == ["messagio.E003"]
     assert messages[0].msg == f"MESSAGIO[{name!r}] = {value!r} cannot be used."
     assert messages[0].hint.startswith(f"It takes {expected}")
+
+
+@pytest.mark.parametrize("name", ["RELAY_INTERVAL", "PRUNE_INTERVAL"])
+@pytest.mark.parametrize("value", [0.5, 0.999])
+def test_a_periodic_interval_under_a_second_is_an_error_saying_it_takes_1_or_more(name, value):
+    """django-celery-beat's intervals are whole seconds: under 1, migrate would schedule
+    the task every 0 seconds."""
+    with override_settings(MESSAGIO={name: value}):
+        messages = [m for m in checks.run_checks() if m.id.startswith("messagio.")]
+
+    assert ids(messages) == ["messagio.E003"]
+    assert messages[0].msg == f"MESSAGIO[{name!r}] = {value!r} cannot be used."
+    assert messages[0].hint.startswith("It takes a number of seconds, 1 or more")
+
+
+@pytest.mark.parametrize("value", [1, 1.5, 30])
+def test_a_periodic_interval_of_a_second_or_more_passes(value):
+    with override_settings(MESSAGIO={"RELAY_INTERVAL": value, "PRUNE_INTERVAL": value}):
+        assert [m for m in checks.run_checks() if m.id.startswith("messagio.")] == []
 
 
 def test_every_default_is_a_value_its_setting_takes():

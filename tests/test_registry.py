@@ -119,6 +119,33 @@ def test_two_functions_with_one_id_is_an_error_that_says_how_to_fix_it():
         MessageCenter.singleton().subscribe(ActionPerformed, listener_b, name="shared")
 
 
+def test_two_listeners_of_one_name_in_one_module_need_a_name_for_the_second():
+    """0.x subscribed both; now they would share a dotted path, so the second is refused
+    until name= gives it an id of its own (as the Upgrading section of the README says)."""
+
+    @listen_to_message(PerformAction)
+    def on_action(msg):
+        return "first"
+
+    with pytest.raises(ValueError, match=r"Two different listeners share the id .*name="):
+
+        @listen_to_message(ActionPerformed)
+        def on_action(msg):  # noqa: F811
+            return "second"
+
+    @listen_to_message(ActionPerformed, name="tests.on_action_2")
+    def on_action(msg):  # noqa: F811
+        return "second"
+
+    assert registry.subscriptions_for(ActionPerformed)[0].listener_id == "tests.on_action_2"
+
+
+@pytest.mark.parametrize("priority", [11, 255, -1])
+def test_a_priority_outside_0_to_10_that_0x_passed_on_to_celery_is_refused(priority):
+    with pytest.raises(TypeError, match=r"priority must be an int from 0 to 10"):
+        listen_to_message(PerformAction, priority=priority)(listener_a)
+
+
 def test_subscribing_a_class_that_is_not_a_messagio_raises_type_error_naming_both():
     class NotAMessagio:
         pass

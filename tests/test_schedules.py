@@ -55,6 +55,23 @@ def test_a_changed_interval_setting_updates_the_task():
     assert PeriodicTask.objects.filter(name=RELAY_SCHEDULE_NAME).count() == 1
 
 
+def test_an_interval_under_a_second_is_scheduled_every_second_not_every_0():
+    """The settings check refuses it (E003), but migrate may run without the checks."""
+    with override_settings(MESSAGIO={"RELAY_INTERVAL": 0.5, "PRUNE_INTERVAL": 0.2}):
+        ensure_periodic_tasks()
+
+    assert relay_task().interval.every == 1
+    assert prune_task().interval.every == 1
+    assert not IntervalSchedule.objects.filter(every__lt=1).exists()
+
+
+def test_a_fractional_interval_is_rounded_to_the_nearest_second():
+    with override_settings(MESSAGIO={"RELAY_INTERVAL": 2.6}):
+        ensure_periodic_tasks()
+
+    assert relay_task().interval.every == 3
+
+
 def test_a_task_an_operator_disabled_stays_disabled():
     PeriodicTask.objects.filter(name=RELAY_SCHEDULE_NAME).update(enabled=False)
 
