@@ -121,13 +121,14 @@ class EventQuerySet(models.QuerySet):
                             kept = selection.filter(pk__in=ids).values_list("pk", flat=True)
                             deleted += delete(list(kept))
                 else:
-                    # SQLite has no row locks, and a transaction that reads before it
-                    # writes fails at once ("database is locked") when another process
-                    # wrote meanwhile: select first, then delete in a transaction of its own.
+                    # SQLite has no row locks: the batch is selected first, then selected
+                    # again among its ids in the transaction that deletes it (one writer at
+                    # a time), so an event a replay took meanwhile is kept.
                     ids = list(selection.order_by().values_list("pk", flat=True)[:batch_size])
                     if ids:
                         with transaction.atomic(using=alias):
-                            deleted += delete(ids)
+                            kept = selection.filter(pk__in=ids).values_list("pk", flat=True)
+                            deleted += delete(list(kept))
                 if not ids:
                     break
                 if progress:

@@ -474,3 +474,31 @@ def test_the_prune_command_dry_run_counts_and_deletes_nothing():
 
     assert out.getvalue() == "2 event(s) would be deleted.\n"
     assert all(exists(event) for event in expired + kept)
+
+
+def test_an_event_a_replay_takes_while_its_batch_is_pruned_is_kept(monkeypatch):
+    """The replay's delivery goes out pending: deleted, its worker would find no record and
+    write the event again from its message, without its history."""
+    from django.db import transaction
+
+    from messagio import querysets
+
+    taken = make_event(100, "succeeded", "failed")
+    other = make_event(100, "succeeded")
+    real_atomic = transaction.atomic
+
+    class ReplayTakesItFirst:
+        """The transaction that deletes a batch, entered just after a replay took one."""
+
+        @staticmethod
+        def atomic(*args, **kwargs):
+            Delivery.objects.filter(event=taken, status="failed").update(status="pending")
+            return real_atomic(*args, **kwargs)
+
+    monkeypatch.setattr(querysets, "transaction", ReplayTakesItFirst)
+
+    deleted = Event.objects.prune(succeeded_before=days_ago(30), failed_before=days_ago(90))
+
+    assert deleted == 1
+    assert exists(taken) and not exists(other)
+    assert Delivery.objects.filter(event=taken).count() == 2
