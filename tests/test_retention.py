@@ -484,7 +484,7 @@ def test_an_event_a_replay_takes_while_its_batch_is_pruned_is_kept(monkeypatch):
     from messagio import querysets
 
     taken = make_event(100, "succeeded", "failed")
-    other = make_event(100, "succeeded")
+    other = make_event(100, "failed")  # in the same batch
     real_atomic = transaction.atomic
 
     class ReplayTakesItFirst:
