@@ -81,7 +81,7 @@ def replay(
 
     Deliveries still in flight are left alone. ``canary``: replay that many first and wait
     for their outcome; ``rate``: at most that many per second; ``max_failure_rate``: stop
-    when more than that share of what was replayed fails again (see run_replay). A bad option raises
+    when more than that share of what was replayed fails again. A bad option raises
     ValueError before anything is recorded.
     """
     check_options(
@@ -212,15 +212,7 @@ def run_replay(
     batch_size: int = 500,
     progress: Progress | None = None,
 ) -> Replay:
-    """Queue the frozen selection in batches (keyset by pk), recording progress on ``record``.
-
-    A failure rate without a canary has the first MIN_SAMPLE as its canary: it is judged on
-    outcomes, which come after the publishes, and a whole batch (or all of a small
-    selection) would otherwise go before the first.
-    """
-    if record.max_failure_rate is not None and not record.canary and record.total > MIN_SAMPLE:
-        record.canary = MIN_SAMPLE
-        Replay.objects.filter(pk=record.pk).update(canary=MIN_SAMPLE)
+    """Queue the frozen selection in batches (keyset by pk), recording progress on ``record``."""
     threshold = record.max_failure_rate
     if record.canary and threshold is None:
         threshold = CANARY_DEFAULT_MAX_FAILURE_RATE

@@ -165,24 +165,3 @@ def test_a_replay_resumed_after_its_canary_went_out_judges_it_before_going_on(mo
     assert record.state == "stopped"
     assert "canary: 1 of 1 replayed deliveries had no outcome" in record.stopped_reason
     assert Delivery.objects.get(pk=second.pk).status == "failed"
-
-
-def test_a_failure_rate_without_a_canary_is_judged_on_the_first_few_before_the_rest(monkeypatch):
-    # Outcomes come after the publishes: without a canary, the whole first batch (all 12
-    # here) would go before the rate could be judged on any.
-    events = [failed_event() for _ in range(6)]
-    sent: list[str] = []
-
-    def publish_all(envelope_list):
-        sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
-        return ["task"]
-
-    monkeypatch.setattr(replays, "publish_all", publish_all)
-
-    record = replay(
-        Delivery.objects.filter(event__in=events), max_failure_rate=0.5, canary_timeout=0.3
-    )
-
-    assert (record.total, record.canary, record.queued) == (12, replays.MIN_SAMPLE, 10)
-    assert len(sent) == replays.MIN_SAMPLE
-    assert record.state == "stopped" and "canary: 10 of 10" in record.stopped_reason
