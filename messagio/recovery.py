@@ -293,8 +293,9 @@ def requeue_lost(
     registry). Their message is presumed lost by the broker (a Redis restarted without
     persistence): nothing else would ever run them. Choose ``older_than`` above the longest
     wait your queues ever see: a copy of a message still queued is harmless once either has
-    finished (the other finds the deliveries finished, or not its own), but the two running
-    at the same moment would run a listener twice.
+    finished (the other finds the deliveries finished, or not its own); two running at the
+    same moment run each listener once, but may run a group's listeners out of order (a copy
+    leaves a listener the other is running and goes on to the next).
 
     Each event is taken with a conditional update of its ``published_at`` (to now), so two
     runs at once do not both publish it, and a run does not take up what a requeue, a replay
