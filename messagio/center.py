@@ -134,7 +134,7 @@ class AbstractMessageCenter(abc.ABC):
             # Recorded in the caller's transaction; listeners run only if it commits.
             from django.db import transaction
 
-            transaction.on_commit(run, using=records_alias())
+            transaction.on_commit(run, using=commit_alias())
             _fired(messagio, report)  # also on commit, after the listeners
             return report
         run()
@@ -158,10 +158,14 @@ class AbstractMessageCenter(abc.ABC):
         return self.run_here(messagio, "sync", raise_errors)
 
 
-def records_alias() -> str:
-    """The database messagio records on: a fire joins that database's transaction, and
-    what waits for a commit waits for that one's."""
-    return str(_records().db_alias())
+def commit_alias() -> str:
+    """The database whose transaction a fire joins, and whose commit what it defers waits
+    for: the one messagio records on (its router's); without records, the default one."""
+    from django.db import DEFAULT_DB_ALIAS
+
+    from messagio.conf import get_setting
+
+    return str(_records().db_alias()) if get_setting("RECORD") else DEFAULT_DB_ALIAS
 
 
 def _records() -> Any:
@@ -197,7 +201,7 @@ def _fired(messagio: Messagio, report: DispatchReport) -> None:
             report=report,
         )
 
-    alias = records_alias()
+    alias = commit_alias()
     if transaction.get_connection(alias).in_atomic_block:
         transaction.on_commit(send, using=alias)
     else:
@@ -230,7 +234,7 @@ class MessageCenter(AbstractMessageCenter):
             report.task_ids = records.record_and_publish(event, deliveries)
         else:
             unrecorded = records.envelopes(event, deliveries, record=False)
-            alias = records.db_alias()
+            alias = commit_alias()
             if transaction.get_connection(alias).in_atomic_block:
                 # As with records: a rollback publishes nothing.
                 transaction.on_commit(lambda: records.publish_all(unrecorded), using=alias)
@@ -267,7 +271,7 @@ class InProcessMessageCenter(AbstractMessageCenter):
             raise_errors,
             runs_on=copy,
             by_priority=True,
-            defer_to_commit=transaction.get_connection(records_alias()).in_atomic_block,
+            defer_to_commit=transaction.get_connection(commit_alias()).in_atomic_block,
         )
 
 
