@@ -6,6 +6,8 @@ These names and fields are a public data contract: users query them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -154,6 +156,22 @@ class RunRecord(models.Model):
         abstract = True
 
 
+class NullsLastIndex(models.Index):
+    """An index whose descending columns put NULLs last on every database, as
+    ``F(...).desc(nulls_last=True)`` orders: SQLite and MySQL do so anyway (and their CREATE
+    INDEX takes no NULLS LAST), PostgreSQL puts NULLs first unless told."""
+
+    def create_sql(self, model: Any, schema_editor: Any, using: str = "", **kwargs: Any) -> Any:
+        if schema_editor.connection.vendor != "postgresql":
+            return super().create_sql(model, schema_editor, using=using, **kwargs)
+        index = self.clone()
+        index.fields_orders = [
+            (name, "DESC NULLS LAST" if order == "DESC" else order)
+            for name, order in self.fields_orders
+        ]
+        return super(NullsLastIndex, index).create_sql(model, schema_editor, using=using, **kwargs)
+
+
 class Delivery(RunRecord):
     """One listener's delivery of one event: its options at fire time and its outcome."""
 
@@ -213,7 +231,9 @@ class Delivery(RunRecord):
             models.Index(
                 fields=["status", "listener", "error_type"], name="messagio_dl_status_listener"
             ),
-            models.Index(fields=["status", "started_at"], name="messagio_dl_status_started"),
+            # Newest first, the never started (pending) last: the Deliveries list filtered by
+            # status. The overview's ranges of started_at read it too.
+            NullsLastIndex(fields=["status", "-started_at"], name="messagio_dl_status_newest"),
             # Whole, not partial: the admin walks it for the distinct listeners.
             models.Index(fields=["listener", "finished_at"], name="messagio_dl_listener_finished"),
             models.Index(
@@ -229,7 +249,8 @@ class Delivery(RunRecord):
                 condition=models.Q(status="failed"),
             ),
             models.Index(fields=["messagio_type", "status"], name="messagio_dl_type_status"),
-            models.Index(fields=["-started_at"], name="messagio_dl_started"),
+            # The Deliveries list, newest first and the never started last (its ordering).
+            NullsLastIndex(fields=["-started_at"], name="messagio_dl_newest"),
             models.Index(
                 fields=["listener", "messagio_type", "error_type", "finished_at"],
                 name="messagio_dl_failed_groups",

@@ -19,6 +19,21 @@ from messagio_admin.replaying import BULK_LIMIT, IN_FLIGHT, not_sent, start_bulk
 
 logger = logging.getLogger("messagio_admin")
 
+#: The confirmation page's hidden field: how many succeeded deliveries it said would run again.
+SHOWN_SUCCEEDED = "shown_succeeded"
+
+
+def shown_succeeded(data: Any) -> int | None:
+    """How many succeeded deliveries the confirmation page posted in ``data`` said would
+    run again; None when ``data`` is not that page's. A page that does not say (one of an
+    earlier version) confirmed failures only."""
+    if not data.get("post"):
+        return None
+    try:
+        return max(0, int(data.get(SHOWN_SUCCEEDED) or 0))
+    except ValueError:
+        return 0
+
 
 def replay_deliveries(
     model_admin: Any, request: Any, deliveries: QuerySet, *, action: str, what: str
@@ -28,6 +43,10 @@ def replay_deliveries(
 
     At most :data:`BULK_LIMIT` deliveries go by id; a larger selection is refused with a
     pointer to the Failures page, which replays a whole group without listing it.
+
+    The statuses are read again when the page is posted: if more have succeeded than it
+    said (someone else replayed them meanwhile), it is shown again, saying so. When it said
+    none had, only those still failed are replayed, up to when the task reads them.
     """
     rows = list(
         deliveries.order_by().values_list("pk", "messagio_type", "status")[: BULK_LIMIT + 1]
@@ -97,11 +116,28 @@ def replay_deliveries(
         model_admin.message_user(request, _("Nothing to replay."), messages.WARNING)
         return None
 
-    form = ReplayOptionsForm(request.POST if request.POST.get("post") else None)
-    if form.is_valid():
+    confirmed = shown_succeeded(request.POST)
+    form = ReplayOptionsForm(request.POST if confirmed is not None else None)
+    if confirmed is not None and succeeded > confirmed:
+        notes.insert(
+            0,
+            ngettext(
+                "Since you were last asked, %(count)d more of them succeeded (its listener "
+                "would run again): nothing was replayed, check the selection again.",
+                "Since you were last asked, %(count)d more of them succeeded (their listeners "
+                "would run again): nothing was replayed, check the selection again.",
+                succeeded - confirmed,
+            )
+            % {"count": succeeded - confirmed},
+        )
+    elif form.is_valid():
+        delivery_filter: dict[str, Any] = {"pk__in": chosen}
+        if confirmed == 0:
+            # Failures were confirmed: not one that succeeds before the task reads it.
+            delivery_filter["status"] = Delivery.Status.FAILED
         try:
             record = start_bulk_replay(
-                {"pk__in": chosen},
+                delivery_filter,
                 user=request.user,
                 description=what,
                 **form.options(),
@@ -140,6 +176,8 @@ def replay_deliveries(
         "what": what,
         "count": len(chosen),
         "notes": notes,
+        "shown_succeeded": succeeded,
+        "shown_succeeded_name": SHOWN_SUCCEEDED,
         "action": action,
         "select_across": request.POST.get("select_across", "0"),
         "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),

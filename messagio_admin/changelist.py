@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.exceptions import DisallowedModelAdminLookup
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import QuerySet
+from django.db.models import F, OrderBy, QuerySet
 
 from messagio_admin.paginator import LargeTablePaginator
 
@@ -17,6 +19,14 @@ class LargeTableChangeList(ChangeList):
     page shown with one query per page. (Its date hierarchy is messagio_admin.hierarchy's,
     rendered by the ``change_list.html`` templates of messagio's models.)"""
 
+    def get_filters(self, request: Any) -> Any:
+        try:
+            return super().get_filters(request)
+        except DisallowedModelAdminLookup as exc:
+            # A lookup none of the app's filters or links makes (see RecordAdmin's
+            # lookup_allowed): the list without filters, as for an unknown field.
+            raise IncorrectLookupParameters(exc) from exc
+
     def get_ordering_field(self, field_name: Any) -> Any:
         # Django hides the other columns' sort links but still sorts by any of them given
         # in ?o=: a full sort of millions of rows. Only what the admin lists as sortable.
@@ -24,6 +34,32 @@ class LargeTableChangeList(ChangeList):
         if sortable is not None and field_name not in sortable:
             return None
         return super().get_ordering_field(field_name)
+
+    def order_of(self, name: str, *, descending: bool) -> Any:
+        """How to order by the column ``name``: with its NULLs where the admin's ordering
+        puts them (``F("started_at").desc(nulls_last=True)``), so that a sort by its header
+        or the date hierarchy's ends read the same index; else as Django does."""
+        for item in self.model_admin.ordering or ():
+            if (
+                isinstance(item, OrderBy)
+                and isinstance(item.expression, F)
+                and item.expression.name == name
+                and (item.nulls_first or item.nulls_last)
+            ):
+                order = item.copy()
+                if order.descending != descending:
+                    order.reverse_ordering()
+                return order
+        return f"-{name}" if descending else name
+
+    def get_ordering(self, request: Any, queryset: QuerySet) -> list[Any]:
+        ordering = super().get_ordering(request, queryset)
+        return [
+            self.order_of(item.removeprefix("-"), descending=item.startswith("-"))
+            if isinstance(item, str)
+            else item
+            for item in ordering
+        ]
 
     def get_queryset(self, request: Any, exclude_parameters: Any = None) -> QuerySet:
         queryset = super().get_queryset(request, exclude_parameters)
@@ -35,6 +71,12 @@ class LargeTableChangeList(ChangeList):
         super().get_results(request)
         self.result_list: Any = list(self.result_list)
         self.model_admin.annotate_page(request, self.result_list)
+
+    @property
+    def selection_notes(self) -> list[str]:
+        """What the filters chosen say the list leaves out (``selection_note()``)."""
+        notes = (getattr(spec, "selection_note", lambda: "")() for spec in self.filter_specs)
+        return [note for note in notes if note]
 
 
 class RecordAdmin(admin.ModelAdmin):
@@ -52,12 +94,37 @@ class RecordAdmin(admin.ModelAdmin):
     list_per_page = 50
     #: Columns not read for the changelist (big text the list does not show).
     list_defer: Sequence[str] = ()
+    #: Query-string lookups the changelist takes besides those of its filters and its date
+    #: hierarchy: the ones messagio_admin's own links build (see :meth:`lookup_allowed`).
+    linked_lookups: Sequence[str] = ()
 
     class Media:
         css = {"all": ["messagio_admin/messagio_admin.css"]}
 
     def get_changelist(self, request: Any, **kwargs: Any) -> type[ChangeList]:
         return LargeTableChangeList
+
+    def lookup_allowed(self, lookup: str, value: Any, request: Any = None) -> bool:
+        """Only the lookups of the list's filters, of its date hierarchy and of the app's
+        own links. Django takes any field's from the query string: ``?payload=x`` failed
+        with a 500, ``?traceback__icontains=...`` read the whole table."""
+        return lookup in self.allowed_lookups(request)
+
+    def allowed_lookups(self, request: Any) -> set[str]:
+        """The query-string lookups :meth:`lookup_allowed` accepts."""
+        allowed = set(self.linked_lookups)
+        for item in self.get_list_filter(request):
+            if isinstance(item, type) and issubclass(item, admin.SimpleListFilter):
+                list_filter: Any = item
+                allowed.add(list_filter.parameter_name)
+            else:
+                # A field name: the filter Django makes for a field with choices (every one
+                # listed here) takes these two.
+                name = item[0] if isinstance(item, (list, tuple)) else item
+                allowed |= {f"{name}__exact", f"{name}__isnull"}
+        if self.date_hierarchy:
+            allowed |= {f"{self.date_hierarchy}__{part}" for part in ("year", "month", "day")}
+        return allowed
 
     def annotate_page(self, request: Any, objects: list[Any]) -> None:
         """Attach what the list shows to the page's objects, in one query for the page."""

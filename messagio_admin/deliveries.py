@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
-from django.http import Http404
+from django.db.models import F, Q, QuerySet
+from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
@@ -23,7 +23,7 @@ from messagio_admin.actions import replay_deliveries
 from messagio_admin.changelist import RecordAdmin
 from messagio_admin.filters import DeliveryTypeFilter, ErrorClassFilter, ListenerFilter
 from messagio_admin.search import as_uuid, search_terms
-from messagio_admin.single import replay_from_page
+from messagio_admin.single import replay_from_page, safe_next
 
 
 class DeliveryAdmin(RecordAdmin):
@@ -41,14 +41,18 @@ class DeliveryAdmin(RecordAdmin):
     list_display_links = ("listener_display",)
     list_filter = ("status", ListenerFilter, DeliveryTypeFilter, ErrorClassFilter)
     date_hierarchy = "started_at"
-    # Newest first. At scale this needs an index on started_at (see messagio_admin's docstring).
-    ordering = ("-started_at",)
+    # Newest first, and the deliveries no worker has started (pending, no started_at) last:
+    # PostgreSQL would put them first. The indexes on started_at are built in this order
+    # (messagio.models.NullsLastIndex); a sort by the column's header keeps it.
+    ordering = (F("started_at").desc(nulls_last=True),)
     sortable_by = ("started_at",)
     search_fields = ("=id", "=event__id", "listener", "error_type")
     search_help_text = gettext_lazy(
         "A delivery or event id, or part of a listener id or of an error class."
     )
     list_defer = ("result", "error", "traceback", "autoretry_for", "import_path")
+    # The overview's and the Listener registry's links, and a replay's "see the deliveries".
+    linked_lookups = ("started_at__gte", "finished_at__gte", "replay__id__exact")
     actions = ["replay_selected"]
 
     fieldsets = (
@@ -228,6 +232,7 @@ class DeliveryAdmin(RecordAdmin):
                     and permissions.can_replay_type(request.user, obj.messagio_type),
                     "type_permission": permissions.type_permission(obj.messagio_type),
                     "in_flight": obj.status in queries.IN_FLIGHT,
+                    "failed": obj.status == Delivery.Status.FAILED,
                     "show_task_results": display.can_see_task_results(request.user),
                 }
             )
@@ -270,20 +275,34 @@ class DeliveryAdmin(RecordAdmin):
 
     @method_decorator(require_POST)
     def replay_view(self, request: Any, object_id: str) -> Any:
-        """Replay this one delivery, whatever its outcome (unless it is in flight)."""
+        """Replay this one delivery if it failed; whatever its outcome (unless it is in
+        flight) only when the form says so (``confirm``): a button posted after someone
+        else fixed it, or on the wrong row, would run a listener that succeeded again."""
         if not self.has_replay_permission(request):
             raise PermissionDenied
         delivery_id = as_uuid(unquote(object_id))
         delivery = Delivery.objects.filter(pk=delivery_id).first() if delivery_id else None
         if delivery is None:
             raise Http404(_("No delivery with the id %(id)s.") % {"id": object_id})
+        back = reverse("admin:messagio_delivery_change", args=[delivery.pk])
+        if delivery.status != Delivery.Status.FAILED and not request.POST.get("confirm"):
+            self.message_user(
+                request,
+                _(
+                    "Delivery %(id)s was not replayed: its status is %(status)s, not failed. "
+                    "To run its listener again anyway, confirm it on the delivery's page."
+                )
+                % {"id": delivery.pk, "status": delivery.get_status_display()},
+                messages.WARNING,
+            )
+            return HttpResponseRedirect(safe_next(request, back))
         return replay_from_page(
             self,
             request,
             delivery,
             messagio_type=delivery.messagio_type,
             what=_("delivery %(id)s") % {"id": delivery.pk},
-            back=reverse("admin:messagio_delivery_change", args=[delivery.pk]),
+            back=back,
         )
 
     @admin.action(description=gettext_lazy("Replay selected deliveries"), permissions=["replay"])

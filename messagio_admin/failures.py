@@ -35,6 +35,19 @@ def describe_group(listener: str, messagio_type: str, error_type: str) -> str:
 
 #: The fields that name a group (hidden in its replay form, in the query of its page).
 GROUP_KEY = ("listener", "messagio_type", "error_type")
+#: The group page's hidden field: the ids of the running replays of the group it warned of.
+WARNED = "warned"
+
+
+def running_replays(key: dict[str, str]) -> list[Replay]:
+    """The replays of the group named by ``key`` still running, found by the description
+    they were recorded with (a Replay does not keep its selection), newest first."""
+    what = describe_group(**key)[:500]
+    return list(
+        Replay.objects.filter(state=Replay.State.RUNNING, description=what)
+        .select_related("requested_by")
+        .order_by("-requested_at")[:10]
+    )
 
 
 def failures_view(model_admin: Any, request: Any) -> Any:
@@ -76,9 +89,12 @@ def failures_view(model_admin: Any, request: Any) -> Any:
     return TemplateResponse(request, "admin/messagio/delivery/failures.html", context)
 
 
-def group_view(model_admin: Any, request: Any, bound: GroupReplayForm | None = None) -> Any:
-    """One failure group and the form that replays it (reason, canary, rate, threshold);
-    ``bound``: that form posted, with errors."""
+def group_view(
+    model_admin: Any, request: Any, bound: GroupReplayForm | None = None, status: int = 400
+) -> Any:
+    """One failure group and the form that replays it (reason, canary, rate, threshold),
+    warning of a replay of it still running; ``bound``: that form posted, not started
+    (answered with ``status``)."""
     if not model_admin.has_replay_permission(request):
         raise PermissionDenied
     back = reverse("admin:messagio_delivery_failures")
@@ -99,6 +115,7 @@ def group_view(model_admin: Any, request: Any, bound: GroupReplayForm | None = N
         return HttpResponseRedirect(back)
     opts = model_admin.model._meta
     query = urlencode({"status__exact": Delivery.Status.FAILED, **key})
+    running = running_replays(key)
     context = {
         **model_admin.admin_site.each_context(request),
         "title": _("Replay a failure group"),
@@ -109,13 +126,17 @@ def group_view(model_admin: Any, request: Any, bound: GroupReplayForm | None = N
         "key": key,
         "form": bound or GroupReplayForm(initial=key),
         "deliveries_url": f"{reverse('admin:messagio_delivery_changelist')}?{query}",
+        "running": running,
+        # Posted back: a replay of the group started since is warned of before another.
+        "warned_name": WARNED,
+        "warned": ",".join(str(record.pk) for record in running),
     }
     request.current_app = model_admin.admin_site.name
     return TemplateResponse(
         request,
         "admin/messagio/delivery/failure_group.html",
         context,
-        status=400 if bound is not None else 200,
+        status=status if bound is not None else 200,
     )
 
 
@@ -130,6 +151,11 @@ def replay_group_view(model_admin: Any, request: Any) -> Any:
     key = {name: form.cleaned_data[name] for name in GROUP_KEY}
     if not permissions.can_replay_type(request.user, key["messagio_type"]):
         return permissions.refuse_type(model_admin, request, key["messagio_type"], back)
+    warned = set(request.POST.get(WARNED, "").split(","))
+    if any(str(record.pk) not in warned for record in running_replays(key)):
+        # Started since the page was shown (by someone else, or a second click): the page
+        # again, with its warning, before a second replay of the same failures.
+        return group_view(model_admin, request, bound=form, status=409)
     delivery_filter = {"status": Delivery.Status.FAILED, **key}
     if not frozen_selection(delivery_filter, timezone.now()).exists():
         model_admin.message_user(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
+from django.utils import formats
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from messagio.models import Delivery, Event
@@ -50,6 +52,9 @@ class EventStatusFilter(admin.SimpleListFilter):
 
     title = _("status")
     parameter_name = "status"
+    #: Whether the selection left out events waiting for a worker (it selects the newest
+    #: ``queries.IN_FLIGHT_LIMIT``): the list says so rather than look complete.
+    capped = False
 
     def lookups(self, request: Any, model_admin: Any) -> list[tuple[str, Any]]:
         return [
@@ -61,15 +66,27 @@ class EventStatusFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request: Any, queryset: QuerySet) -> QuerySet | None:
+        waiting = {"in_flight": queries.in_flight, "waiting": queries.waiting_for_a_worker}
+        if self.value() in waiting:
+            ids, self.capped = queries.waiting_ids(using=queryset.db)
+            return waiting[self.value() or ""](queryset, waiting=ids)
         selections = {
             "failed": queries.with_failures,
             "ok": queries.all_ok,
-            "in_flight": queries.in_flight,
-            "waiting": queries.waiting_for_a_worker,
             "unpublished": queries.never_published,
         }
         selection = selections.get(self.value() or "")
         return selection(queryset) if selection else None
+
+    def selection_note(self) -> str:
+        """What the list shown does not hold, if anything (see :attr:`capped`)."""
+        if not self.capped:
+            return ""
+        limit = formats.number_format(queries.IN_FLIGHT_LIMIT, force_grouping=True)
+        return gettext(
+            "Of the events waiting for a worker, only the newest %(limit)s are listed: there "
+            "are more."
+        ) % {"limit": limit}
 
 
 class DeliveryTypeFilter(_ValuesFilter):
@@ -101,7 +118,8 @@ class ErrorClassFilter(_ValuesFilter):
         recent = (
             Delivery.objects.failed()
             .exclude(error_type="")
-            .order_by("-started_at")
+            # In the order of the (status, started_at) index: never started last.
+            .order_by(F("started_at").desc(nulls_last=True))
             .values_list("error_type", flat=True)[:RECENT_FAILURES]
         )
         return list(set(recent))

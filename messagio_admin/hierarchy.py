@@ -99,12 +99,21 @@ def bounds(cl: Any, year: str | None = None, month: str | None = None) -> tuple[
         start, end = _chosen_period(year, month)
         table = table.filter(**{f"{field_name}__gte": start, f"{field_name}__lt": end})
     dates = table.filter(**{f"{field_name}__isnull": False}).values(field_name)
+    # With the NULLs where the list's ordering (and its index) has them: PostgreSQL reads an
+    # index for ORDER BY ... LIMIT 1 only in the NULLs order it was built in, even though
+    # no row read here is NULL.
+    order_of = getattr(cl, "order_of", None)
+    first, last = (
+        (order_of(field_name, descending=False), order_of(field_name, descending=True))
+        if order_of
+        else (field_name, f"-{field_name}")
+    )
     # Both ends in one statement: two subqueries, in the one row of any row of the period
     # (none when the period has none).
     ends = list(
         table.annotate(
-            first_date=Subquery(dates.order_by(field_name)[:1]),
-            last_date=Subquery(dates.order_by(f"-{field_name}")[:1]),
+            first_date=Subquery(dates.order_by(first)[:1]),
+            last_date=Subquery(dates.order_by(last)[:1]),
         ).values_list("first_date", "last_date")[:1]
     )
     # No row with a date at all (deliveries no worker has started): both ends are NULL.

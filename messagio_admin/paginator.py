@@ -39,6 +39,12 @@ def estimated_row_count(queryset: QuerySet) -> int | None:
     return int(row[0])
 
 
+def count_at_most(queryset: QuerySet, cap: int) -> int:
+    """How many rows ``queryset`` selects, counting no further than ``cap + 1``: more than
+    ``cap`` means "more than ``cap``", at the cost of reading ``cap + 1`` index entries."""
+    return queryset.order_by()[: cap + 1].count()
+
+
 def is_unfiltered(queryset: QuerySet) -> bool:
     """Whether the queryset selects every row of its table (ordering aside)."""
     query = queryset.query
@@ -67,7 +73,7 @@ class LargeTablePaginator(Paginator):
             if estimate is not None and estimate > self.cap:
                 self.count_is_estimate = True
                 return estimate
-        counted = object_list.order_by()[: self.cap + 1].count()
+        counted = count_at_most(object_list, self.cap)
         if counted > self.cap:
             self.count_is_capped = True
         return counted

@@ -43,6 +43,7 @@ from django.db.models.functions import RowNumber, TruncHour
 from django.utils import timezone
 
 from messagio.models import Delivery, Event
+from messagio_admin.paginator import count_at_most
 
 IN_FLIGHT = (Delivery.Status.PENDING, Delivery.Status.RUNNING, Delivery.Status.RETRYING)
 FINISHED = (Delivery.Status.SUCCEEDED, Delivery.Status.FAILED)
@@ -59,6 +60,9 @@ WAITING_WINDOW = datetime.timedelta(hours=24)
 #: ... and among at most this many of the newest events fired in it, so that a busy day
 #: (a million events) costs no more than a quiet one.
 WAITING_SCAN = 10_000
+#: The overview's counts of all pending deliveries and of all unpublished events stop here
+#: ("10000+"): a backlog of millions is not counted on every visit of the Events list.
+BACKLOG_CAP = 10_000
 #: Failure groups shown on the Failures page, most recently seen first.
 FAILURE_GROUP_LIMIT = 100
 #: On databases without percentile_cont, the most recent durations per listener read to
@@ -258,7 +262,21 @@ def waiting_count(now: datetime.datetime | None = None, using: str | None = None
     return int(count)
 
 
-def in_flight(events: QuerySet, now: datetime.datetime | None = None) -> QuerySet:
+def waiting_ids(
+    now: datetime.datetime | None = None, using: str | None = None
+) -> tuple[list[uuid.UUID], bool]:
+    """The ids of the newest :data:`IN_FLIGHT_LIMIT` events waiting for a worker
+    (:func:`waiting_event_ids`), and whether there are more: the list that shows them says
+    it is not all of them (the overview counts up to :data:`WAITING_SCAN`)."""
+    ids = waiting_event_ids(IN_FLIGHT_LIMIT + 1, now=now, using=using)
+    return ids[:IN_FLIGHT_LIMIT], len(ids) > IN_FLIGHT_LIMIT
+
+
+def in_flight(
+    events: QuerySet,
+    now: datetime.datetime | None = None,
+    waiting: list[uuid.UUID] | None = None,
+) -> QuerySet:
     """Published events with a delivery pending, running or retrying, or waiting for a
     worker to write their deliveries (fired in the last 24 hours: :func:`waiting_event_ids`).
 
@@ -268,10 +286,12 @@ def in_flight(events: QuerySet, now: datetime.datetime | None = None) -> QuerySe
     LIMIT (a page, the first date of the date hierarchy) may then walk the ``fired_at``
     index and probe each event's deliveries, all 1,000,000 of them when the matches are the
     newest events (11 s). Past :data:`IN_FLIGHT_LIMIT` events (a backlog), the subquery it is.
-    The events waiting for a worker are ids too, the newest :data:`IN_FLIGHT_LIMIT` of them.
+    The events waiting for a worker are ids too, the newest :data:`IN_FLIGHT_LIMIT` of them
+    (``waiting``, when :func:`waiting_ids` read them already).
     """
     published = events.exclude(state__in=UNPUBLISHED)
-    waiting = waiting_event_ids(IN_FLIGHT_LIMIT, now=now, using=events.db)
+    if waiting is None:
+        waiting, _more = waiting_ids(now, using=events.db)
     ids = in_flight_event_ids(IN_FLIGHT_LIMIT)
     if len(ids) <= IN_FLIGHT_LIMIT:
         return published.filter(pk__in=[*ids, *waiting])
@@ -279,11 +299,17 @@ def in_flight(events: QuerySet, now: datetime.datetime | None = None) -> QuerySe
     return published.filter(Q(pk__in=running) | Q(pk__in=waiting))
 
 
-def waiting_for_a_worker(events: QuerySet, now: datetime.datetime | None = None) -> QuerySet:
+def waiting_for_a_worker(
+    events: QuerySet,
+    now: datetime.datetime | None = None,
+    waiting: list[uuid.UUID] | None = None,
+) -> QuerySet:
     """Published events no worker has written a delivery of yet, the newest
-    :data:`IN_FLIGHT_LIMIT` (:func:`waiting_event_ids`): what the overview counts as
-    waiting for a worker, a part of :func:`in_flight`."""
-    return events.filter(pk__in=waiting_event_ids(IN_FLIGHT_LIMIT, now=now, using=events.db))
+    :data:`IN_FLIGHT_LIMIT` (:func:`waiting_ids`, or ``waiting`` when it was read already):
+    what the overview counts as waiting for a worker, a part of :func:`in_flight`."""
+    if waiting is None:
+        waiting, _more = waiting_ids(now, using=events.db)
+    return events.filter(pk__in=waiting)
 
 
 def all_ok(events: QuerySet) -> QuerySet:
@@ -321,6 +347,9 @@ class Overview:
     unpublished: int
     #: Published events no worker has picked up yet (see :func:`waiting_count`).
     waiting: int = 0
+    #: The counts that stopped at :data:`BACKLOG_CAP` ("pending", "unpublished"): there are
+    #: more.
+    capped: frozenset[str] = frozenset()
 
     @property
     def waiting_capped(self) -> bool:
@@ -369,8 +398,8 @@ def overview(now: datetime.datetime | None = None) -> Overview:
         if bar:
             bar.failed = row["n"]
     # Started in the window, through (status, started_at); pending ones have not started:
-    # all of them are counted, a backlog is what this should show. Two statements: with an
-    # OR, PostgreSQL reads the whole index instead of two ranges of it.
+    # all of them are counted, a backlog is what this should show, up to BACKLOG_CAP. Two
+    # statements: with an OR, PostgreSQL reads the whole index instead of two ranges of it.
     started = [s for s in Delivery.Status.values if s != Delivery.Status.PENDING]
     by_status = dict(
         Delivery.objects.filter(status__in=started, started_at__gte=since)
@@ -378,18 +407,23 @@ def overview(now: datetime.datetime | None = None) -> Overview:
         .values_list("status")
         .annotate(n=Count("*"))
     )
-    by_status[Delivery.Status.PENDING] = Delivery.objects.filter(
-        status=Delivery.Status.PENDING
-    ).count()
-    unpublished = never_published(Event.objects.order_by()).count()
+    pending = count_at_most(Delivery.objects.filter(status=Delivery.Status.PENDING), BACKLOG_CAP)
+    unpublished = count_at_most(never_published(Event.objects.all()), BACKLOG_CAP)
+    capped = frozenset(
+        name
+        for name, count in (("pending", pending), ("unpublished", unpublished))
+        if count > BACKLOG_CAP
+    )
+    by_status[Delivery.Status.PENDING] = min(pending, BACKLOG_CAP)
     # Their deliveries are not rows yet, so none of the counts above has them.
     waiting = waiting_count(now)
     return Overview(
         since=since,
         hours=list(bars.values()),
         by_status=by_status,
-        unpublished=unpublished,
+        unpublished=min(unpublished, BACKLOG_CAP),
         waiting=waiting,
+        capped=capped,
     )
 
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
-from django.urls import reverse
+from django.http import Http404, HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
+from django.views.decorators.http import require_POST
 
 from messagio.models import Delivery, Replay
 from messagio_admin import display, permissions, queries
@@ -66,6 +72,10 @@ class ReplayAdmin(RecordAdmin):
     def has_view_permission(self, request: Any, obj: Any = None) -> bool:
         # Whoever may replay may watch the replays.
         return super().has_view_permission(request, obj) or permissions.can_replay(request.user)
+
+    def has_stop_permission(self, request: Any) -> bool:
+        """Whoever may replay may stop a replay."""
+        return permissions.can_replay(request.user) and self.has_view_permission(request)
 
     @admin.display(description=gettext_lazy("replay"), ordering="-requested_at")
     def replay_display(self, replay: Replay) -> str:
@@ -124,4 +134,54 @@ class ReplayAdmin(RecordAdmin):
     ) -> Any:
         if obj is not None:
             context["running"] = obj.state == Replay.State.RUNNING
+            context["can_stop"] = context["running"] and self.has_stop_permission(request)
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def get_urls(self) -> list[Any]:
+        info = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [
+            path(
+                "<path:object_id>/stop/",
+                self.admin_site.admin_view(self.stop_view),
+                name=f"{info}_stop",
+            ),
+            *super().get_urls(),
+        ]
+
+    @method_decorator(require_POST)
+    def stop_view(self, request: Any, object_id: str) -> Any:
+        """Stop a running replay: it queues nothing more (``run_replay`` ends when its
+        record is no longer running, before its next batch); what it queued still runs."""
+        if not self.has_stop_permission(request):
+            raise PermissionDenied
+        try:
+            replay_id = int(unquote(object_id))
+        except ValueError:
+            replay_id = None
+        record = Replay.objects.filter(pk=replay_id).first() if replay_id else None
+        if record is None:
+            raise Http404(_("No replay with the id %(id)s.") % {"id": object_id})
+        stopped = Replay.objects.filter(pk=record.pk, state=Replay.State.RUNNING).update(
+            state=Replay.State.STOPPED,
+            stopped_reason=f"stopped from the admin by {request.user.get_username()}",
+            finished_at=timezone.now(),
+        )
+        if stopped:
+            self.message_user(
+                request,
+                _(
+                    "Replay #%(id)d stopped: it queues no more deliveries (after the batch it "
+                    "is queuing, if any); those it queued already still run."
+                )
+                % {"id": record.pk},
+                messages.SUCCESS,
+            )
+        else:
+            record.refresh_from_db(fields=["state"])
+            self.message_user(
+                request,
+                _("Replay #%(id)d had already ended: %(state)s.")
+                % {"id": record.pk, "state": record.get_state_display()},
+                messages.WARNING,
+            )
+        return HttpResponseRedirect(reverse("admin:messagio_replay_change", args=[record.pk]))

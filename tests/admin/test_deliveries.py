@@ -4,14 +4,17 @@ import datetime
 import re
 
 import pytest
+from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db import connection
+from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django_celery_results.models import TaskResult
 
 from messagio import tasks
 from messagio.models import Attempt, Delivery, Replay
 from messagio.seals import is_sealed
+from messagio_admin import hierarchy
 from messagio_admin.paginator import LargeTablePaginator
 from tests.admin.factories import ERROR, HOSTILE, LISTENERS, client_for, make_event
 
@@ -62,6 +65,103 @@ def test_the_deliveries_list_shows_the_newest_start_first(admin_client):
     response = admin_client.get(DELIVERIES)
 
     assert listed(response) == [str(new.deliveries.get().pk), str(old.deliveries.get().pk)]
+
+
+def test_the_deliveries_list_shows_those_no_worker_has_started_last(admin_client):
+    # PostgreSQL puts NULLs first in a descending order: a backlog of pending deliveries
+    # would hide every recent outcome.
+    pending = make_event("pending").deliveries.get()
+    started = make_event("failed", fired_at=datetime.datetime(2024, 3, 10, tzinfo=datetime.UTC))
+
+    response = admin_client.get(DELIVERIES)
+
+    assert listed(response) == [str(started.deliveries.get().pk), str(pending.pk)]
+
+
+#: ?o= of the "started at" column of the Deliveries list (after the action checkbox's).
+STARTED_AT = 6
+
+
+def test_sorting_the_deliveries_by_start_keeps_the_never_started_at_the_newest_end(
+    admin_client,
+):
+    pending = str(make_event("pending").deliveries.get().pk)
+    older, newer = (
+        str(make_event("failed", fired_at=datetime.datetime(2024, 3, day, tzinfo=datetime.UTC))
+            .deliveries.get().pk)
+        for day in (10, 11)
+    )  # fmt: skip
+
+    assert f'href="?o={STARTED_AT}"' in admin_client.get(DELIVERIES).content.decode()
+    oldest_first = listed(admin_client.get(f"{DELIVERIES}?o={STARTED_AT}"))
+    newest_first = listed(admin_client.get(f"{DELIVERIES}?o=-{STARTED_AT}"))
+
+    # The two ends of the one index the list reads.
+    assert oldest_first == [pending, older, newer]
+    assert newest_first == [newer, older, pending]
+
+
+def plan(query) -> str:
+    """PostgreSQL's plan of ``query`` (a queryset, or SQL) when it may read no table whole
+    (a test table is too small for it to choose an index otherwise)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        # A sort of the few rows of a test table costs next to nothing: one only if no
+        # index gives the order.
+        cursor.execute("SET LOCAL enable_sort = off")
+        if not isinstance(query, str):
+            return query.explain()
+        cursor.execute(f"EXPLAIN {query}")
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def sorts(explained: str) -> list[str]:
+    """The plan's Sort nodes, which sort what they read whole (an Incremental Sort only
+    breaks the ties of what an index gave in order)."""
+    return re.findall(r"^\s*(?:->\s*)?Sort\s+\(.*$", explained, re.MULTILINE)
+
+
+def changelist(superuser, query: str = ""):
+    """The Deliveries changelist for ``query``, as the superuser sees it."""
+    request = RequestFactory().get(f"{DELIVERIES}?{query}")
+    request.user = superuser
+    return admin.site.get_model_admin(Delivery).get_changelist_instance(request)
+
+
+postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="SQLite puts NULLs last in DESC by itself"
+)
+
+
+@postgres_only
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [("", "messagio_dl_newest"), ("status__exact=failed", "messagio_dl_status_newest")],
+    ids=["the list", "filtered by status"],
+)
+def test_on_postgresql_a_page_of_deliveries_is_read_in_order_from_an_index(superuser, query, index):
+    make_event("succeeded", "failed", "pending")
+    page = changelist(superuser, query).queryset[:50]
+
+    explained = plan(page)
+
+    assert index in explained
+    assert sorts(explained) == []
+
+
+@postgres_only
+def test_on_postgresql_the_date_hierarchy_reads_its_ends_from_the_index(superuser, monkeypatch):
+    monkeypatch.setattr(LargeTablePaginator, "cap", 0)  # past the cap: the table's ends
+    make_event("succeeded", "pending")
+    cl = changelist(superuser)
+
+    with CaptureQueriesContext(connection) as captured:
+        hierarchy.bounds(cl)
+
+    explained = plan(captured.captured_queries[-1]["sql"])
+    assert "messagio_dl_newest" in explained
+    assert sorts(explained) == []
 
 
 def test_the_deliveries_list_costs_as_many_queries_for_50_rows_as_for_5(admin_client):
@@ -263,6 +363,56 @@ def test_replaying_a_delivery_from_the_event_page_goes_back_to_the_event(
     assert response["Location"] == back
 
 
+def test_a_delivery_that_did_not_fail_is_not_replayed_without_confirmation(
+    admin_client, failed_event
+):
+    done = failed_event.deliveries.get(position=0)
+    back = f"/admin/messagio/event/{failed_event.pk}/change/"
+
+    response = admin_client.post(f"{DELIVERIES}{done.pk}/replay/", {"next": back}, follow=True)
+
+    assert response.redirect_chain == [(back, 302)]
+    assert f"Delivery {done.pk} was not replayed: its status is succeeded, not failed." in (
+        response.content.decode()
+    )
+    done.refresh_from_db()
+    assert done.status == "succeeded"
+    assert not Replay.objects.exists()
+
+
+def test_a_delivery_that_succeeded_is_replayed_when_confirmed(admin_client, failed_event):
+    done = failed_event.deliveries.get(position=0)
+
+    admin_client.post(f"{DELIVERIES}{done.pk}/replay/", {"confirm": "yes", "reason": "redo"})
+
+    done.refresh_from_db()
+    assert done.status == "pending"
+    assert Replay.objects.get().reason == "redo"
+
+
+def test_the_page_of_a_delivery_that_did_not_fail_asks_to_confirm_its_replay(
+    admin_client, failed_event
+):
+    done = failed_event.deliveries.get(position=0)
+    broken = failed_event.deliveries.get(position=2)
+
+    succeeded_page = admin_client.get(delivery_url(done)).content.decode()
+    failed_page = admin_client.get(delivery_url(broken)).content.decode()
+
+    assert 'name="confirm" value="yes" required' in succeeded_page
+    assert 'id="replay-delivery-form"' in failed_page
+    assert 'name="confirm"' not in failed_page
+
+
+def test_the_page_of_a_delivery_in_flight_offers_no_replay(admin_client):
+    running = make_event("running").deliveries.get()
+
+    html = admin_client.get(delivery_url(running)).content.decode()
+
+    assert 'id="replay-delivery-form"' not in html
+    assert "In flight: it can be replayed once it has an outcome." in html
+
+
 def test_replaying_a_delivery_never_goes_back_to_another_site(admin_client, failed_event):
     broken = failed_event.deliveries.get(position=2)
 
@@ -312,6 +462,53 @@ def test_the_replay_action_says_first_that_succeeded_deliveries_run_again(
     assert sent == []
 
 
+def test_the_confirmation_page_posts_back_how_many_succeeded_it_warned_of(
+    admin_client, failed_event, sent
+):
+    broken = failed_event.deliveries.get(position=2)
+    done = failed_event.deliveries.get(position=0)
+
+    html = admin_client.post(DELIVERIES, select(broken, done, index=0)).content.decode()
+
+    assert '<input type="hidden" name="shown_succeeded" value="1">' in html
+
+
+def test_a_confirmed_replay_of_failures_asks_again_when_one_succeeded_since(
+    admin_client, failed_event, sent
+):
+    broken = failed_event.deliveries.get(position=2)
+    admin_client.post(DELIVERIES, select(broken, index=0))  # the page: 1 failed delivery
+    # Meanwhile someone else replays it, and it succeeds.
+    Delivery.objects.filter(pk=broken.pk).update(status="succeeded")
+
+    response = admin_client.post(
+        DELIVERIES, select(broken, post="yes", reason="fixed", shown_succeeded="0")
+    )
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Since you were last asked, 1 more of them succeeded" in html
+    assert '<input type="hidden" name="shown_succeeded" value="1">' in html
+    assert not Replay.objects.exists()
+    assert sent == []
+
+
+def test_a_replay_of_failures_leaves_out_one_that_succeeded_before_the_task_ran(
+    admin_client, failed_event, sent, django_capture_on_commit_callbacks
+):
+    broken = failed_event.deliveries.get(position=2)
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(DELIVERIES, select(broken, post="yes", reason="fixed"))
+    # Replayed from its event's page and succeeded, before a worker took the replay task.
+    Delivery.objects.filter(pk=broken.pk).update(status="succeeded")
+
+    tasks.replay.apply(args=sent[0])
+
+    broken.refresh_from_db()
+    assert broken.status == "succeeded"
+    assert Replay.objects.get().queued == 0
+
+
 def test_the_replay_action_records_a_replay_and_sends_the_replay_task(
     admin_client, superuser, failed_event, sent, django_capture_on_commit_callbacks
 ):
@@ -330,7 +527,9 @@ def test_the_replay_action_records_a_replay_and_sends_the_replay_task(
         "bug #12 fixed",
     )
     assert (record.total, record.canary, record.rate) == (1, 1, 5.0)
-    assert [args[:2] for args in sent] == [(record.pk, {"pk__in": [str(broken.pk)]})]
+    assert [args[:2] for args in sent] == [
+        (record.pk, {"pk__in": [str(broken.pk)], "status": "failed"})
+    ]
     assert is_sealed(list(sent[0][:2]), sent[0][2])  # a worker runs only what is sealed
 
 
@@ -355,7 +554,8 @@ def test_the_replay_action_reports_what_it_started(
     with django_capture_on_commit_callbacks(execute=True):
         response = admin_client.post(
             DELIVERIES,
-            select(*failed_event.deliveries.all(), post="yes", reason="fixed"),
+            # As the confirmation page says: 3 of them succeeded, and run again.
+            select(*failed_event.deliveries.all(), post="yes", reason="fixed", shown_succeeded=3),
             follow=True,
         )
 
@@ -386,7 +586,7 @@ def test_the_replay_action_leaves_deliveries_in_flight_alone(
             DELIVERIES, select(failed, running, post="yes", reason="x"), follow=True
         )
 
-    assert sent[0][1] == {"pk__in": [str(failed.pk)]}
+    assert sent[0][1] == {"pk__in": [str(failed.pk)], "status": "failed"}
     assert "1 delivery is still in flight and is left alone." in response.content.decode()
 
 

@@ -13,6 +13,7 @@ from django_celery_results.models import TaskResult
 from messagio import tasks
 from messagio.models import Attempt, Delivery, Event, Replay
 from messagio.registry import registry
+from messagio_admin import queries
 from tests.admin.factories import ERROR, HOSTILE, PING, make_event
 from tests.testapp.messagio import Ping
 
@@ -248,6 +249,37 @@ def test_the_in_flight_filter_costs_as_many_queries_for_many_waiting_events_as_f
         make_event("running")
 
     assert count_queries(admin_client, url) == few
+
+
+@pytest.mark.parametrize("choice", ["waiting", "in_flight"])
+def test_a_list_of_waiting_events_past_its_limit_says_it_is_not_all_of_them(
+    admin_client, monkeypatch, choice
+):
+    monkeypatch.setattr(queries, "IN_FLIGHT_LIMIT", 2)
+    newest = [make_event(waiting=1, fired_at=ago(minutes=m)) for m in (1, 2)]
+    make_event(waiting=1, fired_at=ago(minutes=3))
+
+    response = admin_client.get(f"{EVENTS}?status={choice}")
+
+    assert listed(response) == [str(event.pk) for event in newest]
+    assert (
+        "Of the events waiting for a worker, only the newest 2 are listed: there are more."
+        in response.content.decode()
+    )
+
+
+@pytest.mark.parametrize("choice", ["waiting", "in_flight"])
+def test_a_list_of_all_the_waiting_events_does_not_say_there_are_more(
+    admin_client, monkeypatch, choice
+):
+    monkeypatch.setattr(queries, "IN_FLIGHT_LIMIT", 2)
+    make_event(waiting=1)
+    make_event(waiting=1)
+
+    response = admin_client.get(f"{EVENTS}?status={choice}")
+
+    assert len(listed(response)) == 2
+    assert "there are more" not in response.content.decode()
 
 
 def test_the_all_ok_filter_leaves_out_events_whose_listeners_no_worker_has_run_yet(
@@ -539,6 +571,20 @@ def test_the_event_page_offers_both_replay_buttons_to_a_superuser(admin_client, 
     assert f'action="{EVENTS}{failed_event.pk}/replay/"' in html
 
 
+def test_the_event_page_offers_a_replay_button_on_the_failed_deliveries_only(
+    admin_client, failed_event
+):
+    make_event("running")
+    broken = failed_event.deliveries.get(position=2)
+
+    html = admin_client.get(event_url(failed_event)).content.decode()
+
+    # One click would run a listener that succeeded (or is running) again: the whole
+    # event's replay, with its warning, is there for that.
+    assert re.findall(r'form="replay-delivery-([0-9a-f-]{36})"', html) == [str(broken.pk)]
+    assert re.findall(r'id="replay-delivery-([0-9a-f-]{36})"', html) == [str(broken.pk)]
+
+
 def test_the_event_page_of_an_event_without_failures_offers_no_replay_of_failures(
     admin_client,
 ):
@@ -802,7 +848,10 @@ def test_the_event_action_replays_the_failed_deliveries_of_the_selected_events(
     assert response.status_code == 302
     broken = failed_event.deliveries.get(position=2)
     record = Replay.objects.get()
-    assert [args[:2] for args in sent] == [(record.pk, {"pk__in": [str(broken.pk)]})]
+    # Only while still failed: not one that someone else replays meanwhile, and it succeeds.
+    assert [args[:2] for args in sent] == [
+        (record.pk, {"pk__in": [str(broken.pk)], "status": "failed"})
+    ]
     assert record.description == "failed deliveries of 1 selected event"
 
 

@@ -246,6 +246,65 @@ def test_a_group_is_replayed_from_the_failures_page_through_its_page_with_the_cs
     assert [args[:2] for args in sent] == [(record.pk, {"status": "failed", **group_key()})]
 
 
+def running_replay_of_the_group(**fields) -> Replay:
+    """A replay of the broken listener's group, still running (as the admin records it)."""
+    from messagio_admin.failures import describe_group
+
+    return Replay.objects.create(description=describe_group(**group_key()), **fields)
+
+
+def test_the_group_page_warns_of_a_replay_of_the_group_still_running(
+    admin_client, superuser, failed_event
+):
+    running = running_replay_of_the_group(requested_by=superuser)
+    Replay.objects.create(description=running.description, state=Replay.State.FINISHED)
+    Replay.objects.create(description="failed deliveries of another group")
+
+    html = admin_client.get(GROUP, group_key()).content.decode()
+
+    warnings = re.findall(r'<p class="errornote messagio-running-replay">(.*?)</p>', html, re.S)
+    assert len(warnings) == 1
+    link = f'<a href="/admin/messagio/replay/{running.pk}/change/">Replay #{running.pk}</a>'
+    assert link in warnings[0]
+    assert "by root, is still running" in warnings[0]
+    assert f'<input type="hidden" name="warned" value="{running.pk}">' in html
+
+
+def test_the_group_page_without_a_replay_running_warns_of_none(admin_client, failed_event):
+    running_replay_of_the_group(state=Replay.State.STOPPED)
+
+    html = admin_client.get(GROUP, group_key()).content.decode()
+
+    assert "messagio-running-replay" not in html
+
+
+def test_a_group_replay_started_since_its_page_was_shown_is_warned_of_first(
+    admin_client, failed_event, sent, django_capture_on_commit_callbacks
+):
+    # The form posted twice (a double click): the second finds the first running.
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(REPLAY_GROUP, group_form(warned=""))
+        second = admin_client.post(REPLAY_GROUP, group_form(warned=""))
+
+    first = Replay.objects.get()
+    assert second.status_code == 409
+    assert f"Replay #{first.pk}</a> of this group" in second.content.decode()
+    assert len(sent) == 1
+
+
+def test_a_group_replay_warned_of_a_running_one_starts_when_posted_again(
+    admin_client, failed_event, sent, django_capture_on_commit_callbacks
+):
+    running = running_replay_of_the_group()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(REPLAY_GROUP, group_form(warned=str(running.pk)))
+
+    assert response.status_code == 302
+    assert Replay.objects.count() == 2
+    assert len(sent) == 1
+
+
 # --- Replaying a group ----------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from messagio.models import Event
+from messagio_admin import queries
 from messagio_admin.overview import chart
 from messagio_admin.queries import overview
 from tests.admin.factories import make_event
@@ -56,6 +57,43 @@ def test_the_overview_counts_the_events_waiting_for_a_worker(admin_client):
     listed = admin_client.get(f"{EVENTS}?status=waiting")
     assert '<a href="?status=waiting">1</a>' in html
     assert listed.context["cl"].result_count == 1
+
+
+def test_the_overview_counts_a_backlog_up_to_its_cap_and_says_there_is_more(
+    admin_client, monkeypatch
+):
+    monkeypatch.setattr(queries, "BACKLOG_CAP", 2)
+    make_event("pending", "pending", "pending")
+    for _ in range(3):
+        make_event(state=Event.State.RECORDED)
+
+    html = admin_client.get(EVENTS).content.decode()
+
+    assert "<strong>2+</strong>pending (all)" in html
+    assert '<a href="?status=unpublished">2+</a>' in html
+
+
+def test_the_overview_counts_of_a_backlog_under_the_cap_are_exact(admin_client, monkeypatch):
+    monkeypatch.setattr(queries, "BACKLOG_CAP", 2)
+    make_event("pending", "pending")
+    make_event(state=Event.State.RECORDED)
+
+    result = overview()
+
+    assert (result.by_status["pending"], result.unpublished, result.capped) == (2, 1, set())
+
+
+def test_the_overview_never_counts_a_backlog_whole(admin_client):
+    with CaptureQueriesContext(connection) as captured:
+        overview()
+
+    backlog = [
+        q["sql"]
+        for q in captured.captured_queries
+        if "'pending'" in q["sql"] or "'recorded'" in q["sql"]
+    ]
+    assert len(backlog) == 2
+    assert all(f"LIMIT {queries.BACKLOG_CAP + 1}" in sql for sql in backlog)
 
 
 def test_the_overview_leaves_out_what_is_older_than_24_hours(admin_client):

@@ -43,6 +43,7 @@ def records(failed_event):
             f"{DELIVERIES}{broken.pk}/replay/",
             f"{DELIVERIES}failures/replay/",
             f"{EVENTS}{failed_event.pk}/publish-again/",
+            f"/admin/messagio/replay/{record.pk}/stop/",
         ],
     }
 

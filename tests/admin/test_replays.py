@@ -1,0 +1,125 @@
+"""The Replays screens: each replay's page, and stopping a running one from it."""
+
+import pytest
+
+from messagio import tasks
+from messagio.models import Delivery, Replay
+from messagio.replays import run_replay
+from tests.admin.factories import client_for, make_event, make_user
+
+pytestmark = pytest.mark.django_db
+
+REPLAYS = "/admin/messagio/replay/"
+
+
+def replay_url(record: Replay) -> str:
+    return f"{REPLAYS}{record.pk}/change/"
+
+
+def stop_url(record: Replay) -> str:
+    return f"{REPLAYS}{record.pk}/stop/"
+
+
+def test_the_page_of_a_running_replay_offers_to_stop_it(admin_client):
+    record = Replay.objects.create()
+
+    html = admin_client.get(replay_url(record)).content.decode()
+
+    assert f'<form method="post" action="{stop_url(record)}" id="stop-replay-form">' in html
+    assert 'name="csrfmiddlewaretoken"' in html
+
+
+def test_the_page_of_a_replay_that_ended_offers_no_stop(admin_client):
+    record = Replay.objects.create(state=Replay.State.FINISHED)
+
+    assert "stop-replay-form" not in admin_client.get(replay_url(record)).content.decode()
+
+
+def test_stopping_a_replay_records_who_stopped_it_and_when(admin_client):
+    record = Replay.objects.create()
+
+    response = admin_client.post(stop_url(record), follow=True)
+
+    assert response.redirect_chain == [(replay_url(record), 302)]
+    record.refresh_from_db()
+    assert (record.state, record.stopped_reason) == ("stopped", "stopped from the admin by root")
+    assert record.finished_at is not None
+    assert f"Replay #{record.pk} stopped: it queues no more deliveries" in (
+        response.content.decode()
+    )
+
+
+def test_a_stopped_replay_queues_nothing_more(admin_client, monkeypatch):
+    """run_replay ends, before its next batch, a replay whose record is no longer running."""
+    monkeypatch.setattr("messagio.replays.publish_all", lambda envelopes: None)
+    events = [make_event("failed") for _ in range(3)]
+    record = Replay.objects.create(total=3)
+
+    def stop_after_the_first_batch(progress: Replay) -> None:
+        admin_client.post(stop_url(record))
+
+    run_replay(
+        record,
+        Delivery.objects.filter(status="failed"),
+        batch_size=1,
+        progress=stop_after_the_first_batch,
+    )
+
+    record.refresh_from_db()
+    assert (record.state, record.queued) == ("stopped", 1)
+    assert Delivery.objects.filter(event__in=events, status="failed").count() == 2
+
+
+def test_a_replay_stopped_before_its_task_ran_is_not_run(admin_client):
+    make_event("failed")
+    record = Replay.objects.create(total=1)
+    admin_client.post(stop_url(record))
+
+    tasks.replay.apply(args=(record.pk, {"status": "failed"}))
+
+    assert not Delivery.objects.filter(status="pending").exists()
+
+
+def test_stopping_a_replay_that_ended_changes_nothing_and_says_so(admin_client):
+    record = Replay.objects.create(state=Replay.State.FINISHED)
+
+    response = admin_client.post(stop_url(record), follow=True)
+
+    record.refresh_from_db()
+    assert (record.state, record.stopped_reason) == ("finished", "")
+    assert f"Replay #{record.pk} had already ended: finished." in response.content.decode()
+
+
+def test_stopping_a_replay_needs_a_post(admin_client):
+    record = Replay.objects.create()
+
+    assert admin_client.get(stop_url(record)).status_code == 405
+    record.refresh_from_db()
+    assert record.state == "running"
+
+
+def test_stopping_a_replay_needs_the_csrf_token(superuser):
+    record = Replay.objects.create()
+
+    response = client_for(superuser, enforce_csrf_checks=True).post(stop_url(record))
+
+    assert response.status_code == 403
+    record.refresh_from_db()
+    assert record.state == "running"
+
+
+def test_who_may_only_view_replays_may_not_stop_one():
+    viewer = make_user("watcher", "messagio.view_replay")
+    record = Replay.objects.create()
+
+    page = client_for(viewer).get(replay_url(record)).content.decode()
+    response = client_for(viewer).post(stop_url(record))
+
+    assert "stop-replay-form" not in page
+    assert response.status_code == 403
+    record.refresh_from_db()
+    assert record.state == "running"
+
+
+def test_stopping_an_unknown_replay_is_a_404(admin_client):
+    assert admin_client.post(f"{REPLAYS}12345/stop/").status_code == 404
