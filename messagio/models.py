@@ -104,7 +104,7 @@ class Replay(models.Model):
     class State(models.TextChoices):
         RUNNING = "running", _("running")
         FINISHED = "finished", _("finished")
-        STOPPED = "stopped", _("stopped itself")
+        STOPPED = "stopped", _("stopped")
 
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,

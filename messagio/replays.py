@@ -131,7 +131,7 @@ def _stop(record: Replay, reason: str) -> None:
     record.stopped_reason = reason
     record.finished_at = timezone.now()
     _end(record, "stopped_reason")
-    logger.warning("messagio: replay %s stopped itself: %s", record.pk, reason)
+    logger.warning("messagio: replay %s stopped: %s", record.pk, reason)
 
 
 def _end(record: Replay, *fields: str) -> None:
@@ -147,16 +147,30 @@ def _count_queued(record: Replay, count: int) -> None:
     Replay.objects.filter(pk=record.pk).update(queued=models.F("queued") + count)
 
 
+class _StoppedMeanwhileError(Exception):
+    """The replay was stopped (or ended) by someone else while this run published."""
+
+
 def _ended_elsewhere(record: Replay) -> bool:
     return Replay.objects.filter(pk=record.pk).exclude(state=Replay.State.RUNNING).exists()
 
 
-def _wait_for_canary(ids: list[Any], timeout: float) -> tuple[int, int]:
+#: Seconds between looks, while a replay waits, at whether it was stopped meanwhile (the
+#: admin's Stop button).
+STOP_CHECK_INTERVAL = 1.0
+
+
+def _wait_for_canary(record: Replay, ids: list[Any], timeout: float) -> tuple[int, int] | None:
     """Wait until the canary's deliveries have an outcome; return how many still have none,
-    and how many of those wait for a retry."""
+    and how many of those wait for a retry; None when the replay was stopped meanwhile."""
     deadline = time.monotonic() + timeout
+    next_check = time.monotonic() + STOP_CHECK_INTERVAL
     waiting = Delivery.objects.filter(pk__in=ids, status__in=IN_FLIGHT)
     while waiting.exists():
+        if time.monotonic() >= next_check:
+            next_check = time.monotonic() + STOP_CHECK_INTERVAL
+            if _ended_elsewhere(record):
+                return None
         if time.monotonic() > deadline:
             counts = dict(waiting.order_by().values_list("status").annotate(n=models.Count("pk")))
             return sum(counts.values()), counts.get(Delivery.Status.RETRYING, 0)
@@ -167,8 +181,13 @@ def _wait_for_canary(ids: list[Any], timeout: float) -> tuple[int, int]:
 def _canary_stopped(
     record: Replay, canary_ids: list[Any], timeout: float, threshold: float | None
 ) -> bool:
-    """Wait for the canary's outcomes; stop the replay (and say so) unless they are a go."""
-    unfinished, retrying = _wait_for_canary(canary_ids, timeout)
+    """Wait for the canary's outcomes; stop the replay (and say so) unless they are a go.
+    True when it ends here, stopped by the canary or by someone else meanwhile."""
+    waited = _wait_for_canary(record, canary_ids, timeout)
+    if waited is None:
+        record.refresh_from_db()
+        return True
+    unfinished, retrying = waited
     if unfinished:
         # A canary that tells nothing is no go-ahead: no worker on the queue, a backlog,
         # listeners slower than the timeout, or failing again and retried.
@@ -218,6 +237,7 @@ def run_replay(
         threshold = CANARY_DEFAULT_MAX_FAILURE_RATE
     interval = 1.0 / record.rate if record.rate else 0.0
     next_at = time.monotonic()
+    next_check = next_at + STOP_CHECK_INTERVAL
     last_pk = None
     canary_pending = bool(record.canary) and record.queued < (record.canary or 0)
     #: What the canary published, over as many batches as it took: what it waits for.
@@ -254,6 +274,11 @@ def run_replay(
             for members in by_event.values():
                 for envelope in envelopes(members[0].event, members, replay_id=record.pk):
                     if interval:
+                        if time.monotonic() >= next_check:
+                            # At a rate, a batch can take minutes: a stop ends it here.
+                            next_check = time.monotonic() + STOP_CHECK_INTERVAL
+                            if _ended_elsewhere(record):
+                                raise _StoppedMeanwhileError
                         time.sleep(max(0.0, next_at - time.monotonic()))  # a rate, not a sync
                         next_at = max(next_at, time.monotonic()) + interval * len(
                             envelope["listeners"]
@@ -269,6 +294,10 @@ def run_replay(
                     if mine:
                         publish_all(envelopes(members[0].event, mine, replay_id=record.pk))
                         published.update(str(d.pk) for d in mine)
+        except _StoppedMeanwhileError:
+            _count_queued(record, len(published))  # what it took, it published
+            record.refresh_from_db()
+            return record
         except Exception as exc:  # noqa: BLE001 - the broker is down: stop, undo, report
             unsent = [d for d in taken if str(d.pk) not in published]
             for delivery in unsent:  # back to how they were, not stuck pending

@@ -17,6 +17,7 @@ from django.utils.translation import gettext as _
 import messagio
 from messagio import tasks
 from messagio.models import Delivery, Replay
+from messagio.records import db_alias
 
 logger = logging.getLogger("messagio_admin")
 
@@ -88,6 +89,7 @@ def start_bulk_replay(
                 finished_at=timezone.now(),
             )
 
-    transaction.on_commit(send)
+    # The Replay's own database: it is sent once that transaction commits.
+    transaction.on_commit(send, using=db_alias())
     record.refresh_from_db(fields=["state", "stopped_reason", "finished_at"])
     return record

@@ -165,3 +165,39 @@ def test_a_replay_resumed_after_its_canary_went_out_judges_it_before_going_on(mo
     assert record.state == "stopped"
     assert "canary: 1 of 1 replayed deliveries had no outcome" in record.stopped_reason
     assert Delivery.objects.get(pk=second.pk).status == "failed"
+
+
+def stopped_by_someone_after_the_first_publish(monkeypatch) -> list[str]:
+    """What the replay publishes; after its first publish, someone stops it (the admin's
+    Stop button)."""
+    sent: list[str] = []
+
+    def publish_all(envelope_list):
+        sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
+        Replay.objects.filter(state="running").update(state="stopped", stopped_reason="by ann")
+        return ["task"]
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+    monkeypatch.setattr(replays, "STOP_CHECK_INTERVAL", 0.0)
+    return sent
+
+
+def test_a_replay_at_a_rate_stops_within_its_batch_when_someone_stops_it(monkeypatch):
+    events = [failed_event() for _ in range(6)]  # 12 deliveries: one batch
+    sent = stopped_by_someone_after_the_first_publish(monkeypatch)
+
+    record = replay(Delivery.objects.filter(event__in=events), rate=1000)
+
+    assert len(sent) == 1  # not the rest of the batch
+    assert (record.state, record.stopped_reason, record.queued) == ("stopped", "by ann", 1)
+
+
+def test_a_replay_waiting_for_its_canary_ends_when_someone_stops_it(monkeypatch):
+    event = failed_event()
+    sent = stopped_by_someone_after_the_first_publish(monkeypatch)
+
+    # No worker runs the canary: without the stop, it would wait the whole timeout.
+    record = replay(Delivery.objects.filter(event=event), canary=1, canary_timeout=600)
+
+    assert len(sent) == 1
+    assert (record.state, record.stopped_reason) == ("stopped", "by ann")

@@ -95,5 +95,5 @@ class Command(BaseCommand):
         )
         self.stdout.write("")
         if record.state == Replay.State.STOPPED:
-            raise CommandError(f"Replay #{record.pk} stopped itself: {record.stopped_reason}")
+            raise CommandError(f"Replay #{record.pk} stopped: {record.stopped_reason}")
         self.stdout.write(f"Replay #{record.pk}: queued {record.queued} of {record.total}.")
