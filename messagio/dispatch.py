@@ -102,6 +102,10 @@ def should_retry(spec: dict[str, Any], exc: BaseException) -> bool:
         except (ImportError, AttributeError):
             logger.warning("messagio: autoretry_for class %s does not import; ignored", path)
             continue
+        if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+            # Renamed since the fire: isinstance() would raise, and the outcome go unrecorded.
+            logger.warning("messagio: autoretry_for %s is no exception class now; ignored", path)
+            continue
         if isinstance(exc, exc_type):
             return True
     return False

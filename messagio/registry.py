@@ -6,6 +6,7 @@ filled at import time, before Django's app registry is ready.
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -65,6 +66,22 @@ def _import_path(listener: Listener) -> str | None:
     return f"{module}:{qualname}"
 
 
+def _runs_later(listener: Any) -> bool:
+    """Whether calling ``listener`` returns a coroutine or a generator instead of running."""
+    plain = inspect.isroutine(listener) or isinstance(listener, type)
+    function = None if plain else type(listener).__call__  # an instance's __call__
+    return any(
+        check(candidate)
+        for candidate in (listener, function)
+        if candidate is not None
+        for check in (
+            inspect.iscoroutinefunction,
+            inspect.isgeneratorfunction,
+            inspect.isasyncgenfunction,
+        )
+    )
+
+
 def _validate(
     messagio_type: Any,
     listener: Any,
@@ -87,6 +104,15 @@ def _validate(
             "Subscribe a function that takes the messagio as its only argument."
         )
     where = f"subscription of {_describe(listener)} to {messagio_type.get_name()}"
+    if _runs_later(listener):
+        # Called, it returns a coroutine or generator without running its body: the
+        # delivery would be recorded succeeded while nothing ran.
+        raise TypeError(
+            f"{where}: {_describe(listener)} is an async function or a generator, which "
+            "runs nothing when called; listeners are called in a worker and must do their "
+            "work when called. Subscribe a plain function (wrap an async one with "
+            "asgiref.sync.async_to_sync)."
+        )
     if priority is not None and (
         isinstance(priority, bool)
         or not isinstance(priority, int)

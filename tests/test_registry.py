@@ -201,6 +201,35 @@ def test_bad_options_raise_type_error_at_subscription(options, message):
         listen_to_message(PerformAction, **options)(listener_a)
 
 
+async def listener_async(msg):
+    pass
+
+
+def listener_generator(msg):
+    yield msg
+
+
+async def listener_async_generator(msg):
+    yield msg
+
+
+class AsyncCallable:
+    async def __call__(self, msg):
+        pass
+
+
+@pytest.mark.parametrize(
+    "listener",
+    [listener_async, listener_generator, listener_async_generator, AsyncCallable()],
+    ids=["async", "generator", "async generator", "async __call__"],
+)
+def test_a_listener_that_runs_nothing_when_called_is_refused_at_subscription(listener):
+    # Called, it returns a coroutine or a generator: recorded succeeded, its body never run.
+    with pytest.raises(TypeError, match="is an async function or a generator"):
+        listen_to_message(PerformAction)(listener)
+    assert not any(s.listener is listener for s in registry.subscriptions_for(PerformAction))
+
+
 def test_a_single_exception_class_is_accepted_for_autoretry_for():
     subscription = MessageCenter.singleton().subscribe(
         PerformAction, listener_a, autoretry_for=ConnectionError
