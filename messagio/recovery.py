@@ -139,19 +139,47 @@ def _report_failed(failed: list[tuple[Any, Exception]]) -> None:
 
 def publish_by_replay(members: list[Any]) -> None:
     """Publish deliveries of one event, in envelopes per replay (each keeps its own); a
-    refusal raises PublishRefusedError."""
+    refusal raises PublishRefusedError.
+
+    Each goes on with its retry policy where it was: its attempt counts the retries it was
+    given in its replay (or before any), so a requeue never grants ``max_retries`` afresh.
+    """
     from messagio.records import envelopes, publish_each
 
     by_replay: dict[Any, list[Any]] = {}
     for delivery in members:
         by_replay.setdefault(delivery.replay_id, []).append(delivery)
-    publish_each(
-        [
-            envelope
-            for replay_id, group in by_replay.items()
-            for envelope in envelopes(group[0].event, group, replay_id=replay_id)
-        ]
+    retried = _retries_made(members)
+    sent = [
+        envelope
+        for replay_id, group in by_replay.items()
+        for envelope in envelopes(group[0].event, group, replay_id=replay_id)
+    ]
+    for envelope in sent:
+        for spec in envelope["listeners"]:
+            spec["attempt"] = retried.get(spec["delivery"], 0) + 1
+    publish_each(sent)
+
+
+def _retries_made(deliveries: list[Any]) -> dict[str, int]:
+    """Delivery id -> how many of its attempts in its current replay (or before any) failed
+    and were retried: one query."""
+    from django.db.models import Count
+
+    from messagio.models import Attempt
+
+    replay_of = {delivery.pk: delivery.replay_id for delivery in deliveries}
+    counts = (
+        Attempt.objects.filter(delivery_id__in=list(replay_of), outcome=Attempt.Outcome.RETRIED)
+        .values_list("delivery_id", "replay_id")
+        .annotate(n=Count("pk"))
+        .order_by()
     )
+    return {
+        str(delivery_id): n
+        for delivery_id, replay_id, n in counts
+        if replay_of.get(delivery_id) == replay_id
+    }
 
 
 def mark_published_again(event_ids: list[Any]) -> None:

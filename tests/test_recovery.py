@@ -364,3 +364,26 @@ def test_refused_retries_that_are_due_are_requeued_behind_any_number_not_due(pub
     assert requeue_stuck(timeout=86_400 * 30, limit=2) == 1
 
     assert published == [[str(due.pk)]]
+
+
+def test_a_requeued_retry_goes_on_with_the_retries_it_was_given(monkeypatch):
+    """A retry stuck (or refused by the broker) and requeued counts the retries made before
+    it, in its replay: max_retries is not granted afresh by a requeue."""
+    sent: list[dict] = []
+    monkeypatch.setattr(
+        records, "publish_all", lambda envelopes: sent.extend(envelopes) or ["task"]
+    )
+    earlier = Replay.objects.create(state=Replay.State.FINISHED, snapshot_at=hours_ago(3))
+    _, (retrying, fresh) = event_with(("retrying", 3), ("retrying", 1))
+    for number, outcome, replay in [
+        (1, "retried", earlier),  # an earlier replay's chain: not this one's
+        (2, "lost", None),  # its worker died: no retry given
+        (3, "retried", None),
+    ]:
+        Attempt.objects.create(delivery=retrying, number=number, outcome=outcome, replay=replay)
+    Attempt.objects.create(delivery=fresh, number=1, outcome="retried")
+
+    assert requeue(Delivery.objects.filter(pk__in=[retrying.pk, fresh.pk]), "test") == 2
+
+    attempts = {spec["delivery"]: spec["attempt"] for e in sent for spec in e["listeners"]}
+    assert attempts == {str(retrying.pk): 2, str(fresh.pk): 2}
