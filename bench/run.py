@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import math
 import os
@@ -39,8 +40,15 @@ BENCH = ROOT / "bench"
 VENV_07 = BENCH / ".venv-0.7"
 PROFILES = BENCH / "profiles"
 RESULTS = BENCH / "RESULTS.md"
-#: What the bench installs into B's virtualenv (pyinstrument only for the profiles).
-VENV_07_REQUIREMENTS = ["messagio==0.7", "celery[redis]", "django", "pyinstrument"]
+#: What the bench installs into B's virtualenv (pyinstrument only for the profiles): Celery
+#: and kombu as A runs them, so that the two sides differ by the library alone.
+VENV_07_REQUIREMENTS = [
+    "messagio==0.7",
+    f"celery[redis]=={importlib.metadata.version('celery')}",
+    f"kombu=={importlib.metadata.version('kombu')}",
+    "django",
+    "pyinstrument",
+]
 
 POSTGRES = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
 BROKERS = {
@@ -885,6 +893,10 @@ def report(run: Run, verdicts: dict[str, tuple[str, str]], elapsed: float) -> st
         + ", C: "
         + SIDE_NAMES["C"]
         + " (one `apply_async` per listener, pickle).",
+        "- A runs with messagio's defaults: one task per group of listeners of equal "
+        "priority (B and C publish one per listener), and `ASYNC_COMMIT` (its own "
+        "statements commit with `synchronous_commit` off; see the README's settings). Its "
+        "tables are emptied before each run, and no beat process runs its relay or prune.",
         f"- command: `{run.command}`",
         f"- date: {r['date']} (UTC), wall time {elapsed / 60:.1f} min, run id `{run.id}`",
         f"- machine: {r['machine']['nproc']} cores ({r['machine']['cpu']}), "

@@ -211,7 +211,7 @@ def _fire_stages(listeners: int, count: int) -> dict[str, float]:
         ]
     with watch.stage("envelopes"):
         groups = [records.envelopes(*b, deliveries_recorded=False) for b in built]
-    with watch.stage("publish (apply_async)"):
+    with watch.stage("publish (kept producer)"):
         for group in groups:
             records.publish_all(group)
     with watch.stage("save_records (the published Event: execute + commit)"):
