@@ -125,7 +125,7 @@ CELERY_DB_REUSE_MAX = int(os.environ.get("CELERY_DB_REUSE_MAX", "500"))
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # kombu's, with each message written whole before a worker can take it.
-    CELERY_BROKER_TRANSPORT = "project.filesystem_broker:Transport"
+    CELERY_BROKER_TRANSPORT = "messagio.filesystem_broker:Transport"
     _broker_dir = Path(os.environ.get("MESSAGIO_BROKER_DIR", VAR_DIR / "broker"))
     _broker_dir.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -1,10 +1,10 @@
-"""The demo's filesystem broker: a worker never sees a message file before it is whole."""
+"""messagio's filesystem broker: a worker never sees a message file before it is whole."""
 
 import os
 
 from kombu import Connection
 
-from project import filesystem_broker
+from messagio import filesystem_broker
 
 
 def test_a_message_file_is_under_its_queue_name_only_once_written(tmp_path, monkeypatch):
