@@ -170,17 +170,24 @@ def celery_config_errors(app: Any) -> list[Any]:
             )
         )
     declared = _declared_queues(app)
-    if declared is not None:
-        for queue in sorted(_messagio_queues(app) - set(declared)):
-            errors.append(
-                Warning(
-                    f"messagio tasks go to the queue {queue!r}, which CELERY_TASK_QUEUES does "
-                    "not declare: a worker started without -Q never consumes it.",
-                    hint=f'Add Queue("{queue}", Exchange("{queue}"), routing_key="{queue}") '
-                    "to CELERY_TASK_QUEUES, or change the route.",
-                    id="messagio.W002",
-                )
+    # Without CELERY_TASK_QUEUES, a worker started without -Q consumes the default one alone.
+    consumed = set(declared) if declared is not None else {app.conf.task_default_queue}
+    for queue in sorted(_messagio_queues(app) - consumed):
+        where = (
+            "which CELERY_TASK_QUEUES does not declare"
+            if declared is not None
+            else f"and CELERY_TASK_QUEUES is not set (only {app.conf.task_default_queue!r} "
+            "is consumed then)"
+        )
+        errors.append(
+            Warning(
+                f"messagio tasks go to the queue {queue!r}, {where}: a worker started "
+                "without -Q never consumes it.",
+                hint=f'Add Queue("{queue}", Exchange("{queue}"), routing_key="{queue}") '
+                "to CELERY_TASK_QUEUES (with the default queue), or change the route.",
+                id="messagio.W002",
             )
+        )
     if is_redis(app):
         steps = (app.conf.broker_transport_options or {}).get("priority_steps")
         if not steps or len(steps) < 10:

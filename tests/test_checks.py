@@ -85,6 +85,19 @@ def test_a_route_to_an_undeclared_queue_is_a_warning():
 
 
 @uses_no_subscriptions
+def test_a_route_away_from_the_default_queue_without_task_queues_is_a_warning():
+    # What a project gets with the Install section's settings alone: the worker consumes
+    # "celery", and messagio's tasks wait in "messagio" for ever.
+    app = app_with(broker_url="memory://", task_routes=([("messagio.tasks.*", "messagio")],))
+
+    errors = celery_config_errors(app)
+
+    assert ids(errors) == ["messagio.W002"]
+    assert "'messagio'" in errors[0].msg and "CELERY_TASK_QUEUES is not set" in errors[0].msg
+    assert celery_config_errors(app_with(broker_url="memory://")) == []
+
+
+@uses_no_subscriptions
 def test_the_readme_routes_and_queues_pass():
     app = app_with(
         broker_url="memory://",
