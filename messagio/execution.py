@@ -429,7 +429,7 @@ def run_all_here(
                 )
             except EXITS as exc:
                 if ctx.record and getattr(exc, RECORDED_EXIT, False) and not ctx.taken_over:
-                    _not_run(specs[position + 1 :], spec["id"], exc)
+                    _not_run(messagio, specs[position + 1 :], ctx, spec["id"], exc)
                 raise
             if not will_retry:
                 break
@@ -441,17 +441,32 @@ def run_all_here(
     return outcomes
 
 
-def _not_run(specs: list[dict[str, Any]], exited: str, exc: BaseException) -> None:
+def _not_run(
+    messagio: Any, specs: list[dict[str, Any]], ctx: RunContext, exited: str, exc: BaseException
+) -> None:
     """Record the listeners after one that ended the process as failed, never run: nothing
-    else would run them (in-process runs have no message), and a replay can."""
+    else would run them (in-process runs have no message), and a replay can. Each is a
+    final failure, signalled as one."""
+    from messagio import signals
     from messagio.models import Delivery
     from messagio.records import exception_name
 
-    Delivery.objects.filter(
-        pk__in=[spec["delivery"] for spec in specs], status=Delivery.Status.PENDING
-    ).update(
+    by_id = {str(spec["delivery"]): spec for spec in specs}
+    pending = Delivery.objects.filter(pk__in=list(by_id), status=Delivery.Status.PENDING)
+    ids = [str(pk) for pk in pending.values_list("pk", flat=True)]
+    Delivery.objects.filter(pk__in=ids, status=Delivery.Status.PENDING).update(
         status=Delivery.Status.FAILED,
         finished_at=timezone.now(),
         error_type=exception_name(exc),
         error=f"not run: {exited} ended the process before it ({exc!r})",
     )
+    for delivery_id in ids:
+        signals.delivery_failed.send_robust(
+            sender=RunContext,
+            delivery_id=delivery_id,
+            event_id=uuid.UUID(ctx.event_id),
+            listener=by_id[delivery_id]["id"],
+            messagio=messagio,
+            exception=exc,
+            will_retry=False,
+        )

@@ -149,12 +149,30 @@ def subscribe(messagio_type: type[Messagio], *listeners) -> None:
 def test_a_listener_that_exits_is_recorded_as_failed_and_the_exit_goes_through(
     isolated_registry,
 ):
-    subscribe(Quits, quits, after_quits)
+    from messagio.signals import delivery_failed, messagio_fired
 
-    with pytest.raises(SystemExit):
-        Quits(3).fire(sync=True)
+    subscribe(Quits, quits, after_quits)
+    failed, fired = [], []
+
+    def on_failed(**kwargs):
+        failed.append((kwargs["listener"], kwargs["will_retry"]))
+
+    def on_fired(**kwargs):
+        fired.append(kwargs["event_id"])
+
+    delivery_failed.connect(on_failed)
+    messagio_fired.connect(on_fired)
+    try:
+        with pytest.raises(SystemExit):
+            Quits(3).fire(sync=True)
+    finally:
+        delivery_failed.disconnect(on_failed)
+        messagio_fired.disconnect(on_fired)
 
     exited, after = Delivery.objects.order_by("position")
+    # Every final failure is signalled, the listeners never run too; the fire was recorded.
+    assert failed == [(exited.listener, False), (after.listener, False)]
+    assert fired == [exited.event_id]
     assert (exited.status, exited.error_type, exited.error) == (
         "failed",
         "builtins.SystemExit",
