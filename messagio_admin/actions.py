@@ -19,20 +19,17 @@ from messagio_admin.replaying import BULK_LIMIT, IN_FLIGHT, not_sent, start_bulk
 
 logger = logging.getLogger("messagio_admin")
 
-#: The confirmation page's hidden field: how many succeeded deliveries it said would run again.
+#: The confirmation page's hidden field: the succeeded deliveries it said would run again.
 SHOWN_SUCCEEDED = "shown_succeeded"
 
 
-def shown_succeeded(data: Any) -> int | None:
-    """How many succeeded deliveries the confirmation page posted in ``data`` said would
-    run again; None when ``data`` is not that page's. A page that does not say (one of an
-    earlier version) confirmed failures only."""
+def shown_succeeded(data: Any) -> set[str] | None:
+    """The ids of the succeeded deliveries the confirmation page posted in ``data`` said
+    would run again; None when ``data`` is not that page's. A page that does not say (one
+    of an earlier version) confirmed failures only."""
     if not data.get("post"):
         return None
-    try:
-        return max(0, int(data.get(SHOWN_SUCCEEDED) or 0))
-    except ValueError:
-        return 0
+    return {pk for pk in (data.get(SHOWN_SUCCEEDED) or "").split(",") if pk}
 
 
 def replay_deliveries(
@@ -44,9 +41,9 @@ def replay_deliveries(
     At most :data:`BULK_LIMIT` deliveries go by id; a larger selection is refused with a
     pointer to the Failures page, which replays a whole group without listing it.
 
-    The statuses are read again when the page is posted: if more have succeeded than it
-    said (someone else replayed them meanwhile), it is shown again, saying so. When it said
-    none had, only those still failed are replayed, up to when the task reads them.
+    The statuses are read again when the page is posted: if one has succeeded that it did
+    not name (someone else replayed it meanwhile), it is shown again, saying so. When it
+    named none, only those still failed are replayed, up to when the task reads them.
     """
     rows = list(
         deliveries.order_by().values_list("pk", "messagio_type", "status")[: BULK_LIMIT + 1]
@@ -75,11 +72,12 @@ def replay_deliveries(
         for pk, messagio_type, status in rows
         if status not in IN_FLIGHT and messagio_type not in forbidden
     ]
-    succeeded = sum(
-        1
-        for _pk, messagio_type, status in rows
+    succeeded_ids = sorted(
+        str(pk)
+        for pk, messagio_type, status in rows
         if status == Delivery.Status.SUCCEEDED and messagio_type not in forbidden
     )
+    succeeded = len(succeeded_ids)
     notes = []
     if succeeded:
         # Selected on purpose or swept in with a filter: a listener that charged or mailed
@@ -118,7 +116,8 @@ def replay_deliveries(
 
     confirmed = shown_succeeded(request.POST)
     form = ReplayOptionsForm(request.POST if confirmed is not None else None)
-    if confirmed is not None and succeeded > confirmed:
+    unconfirmed = set(succeeded_ids) - confirmed if confirmed is not None else set()
+    if unconfirmed:
         notes.insert(
             0,
             ngettext(
@@ -126,13 +125,13 @@ def replay_deliveries(
                 "would run again): nothing was replayed, check the selection again.",
                 "Since you were last asked, %(count)d more of them succeeded (their listeners "
                 "would run again): nothing was replayed, check the selection again.",
-                succeeded - confirmed,
+                len(unconfirmed),
             )
-            % {"count": succeeded - confirmed},
+            % {"count": len(unconfirmed)},
         )
     elif form.is_valid():
         delivery_filter: dict[str, Any] = {"pk__in": chosen}
-        if confirmed == 0:
+        if not confirmed:
             # Failures were confirmed: not one that succeeds before the task reads it.
             delivery_filter["status"] = Delivery.Status.FAILED
         try:
@@ -176,7 +175,7 @@ def replay_deliveries(
         "what": what,
         "count": len(chosen),
         "notes": notes,
-        "shown_succeeded": succeeded,
+        "shown_succeeded": ",".join(succeeded_ids),
         "shown_succeeded_name": SHOWN_SUCCEEDED,
         "action": action,
         "select_across": request.POST.get("select_across", "0"),

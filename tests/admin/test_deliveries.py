@@ -462,7 +462,7 @@ def test_the_replay_action_says_first_that_succeeded_deliveries_run_again(
     assert sent == []
 
 
-def test_the_confirmation_page_posts_back_how_many_succeeded_it_warned_of(
+def test_the_confirmation_page_posts_back_which_succeeded_it_warned_of(
     admin_client, failed_event, sent
 ):
     broken = failed_event.deliveries.get(position=2)
@@ -470,7 +470,26 @@ def test_the_confirmation_page_posts_back_how_many_succeeded_it_warned_of(
 
     html = admin_client.post(DELIVERIES, select(broken, done, index=0)).content.decode()
 
-    assert '<input type="hidden" name="shown_succeeded" value="1">' in html
+    assert f'<input type="hidden" name="shown_succeeded" value="{done.pk}">' in html
+
+
+def test_a_confirmed_replay_asks_again_when_another_than_the_one_shown_succeeded_since(
+    admin_client, failed_event, sent
+):
+    # The page named one succeeded delivery; meanwhile that one went back in flight (its
+    # own replay) and the failed one succeeded: as many succeeded, not the same one.
+    broken = failed_event.deliveries.get(position=2)
+    done = failed_event.deliveries.get(position=0)
+    Delivery.objects.filter(pk=done.pk).update(status="pending")
+    Delivery.objects.filter(pk=broken.pk).update(status="succeeded")
+
+    response = admin_client.post(
+        DELIVERIES, select(broken, done, post="yes", reason="fixed", shown_succeeded=done.pk)
+    )
+
+    assert "Since you were last asked, 1 more of them succeeded" in response.content.decode()
+    assert not Replay.objects.exists()
+    assert sent == []
 
 
 def test_a_confirmed_replay_of_failures_asks_again_when_one_succeeded_since(
@@ -482,13 +501,13 @@ def test_a_confirmed_replay_of_failures_asks_again_when_one_succeeded_since(
     Delivery.objects.filter(pk=broken.pk).update(status="succeeded")
 
     response = admin_client.post(
-        DELIVERIES, select(broken, post="yes", reason="fixed", shown_succeeded="0")
+        DELIVERIES, select(broken, post="yes", reason="fixed", shown_succeeded="")
     )
 
     html = response.content.decode()
     assert response.status_code == 200
     assert "Since you were last asked, 1 more of them succeeded" in html
-    assert '<input type="hidden" name="shown_succeeded" value="1">' in html
+    assert f'<input type="hidden" name="shown_succeeded" value="{broken.pk}">' in html
     assert not Replay.objects.exists()
     assert sent == []
 
@@ -555,7 +574,14 @@ def test_the_replay_action_reports_what_it_started(
         response = admin_client.post(
             DELIVERIES,
             # As the confirmation page says: 3 of them succeeded, and run again.
-            select(*failed_event.deliveries.all(), post="yes", reason="fixed", shown_succeeded=3),
+            select(
+                *failed_event.deliveries.all(),
+                post="yes",
+                reason="fixed",
+                shown_succeeded=",".join(
+                    str(d.pk) for d in failed_event.deliveries.filter(status="succeeded")
+                ),
+            ),
             follow=True,
         )
 
