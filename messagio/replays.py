@@ -274,12 +274,18 @@ def run_replay(
             for members in by_event.values():
                 for envelope in envelopes(members[0].event, members, replay_id=record.pk):
                     if interval:
-                        if time.monotonic() >= next_check:
-                            # At a rate, a batch can take minutes: a stop ends it here.
-                            next_check = time.monotonic() + STOP_CHECK_INTERVAL
-                            if _ended_elsewhere(record):
-                                raise _StoppedMeanwhileError
-                        time.sleep(max(0.0, next_at - time.monotonic()))  # a rate, not a sync
+                        # At a rate, a batch can take minutes: a stop ends it between
+                        # publishes, and the wait for the next one is cut into short naps.
+                        while True:
+                            if time.monotonic() >= next_check:
+                                next_check = time.monotonic() + STOP_CHECK_INTERVAL
+                                if _ended_elsewhere(record):
+                                    raise _StoppedMeanwhileError
+                            due = next_at - time.monotonic()
+                            if due <= 0:
+                                break
+                            # A rate, not a synchronisation.
+                            time.sleep(min(due, max(0.0, next_check - time.monotonic())))
                         next_at = max(next_at, time.monotonic()) + interval * len(
                             envelope["listeners"]
                         )

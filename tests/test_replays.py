@@ -201,3 +201,30 @@ def test_a_replay_waiting_for_its_canary_ends_when_someone_stops_it(monkeypatch)
 
     assert len(sent) == 1
     assert (record.state, record.stopped_reason) == ("stopped", "by ann")
+
+
+def test_a_replay_at_a_slow_rate_publishes_nothing_more_once_stopped_during_its_wait(
+    monkeypatch,
+):
+    # At 0.2 per second the wait before the next delivery is 5 s: the stop comes during
+    # it, and nothing more goes out after it.
+    events = [failed_event() for _ in range(2)]
+    sent: list[str] = []
+    naps: list[float] = []
+
+    def publish_all(envelope_list):
+        sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
+        return ["task"]
+
+    def nap(seconds):
+        naps.append(seconds)
+        Replay.objects.filter(state="running").update(state="stopped", stopped_reason="by ann")
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+    monkeypatch.setattr(replays.time, "sleep", nap)
+
+    record = replay(Delivery.objects.filter(event__in=events), rate=0.2)
+
+    assert len(sent) == 1  # the first delivery alone, of the four
+    assert all(seconds <= replays.STOP_CHECK_INTERVAL for seconds in naps)
+    assert (record.state, record.stopped_reason) == ("stopped", "by ann")
