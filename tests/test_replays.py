@@ -112,17 +112,25 @@ def test_the_replay_task_does_not_run_a_replay_that_already_ended(monkeypatch):
     assert (record.state, record.stopped_reason, record.queued) == ("stopped", "x", 0)
 
 
-def test_a_second_run_of_one_replay_ends_when_the_other_ended_it(monkeypatch):
-    event = failed_event()
+def stopped_after_the_first_publish(monkeypatch, reason: str) -> list[str]:
+    """What the replay publishes; after its first publish, something else stops it (the
+    admin's Stop button, the other run of the same replay), saying ``reason``."""
     sent: list[str] = []
 
     def publish_all(envelope_list):
         sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
-        # Meanwhile the other run of this replay stopped it (its failure rate).
-        Replay.objects.filter(state="running").update(state="stopped", stopped_reason="other")
+        Replay.objects.filter(state="running").update(state="stopped", stopped_reason=reason)
         return ["task"]
 
     monkeypatch.setattr(replays, "publish_all", publish_all)
+    monkeypatch.setattr(replays, "STOP_CHECK_INTERVAL", 0.0)
+    return sent
+
+
+def test_a_second_run_of_one_replay_ends_when_the_other_ended_it(monkeypatch):
+    event = failed_event()
+    # Meanwhile the other run of this replay stopped it (its failure rate).
+    sent = stopped_after_the_first_publish(monkeypatch, "other")
 
     record = replay(Delivery.objects.filter(event=event), batch_size=1)
 
@@ -167,24 +175,9 @@ def test_a_replay_resumed_after_its_canary_went_out_judges_it_before_going_on(mo
     assert Delivery.objects.get(pk=second.pk).status == "failed"
 
 
-def stopped_by_someone_after_the_first_publish(monkeypatch) -> list[str]:
-    """What the replay publishes; after its first publish, someone stops it (the admin's
-    Stop button)."""
-    sent: list[str] = []
-
-    def publish_all(envelope_list):
-        sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
-        Replay.objects.filter(state="running").update(state="stopped", stopped_reason="by ann")
-        return ["task"]
-
-    monkeypatch.setattr(replays, "publish_all", publish_all)
-    monkeypatch.setattr(replays, "STOP_CHECK_INTERVAL", 0.0)
-    return sent
-
-
 def test_a_replay_at_a_rate_stops_within_its_batch_when_someone_stops_it(monkeypatch):
     events = [failed_event() for _ in range(6)]  # 12 deliveries: one batch
-    sent = stopped_by_someone_after_the_first_publish(monkeypatch)
+    sent = stopped_after_the_first_publish(monkeypatch, "by ann")
 
     record = replay(Delivery.objects.filter(event__in=events), rate=1000)
 
@@ -194,7 +187,7 @@ def test_a_replay_at_a_rate_stops_within_its_batch_when_someone_stops_it(monkeyp
 
 def test_a_replay_waiting_for_its_canary_ends_when_someone_stops_it(monkeypatch):
     event = failed_event()
-    sent = stopped_by_someone_after_the_first_publish(monkeypatch)
+    sent = stopped_after_the_first_publish(monkeypatch, "by ann")
 
     # No worker runs the canary: without the stop, it would wait the whole timeout.
     record = replay(Delivery.objects.filter(event=event), canary=1, canary_timeout=600)
