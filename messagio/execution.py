@@ -84,6 +84,9 @@ class RunContext:
     #: Claims already taken, by delivery id: the one statement that records a listener's
     #: outcome also claims the next listener of its group.
     claims: dict[str, Any] = field(default_factory=dict)
+    #: Deliveries this run may have claimed in a statement whose reply was lost (it was
+    #: sent again without the claim): found running under this task, the claim is its own.
+    maybe_claimed: set[str] = field(default_factory=set)
     #: Whether this task already wrote its missing records from the envelope (once is
     #: enough: a delivery still not recorded after that is recorded under another id).
     recreated: bool = False
@@ -217,6 +220,10 @@ def run_once(
         from messagio.records import claim, claim_group, recreate_from_envelope
 
         claimed = ctx.claims.pop(spec["delivery"], None)
+        if claimed is None and spec["delivery"] in ctx.maybe_claimed:
+            from messagio.records import own_claim
+
+            claimed = own_claim(spec["delivery"], ctx.task_id, ctx.worker)
         envelope = ctx.envelope
         if claimed is None and envelope is not None and _creates_group(envelope, spec):
             claimed = claim_group(envelope, ctx.task_id, ctx.worker)
@@ -304,12 +311,18 @@ def run_once(
         # Only the first try claims the next listener: a retry after a lost reply would
         # claim it twice and record a lost attempt that never ran.
         tries = iter((claim_next,))
+        sent: list[str | None] = []
+
+        def finish_once_claiming(*args: Any, **kwargs: Any) -> Any:
+            sent.append(next(tries, None))
+            return finish(*args, **kwargs, claim_next=sent[-1])
+
         retry_task_id = None
         if will_retry and ctx.retries_as_tasks:
             retry_task_id = ctx.retry_task_ids[spec["delivery"]] = str(uuid.uuid4())
         try:
             claimed_next = with_db_retry(
-                lambda *args, **kwargs: finish(*args, **kwargs, claim_next=next(tries, None)),
+                finish_once_claiming,
                 spec["delivery"],
                 number,
                 started_at,
@@ -328,6 +341,8 @@ def run_once(
             claimed_next, will_retry = None, False
         if claim_next is not None and claimed_next is not None:
             ctx.claims[claim_next] = claimed_next
+        elif claim_next is not None and len(sent) > 1:
+            ctx.maybe_claimed.add(claim_next)  # the first try's claim may have committed
 
     delivery_id = spec.get("delivery")
     if ctx.taken_over:

@@ -740,6 +740,20 @@ def claim(
     return _claimed(delivery_id, row, now, task_id)
 
 
+def own_claim(delivery_id: str, task_id: str, worker: str) -> Claim | None:
+    """This run's claim of a delivery, made by a statement whose reply was lost: the
+    delivery running under this task and worker. None when it is not (claim it then)."""
+    row = (
+        Delivery.objects.using(db_alias())
+        .filter(pk=delivery_id, status=Delivery.Status.RUNNING)
+        .values("task_id", "worker", "attempts")
+        .first()
+    )
+    if row is None or (row["task_id"], row["worker"]) != (task_id or "", worker or ""):
+        return None
+    return Claim(run=True, number=row["attempts"], status_before="pending")
+
+
 def _claimable(row: dict[str, Any], task_id: str) -> bool:
     """See _build_worker_statement's "claimed"."""
     if row["status"] in TERMINAL:

@@ -891,6 +891,41 @@ def test_a_group_neither_the_database_nor_the_broker_takes_goes_back_to_its_queu
     assert isinstance(outcome.result, Reject) and outcome.result.requeue
 
 
+def test_a_claim_whose_reply_was_lost_is_taken_as_this_runs_own(monkeypatch):
+    """The statement that records a listener's outcome and claims the next one committed,
+    and its reply was lost: the outcome is sent again alone, and the next listener, found
+    running under this very task, is run as its claim, not recorded as a lost attempt."""
+    from django.db import OperationalError
+
+    from messagio import records
+    from messagio.tasks import deliver
+
+    token = new_token()
+    event, envelope = recorded_group(Ping(token))
+    first, second = (spec["delivery"] for spec in envelope["listeners"][:2])
+    real_finish = records.finish
+    lost = []
+
+    def finish_whose_first_reply_is_lost(*args, **kwargs):
+        outcome = real_finish(*args, **kwargs)
+        if not lost:
+            lost.append(kwargs.get("claim_next"))
+            raise OperationalError("server closed the connection unexpectedly")
+        return outcome
+
+    monkeypatch.setattr(records, "finish", finish_whose_first_reply_is_lost)
+    monkeypatch.setattr(records.time, "sleep", lambda seconds: None)  # the retry's back-off
+
+    deliver.apply(args=(envelope,), task_id="the-groups-task")
+
+    assert lost == [second]  # the lost reply was that of the statement claiming the second
+    assert Delivery.objects.get(pk=first).history.count() == 1
+    claimed = Delivery.objects.get(pk=second)
+    assert (claimed.status, claimed.attempts) == ("succeeded", 1)
+    assert list(claimed.history.values_list("outcome", flat=True)) == ["succeeded"]
+    assert Call.objects.filter(token=token, listener="second").count() == 1
+
+
 def test_an_outcome_written_again_after_a_lost_reply_is_recorded_once():
     from django.utils import timezone
 
