@@ -7,6 +7,7 @@ so that every run is recorded the same way wherever it happens.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import signal
 import threading
@@ -85,8 +86,9 @@ class RunContext:
     #: outcome also claims the next listener of its group.
     claims: dict[str, Any] = field(default_factory=dict)
     #: Deliveries this run may have claimed in a statement whose reply was lost (it was
-    #: sent again without the claim): found running under this task, the claim is its own.
-    maybe_claimed: set[str] = field(default_factory=set)
+    #: sent again without the claim), with the start time that claim wrote: found running
+    #: under this task since then, the claim is this run's own.
+    maybe_claimed: dict[str, datetime.datetime] = field(default_factory=dict)
     #: Whether this task already wrote its missing records from the envelope (once is
     #: enough: a delivery still not recorded after that is recorded under another id).
     recreated: bool = False
@@ -220,10 +222,11 @@ def run_once(
         from messagio.records import claim, claim_group, recreate_from_envelope
 
         claimed = ctx.claims.pop(spec["delivery"], None)
-        if claimed is None and spec["delivery"] in ctx.maybe_claimed:
+        claimed_at = ctx.maybe_claimed.pop(spec["delivery"], None)
+        if claimed is None and claimed_at is not None:
             from messagio.records import own_claim
 
-            claimed = own_claim(spec["delivery"], ctx.task_id, ctx.worker)
+            claimed = own_claim(spec["delivery"], ctx.task_id, ctx.worker, claimed_at)
         envelope = ctx.envelope
         if claimed is None and envelope is not None and _creates_group(envelope, spec):
             claimed = claim_group(envelope, ctx.task_id, ctx.worker)
@@ -312,10 +315,11 @@ def run_once(
         # claim it twice and record a lost attempt that never ran.
         tries = iter((claim_next,))
         sent: list[str | None] = []
+        claim_at = timezone.now()
 
         def finish_once_claiming(*args: Any, **kwargs: Any) -> Any:
             sent.append(next(tries, None))
-            return finish(*args, **kwargs, claim_next=sent[-1])
+            return finish(*args, **kwargs, claim_next=sent[-1], claim_at=claim_at)
 
         retry_task_id = None
         if will_retry and ctx.retries_as_tasks:
@@ -342,7 +346,8 @@ def run_once(
         if claim_next is not None and claimed_next is not None:
             ctx.claims[claim_next] = claimed_next
         elif claim_next is not None and len(sent) > 1:
-            ctx.maybe_claimed.add(claim_next)  # the first try's claim may have committed
+            # The first try's claim may have committed.
+            ctx.maybe_claimed[claim_next] = claim_at
 
     delivery_id = spec.get("delivery")
     if ctx.taken_over:

@@ -699,7 +699,11 @@ class Claim:
 
 
 def claim(
-    delivery_id: str, task_id: str, worker: str, replay_id: int | None = None
+    delivery_id: str,
+    task_id: str,
+    worker: str,
+    replay_id: int | None = None,
+    at: datetime.datetime | None = None,
 ) -> Claim | None:
     """Mark a delivery running and count the attempt; None when it is not recorded.
 
@@ -708,10 +712,10 @@ def claim(
     ``task_id``): its attempt is recorded as lost, then rerun; any other message leaves it to
     the attempt that may still run it (requeues make it pending first). One ``retrying`` is
     run only by its retry's own task: a redelivered message of its group would run it before
-    its delay and start a second chain of retries.
+    its delay and start a second chain of retries. ``at``: the time it starts at (now).
     """
     connection = connections[db_alias()]
-    now = timezone.now()
+    now = at or timezone.now()
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
         with statement_cursor(connection) as cursor:
             cursor.execute(
@@ -740,18 +744,23 @@ def claim(
     return _claimed(delivery_id, row, now, task_id)
 
 
-def own_claim(delivery_id: str, task_id: str, worker: str) -> Claim | None:
-    """This run's claim of a delivery, made by a statement whose reply was lost: the
-    delivery running under this task and worker. None when it is not (claim it then)."""
-    row = (
+def own_claim(delivery_id: str, task_id: str, worker: str, at: datetime.datetime) -> Claim | None:
+    """This run's claim of a delivery, made ``at`` by a statement whose reply was lost: the
+    delivery running under this task and worker since that very time (another copy of the
+    same message claims it at its own). None when it is not (claim it then)."""
+    attempts = (
         Delivery.objects.using(db_alias())
-        .filter(pk=delivery_id, status=Delivery.Status.RUNNING)
-        .values("task_id", "worker", "attempts")
+        .filter(
+            pk=delivery_id,
+            status=Delivery.Status.RUNNING,
+            task_id=task_id or "",
+            worker=worker or "",
+            started_at=at,
+        )
+        .values_list("attempts", flat=True)
         .first()
     )
-    if row is None or (row["task_id"], row["worker"]) != (task_id or "", worker or ""):
-        return None
-    return Claim(run=True, number=row["attempts"], status_before="pending")
+    return None if attempts is None else Claim(run=True, number=attempts, status_before="pending")
 
 
 def _claimable(row: dict[str, Any], task_id: str) -> bool:
@@ -1063,13 +1072,14 @@ def finish(
     will_retry: bool = False,
     retry_task_id: str | None = None,
     claim_next: str | None = None,
+    claim_at: datetime.datetime | None = None,
 ) -> Claim | None:
     """Record the outcome of one attempt on the delivery and in its history.
 
     With ``will_retry``, the delivery keeps ``retry_task_id`` (default: ``task_id``), the
     task that will run its retry: only that one may claim it. With ``claim_next`` (the next
     delivery of the group), claim it in the same statement on PostgreSQL and return that
-    claim: one round trip between two listeners.
+    claim: one round trip between two listeners; ``claim_at``, the time it starts at (now).
     """
     holder = (retry_task_id if will_retry and retry_task_id else task_id) or ""
     now = timezone.now()
@@ -1114,6 +1124,7 @@ def finish(
             claim_next=claim_next,
             claim_as=(task_id, worker),
             holder=holder,
+            claim_at=claim_at,
         )
     with transaction.atomic(using=connection.alias):
         recorded = Delivery.objects.filter(
@@ -1134,7 +1145,9 @@ def finish(
             )
     if not recorded:
         _unless_written_before(delivery_id, number)
-    return None if claim_next is None else claim(claim_next, task_id, worker, replay_id)
+    if claim_next is None:
+        return None
+    return claim(claim_next, task_id, worker, replay_id, at=claim_at)
 
 
 def _finish_in_one_statement(
@@ -1148,6 +1161,7 @@ def _finish_in_one_statement(
     claim_next: str | None = None,
     claim_as: tuple[str, str] = ("", ""),
     holder: str = "",
+    claim_at: datetime.datetime | None = None,
 ) -> Claim | None:
     """Update the delivery and append its attempt in one PostgreSQL statement, and claim
     the next delivery of the group in it too when there is one."""
@@ -1169,7 +1183,7 @@ def _finish_in_one_statement(
         if not written:
             _unless_written_before(delivery_id, attempt["number"])
         return None
-    params.extend(_claim_params(claim_next, timezone.now(), *claim_as))
+    params.extend(_claim_params(claim_next, claim_at or timezone.now(), *claim_as))
     with statement_cursor(connection) as cursor:
         cursor.execute(_worker_statement(connection, "finish_and_claim"), params)
         found = cursor.fetchone()  # the next delivery as it was, and whether this one's written

@@ -926,6 +926,42 @@ def test_a_claim_whose_reply_was_lost_is_taken_as_this_runs_own(monkeypatch):
     assert Call.objects.filter(token=token, listener="second").count() == 1
 
 
+def test_a_claim_another_copy_made_meanwhile_is_not_taken_for_the_lost_one(monkeypatch):
+    """The same message running twice on one host (same task id and worker name): after
+    this run's lost reply, the other copy claimed the next listener. That claim is not this
+    run's, so this run takes it over as any redelivered copy does, recording it lost."""
+    from django.db import OperationalError
+
+    from messagio import records
+    from messagio.tasks import deliver
+
+    event, envelope = recorded_group(Ping(new_token()))
+    second = envelope["listeners"][1]["delivery"]
+    real_finish = records.finish
+    lost = []
+
+    def finish_whose_first_reply_is_lost(*args, **kwargs):
+        outcome = real_finish(*args, **kwargs)
+        if not lost:
+            lost.append(kwargs.get("claim_next"))
+            mine = Delivery.objects.get(pk=second)
+            # Meanwhile the other copy finds it running under its task, and claims it.
+            records.claim(second, mine.task_id, mine.worker)
+            raise OperationalError("server closed the connection unexpectedly")
+        return outcome
+
+    monkeypatch.setattr(records, "finish", finish_whose_first_reply_is_lost)
+    monkeypatch.setattr(records.time, "sleep", lambda seconds: None)  # the retry's back-off
+
+    deliver.apply(args=(envelope,), task_id="the-groups-task")
+
+    taken = Delivery.objects.get(pk=second)
+    assert (taken.status, taken.attempts) == ("succeeded", 3)
+    assert list(taken.history.order_by("number").values_list("outcome", flat=True)) == [
+        "lost", "lost", "succeeded"
+    ]  # fmt: skip
+
+
 def test_an_outcome_written_again_after_a_lost_reply_is_recorded_once():
     from django.utils import timezone
 
