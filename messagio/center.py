@@ -137,10 +137,8 @@ class AbstractMessageCenter(abc.ABC):
             transaction.on_commit(run, using=commit_alias())
             _fired(messagio, report)  # also on commit, after the listeners
             return report
-        try:
-            run()
-        finally:  # recorded, and partly run, even when a listener ended the process
-            _fired(messagio, report)
+        run()
+        _fired(messagio, report)
         if raise_errors is None:
             raise_errors = bool(get_setting("SYNC_RAISE_ERRORS"))
         if raise_errors and report.failed:
