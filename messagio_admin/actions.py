@@ -115,6 +115,9 @@ def replay_deliveries(
         return None
 
     confirmed = shown_succeeded(request.POST)
+    if confirmed is not None:
+        # Only ids of the selection count (a page of an earlier version posted a count).
+        confirmed &= {str(pk) for pk, _type, _status in rows}
     form = ReplayOptionsForm(request.POST if confirmed is not None else None)
     unconfirmed = set(succeeded_ids) - confirmed if confirmed is not None else set()
     if unconfirmed:

@@ -704,3 +704,16 @@ def test_select_all_says_when_the_count_is_capped(admin_client, monkeypatch):
     assert "All (more than 2) selected" in capped
     assert "Select all 3" not in capped
     assert "(more than" not in counted.content.decode()
+
+
+def test_a_confirmation_page_of_an_earlier_version_confirmed_failures_only(
+    admin_client, failed_event, sent, django_capture_on_commit_callbacks
+):
+    # It posted how many succeeded ("0"), not which: no id of the selection.
+    broken = failed_event.deliveries.get(position=2)
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            DELIVERIES, select(broken, post="yes", reason="fixed", shown_succeeded="0")
+        )
+
+    assert [args[1] for args in sent] == [{"pk__in": [str(broken.pk)], "status": "failed"}]
