@@ -140,14 +140,6 @@ def _permissions(value: Any) -> str | None:
     return 'a dict of messagio type to permission, e.g. {"shop.events.Paid": "shop.replay_paid"}'
 
 
-def _interval(value: Any) -> str | None:
-    """Seconds between runs of a periodic task: django-celery-beat's IntervalSchedule counts
-    whole seconds, 1 or more."""
-    if amount("a number of seconds")(value) is None and value >= 1:
-        return None
-    return "a number of seconds, 1 or more (django-celery-beat's intervals count whole seconds)"
-
-
 #: What each setting takes: a check returning what it should be, or None when it is fine.
 VALID: dict[str, Check] = {
     "MESSAGE_CENTER": text(),
@@ -171,7 +163,8 @@ VALID: dict[str, Check] = {
     "ASYNC_COMMIT": flag,
     "PREPARED_STATEMENTS": flag,
     "RAISE_ON_PUBLISH_ERROR": flag,
-    "RELAY_INTERVAL": _interval,
+    # django-celery-beat's intervals count whole seconds, 1 or more.
+    "RELAY_INTERVAL": amount("a number of seconds", least=1),
     "RELAY_GRACE": amount("a number of seconds", zero=True),
     "PUBLISH_CLAIM_TIMEOUT": amount("a number of seconds"),
     "PUBLISH_AGAIN_AFTER": amount("a number of seconds", zero=True),
@@ -182,7 +175,7 @@ VALID: dict[str, Check] = {
         "a number of days", zero=True, none="keep forever", most=DAYS_AT_MOST
     ),
     "PRUNE_BATCH_SIZE": whole(1),
-    "PRUNE_INTERVAL": _interval,
+    "PRUNE_INTERVAL": amount("a number of seconds", least=1),
     "SCHEDULE_PERIODIC_TASKS": flag,
     "REPLAY_PERMISSIONS": _permissions,
     "RESULT_MAX_CHARS": whole(1),

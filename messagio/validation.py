@@ -32,9 +32,11 @@ def whole(minimum: int, *, what: str = "a whole number", none: str = "") -> Chec
     return check
 
 
-def amount(what: str, *, zero: bool = False, none: str = "", most: float = math.inf) -> Check:
-    """A finite number above 0 (``zero``: 0 or more), at most ``most``; None too when
-    ``none`` says what it means."""
+def amount(
+    what: str, *, zero: bool = False, least: float = 0, none: str = "", most: float = math.inf
+) -> Check:
+    """A finite number above 0 (``zero``: 0 or more; ``least``: that or more), at most
+    ``most``; None too when ``none`` says what it means."""
 
     def check(value: Any) -> str | None:
         if value is None and none:
@@ -42,12 +44,12 @@ def amount(what: str, *, zero: bool = False, none: str = "", most: float = math.
         if (
             not isinstance(value, bool)
             and isinstance(value, (int, float))
-            and (0 <= value if zero else 0 < value)
+            and (least <= value if least or zero else 0 < value)
             and value < math.inf
             and value <= most
         ):
             return None
-        bounds = "0 or more" if zero else "more than 0"
+        bounds = f"{least:g} or more" if least or zero else "more than 0"
         if most < math.inf:
             bounds += f", at most {most:,g}"
         return _or_none(f"{what}, {bounds}", none)
