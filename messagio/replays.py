@@ -160,17 +160,34 @@ def _ended_elsewhere(record: Replay) -> bool:
 STOP_CHECK_INTERVAL = 1.0
 
 
+class _StopLookout:
+    """Whether a waiting replay was stopped meanwhile, asked of the database at most every
+    STOP_CHECK_INTERVAL, and naps that end by the next look."""
+
+    def __init__(self, record: Replay) -> None:
+        self.record = record
+        self.next_look = time.monotonic() + STOP_CHECK_INTERVAL
+
+    def stopped(self) -> bool:
+        if time.monotonic() < self.next_look:
+            return False
+        self.next_look = time.monotonic() + STOP_CHECK_INTERVAL
+        return _ended_elsewhere(self.record)
+
+    def nap(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until the next look is due."""
+        time.sleep(max(0.0, min(seconds, self.next_look - time.monotonic())))
+
+
 def _wait_for_canary(record: Replay, ids: list[Any], timeout: float) -> tuple[int, int] | None:
     """Wait until the canary's deliveries have an outcome; return how many still have none,
     and how many of those wait for a retry; None when the replay was stopped meanwhile."""
     deadline = time.monotonic() + timeout
-    next_check = time.monotonic() + STOP_CHECK_INTERVAL
+    lookout = _StopLookout(record)
     waiting = Delivery.objects.filter(pk__in=ids, status__in=IN_FLIGHT)
     while waiting.exists():
-        if time.monotonic() >= next_check:
-            next_check = time.monotonic() + STOP_CHECK_INTERVAL
-            if _ended_elsewhere(record):
-                return None
+        if lookout.stopped():
+            return None
         if time.monotonic() > deadline:
             counts = dict(waiting.order_by().values_list("status").annotate(n=models.Count("pk")))
             return sum(counts.values()), counts.get(Delivery.Status.RETRYING, 0)
@@ -237,7 +254,7 @@ def run_replay(
         threshold = CANARY_DEFAULT_MAX_FAILURE_RATE
     interval = 1.0 / record.rate if record.rate else 0.0
     next_at = time.monotonic()
-    next_check = next_at + STOP_CHECK_INTERVAL
+    lookout = _StopLookout(record)
     last_pk = None
     canary_pending = bool(record.canary) and record.queued < (record.canary or 0)
     #: What the canary published, over as many batches as it took: what it waits for.
@@ -277,15 +294,12 @@ def run_replay(
                         # At a rate, a batch can take minutes: a stop ends it between
                         # publishes, and the wait for the next one is cut into short naps.
                         while True:
-                            if time.monotonic() >= next_check:
-                                next_check = time.monotonic() + STOP_CHECK_INTERVAL
-                                if _ended_elsewhere(record):
-                                    raise _StoppedMeanwhileError
+                            if lookout.stopped():
+                                raise _StoppedMeanwhileError
                             due = next_at - time.monotonic()
                             if due <= 0:
                                 break
-                            # A rate, not a synchronisation.
-                            time.sleep(min(due, max(0.0, next_check - time.monotonic())))
+                            lookout.nap(due)  # a rate, not a synchronisation
                         next_at = max(next_at, time.monotonic()) + interval * len(
                             envelope["listeners"]
                         )

@@ -215,6 +215,7 @@ def test_a_replay_at_a_slow_rate_publishes_nothing_more_once_stopped_during_its_
 
     monkeypatch.setattr(replays, "publish_all", publish_all)
     monkeypatch.setattr(replays.time, "sleep", nap)
+    monkeypatch.setattr(replays, "STOP_CHECK_INTERVAL", 0.05)  # the naps' longest
 
     record = replay(Delivery.objects.filter(event__in=events), rate=0.2)
 
