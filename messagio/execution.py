@@ -313,13 +313,14 @@ def run_once(
         claim_next = next_spec["delivery"] if next_spec and escaping is None else None
         # Only the first try claims the next listener: a retry after a lost reply would
         # claim it twice and record a lost attempt that never ran.
-        tries = iter((claim_next,))
-        sent: list[str | None] = []
+        tries = 0
         claim_at = timezone.now()
 
         def finish_once_claiming(*args: Any, **kwargs: Any) -> Any:
-            sent.append(next(tries, None))
-            return finish(*args, **kwargs, claim_next=sent[-1], claim_at=claim_at)
+            nonlocal tries
+            tries += 1
+            claiming = claim_next if tries == 1 else None
+            return finish(*args, **kwargs, claim_next=claiming, claim_at=claim_at)
 
         retry_task_id = None
         if will_retry and ctx.retries_as_tasks:
@@ -345,7 +346,7 @@ def run_once(
             claimed_next, will_retry = None, False
         if claim_next is not None and claimed_next is not None:
             ctx.claims[claim_next] = claimed_next
-        elif claim_next is not None and len(sent) > 1:
+        elif claim_next is not None and tries > 1:
             # The first try's claim may have committed.
             ctx.maybe_claimed[claim_next] = claim_at
 
@@ -388,13 +389,12 @@ def run_once(
                 number,
                 exc_info=error,
             )
-        signals.delivery_failed.send_robust(
-            sender=RunContext,
+        signal_failed(
+            error,
             delivery_id=delivery_id,
             event_id=uuid.UUID(ctx.event_id),
             listener=spec["id"],
             messagio=messagio,
-            exception=error,
             will_retry=will_retry,
         )
     if escaping is not None:
@@ -403,6 +403,30 @@ def run_once(
         spec["id"], error is None, result=result, exception=error, attempts=spec["attempt"]
     )
     return outcome, will_retry
+
+
+def signal_failed(
+    exception: BaseException,
+    *,
+    delivery_id: str | None,
+    event_id: uuid.UUID,
+    listener: str,
+    messagio: Any,
+    will_retry: bool = False,
+) -> None:
+    """Send ``delivery_failed`` for one delivery's failed attempt (final unless
+    ``will_retry``)."""
+    from messagio import signals
+
+    signals.delivery_failed.send_robust(
+        sender=RunContext,
+        delivery_id=delivery_id,
+        event_id=event_id,
+        listener=listener,
+        messagio=messagio,
+        exception=exception,
+        will_retry=will_retry,
+    )
 
 
 def report_lost_too_often(
@@ -416,17 +440,9 @@ def report_lost_too_often(
 ) -> None:
     """Report a delivery failed, not run again, because its workers kept dying under it
     (from a worker's claim, or from a requeue, which loads no payload)."""
-    from messagio import signals
-
     logger.error("messagio: listener %s failed for %s: %s", listener, messagio_type, error)
-    signals.delivery_failed.send_robust(
-        sender=RunContext,
-        delivery_id=delivery_id,
-        event_id=event_id,
-        listener=listener,
-        messagio=messagio,
-        exception=error,
-        will_retry=False,
+    signal_failed(
+        error, delivery_id=delivery_id, event_id=event_id, listener=listener, messagio=messagio
     )
 
 
@@ -467,7 +483,6 @@ def _not_run(
     """Record the listeners after one that ended the process as failed, never run: nothing
     else would run them (in-process runs have no message), and a replay can. Each is a
     final failure, signalled as one."""
-    from messagio import signals
     from messagio.models import Delivery
     from messagio.records import exception_name
 
@@ -481,12 +496,10 @@ def _not_run(
         error=f"not run: {exited} ended the process before it ({exc!r})",
     )
     for delivery_id in ids:
-        signals.delivery_failed.send_robust(
-            sender=RunContext,
+        signal_failed(
+            exc,
             delivery_id=delivery_id,
             event_id=uuid.UUID(ctx.event_id),
             listener=by_id[delivery_id]["id"],
             messagio=messagio,
-            exception=exc,
-            will_retry=False,
         )

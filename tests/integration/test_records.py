@@ -891,18 +891,14 @@ def test_a_group_neither_the_database_nor_the_broker_takes_goes_back_to_its_queu
     assert isinstance(outcome.result, Reject) and outcome.result.requeue
 
 
-def test_a_claim_whose_reply_was_lost_is_taken_as_this_runs_own(monkeypatch):
-    """The statement that records a listener's outcome and claims the next one committed,
-    and its reply was lost: the outcome is sent again alone, and the next listener, found
-    running under this very task, is run as its claim, not recorded as a lost attempt."""
+def first_reply_lost(monkeypatch, meanwhile=lambda: None) -> list:
+    """The first outcome a worker records commits, with its claim of the next listener,
+    and its reply is lost (``meanwhile`` runs in between); the worker then sends it again.
+    Returns the delivery that lost statement claimed, once it ran."""
     from django.db import OperationalError
 
     from messagio import records
-    from messagio.tasks import deliver
 
-    token = new_token()
-    event, envelope = recorded_group(Ping(token))
-    first, second = (spec["delivery"] for spec in envelope["listeners"][:2])
     real_finish = records.finish
     lost = []
 
@@ -910,11 +906,25 @@ def test_a_claim_whose_reply_was_lost_is_taken_as_this_runs_own(monkeypatch):
         outcome = real_finish(*args, **kwargs)
         if not lost:
             lost.append(kwargs.get("claim_next"))
+            meanwhile()
             raise OperationalError("server closed the connection unexpectedly")
         return outcome
 
     monkeypatch.setattr(records, "finish", finish_whose_first_reply_is_lost)
     monkeypatch.setattr(records.time, "sleep", lambda seconds: None)  # the retry's back-off
+    return lost
+
+
+def test_a_claim_whose_reply_was_lost_is_taken_as_this_runs_own(monkeypatch):
+    """The statement that records a listener's outcome and claims the next one committed,
+    and its reply was lost: the outcome is sent again alone, and the next listener, found
+    running under this very task, is run as its claim, not recorded as a lost attempt."""
+    from messagio.tasks import deliver
+
+    token = new_token()
+    event, envelope = recorded_group(Ping(token))
+    first, second = (spec["delivery"] for spec in envelope["listeners"][:2])
+    lost = first_reply_lost(monkeypatch)
 
     deliver.apply(args=(envelope,), task_id="the-groups-task")
 
@@ -930,28 +940,18 @@ def test_a_claim_another_copy_made_meanwhile_is_not_taken_for_the_lost_one(monke
     """The same message running twice on one host (same task id and worker name): after
     this run's lost reply, the other copy claimed the next listener. That claim is not this
     run's, so this run takes it over as any redelivered copy does, recording it lost."""
-    from django.db import OperationalError
-
     from messagio import records
     from messagio.tasks import deliver
 
     event, envelope = recorded_group(Ping(new_token()))
     second = envelope["listeners"][1]["delivery"]
-    real_finish = records.finish
-    lost = []
 
-    def finish_whose_first_reply_is_lost(*args, **kwargs):
-        outcome = real_finish(*args, **kwargs)
-        if not lost:
-            lost.append(kwargs.get("claim_next"))
-            mine = Delivery.objects.get(pk=second)
-            # Meanwhile the other copy finds it running under its task, and claims it.
-            records.claim(second, mine.task_id, mine.worker)
-            raise OperationalError("server closed the connection unexpectedly")
-        return outcome
+    def the_other_copy_claims_it():
+        # It finds the delivery running under its task, and claims it.
+        mine = Delivery.objects.get(pk=second)
+        records.claim(second, mine.task_id, mine.worker)
 
-    monkeypatch.setattr(records, "finish", finish_whose_first_reply_is_lost)
-    monkeypatch.setattr(records.time, "sleep", lambda seconds: None)  # the retry's back-off
+    first_reply_lost(monkeypatch, meanwhile=the_other_copy_claims_it)
 
     deliver.apply(args=(envelope,), task_id="the-groups-task")
 
