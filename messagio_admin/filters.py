@@ -66,16 +66,17 @@ class EventStatusFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request: Any, queryset: QuerySet) -> QuerySet | None:
+        value = self.value() or ""
         waiting = {"in_flight": queries.in_flight, "waiting": queries.waiting_for_a_worker}
-        if self.value() in waiting:
+        if value in waiting:
             ids, self.capped = queries.waiting_ids(using=queryset.db)
-            return waiting[self.value() or ""](queryset, waiting=ids)
+            return waiting[value](queryset, waiting=ids)
         selections = {
             "failed": queries.with_failures,
             "ok": queries.all_ok,
             "unpublished": queries.never_published,
         }
-        selection = selections.get(self.value() or "")
+        selection = selections.get(value)
         return selection(queryset) if selection else None
 
     def selection_note(self) -> str:

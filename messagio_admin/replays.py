@@ -151,7 +151,8 @@ class ReplayAdmin(RecordAdmin):
     @method_decorator(require_POST)
     def stop_view(self, request: Any, object_id: str) -> Any:
         """Stop a running replay: it queues nothing more (``run_replay`` ends when its
-        record is no longer running, before its next batch); what it queued still runs."""
+        record is no longer running: between batches, and within a second while it waits
+        for its rate or its canary); what it queued still runs."""
         if not self.has_stop_permission(request):
             raise PermissionDenied
         try:
