@@ -664,13 +664,14 @@ def _summary_from_payload(payload: bytes) -> dict[str, Any]:
 class AttemptTakenOverError(Exception):
     """The attempt being recorded is no longer its delivery's: the delivery was requeued, or
     its message handed to another worker, while this one ran it. Nothing is written; the
-    copy that took it over runs the rest of its group."""
+    rest of its group is run by the copy that took it over when that copy carries it
+    (``execution.copy_runs_the_rest``), else by this one."""
 
     def __init__(self, delivery_id: str, number: int) -> None:
         super().__init__(
             f"attempt {number} of delivery {delivery_id} was taken over while it ran (the "
             "delivery requeued, or its message handed to another worker); its outcome here "
-            "is not recorded, and the rest of its group is left to the copy that took it over"
+            "is not recorded"
         )
 
 

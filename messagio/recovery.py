@@ -200,7 +200,8 @@ def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
     does not hand it back (the filesystem broker; Redis only after its visibility timeout).
     Published again with it, each runs once: a later copy of the message finds it finished.
     A retry, a replay or an earlier requeue travels alone or with others: its followers may
-    be in a message still running elsewhere, and are left to it (or to ``--lost-after``).
+    be in a message still running elsewhere, and are left to it (taken over, that message
+    goes on with them: ``execution.copy_runs_the_rest``).
     """
     from messagio.models import Delivery
 

@@ -186,6 +186,32 @@ def test_a_listener_that_exits_is_recorded_as_failed_and_the_exit_goes_through(
     assert "not run" in after.error and not after.history.exists()
 
 
+def retried_then_requeued(messagio: Quits) -> None:
+    ran.append("retried")
+    if ran.count("retried") == 1:
+        raise ValueError("fails once")
+    # Its second attempt ran past STUCK_TIMEOUT: the relay took it and requeued it, alone
+    # (a retry's followers are its group's, here this run's).
+    Delivery.objects.filter(status="running").update(status="pending")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_fire_whose_retry_was_requeued_meanwhile_goes_on_with_the_rest(
+    isolated_registry,
+):
+    ran.clear()
+    center = MessageCenter.singleton()
+    center.subscribe(Quits, retried_then_requeued, autoretry_for=(ValueError,), max_retries=1)
+    center.subscribe(Quits, after_quits)
+
+    Quits(0).fire(sync=True)
+
+    requeued, after = Delivery.objects.order_by("position")
+    assert (requeued.status, requeued.attempts) == ("pending", 2)  # its requeue's message's
+    assert ran == ["retried", "retried", "after"]
+    assert after.status == "succeeded"
+
+
 #: A SystemExit of a class whose dotted path is longer than Delivery.error_type holds.
 LongExit = type("Exit" + "s" * 300, (SystemExit,), {})
 

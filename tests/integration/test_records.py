@@ -1100,6 +1100,83 @@ def test_an_exit_after_the_attempt_was_taken_over_leaves_the_rest_to_the_other_c
     assert Delivery.objects.get(pk=second["delivery"]).status == "pending"
 
 
+def taken_over_at_its_first_outcome(monkeypatch, take_over) -> None:
+    """The first outcome the worker records finds its attempt taken over: ``take_over(id)``
+    runs just before that statement, for the delivery it records."""
+    from messagio import records
+
+    real_finish = records.finish
+    done = []
+
+    def finish_after_a_takeover(delivery_id, *args, **kwargs):
+        if not done:
+            done.append(delivery_id)
+            take_over(delivery_id)
+        return real_finish(delivery_id, *args, **kwargs)
+
+    monkeypatch.setattr(records, "finish", finish_after_a_takeover)
+
+
+def requeued_by_the_relay(delivery_id) -> None:
+    # What recovery.requeue does to a delivery it takes: pending, published again.
+    Delivery.objects.filter(pk=delivery_id).update(status="pending")
+
+
+def lost_once_before(event) -> Delivery:
+    first = Delivery.objects.get(event_id=event.id, position=0)
+    Delivery.objects.filter(pk=first.pk).update(
+        status="pending", attempts=1, task_id="an-earlier-message"
+    )  # requeued after its worker died: its next claim is attempt 2
+    return first
+
+
+def test_a_message_whose_listener_was_requeued_alone_goes_on_with_the_rest(monkeypatch):
+    """A requeue publishes a delivery whose claim was not a first attempt (a retry, a
+    replay, an earlier requeue) alone: the message it was taken from runs the listeners
+    after it, which no other message carries."""
+    from messagio.tasks import deliver
+
+    token = new_token()
+    event, envelope = recorded_group(Ping(token))
+    first = lost_once_before(event)
+    taken_over_at_its_first_outcome(monkeypatch, requeued_by_the_relay)
+
+    deliver.apply(args=(envelope,), task_id="the-groups-task")
+
+    first.refresh_from_db()
+    assert (first.status, first.attempts) == ("pending", 2)  # its requeue's message runs it
+    rest = Delivery.objects.filter(event_id=event.id, position__gt=0)
+    # Run by this message (Ping's "broken" listener fails on purpose).
+    assert rest.exists() and set(rest.values_list("status", flat=True)) <= {"succeeded", "failed"}
+
+
+def claimed_by_a_copy_of_this_message(delivery_id) -> None:
+    from messagio.records import claim
+
+    claim(delivery_id, "the-groups-task", "other@host")  # RabbitMQ's consumer_timeout, say
+
+
+@pytest.mark.parametrize(
+    ("take_over", "attempt"),
+    [(requeued_by_the_relay, 1), (claimed_by_a_copy_of_this_message, 2)],
+    ids=["first-attempt-requeued-with-its-followers", "same-message-redelivered"],
+)
+def test_a_message_taken_over_by_a_copy_that_carries_the_rest_leaves_it_to_that_copy(
+    monkeypatch, take_over, attempt
+):
+    from messagio.tasks import deliver
+
+    event, envelope = recorded_group(Ping(new_token()))
+    if attempt > 1:
+        lost_once_before(event)
+    taken_over_at_its_first_outcome(monkeypatch, take_over)
+
+    deliver.apply(args=(envelope,), task_id="the-groups-task")
+
+    rest = Delivery.objects.filter(event_id=event.id, position__gt=0)
+    assert rest.exists() and set(rest.values_list("status", flat=True)) == {"pending"}
+
+
 def test_records_get_time_ordered_ids():
     event, envelope = recorded_group(Ping(new_token()))
     assert event.id.version == 7
