@@ -20,6 +20,11 @@ Listener = Callable[[Any], Any]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MAX_PRIORITY = max(TASK_PRIORITY)
+#: Longest listener id, import path and messagio type name the records hold, and longest
+#: queue name (the max_length of their columns in messagio.models): checked when a listener
+#: subscribes, not when a worker first writes the group's rows and the database refuses them.
+NAME_MAX_LENGTH = 255
+QUEUE_MAX_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,17 @@ def _validate(
         )
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise TypeError(f"{where}: queue must be a non-empty queue name, not {queue!r}.")
+    if queue is not None and len(queue) > QUEUE_MAX_LENGTH:
+        raise ValueError(
+            f"{where}: the queue name is {len(queue)} characters long; messagio records at "
+            f"most {QUEUE_MAX_LENGTH}. Use a shorter queue name."
+        )
+    if len(messagio_type.get_name()) > NAME_MAX_LENGTH:
+        raise ValueError(
+            f"{where}: the messagio type's dotted path is {len(messagio_type.get_name())} "
+            f"characters long; messagio records at most {NAME_MAX_LENGTH}. Move the class to a "
+            "shorter module path or give it a shorter name."
+        )
     if isinstance(autoretry_for, type):
         autoretry_for = (autoretry_for,)
     autoretry_for = tuple(autoretry_for or ())
@@ -192,6 +208,15 @@ class Registry:
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty string, not {name!r}.")
         listener_id = name or _describe(listener)
+        import_path = _import_path(listener)
+        too_long = max((listener_id, import_path or ""), key=len)
+        if len(too_long) > NAME_MAX_LENGTH:
+            raise ValueError(
+                f"Cannot subscribe {listener_id!r} to {messagio_type.get_name()}: its "
+                f"{'id' if too_long is listener_id else 'import path'} is {len(too_long)} "
+                f"characters long; messagio records at most {NAME_MAX_LENGTH}. Give it a "
+                "shorter id with name=... and define it in a module of a shorter path."
+            )
         with self._lock:
             for existing in self._by_type.get(messagio_type, ()):
                 if existing.listener is listener:
@@ -207,7 +232,7 @@ class Registry:
                 messagio_type=messagio_type,
                 listener=listener,
                 listener_id=listener_id,
-                import_path=_import_path(listener),
+                import_path=import_path,
                 priority=None if priority is None else int(priority),
                 queue=queue,
                 autoretry_for=retry_on,

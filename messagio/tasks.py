@@ -69,7 +69,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
     A listener that fails with one of its ``autoretry_for`` exceptions is retried alone,
     in a task of its own, after its ``default_retry_delay``.
     """
-    from django.db import InterfaceError, OperationalError
+    from django.db import InterfaceError, OperationalError, ProgrammingError
 
     from messagio.exceptions import PayloadSignatureError
     from messagio.execution import EXITS, RECORDED_EXIT, RunContext, load_messagio, run_once
@@ -116,12 +116,17 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
             _, will_retry = run_once(
                 messagio, spec, ctx, load_error=load_error, next_spec=next_spec
             )
-        except (OperationalError, InterfaceError) as exc:
-            # The database stayed unreachable: send the group again later, from the
-            # interrupted listener on (it is recorded as lost and rerun; the ones before it
-            # finished or wait for their own retry message).
+        except (OperationalError, InterfaceError, ProgrammingError) as exc:
+            # The database stayed unreachable, or refuses messagio's statements (code and
+            # schema out of step while a deploy migrates): send the group again later, from
+            # the interrupted listener on (it is recorded as lost and rerun; the ones before
+            # it finished or wait for their own retry message). Acknowledged as a failed
+            # task, its listeners would be left with no message, or no rows at all.
             logger.error(
-                "messagio: database unavailable, group of %s requeued: %r", ctx.event_id, exc
+                "messagio: the database did not take the group of %s (unavailable, or its "
+                "schema out of step with this code); requeued: %r",
+                ctx.event_id,
+                exc,
             )
             # Under this task's id: a retry's delivery waits for its own task id.
             try:

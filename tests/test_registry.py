@@ -201,6 +201,39 @@ def test_bad_options_raise_type_error_at_subscription(options, message):
         listen_to_message(PerformAction, **options)(listener_a)
 
 
+#: A messagio class whose dotted path is longer than the records hold.
+LongNamed = type("Long" + "d" * 260, (Messagio,), {})
+
+
+@pytest.mark.parametrize(
+    ("messagio_type", "options", "message"),
+    [
+        (PerformAction, {"name": "x" * 256}, "its id is 256 characters long"),
+        (PerformAction, {"queue": "q" * 201}, "the queue name is 201 characters long"),
+        (LongNamed, {}, "the messagio type's dotted path is"),
+    ],
+    ids=["listener id", "queue", "messagio type"],
+)
+def test_a_name_longer_than_the_records_hold_is_refused_at_subscription(
+    messagio_type, options, message
+):
+    # Else the worker's first write of the group's rows fails, and the group is lost.
+    with pytest.raises(ValueError, match=message):
+        listen_to_message(messagio_type, **options)(listener_a)
+    assert not any(s.listener is listener_a for s in registry.subscriptions_for(messagio_type))
+
+
+def test_the_length_limits_are_the_records_columns():
+    from messagio.models import Delivery
+    from messagio.registry import NAME_MAX_LENGTH, QUEUE_MAX_LENGTH
+
+    field = Delivery._meta.get_field
+    assert {field(name).max_length for name in ("listener", "import_path", "messagio_type")} == {
+        NAME_MAX_LENGTH
+    }
+    assert field("queue").max_length == QUEUE_MAX_LENGTH
+
+
 async def listener_async(msg):
     pass
 
