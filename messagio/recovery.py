@@ -201,15 +201,16 @@ def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
     Published again with it, each runs once: a later copy of the message finds it finished.
     A retry, a replay or an earlier requeue travels alone or with others: its followers may
     be in a message still running elsewhere, and are left to it (taken over, that message
-    goes on with them: ``execution.copy_runs_the_rest``).
+    goes on with them: ``execution.copy_runs_the_rest``). An event run in process (a sync
+    fire) is one run of all its listeners: every pending one after the taken one goes.
     """
     from messagio.models import Delivery
 
     if not taken:
         return []
-    first_taken: dict[tuple[Any, int, str], int] = {}
+    first_taken: dict[tuple[Any, ...], int] = {}
     ids = set()
-    for event_id, members in taken.items():
+    for members in taken.values():
         for delivery in members:
             ids.add(delivery.pk)
             from_group_message = (
@@ -219,7 +220,7 @@ def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
             )
             if not from_group_message:
                 continue
-            key = (event_id, delivery.priority, delivery.queue)
+            key = _run_of(delivery)
             first_taken[key] = min(first_taken.get(key, delivery.position), delivery.position)
     if not first_taken:
         return []
@@ -231,10 +232,20 @@ def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
     )
     followers = []
     for delivery in candidates:
-        first = first_taken.get((delivery.event_id, delivery.priority, delivery.queue))
+        first = first_taken.get(_run_of(delivery))
         if first is not None and delivery.position > first:
             followers.append(delivery)
     return followers
+
+
+def _run_of(delivery: Any) -> tuple[Any, ...]:
+    """What runs a delivery's listeners in order: its group's message, or the whole event's
+    in-process run."""
+    from messagio.models import Event
+
+    if delivery.event.state == Event.State.INLINE:
+        return (delivery.event_id,)
+    return (delivery.event_id, delivery.priority, delivery.queue)
 
 
 def requeue_orphans(worker_name: str) -> int:
@@ -253,7 +264,7 @@ def requeue_stuck(timeout: float | None = None, limit: int = REQUEUE_BATCH) -> i
     """Requeue deliveries ``running`` or ``retrying`` for longer than STUCK_TIMEOUT, the
     ``limit`` oldest: a broker that lost a backlog of retries does not make one run load
     them all. Then the retries the broker refused to take (see ``tasks.deliver``), once
-    their delay has passed."""
+    their delay has passed; then the deliveries an in-process run left pending."""
     from messagio.conf import get_setting
     from messagio.models import Delivery
     from messagio.records import RETRY_NOT_SENT
@@ -283,7 +294,38 @@ def requeue_stuck(timeout: float | None = None, limit: int = REQUEUE_BATCH) -> i
         requeued += requeue(
             unsent.filter(pk__in=due), "the broker refused its retry; its delay has passed"
         )
+    left = list(left_by_an_in_process_run(cutoff).values_list("pk", flat=True)[:limit])
+    if left:
+        requeued += requeue(
+            left_by_an_in_process_run(cutoff).filter(pk__in=left),
+            f"the in-process run of its event (a sync fire) stopped before it for more than "
+            f"{seconds:g}s",
+        )
     return requeued
+
+
+def left_by_an_in_process_run(cutoff: datetime.datetime) -> Any:
+    """Pending deliveries of events run in process (a sync fire) fired before ``cutoff``,
+    with nothing of them running and not requeued since: their process died, a database
+    error ended the run, or the on_commit that was to start it never ran. No message
+    carries them; the relay publishes them to a worker, as it does a stuck one."""
+    from messagio.models import Delivery, Event
+
+    busy = Delivery.objects.filter(
+        event_id=OuterRef("event_id"),
+        status__in=[Delivery.Status.RUNNING, Delivery.Status.RETRYING],
+    )
+    return (
+        Delivery.objects.filter(
+            status=Delivery.Status.PENDING,
+            event__state=Event.State.INLINE,
+            event__fired_at__lt=cutoff,
+        )
+        # A requeue marks its event published again: not taken twice while it waits.
+        .filter(Q(event__published_at__isnull=True) | Q(event__published_at__lt=cutoff))
+        .exclude(Exists(busy))
+        .order_by("event__fired_at", "position")
+    )
 
 
 #: How far back before the cutoff :func:`requeue_lost` looks for events (by fired_at).

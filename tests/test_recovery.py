@@ -40,12 +40,15 @@ def hours_ago(hours: float) -> datetime.datetime:
     return timezone.now() - datetime.timedelta(hours=hours)
 
 
-def event_with(*rows: tuple[str, int], priority: int = 5, at=None) -> tuple[Event, list]:
-    """A published Ping event and its deliveries: (status, attempts) at positions 0, 1, ..."""
+def event_with(
+    *rows: tuple[str, int], priority: int = 5, at=None, state: str = "published"
+) -> tuple[Event, list]:
+    """A published Ping event (or as ``state`` says) and its deliveries: (status, attempts)
+    at positions 0, 1, ..."""
     at = at or hours_ago(2)
     event = Event.objects.create(
-        messagio_type=PING, fired_at=at, published_at=at, state="published", payload=b"x",
-        listener_count=len(registry.subscriptions_for(Ping)),
+        messagio_type=PING, fired_at=at, published_at=at if state == "published" else None,
+        state=state, payload=b"x", listener_count=len(registry.subscriptions_for(Ping)),
     )  # fmt: skip
     listeners = [s.listener_id for s in registry.subscriptions_for(Ping)]
     deliveries = [
@@ -387,3 +390,53 @@ def test_a_requeued_retry_goes_on_with_the_retries_it_was_given(monkeypatch):
 
     attempts = {spec["delivery"]: spec["attempt"] for e in sent for spec in e["listeners"]}
     assert attempts == {str(retrying.pk): 2, str(fresh.pk): 2}
+
+
+# --- What an in-process run (a sync fire) left ---------------------------------------------
+
+
+def test_the_relay_publishes_what_an_in_process_run_left_pending_once(published):
+    from messagio.recovery import requeue_stuck
+
+    # Its process died after the first listener (or the on_commit that was to run it never
+    # did): no message carries the others.
+    event, (done, left, other) = event_with(
+        ("succeeded", 1), ("pending", 0), ("pending", 0), state="inline"
+    )
+    Delivery.objects.filter(pk=other.pk).update(priority=1)  # another group: it goes too
+
+    assert requeue_stuck() == 2
+    assert requeue_stuck() == 0  # published again: not taken twice while it waits
+
+    assert sorted(sum(published, [])) == sorted([str(left.pk), str(other.pk)])
+    assert str(done.pk) not in sum(published, [])
+
+
+@pytest.mark.parametrize(
+    ("rows", "fired"),
+    [
+        ((("running", 1), ("pending", 0)), 2),  # its run goes on (requeued once stuck)
+        ((("succeeded", 1), ("pending", 0)), 0.1),  # fired within STUCK_TIMEOUT
+    ],
+    ids=["a-listener-of-it-running", "fired-recently"],
+)
+def test_the_relay_leaves_an_in_process_run_that_may_go_on(published, rows, fired):
+    from messagio.recovery import requeue_stuck
+
+    event, deliveries = event_with(*rows, state="inline", at=hours_ago(fired))
+    Delivery.objects.filter(status="running").update(started_at=timezone.now())
+
+    assert requeue_stuck() == 0
+    assert published == []
+
+
+def test_a_stuck_in_process_run_is_requeued_with_every_listener_after_it(published):
+    event, (stuck, same, other) = event_with(
+        ("running", 1), ("pending", 0), ("pending", 0), state="inline"
+    )
+    Delivery.objects.filter(pk=other.pk).update(priority=1)
+
+    assert requeue(Delivery.objects.filter(pk=stuck.pk), "test") == 1
+
+    # One run of all its listeners: the ones after it in any group are carried by nothing.
+    assert sorted(sum(published, [])) == sorted([str(stuck.pk), str(same.pk), str(other.pk)])

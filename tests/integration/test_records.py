@@ -555,6 +555,40 @@ def test_a_partly_published_fire_leaves_the_rest_of_a_running_group_to_its_messa
     assert calls == ["held_after", "held_regular", "release", "slow-finished", "slow-started"]
 
 
+def test_what_an_in_process_run_never_ran_is_delivered_by_the_relay_through_a_worker(worker):
+    """Its on_commit never ran (a callback registered before it raised): the event and its
+    deliveries are committed, pending, and no message carries them."""
+    import datetime
+
+    from django.utils import timezone
+
+    from messagio.center import InProcessMessageCenter
+    from messagio.recovery import requeue_stuck
+
+    token = new_token()
+
+    def another_apps_callback_fails():
+        raise RuntimeError("another app's on_commit")
+
+    with pytest.raises(RuntimeError, match="another app's on_commit"):
+        with transaction.atomic():
+            transaction.on_commit(another_apps_callback_fails)
+            report = InProcessMessageCenter.singleton().send(Ping(token))
+    assert set(
+        Delivery.objects.filter(event_id=report.event_id).values_list("status", flat=True)
+    ) == {"pending"}
+    Event.objects.filter(pk=report.event_id).update(
+        fired_at=timezone.now() - datetime.timedelta(hours=2)
+    )  # past STUCK_TIMEOUT
+
+    assert requeue_stuck() == Event.objects.get(pk=report.event_id).listener_count
+
+    deliveries = wait_finished(report.event_id)
+    assert all(d.attempts == 1 and d.worker for d in deliveries)  # each run once, in a worker
+    ran = sorted(Call.objects.filter(token=token).values_list("listener", flat=True))
+    assert ran == sorted(["first", "second", "broken", "third", "of_many"])
+
+
 def test_a_setting_makes_fire_raise_when_the_broker_is_down(worker, broker_outage):
     broker_outage.cut()
     with override_settings(MESSAGIO={"RAISE_ON_PUBLISH_ERROR": True}):
