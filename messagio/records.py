@@ -453,10 +453,13 @@ def publish_all(envelope_list: list[dict[str, Any]]) -> list[str]:
     return [publish(envelope) for envelope in envelope_list]
 
 
-def publish_each(envelope_list: list[dict[str, Any]]) -> list[str]:
+def publish_each(
+    envelope_list: list[dict[str, Any]], sent: list[tuple[dict[str, Any], str]] | None = None
+) -> list[str]:
     """publish_all, one envelope at a time: a refusal raises PublishRefusedError saying
-    which went out before it."""
-    sent: list[tuple[dict[str, Any], str]] = []
+    which went out before it. ``sent``, when given, gets each (envelope, task id) as it goes
+    out, for a caller interrupted by something other than a refusal."""
+    sent = [] if sent is None else sent
     for envelope in envelope_list:
         try:
             (task_id,) = publish_all([envelope])
@@ -468,12 +471,13 @@ def publish_each(envelope_list: list[dict[str, Any]]) -> list[str]:
 
 def _sent_ids(error: Exception) -> dict[str, str]:
     """Delivery id -> task id of what went out before a refusal."""
-    if not isinstance(error, PublishRefusedError):
-        return {}
+    return _task_ids(error.sent) if isinstance(error, PublishRefusedError) else {}
+
+
+def _task_ids(sent: list[tuple[dict[str, Any], str]]) -> dict[str, str]:
+    """Delivery id -> task id of the (envelope, task id) that went out."""
     return {
-        spec["delivery"]: task_id
-        for envelope, task_id in error.sent
-        for spec in envelope["listeners"]
+        spec["delivery"]: task_id for envelope, task_id in sent for spec in envelope["listeners"]
     }
 
 
@@ -554,10 +558,21 @@ def record_and_publish(event: NewEvent, deliveries: list[NewDelivery]) -> list[s
         save_records(event, deliveries)
         transaction.on_commit(lambda: publish_recorded(event, deliveries), using=alias)
         return []
+    sent: list[tuple[dict[str, Any], str]] = []
     try:
-        task_ids = publish_each(envelopes(event, deliveries, deliveries_recorded=False))
+        task_ids = publish_each(envelopes(event, deliveries, deliveries_recorded=False), sent)
     except Exception as exc:  # noqa: BLE001 - any publish failure leaves it to the relay
-        return _record_for_the_relay(event, deliveries, exc)
+        return _record_for_the_relay(event, deliveries, _cause(exc), sent)
+    except BaseException as exc:
+        # Interrupted between or in its publishes (a request timeout's SystemExit,
+        # gevent.Timeout, Ctrl-C): what went out runs, and its worker writes the Event from
+        # its message; the rest would have no record and no message. Recorded for the
+        # relay, then the interruption goes on.
+        try:
+            _record_for_the_relay(event, deliveries, exc, sent, raise_errors=False)
+        except Exception:  # noqa: BLE001 - the interruption is what the caller must see
+            logger.exception("messagio: could not record interrupted event %s", event.pk)
+        raise
     event.state = "published"
     event.published_at = timezone.now()
     save_records(event, [])
@@ -565,10 +580,14 @@ def record_and_publish(event: NewEvent, deliveries: list[NewDelivery]) -> list[s
 
 
 def _record_for_the_relay(
-    event: NewEvent, deliveries: list[NewDelivery], error: Exception
+    event: NewEvent,
+    deliveries: list[NewDelivery],
+    cause: BaseException,
+    sent_envelopes: list[tuple[dict[str, Any], str]],
+    raise_errors: bool | None = None,
 ) -> list[str]:
-    """Record a fire the broker refused, whole or after some of its groups, for the relay."""
-    cause = _cause(error)
+    """Record a fire the broker refused (``cause``), whole or after some of its groups
+    (``sent_envelopes``), for the relay."""
     event.state = "recorded"
     event.publish_error = _describe_exc(cause)
     logger.warning(
@@ -578,7 +597,7 @@ def _record_for_the_relay(
         cause,
     )
     # What went out writes its own rows (its message says so): only the rest, for the relay.
-    sent = _sent_ids(error)
+    sent = _task_ids(sent_envelopes)
     # One transaction: the relay sees the rest only once all of it is written.
     with transaction.atomic(using=db_alias()):
         save_records(event, [d for d in deliveries if str(d.id) not in sent])
@@ -590,7 +609,9 @@ def _record_for_the_relay(
                 state=Event.State.RECORDED, publish_error=event.publish_error
             )
             _mark_sent(sent)
-    if get_setting("RAISE_ON_PUBLISH_ERROR"):
+    if raise_errors is None:
+        raise_errors = bool(get_setting("RAISE_ON_PUBLISH_ERROR"))
+    if raise_errors:
         raise cause
     return list(dict.fromkeys(sent.values()))
 

@@ -518,6 +518,46 @@ def test_a_fire_the_broker_takes_only_partly_is_completed_by_the_relay_once(
     assert Event.objects.get(pk=report.event_id).state == "published"
 
 
+class RequestTimeout(BaseException):
+    """What a web server raises in a request it gives up on (gunicorn's SystemExit, a
+    gevent.Timeout): not an Exception."""
+
+
+def test_a_fire_interrupted_between_its_groups_leaves_the_rest_to_the_relay(
+    worker, sent_deliveries
+):
+    from celery.signals import before_task_publish
+
+    token = new_token()
+    publishes = []
+
+    def interrupt_the_second(**kwargs):
+        publishes.append(kwargs)
+        if len(publishes) == 2:
+            raise RequestTimeout("the request ran out of time")
+
+    before_task_publish.connect(interrupt_the_second, weak=False)
+    try:
+        with pytest.raises(RequestTimeout):
+            Split(token).fire()
+    finally:
+        before_task_publish.disconnect(interrupt_the_second)
+
+    (event,) = Event.objects.filter(summary__token=token)
+    assert event.state == "recorded"  # the rest waits for the relay, however the first went
+    sent_deliveries.clear()
+    assert relay(grace=0).published == 1
+    assert sent_deliveries == [listener_ids(event.pk, "split_first", "split_second")]
+
+    deliveries = wait_finished(event.pk)
+    assert [(d.status, d.attempts) for d in deliveries] == [("succeeded", 1)] * 3
+    assert sorted(Call.objects.filter(token=token).values_list("listener", flat=True)) == [
+        "split_first",
+        "split_second",
+        "split_urgent",
+    ]
+
+
 def test_a_partly_published_fire_leaves_the_rest_of_a_running_group_to_its_message(
     worker, broker_outage, sent_deliveries
 ):
