@@ -516,9 +516,13 @@ def _not_run(
     by_id = {str(spec["delivery"]): spec for spec in specs}
     pending = Delivery.objects.filter(pk__in=list(by_id), status=Delivery.Status.PENDING)
     ids = [str(pk) for pk in pending.values_list("pk", flat=True)]
+    now = timezone.now()
     Delivery.objects.filter(pk__in=ids, status=Delivery.Status.PENDING).update(
         status=Delivery.Status.FAILED,
-        finished_at=timezone.now(),
+        # Started (and ended) when it was given up, with 0 attempts: the admin's lists and
+        # counts of recent failures, which go by start, find it among them.
+        started_at=now,
+        finished_at=now,
         error_type=exception_name(exc),
         error=f"not run: {exited} ended the process before it ({exc!r})",
     )

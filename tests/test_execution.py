@@ -184,6 +184,8 @@ def test_a_listener_that_exits_is_recorded_as_failed_and_the_exit_goes_through(
     # Nothing else would run it (no message in a sync fire): failed, never run, replayable.
     assert (after.status, after.attempts, after.error_type) == ("failed", 0, "builtins.SystemExit")
     assert "not run" in after.error and not after.history.exists()
+    # Among the recent failures of the admin's lists and overview, which go by start.
+    assert after.started_at == after.finished_at and after.finished_at >= exited.finished_at
 
 
 def retried_then_requeued(messagio: Quits) -> None:
