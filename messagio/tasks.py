@@ -345,6 +345,9 @@ def replay(
         Delivery.objects.filter(**delivery_filter)
         .exclude(status__in=IN_FLIGHT)
         .filter(Q(finished_at__isnull=True) | Q(finished_at__lte=record.snapshot_at))
+        # Resumed, it does not take again what it queued before and failed again since,
+        # whatever a worker's clock wrote as its finish.
+        .exclude(replay=record)
     )
     run_replay(record, frozen)
 

@@ -222,3 +222,42 @@ def test_a_replay_at_a_slow_rate_publishes_nothing_more_once_stopped_during_its_
     assert len(sent) == 1  # the first delivery alone, of the four
     assert all(seconds <= replays.STOP_CHECK_INTERVAL for seconds in naps)
     assert (record.state, record.stopped_reason) == ("stopped", "by ann")
+
+
+# --- Clocks of other hosts ------------------------------------------------------------------
+
+
+def test_outcomes_count_what_a_worker_whose_clock_is_behind_finished(monkeypatch):
+    event = failed_event()
+    record = Replay.objects.create(snapshot_at=timezone.now(), total=2)
+    behind = record.snapshot_at - datetime.timedelta(seconds=5)  # the worker's clock
+    for status, delivery in zip(("failed", "succeeded"), event.deliveries.all(), strict=True):
+        Delivery.objects.filter(pk=delivery.pk).update(
+            status=status, replay=record, finished_at=behind
+        )
+
+    assert replays._outcomes(record) == (1, 2)  # the failure rate sees them
+
+
+def test_a_resumed_replay_task_does_not_take_again_what_it_queued_and_failed_again(monkeypatch):
+    """Its worker died mid-replay; the task's message came back. A delivery it queued
+    failed again on a worker whose clock is behind: finished "before" the snapshot."""
+    from messagio.tasks import replay as replay_task
+
+    event = failed_event()
+    first, second = event.deliveries.order_by("pk")
+    sent: list[str] = []
+
+    def publish_all(envelope_list):
+        sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
+        return ["task"]
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+    record = Replay.objects.create(snapshot_at=timezone.now(), total=2, queued=1)
+    Delivery.objects.filter(pk=first.pk).update(
+        replay=record, finished_at=record.snapshot_at - datetime.timedelta(seconds=5)
+    )  # still "failed": it failed again
+
+    replay_task.apply(args=(record.pk, {"event_id": str(event.pk)}))
+
+    assert sent == [str(second.pk)]
