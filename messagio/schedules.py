@@ -21,7 +21,9 @@ def whole_seconds(interval: float) -> int:
 def ensure_periodic_tasks(using: str = "default", **kwargs: Any) -> None:
     """Create or update the relay and prune PeriodicTasks (a post_migrate receiver).
 
-    Only their task and interval are set: a task an operator disabled stays disabled.
+    Only their task, interval and expiry are set: a task an operator disabled stays
+    disabled. Each run's message expires after one interval: while no worker takes them (a
+    backlog, an outage), runs do not pile up to go all at once, the next one replaces it.
     Nothing happens where django-celery-beat's tables are not (``migrate messagio`` before
     them, a database the routers keep them out of).
     """
@@ -53,11 +55,13 @@ def ensure_periodic_tasks(using: str = "default", **kwargs: Any) -> None:
             try:
                 with transaction.atomic(using=using):
                     PeriodicTask.objects.using(using).create(
-                        name=name, task=task, interval=interval
+                        name=name, task=task, interval=interval, expire_seconds=seconds
                     )
             except (IntegrityError, ValidationError):  # beat's save() validates its name
                 pass  # another migrate (one per deployed container) made it meanwhile
         elif existing.interval_id is not None:
             # An operator who moved it to another kind of schedule keeps that schedule.
             existing.task, existing.interval = task, interval
-            existing.save(update_fields=["task", "interval"])
+            if existing.expires is None:  # else the operator's expiry date (not both)
+                existing.expire_seconds = seconds
+            existing.save(update_fields=["task", "interval", "expire_seconds"])

@@ -37,6 +37,31 @@ def test_migrate_made_the_prune_task_at_the_prune_interval():
     assert task.enabled is True
 
 
+def test_each_run_expires_after_one_interval_so_runs_no_worker_took_do_not_pile_up():
+    from django_celery_beat.schedulers import ModelEntry
+
+    with override_settings(MESSAGIO={"RELAY_INTERVAL": 5, "PRUNE_INTERVAL": 600}):
+        ensure_periodic_tasks()
+
+    # What beat publishes each run with (apply_async's expires, in seconds).
+    assert ModelEntry(relay_task()).options["expires"] == 5
+    assert ModelEntry(prune_task()).options["expires"] == 600
+
+
+def test_an_expiry_date_an_operator_set_is_kept():
+    import datetime
+
+    from django.utils import timezone
+
+    until = timezone.now() + datetime.timedelta(days=1)
+    PeriodicTask.objects.filter(name=RELAY_SCHEDULE_NAME).update(expires=until, expire_seconds=None)
+
+    ensure_periodic_tasks()
+
+    task = relay_task()
+    assert (task.expires, task.expire_seconds) == (until, None)
+
+
 def test_post_migrate_recreates_a_deleted_task():
     PeriodicTask.objects.filter(name__in=[RELAY_SCHEDULE_NAME, PRUNE_SCHEDULE_NAME]).delete()
 
