@@ -76,7 +76,8 @@ DEFAULTS: dict[str, Any] = {
     # Seconds what a published event's messages carry must have waited for a worker, with
     # nothing of it running, before its admin page offers to publish it again (a message the
     # broker lost). Choose more than your queues ever take: a copy published while the
-    # original still waits in a backlog runs its listeners twice if the two overlap.
+    # original still waits in a backlog may run a group's listeners out of order if the two
+    # overlap (each listener still runs once).
     "PUBLISH_AGAIN_AFTER": 600,
     # Days succeeded / failed records are kept by the prune task; None keeps them forever.
     "RETAIN_SUCCEEDED_DAYS": 30,

@@ -369,7 +369,7 @@ def run_once(
             )
     elif error is None:
         signals.delivery_succeeded.send_robust(
-            sender=RunContext,
+            sender=signal_sender(messagio, ctx.messagio_type),
             delivery_id=delivery_id,
             event_id=uuid.UUID(ctx.event_id),
             listener=spec["id"],
@@ -399,6 +399,7 @@ def run_once(
             event_id=uuid.UUID(ctx.event_id),
             listener=spec["id"],
             messagio=messagio,
+            messagio_type=ctx.messagio_type,
             will_retry=will_retry,
         )
     if escaping is not None:
@@ -430,6 +431,18 @@ def copy_runs_the_rest(delivery_id: str, number: int, ctx: RunContext) -> bool:
     return holder is not None and holder[1] == ctx.task_id and holder[0] != Delivery.Status.PENDING
 
 
+def signal_sender(messagio: Any, messagio_type: str) -> type | None:
+    """Whom the delivery signals are sent by, as ``messagio_fired`` (and Django's model
+    signals, by the model class): the messagio's class, so that a receiver can connect to one
+    type. When no messagio could be loaded (or none was, by the relay): the subscribed class
+    of that name, if any."""
+    if messagio is not None:
+        return type(messagio)
+    from messagio.registry import registry
+
+    return next((t for t in registry.messagio_types() if t.get_name() == messagio_type), None)
+
+
 def signal_failed(
     exception: BaseException,
     *,
@@ -437,6 +450,7 @@ def signal_failed(
     event_id: uuid.UUID,
     listener: str,
     messagio: Any,
+    messagio_type: str,
     will_retry: bool = False,
 ) -> None:
     """Send ``delivery_failed`` for one delivery's failed attempt (final unless
@@ -444,7 +458,7 @@ def signal_failed(
     from messagio import signals
 
     signals.delivery_failed.send_robust(
-        sender=RunContext,
+        sender=signal_sender(messagio, messagio_type),
         delivery_id=delivery_id,
         event_id=event_id,
         listener=listener,
@@ -467,7 +481,12 @@ def report_lost_too_often(
     (from a worker's claim, or from a requeue, which loads no payload)."""
     logger.error("messagio: listener %s failed for %s: %s", listener, messagio_type, error)
     signal_failed(
-        error, delivery_id=delivery_id, event_id=event_id, listener=listener, messagio=messagio
+        error,
+        delivery_id=delivery_id,
+        event_id=event_id,
+        listener=listener,
+        messagio=messagio,
+        messagio_type=messagio_type,
     )
 
 
@@ -533,4 +552,5 @@ def _not_run(
             event_id=uuid.UUID(ctx.event_id),
             listener=by_id[delivery_id]["id"],
             messagio=messagio,
+            messagio_type=ctx.messagio_type,
         )

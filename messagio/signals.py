@@ -1,5 +1,9 @@
 """Signals for integrations (metrics, alerting). Receivers run in the process that records.
 
+Each is sent by the messagio's class (``connect(receiver, sender=OrderPlaced)`` hears one
+type); a delivery signal whose messagio could not be loaded, by the subscribed class of its
+type's name, or None.
+
 They are sent with ``send_robust``: a receiver that raises is logged (by Django, logger
 ``django.dispatch``) and skipped, as Celery does with its own signals, so a broken metrics
 hook never stops a group's other listeners nor turns a fire that happened into an exception

@@ -243,6 +243,8 @@ def test_a_delivery_whose_worker_is_lost_too_often_is_failed_and_its_followers_g
     assert "MAX_LOST_ATTEMPTS" in caplog.text
     assert isinstance(failures[-1]["exception"], WorkerLostTooOftenError)
     assert failures[-1]["delivery_id"] == str(dead.pk)
+    assert failures[-1]["messagio"] is None  # the relay loads no payload
+    assert failures[-1]["sender"] is Ping  # its type, for receivers of one type
 
 
 def test_a_worker_presumed_dead_that_finishes_late_finds_its_attempt_taken_over(published):

@@ -148,6 +148,31 @@ def test_delivery_failed_is_sent_with_the_exception_and_no_retry(received):
     assert received["succeeded"] == []
 
 
+@dataclass
+class Other(Messagio):
+    token: str
+
+
+def test_delivery_signals_are_sent_by_the_messagios_class(received):
+    subscribe(succeed, fail)
+    heard: dict[type, list[str]] = {Pinged: [], Other: []}
+
+    def hear(sender=None, signal=None, **kwargs):
+        heard[sender].append("succeeded" if signal is delivery_succeeded else "failed")
+
+    for messagio_type in heard:
+        for signal in (delivery_succeeded, delivery_failed):
+            signal.connect(hear, sender=messagio_type, dispatch_uid=f"hear-{messagio_type}")
+    try:
+        fire_in_process(Pinged("a"))
+    finally:
+        for messagio_type in heard:
+            for signal in (delivery_succeeded, delivery_failed):
+                signal.disconnect(sender=messagio_type, dispatch_uid=f"hear-{messagio_type}")
+
+    assert heard == {Pinged: ["succeeded", "failed"], Other: []}
+
+
 def test_one_delivery_signal_is_sent_per_listener_in_order(received):
     subscribe(succeed, fail)
     MessageCenter.singleton().subscribe(Pinged, lambda event: "third", name="tests.third")

@@ -28,7 +28,7 @@ class Command(BaseCommand):
             help="Also publish again what has waited for a worker for more than SECONDS since "
             "its event was published (its message presumably lost by the broker). Choose more "
             "than your queues ever take: a copy running alongside a message still queued "
-            "would run its listeners twice.",
+            "runs each listener once, but may run a group's listeners out of order.",
         )
 
     def handle(self, *args, batch_size, grace, once, lost_after, **options):
