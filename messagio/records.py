@@ -223,7 +223,11 @@ def statement_cursor(connection: Any) -> Any:
     4.9 ms to 3.0 ms here. Django prepares nothing by default (poolers); this applies to
     messagio's statements only, and queries are still logged as Django logs them.
     """
-    if connection.vendor != "postgresql" or not get_setting("PREPARED_STATEMENTS"):
+    if (
+        connection.vendor != "postgresql"
+        or not get_setting("PREPARED_STATEMENTS")
+        or _prepared_statements_lost
+    ):
         return connection.cursor()
     from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
@@ -258,17 +262,43 @@ class _LoggedQuery:
 #: psycopg's prepare_threshold that prepares only what asks to be prepared.
 NEVER_BY_COUNT = 2**31 - 1
 
+#: Set when the server lost a statement this process prepared (a pooler in transaction mode
+#: between them hands each transaction another server connection): from then on this
+#: process prepares nothing.
+_prepared_statements_lost = False
+
+
+def _stop_preparing(error: Exception) -> None:
+    global _prepared_statements_lost
+    if not _prepared_statements_lost:
+        _prepared_statements_lost = True
+        logger.warning(
+            "messagio: the database lost a statement messagio prepared (%s): a connection "
+            "pooler in transaction mode (PgBouncer before 1.21, or max_prepared_statements = "
+            "0) keeps no prepared statements. This process runs messagio's statements "
+            "unprepared from now on; set MESSAGIO['PREPARED_STATEMENTS'] = False.",
+            error,
+        )
+
 
 @functools.cache
 def _prepared_cursor_class() -> type:
     """Made on first use: the class it extends exists only with PostgreSQL's backend."""
     from django.db.backends.postgresql.base import ServerBindingCursor
+    from psycopg import errors
+    from psycopg.pq import TransactionStatus
 
     class PreparedCursor(ServerBindingCursor):
         """Server-side binding, every statement prepared."""
 
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-            result = super().execute(query, params, prepare=True)
+            try:
+                result = super().execute(query, params, prepare=not _prepared_statements_lost)
+            except (errors.InvalidSqlStatementName, errors.DuplicatePreparedStatement) as exc:
+                _stop_preparing(exc)
+                if self.connection.info.transaction_status != TransactionStatus.IDLE:
+                    raise  # its transaction failed with it: not to be sent again alone
+                result = super().execute(query, params, prepare=False)
             self._query = _LoggedQuery(self.connection, query, params)
             return result
 

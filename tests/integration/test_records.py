@@ -1290,6 +1290,33 @@ def test_messagios_statements_are_prepared_and_nobody_elses():
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's"
 )
+def test_statements_the_server_lost_run_unprepared_from_then_on(monkeypatch, caplog):
+    """A pooler in transaction mode hands the next transaction another server connection,
+    which has none of them: psycopg would send their names for ever, and every group fail."""
+    import logging
+
+    from messagio import records
+    from messagio.tasks import deliver
+
+    monkeypatch.setattr(records, "_prepared_statements_lost", False)
+    event, envelope = published_group(Ping(new_token()))
+    deliver.apply(args=(envelope,))
+    assert prepared_statements()
+    connection.connection.pgconn.exec_(b"DEALLOCATE ALL")  # unseen by psycopg, as a pooler's
+
+    later, envelope = published_group(Ping(new_token()))
+    with caplog.at_level(logging.WARNING, logger="messagio"):
+        deliver.apply(args=(envelope,))
+
+    statuses = set(Delivery.objects.filter(event_id=later.id).values_list("status", flat=True))
+    assert statuses == {"succeeded", "failed"}  # Ping's "broken" fails on purpose
+    assert "set MESSAGIO['PREPARED_STATEMENTS'] = False" in caplog.text
+    assert prepared_statements() == []  # nothing prepared since
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's"
+)
 def test_a_setting_turns_prepared_statements_off_for_poolers_that_cannot_keep_them():
     from messagio.tasks import deliver
 
