@@ -622,6 +622,14 @@ SCREENS = [
      "/admin/messagio/delivery/?status__exact=failed"),
     ("deliveries_pending", "Deliveries, status=pending (never started: NULLs last)",
      "/admin/messagio/delivery/?status__exact=pending"),
+    ("deliveries_failed_deep", "Deliveries, status=failed, page 40 (past the count cap; "
+     "the last page where there are fewer)",
+     "/admin/messagio/delivery/?status__exact=failed&p=40"),
+    ("deliveries_error_rare", "Deliveries, error class filter: a rare class (IntegrityError)",
+     "/admin/messagio/delivery/?error_type=django.db.utils.IntegrityError"),
+    ("deliveries_error_failed", "Deliveries, status=failed and a common error class "
+     "(requests ConnectionError)",
+     "/admin/messagio/delivery/?status__exact=failed&error_type=requests.exceptions.ConnectionError"),
     ("deliveries_search_error", "Deliveries, search: part of an error class (Accounting)",
      "/admin/messagio/delivery/?q=Accounting"),
     ("deliveries_search_none", "Deliveries, search: a term that matches nothing",

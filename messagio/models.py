@@ -256,6 +256,13 @@ class Delivery(RunRecord):
                 name="messagio_dl_failed_groups",
                 condition=models.Q(status="failed"),
             ),
+            # The Deliveries list filtered by error class, in its order (the statuses whose
+            # error class is their own: messagio_admin.filters.ErrorClassFilter).
+            NullsLastIndex(
+                fields=["error_type", "-started_at"],
+                name="messagio_dl_error_newest",
+                condition=models.Q(status__in=["failed", "retrying"]),
+            ),
         ]
 
     def __str__(self) -> str:

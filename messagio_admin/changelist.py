@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.exceptions import DisallowedModelAdminLookup
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.db.models import F, OrderBy, QuerySet
 
 from messagio_admin.paginator import LargeTablePaginator
@@ -20,12 +21,28 @@ class LargeTableChangeList(ChangeList):
     rendered by the ``change_list.html`` templates of messagio's models.)"""
 
     def get_filters(self, request: Any) -> Any:
+        self.check_date_hierarchy_year()
         try:
             return super().get_filters(request)
         except DisallowedModelAdminLookup as exc:
             # A lookup none of the app's filters or links makes (see RecordAdmin's
             # lookup_allowed): the list without filters, as for an unknown field.
             raise IncorrectLookupParameters(exc) from exc
+
+    def check_date_hierarchy_year(self) -> None:
+        """Refuse a year whose period Django cannot compute (the list without filters, as for
+        any bad lookup): it adds a year, a month or a day to the start, and the year 9999 had
+        none after it, a ValueError or OverflowError (a 500). A year that is no number is
+        Django's to refuse."""
+        if not self.date_hierarchy:
+            return
+        year = self.params.get(f"{self.date_hierarchy}__year")
+        try:
+            number = int(year) if year is not None else None
+        except ValueError:
+            return
+        if number is not None and not datetime.MINYEAR < number < datetime.MAXYEAR:
+            raise IncorrectLookupParameters(f"year out of range: {number}")
 
     def get_ordering_field(self, field_name: Any) -> Any:
         # Django hides the other columns' sort links but still sorts by any of them given
@@ -69,6 +86,8 @@ class LargeTableChangeList(ChangeList):
 
     def get_results(self, request: Any) -> None:
         super().get_results(request)
+        # The page shown, when the one asked for was past the last (see the paginator's page).
+        self.page_num = min(self.page_num, self.paginator.num_pages)
         self.result_list: Any = list(self.result_list)
         self.model_admin.annotate_page(request, self.result_list)
 
@@ -104,6 +123,26 @@ class RecordAdmin(admin.ModelAdmin):
     def get_changelist(self, request: Any, **kwargs: Any) -> type[ChangeList]:
         return LargeTableChangeList
 
+    def get_paginator(
+        self,
+        request: Any,
+        queryset: Any,
+        per_page: int,
+        orphans: int = 0,
+        allow_empty_first_page: bool = True,
+    ) -> Any:
+        """The paginator, told the page asked for (read as the changelist reads it): its
+        capped count reaches a few pages past that one."""
+        paginator = super().get_paginator(
+            request, queryset, per_page, orphans, allow_empty_first_page
+        )
+        try:
+            page = int(request.GET.get(PAGE_VAR, 1))
+        except ValueError:
+            page = 1
+        paginator.page_asked = max(page, 1)
+        return paginator
+
     def lookup_allowed(self, lookup: str, value: Any, request: Any = None) -> bool:
         """Only the lookups of the list's filters, of its date hierarchy and of the app's
         own links. Django takes any field's from the query string: ``?payload=x`` failed
@@ -123,7 +162,16 @@ class RecordAdmin(admin.ModelAdmin):
                 name = item[0] if isinstance(item, (list, tuple)) else item
                 allowed |= {f"{name}__exact", f"{name}__isnull"}
         if self.date_hierarchy:
-            allowed |= {f"{self.date_hierarchy}__{part}" for part in ("year", "month", "day")}
+            # As the hierarchy's links make them: a month within a year, a day within a
+            # month. Django bounds a year's period by an index range; a month or a day
+            # without it, it filters by EXTRACT(...) of every row.
+            year, month, day = (f"{self.date_hierarchy}__{k}" for k in ("year", "month", "day"))
+            given = request.GET if request is not None else {}
+            allowed.add(year)
+            if year in given:
+                allowed.add(month)
+                if month in given:
+                    allowed.add(day)
         return allowed
 
     def annotate_page(self, request: Any, objects: list[Any]) -> None:

@@ -36,6 +36,37 @@ def publish_again_after() -> float:
     return float(get_setting("PUBLISH_AGAIN_AFTER"))
 
 
+def succeeded_ids(deliveries: Any) -> list[str]:
+    """The ids of the succeeded ones among ``deliveries``: a replay of their whole event runs
+    their listeners again."""
+    return sorted(str(d.pk) for d in deliveries if d.status == Delivery.Status.SUCCEEDED)
+
+
+def unconfirmed_message(event: Event, count: int, *, asked: bool) -> str:
+    """Why a replay of the whole ``event`` replayed nothing: ``count`` of its deliveries that
+    succeeded were not confirmed; ``asked``: the page confirmed others (those it showed)."""
+    if asked:
+        template = ngettext(
+            "Event %(id)s was not replayed: %(count)d more of its deliveries succeeded since "
+            "its page was shown, and its listener would run again. Check the event and "
+            "confirm again.",
+            "Event %(id)s was not replayed: %(count)d more of its deliveries succeeded since "
+            "its page was shown, and their listeners would run again. Check the event and "
+            "confirm again.",
+            count,
+        )
+    else:
+        template = ngettext(
+            "Event %(id)s was not replayed: %(count)d of its deliveries succeeded, and its "
+            "listener would run again. To run it again anyway, confirm it on the event's page.",
+            "Event %(id)s was not replayed: %(count)d of its deliveries succeeded, and their "
+            "listeners would run again. To run them again anyway, confirm it on the event's "
+            "page.",
+            count,
+        )
+    return template % {"id": event.pk, "count": count}
+
+
 class EventAdmin(RecordAdmin):
     list_display = (
         "type_display",
@@ -184,6 +215,7 @@ class EventAdmin(RecordAdmin):
             .only("id", "fired_at", "messagio_type")[:50]
         )
         can_replay = self.has_replay_permission(request)
+        succeeded = succeeded_ids(deliveries)
         # Listeners whose group no worker has started: their rows are written when one does.
         waiting = queries.waiting_for_worker(event, len(deliveries))
         return {
@@ -197,6 +229,9 @@ class EventAdmin(RecordAdmin):
             # Each delivery's own replay button posts to the Deliveries admin.
             "can_replay_deliveries": can_replay and request.user.has_perm("messagio.view_delivery"),
             "has_failed": any(d.status == Delivery.Status.FAILED for d in deliveries),
+            # What "replay whole event" would run again though it succeeded: to confirm.
+            "succeeded": succeeded,
+            "succeeded_ids": ",".join(succeeded),
             "in_flight": bool(waiting) or any(d.status in queries.IN_FLIGHT for d in deliveries),
             # What a broker that lost the message would leave: the page offers to publish it
             # again once it has waited a while and no worker holds the event's deliveries.
@@ -245,17 +280,31 @@ class EventAdmin(RecordAdmin):
 
     @method_decorator(require_POST)
     def replay_view(self, request: Any, object_id: str) -> Any:
-        """Replay every delivery of the event (those in flight are left alone)."""
+        """Replay every delivery of the event (those in flight are left alone); those that
+        succeeded only when the form names each of them (``confirm``, the ids its page
+        showed): a listener that charged or mailed would do it again, and one that succeeded
+        since the page was shown was never confirmed."""
         if not self.has_replay_permission(request):
             raise PermissionDenied
         event = self._event_or_404(object_id)
+        back = reverse("admin:messagio_event_change", args=[event.pk])
+        succeeded = set(succeeded_ids(Delivery.objects.filter(event=event).only("id", "status")))
+        shown = request.POST.get("confirm") or ""
+        unconfirmed = succeeded - set(shown.split(","))
+        if unconfirmed:
+            self.message_user(
+                request,
+                unconfirmed_message(event, len(unconfirmed), asked=bool(shown)),
+                messages.WARNING,
+            )
+            return HttpResponseRedirect(back)
         return replay_from_page(
             self,
             request,
             event,
             messagio_type=event.messagio_type,
             what=_("event %(id)s") % {"id": event.pk},
-            back=reverse("admin:messagio_event_change", args=[event.pk]),
+            back=back,
         )
 
     @method_decorator(require_POST)

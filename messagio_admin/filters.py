@@ -109,11 +109,32 @@ class ListenerFilter(_ValuesFilter):
 
 
 class ErrorClassFilter(_ValuesFilter):
-    """Error classes of the most recent failures (no index leads with ``error_type``)."""
+    """Error classes of the most recent failures. Selects the failed and retrying deliveries
+    of one class, in the list's order, from the partial index ``messagio_dl_error_newest``:
+    without it, a rare class was found by walking most of the table. A delivery pending or
+    running again still carries its last failure's class; it is left out, as the search
+    leaves it out: it has no outcome yet."""
 
     title = _("error class")
     parameter_name = "error_type"
     field_name = "error_type"
+    #: The statuses of the partial index: those of a delivery whose error class is its own.
+    statuses = (Delivery.Status.FAILED, Delivery.Status.RETRYING)
+    #: The status filter's parameter (the list's ``"status"`` filter).
+    status_parameter = "status__exact"
+
+    def queryset(self, request: Any, queryset: QuerySet) -> QuerySet | None:
+        selected = super().queryset(request, queryset)
+        if selected is None:
+            return None
+        chosen = request.GET.getlist(self.status_parameter)
+        if chosen and set(chosen) <= set(self.statuses):
+            # The status filter already keeps only those (PostgreSQL proves the index's
+            # condition from it). Both conditions on status, PostgreSQL multiplies their
+            # selectivities, expects a few rows, and reads all of the class's failures
+            # through another index to sort them: 0.1 s for a common class at 4M rows.
+            return selected
+        return selected.filter(status__in=self.statuses)
 
     def values(self, request: Any, model_admin: Any) -> list[str]:
         recent = (

@@ -2,7 +2,9 @@
 
 A ``COUNT(*)`` over millions of rows takes seconds on PostgreSQL, and the admin asks for one
 on every changelist page. An unfiltered changelist gets the planner's estimate of the table
-size instead; a filtered one counts at most :data:`COUNT_CAP` rows and says "more than".
+size instead; a filtered one counts at most :data:`COUNT_CAP` rows, or a few pages past the
+page asked for when that is further, and says "more than": there is always a next page to
+go to, and the count costs no more than reading the page itself (its OFFSET).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from django.db.models import QuerySet
 from django.utils import formats
 from django.utils.functional import cached_property
 
-#: Filtered changelists count at most this many rows (one more, to know there are more).
+#: Filtered changelists count at most this many rows (one more, to know there are more)...
 COUNT_CAP = 1000
+#: ... or as many as fill this many pages past the page asked for, when that is more.
+PAGES_AHEAD = 4
 
 
 def estimated_row_count(queryset: QuerySet) -> int | None:
@@ -55,13 +59,24 @@ class LargeTablePaginator(Paginator):
     """A paginator whose ``count`` never scans a big table.
 
     ``count_is_estimate``: the count is PostgreSQL's estimate of an unfiltered table;
-    ``count_is_capped``: a filtered selection has more than :data:`COUNT_CAP` rows and only
-    the first ``COUNT_CAP + 1`` were counted.
+    ``count_is_capped``: a filtered selection has more than :attr:`count_limit` rows and
+    only the first ``count_limit + 1`` were counted.
     """
 
     count_is_estimate = False
     count_is_capped = False
     cap = COUNT_CAP
+    #: The page the changelist asked for (``ModelAdmin.get_paginator`` sets it): a filtered
+    #: count reaches :data:`PAGES_AHEAD` pages past it.
+    page_asked = 1
+
+    @property
+    def count_limit(self) -> int:
+        """How many rows a filtered selection is counted up to: the cap, or up to
+        :data:`PAGES_AHEAD` pages past the page asked for. Counted to the cap only, a
+        selection of more rows had no page past the cap's: asked for, it was "invalid", and
+        the admin went back to the list without its filters."""
+        return max(self.cap, (self.page_asked + PAGES_AHEAD) * self.per_page)
 
     @cached_property
     def count(self) -> int:
@@ -73,10 +88,19 @@ class LargeTablePaginator(Paginator):
             if estimate is not None and estimate > self.cap:
                 self.count_is_estimate = True
                 return estimate
-        counted = count_at_most(object_list, self.cap)
-        if counted > self.cap:
+        limit = self.count_limit
+        counted = count_at_most(object_list, limit)
+        if counted > limit:
             self.count_is_capped = True
         return counted
+
+    def page(self, number: Any) -> Any:
+        """Django's page; one past the last page of an exactly counted selection is its last
+        page. A link kept from when the list was longer (its failures replayed since) was
+        "invalid", and the admin went back to the list without its filters."""
+        if isinstance(number, int) and number > self.num_pages:
+            number = self.num_pages
+        return super().page(number)
 
     @property
     def count_display(self) -> str:
@@ -84,17 +108,21 @@ class LargeTablePaginator(Paginator):
         return formats.number_format(self.count, force_grouping=True)
 
     @property
-    def cap_display(self) -> str:
-        return formats.number_format(self.cap, force_grouping=True)
+    def count_limit_display(self) -> str:
+        """What a capped count is "more than", with thousands separators."""
+        return formats.number_format(self.count_limit, force_grouping=True)
 
     def get_elided_page_range(
         self, number: Any = 1, *, on_each_side: int = 3, on_ends: int = 2
     ) -> list[Any]:
         """Django's page links; under an estimated count, none past the cap's last page
-        (or the current one): a deep page of a huge table costs an OFFSET scan of it."""
+        (or the current one): a deep page of a huge table costs an OFFSET scan of it. Under
+        a capped count, an ellipsis after the last page counted: it is not the last page."""
         pages = list(
             super().get_elided_page_range(number, on_each_side=on_each_side, on_ends=on_ends)
         )
+        if self.count_is_capped:
+            return [*pages, self.ELLIPSIS]
         if not self.count_is_estimate:
             return pages
         last = max(int(number), self.cap // self.per_page)

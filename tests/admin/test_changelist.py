@@ -39,6 +39,45 @@ def test_a_lookup_no_filter_or_link_makes_is_refused_as_django_refuses_a_bad_one
     assert response["Location"] == f"{changelist}?e=1"
 
 
+@pytest.mark.parametrize(
+    ("changelist", "lookup"),
+    [
+        # Without their year, Django filters by EXTRACT(month) of every row.
+        (DELIVERIES, "started_at__month=3"),
+        (DELIVERIES, "started_at__day=10"),
+        (DELIVERIES, "started_at__year=2024&started_at__day=10"),  # a day needs its month
+        (EVENTS, "fired_at__month=3"),
+        (EVENTS, "fired_at__month=3&fired_at__day=10"),
+        # Django computes the end of the period: after 9999, none (a ValueError, a 500).
+        (EVENTS, "fired_at__year=9999"),
+        (EVENTS, "fired_at__year=9999&fired_at__month=12"),
+        (DELIVERIES, "started_at__year=9999&started_at__month=12&started_at__day=31"),
+        (EVENTS, "fired_at__year=1"),
+        (EVENTS, "fired_at__year=20000"),
+    ],
+)
+def test_a_date_lookup_without_its_year_or_out_of_range_is_refused_as_a_bad_one(
+    admin_client, failed_event, changelist, lookup
+):
+    response = admin_client.get(f"{changelist}?{lookup}")
+
+    assert response.status_code == 302
+    assert response["Location"] == f"{changelist}?e=1"
+
+
+@pytest.mark.parametrize(
+    "lookup",
+    [
+        "fired_at__year=2024",
+        "fired_at__year=2024&fired_at__month=3",
+        "fired_at__year=2024&fired_at__month=3&fired_at__day=10",
+        "fired_at__year=9998&fired_at__month=12&fired_at__day=31",
+    ],
+)
+def test_a_period_of_the_date_hierarchy_is_taken(admin_client, failed_event, lookup):
+    assert admin_client.get(f"{EVENTS}?{lookup}").status_code == 200
+
+
 def links_to_changelists(page: str, html: str) -> list[str]:
     """The links of ``html`` (the page at ``page``) to a changelist, with a query string."""
     links = (

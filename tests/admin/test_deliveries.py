@@ -1,9 +1,11 @@
 """The Deliveries changelist, its "replay selected" action, and each delivery's page."""
 
 import datetime
+import importlib
 import re
 
 import pytest
+from django.apps import apps as django_apps
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db import connection
@@ -151,6 +153,39 @@ def test_on_postgresql_a_page_of_deliveries_is_read_in_order_from_an_index(super
 
 
 @postgres_only
+@pytest.mark.parametrize(
+    "query",
+    ["error_type=builtins.ValueError", "status__exact=failed&error_type=builtins.ValueError"],
+    ids=["the error class", "and the status"],
+)
+def test_on_postgresql_a_page_of_one_error_class_is_read_in_order_from_its_index(superuser, query):
+    # Many failures of a common class, a few of a rare one: walking the list's index to
+    # the rare class's rows read most of the table.
+    for _ in range(30):
+        make_event("failed", "retrying", "succeeded")
+    make_event("failed", error_type="builtins.ValueError")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE messagio_delivery")
+    cl = changelist(superuser, query)
+
+    page, count = plan(cl.queryset[:50]), plan(cl.queryset.order_by()[:1001])
+
+    assert "messagio_dl_error_newest" in page
+    assert sorts(page) == []
+    assert "messagio_dl_error_newest" in count
+
+
+@postgres_only
+def test_the_error_class_index_is_built_by_its_migration_and_kept_by_a_second_run():
+    migration = importlib.import_module("messagio.migrations.0008_deliveries_by_error_class")
+    with connection.schema_editor(atomic=False) as editor:
+        migration.add(django_apps, editor)  # already there: nothing to build
+        state = migration._state(editor, "messagio_dl_error_newest")
+
+    assert state == "valid"
+
+
+@postgres_only
 def test_on_postgresql_the_date_hierarchy_reads_its_ends_from_the_index(superuser, monkeypatch):
     monkeypatch.setattr(LargeTablePaginator, "cap", 0)  # past the cap: the table's ends
     make_event("succeeded", "pending")
@@ -215,6 +250,51 @@ def test_the_error_class_filter_offers_classes_of_recent_failures_and_selects_on
     assert listed(response) == [str(value_error.deliveries.get().pk)]
 
 
+def test_the_error_class_filter_selects_failed_and_retrying_deliveries_only(admin_client):
+    """A delivery running or pending again keeps its last failure's class until it has an
+    outcome: it is not one of the class's failures (and not in the filter's index)."""
+    event = make_event("failed", "retrying", "running", "pending", "succeeded")
+    Delivery.objects.filter(event=event).update(error_type="builtins.ValueError")
+    wanted = [str(event.deliveries.get(position=p).pk) for p in (0, 1)]
+
+    response = admin_client.get(f"{DELIVERIES}?error_type=builtins.ValueError")
+
+    assert sorted(listed(response)) == sorted(wanted)
+
+
+def test_the_error_class_filter_and_the_status_filter_together(admin_client):
+    event = make_event("failed", "retrying", error_type="builtins.ValueError")
+    Delivery.objects.filter(event=event).update(error_type="builtins.ValueError")
+
+    response = admin_client.get(f"{DELIVERIES}?status__exact=failed&error_type=builtins.ValueError")
+
+    assert listed(response) == [str(event.deliveries.get(position=0).pk)]
+
+
+def test_with_the_status_filter_on_failed_the_error_class_filter_adds_no_second_status(
+    superuser,
+):
+    # PostgreSQL took status = 'failed' AND status IN ('failed', 'retrying') for independent
+    # conditions, expected a few rows, and read all of a common class's failures through
+    # another index to sort them (0.14 s for 31,685 rows at 4M deliveries, 0.1 ms without).
+    cl = changelist(superuser, "status__exact=failed&error_type=builtins.ValueError")
+
+    where = str(cl.queryset.query).split(" WHERE ")[1].split(" ORDER BY ")[0]
+
+    assert where.count('"status"') == 1
+
+
+def test_the_error_class_filter_keeps_its_statuses_beside_another_status(admin_client):
+    event = make_event("succeeded", "failed")
+    Delivery.objects.filter(event=event).update(error_type="builtins.ValueError")
+
+    response = admin_client.get(
+        f"{DELIVERIES}?status__exact=succeeded&error_type=builtins.ValueError"
+    )
+
+    assert listed(response) == []
+
+
 def test_the_date_hierarchy_selects_deliveries_started_on_one_day(admin_client):
     march_10 = make_event(
         "failed", fired_at=datetime.datetime(2024, 3, 10, 12, tzinfo=datetime.UTC)
@@ -264,13 +344,80 @@ def test_searching_part_of_a_listener_or_error_class_finds_its_deliveries(
 
 
 def test_a_capped_count_says_more_than(admin_client, monkeypatch):
-    monkeypatch.setattr("messagio_admin.paginator.LargeTablePaginator.cap", 3)
+    monkeypatch.setattr(LargeTablePaginator, "count_limit", 3)
     make_event("failed", "failed", "failed", "failed", "failed")
 
     response = admin_client.get(f"{DELIVERIES}?status__exact=failed")
 
     assert "more than 3 deliveries" in response.content.decode()
     assert len(listed(response)) == 5
+
+
+@pytest.fixture
+def a_page_each(monkeypatch):
+    """Deliveries listed one a page, their count capped at 2: any filtered selection of
+    more than 2 deliveries is past the cap, and its pages past 2 past the cap's pages."""
+    monkeypatch.setattr(admin.site.get_model_admin(Delivery), "list_per_page", 1)
+    monkeypatch.setattr(LargeTablePaginator, "cap", 2)
+
+
+def newest_first(*events) -> list[str]:
+    deliveries = Delivery.objects.filter(event__in=events).order_by("-started_at", "-pk")
+    return [str(pk) for pk in deliveries.values_list("pk", flat=True)]
+
+
+def test_a_filtered_list_can_be_paged_past_its_count_cap(admin_client, a_page_each):
+    now = datetime.datetime.now(datetime.UTC)
+    events = [make_event("failed", fired_at=now - datetime.timedelta(minutes=m)) for m in range(12)]
+    order = newest_first(*events)
+
+    response = admin_client.get(f"{DELIVERIES}?status__exact=failed&p=4")
+
+    # It was "invalid" (page 4 of a count stopped at 3): back to the list, without filters.
+    assert response.status_code == 200
+    assert listed(response) == [order[3]]
+    html = response.content.decode()
+    assert 'href="?p=5&amp;status__exact=failed"' in html
+    assert "more than 8 deliveries" in html  # (4 + PAGES_AHEAD) pages of one
+
+
+def test_the_last_page_of_a_filtered_list_past_its_count_cap_is_reached(admin_client, a_page_each):
+    now = datetime.datetime.now(datetime.UTC)
+    events = [make_event("failed", fired_at=now - datetime.timedelta(minutes=m)) for m in range(7)]
+
+    last = admin_client.get(f"{DELIVERIES}?status__exact=failed&p=7")
+
+    assert listed(last) == newest_first(*events)[-1:]
+    assert "7 deliveries" in last.content.decode()
+    assert 'href="?p=8' not in last.content.decode()
+
+
+def test_a_page_past_the_last_shows_the_last_with_the_filters_kept(admin_client, a_page_each):
+    # A link kept from when the list was longer: it went back to the list without filters.
+    now = datetime.datetime.now(datetime.UTC)
+    events = [make_event("failed", fired_at=now - datetime.timedelta(minutes=m)) for m in range(7)]
+    make_event("succeeded")
+
+    response = admin_client.get(f"{DELIVERIES}?status__exact=failed&p=30")
+
+    assert response.status_code == 200
+    assert listed(response) == newest_first(*events)[-1:]
+    assert '<span class="this-page">7</span>' in response.content.decode()
+
+
+def test_a_deep_page_costs_as_many_queries_as_the_first(admin_client, a_page_each):
+    def count(url: str) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(url).status_code == 200
+        return len(captured.captured_queries)
+
+    for _ in range(12):
+        make_event("failed")
+    admin_client.get(DELIVERIES)
+
+    assert count(f"{DELIVERIES}?status__exact=failed&p=9") == count(
+        f"{DELIVERIES}?status__exact=failed"
+    )
 
 
 # --- The delivery's page --------------------------------------------------------------------
@@ -694,7 +841,7 @@ def test_the_delivery_page_links_its_task_result_only_for_who_may_view_it(
 
 
 def test_select_all_says_when_the_count_is_capped(admin_client, monkeypatch):
-    monkeypatch.setattr(LargeTablePaginator, "cap", 2)
+    monkeypatch.setattr(LargeTablePaginator, "count_limit", 2)
     make_event("failed", "failed", "failed", "failed")
 
     capped = admin_client.get(f"{DELIVERIES}?status__exact=failed").content.decode()

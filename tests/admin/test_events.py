@@ -634,15 +634,79 @@ def test_replaying_the_failed_deliveries_records_who_asked_and_why(
     assert failed_event.deliveries.get(position=2).replay == record
 
 
+def succeeded_of(event: Event) -> str:
+    """What the event's page confirms: the ids of its succeeded deliveries."""
+    succeeded = event.deliveries.filter(status="succeeded").values_list("pk", flat=True)
+    return ",".join(sorted(str(pk) for pk in succeeded))
+
+
 def test_replaying_the_whole_event_requeues_every_delivery(admin_client, failed_event):
-    admin_client.post(f"{EVENTS}{failed_event.pk}/replay/")
+    admin_client.post(f"{EVENTS}{failed_event.pk}/replay/", {"confirm": succeeded_of(failed_event)})
 
     assert set(failed_event.deliveries.values_list("status", flat=True)) == {"pending"}
     assert Replay.objects.get().total == 4
 
 
+def test_the_whole_event_replay_asks_to_confirm_running_what_succeeded_again(
+    admin_client, failed_event
+):
+    html = admin_client.get(event_url(failed_event)).content.decode()
+
+    form = html[html.index('id="replay-event-form"') :]
+    form = form[: form.index("</form>")]
+    assert f'name="confirm" value="{succeeded_of(failed_event)}" required' in form
+    assert "3 of its deliveries succeeded: run their listeners again too" in form
+
+
+def test_the_whole_event_replay_of_an_event_without_success_asks_nothing(admin_client):
+    event = make_event("failed", "failed")
+
+    html = admin_client.get(event_url(event)).content.decode()
+    response = admin_client.post(f"{EVENTS}{event.pk}/replay/")
+
+    form = html[html.index('id="replay-event-form"') :]
+    assert 'name="confirm"' not in form[: form.index("</form>")]
+    assert response.status_code == 302
+    assert set(event.deliveries.values_list("status", flat=True)) == {"pending"}
+
+
+def test_the_whole_event_is_not_replayed_without_confirmation_and_says_why(
+    admin_client, failed_event
+):
+    response = admin_client.post(
+        f"{EVENTS}{failed_event.pk}/replay/", {"reason": "redo"}, follow=True
+    )
+
+    assert response.redirect_chain[0][0] == event_url(failed_event)
+    assert not Replay.objects.exists()
+    statuses = list(failed_event.deliveries.order_by("position").values_list("status", flat=True))
+    assert statuses == ["succeeded", "succeeded", "failed", "succeeded"]
+    assert (
+        f"Event {failed_event.pk} was not replayed: 3 of its deliveries succeeded, and their "
+        "listeners would run again."
+    ) in response.content.decode()
+
+
+def test_a_confirmed_whole_event_replay_refuses_one_that_succeeded_since_the_page(
+    admin_client, failed_event
+):
+    shown = succeeded_of(failed_event)
+    failed_event.deliveries.filter(status="failed").update(status="succeeded")
+
+    response = admin_client.post(
+        f"{EVENTS}{failed_event.pk}/replay/", {"confirm": shown}, follow=True
+    )
+
+    assert not Replay.objects.exists()
+    assert "1 more of its deliveries succeeded since its page was shown" in (
+        response.content.decode()
+    )
+
+
 def test_replaying_an_event_says_how_many_deliveries_were_queued(admin_client, failed_event):
-    response = admin_client.post(f"{EVENTS}{failed_event.pk}/replay/", follow=True)
+    response = admin_client.post(
+        f"{EVENTS}{failed_event.pk}/replay/", {"confirm": succeeded_of(failed_event)}, follow=True
+    )
 
     record = Replay.objects.get()
     assert f"Replay #{record.pk}: 4 deliveries of event {failed_event.pk} queued." in (
@@ -669,7 +733,9 @@ def test_a_replay_the_broker_refuses_is_reported_with_why_it_stopped(
 
     monkeypatch.setattr("messagio.replays.publish_all", broker_down)
 
-    response = admin_client.post(f"{EVENTS}{failed_event.pk}/replay/", follow=True)
+    response = admin_client.post(
+        f"{EVENTS}{failed_event.pk}/replay/", {"confirm": succeeded_of(failed_event)}, follow=True
+    )
 
     html = response.content.decode()
     assert "stopped: the broker refused a publish" in html

@@ -2,9 +2,16 @@
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from messagio.models import Event
-from messagio_admin.paginator import LargeTablePaginator, estimated_row_count, is_unfiltered
+from messagio_admin import paginator as paginator_module
+from messagio_admin.paginator import (
+    PAGES_AHEAD,
+    LargeTablePaginator,
+    estimated_row_count,
+    is_unfiltered,
+)
 from tests.admin.factories import make_event
 
 pytestmark = pytest.mark.django_db
@@ -27,6 +34,7 @@ def test_a_small_selection_is_counted_exactly():
 
 def test_a_selection_past_the_cap_is_counted_up_to_the_cap_and_flagged(monkeypatch):
     monkeypatch.setattr(LargeTablePaginator, "cap", 2)
+    monkeypatch.setattr(paginator_module, "PAGES_AHEAD", 0)  # the cap, not the page, counts
     for _ in range(5):
         make_event("succeeded")
 
@@ -35,6 +43,65 @@ def test_a_selection_past_the_cap_is_counted_up_to_the_cap_and_flagged(monkeypat
     assert paginator.count == 3
     assert paginator.count_is_capped
     assert paginator.num_pages == 2
+
+
+def test_a_page_past_the_cap_is_counted_a_few_pages_further_and_has_a_next_page(monkeypatch):
+    monkeypatch.setattr(LargeTablePaginator, "cap", 2)
+    for _ in range(20):
+        make_event("succeeded")
+    paginator = LargeTablePaginator(Event.objects.filter(listener_count=1).order_by("pk"), 1)
+    paginator.page_asked = 5  # past the cap's pages (2): the old count stopped at 3 rows
+
+    page = paginator.page(5)
+
+    assert paginator.count == (5 + PAGES_AHEAD) * 1 + 1
+    assert paginator.count_is_capped
+    assert page.has_next()
+    assert paginator.count_limit_display == str(5 + PAGES_AHEAD)
+
+
+def test_a_page_past_the_cap_near_the_end_is_counted_exactly(monkeypatch):
+    monkeypatch.setattr(LargeTablePaginator, "cap", 2)
+    for _ in range(6):
+        make_event("succeeded")
+    paginator = LargeTablePaginator(Event.objects.filter(listener_count=1).order_by("pk"), 1)
+    paginator.page_asked = 5
+
+    assert paginator.count == 6
+    assert not paginator.count_is_capped
+    assert not paginator.page(6).has_next()
+
+
+def test_the_count_costs_one_query_however_deep_the_page(monkeypatch):
+    monkeypatch.setattr(LargeTablePaginator, "cap", 2)
+    for _ in range(8):
+        make_event("succeeded")
+    selection = Event.objects.filter(listener_count=1).order_by("pk")
+
+    def queries_of_count(page_asked: int) -> list[str]:
+        paginator = LargeTablePaginator(selection, 1)
+        paginator.page_asked = page_asked
+        with CaptureQueriesContext(connection) as captured:
+            assert paginator.count
+        return [query["sql"] for query in captured.captured_queries]
+
+    shallow, deep = queries_of_count(1), queries_of_count(3)
+
+    assert len(shallow) == len(deep) == 1
+    # Bounded by the page asked for, not by the table.
+    assert f"LIMIT {(3 + PAGES_AHEAD) + 1}" in deep[0]
+
+
+def test_a_capped_count_links_its_last_page_then_an_ellipsis(monkeypatch):
+    monkeypatch.setattr(LargeTablePaginator, "cap", 2)
+    for _ in range(20):
+        make_event("succeeded")
+    paginator = LargeTablePaginator(Event.objects.filter(listener_count=1).order_by("pk"), 1)
+    paginator.page_asked = 5
+
+    pages = list(paginator.get_elided_page_range(5))
+
+    assert pages[-2:] == [5 + PAGES_AHEAD + 1, paginator.ELLIPSIS]
 
 
 def test_a_list_is_counted_by_its_length():
