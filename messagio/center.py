@@ -116,6 +116,9 @@ class AbstractMessageCenter(abc.ABC):
             event, deliveries = records.build_records(
                 messagio, payload, subscriptions, origin=origin, state="inline"
             )
+            # Claimed by this run until it ends: should it never end, the relay publishes
+            # what it left (recovery.requeue_left_in_process).
+            event.claimed_at = event.fired_at
             records.save_records(event, deliveries)
             report.event_id = event.id
             specs = [records.spec_of(d) for d in deliveries]
@@ -129,6 +132,8 @@ class AbstractMessageCenter(abc.ABC):
                 [s.listener for s in subscriptions],
                 [s.autoretry_for for s in subscriptions],
             )
+            if record:
+                records.release_in_process_claim(report.event_id)
 
         if defer_to_commit:
             # Recorded in the caller's transaction; listeners run only if it commits.

@@ -59,7 +59,8 @@ class Event(models.Model):
     published_at = models.DateTimeField(_("published at"), null=True, blank=True)
     #: When a publisher claimed it (state publishing), so a dead publisher's claim expires;
     #: on a recorded event, when the broker refused it alone (the relay waits
-    #: PUBLISH_CLAIM_TIMEOUT before it tries again).
+    #: PUBLISH_CLAIM_TIMEOUT before it tries again); on an inline one, while its in-process
+    #: run goes on (the relay publishes what a run that never ended left).
     claimed_at = models.DateTimeField(null=True, blank=True)
     publish_error = models.TextField(_("last publish error"), blank=True)
     listener_count = models.PositiveSmallIntegerField(_("listeners"), default=0)
@@ -82,6 +83,12 @@ class Event(models.Model):
                 fields=["replay_of"],
                 name="messagio_ev_replay_of",
                 condition=models.Q(replay_of__isnull=False),
+            ),
+            # In-process runs going on (or that never ended): the relay's, and small.
+            models.Index(
+                fields=["claimed_at"],
+                name="messagio_ev_inline_claimed",
+                condition=models.Q(state="inline", claimed_at__isnull=False),
             ),
         ]
 

@@ -572,6 +572,13 @@ def publish_recorded(
     return True
 
 
+def release_in_process_claim(event_id: Any) -> None:
+    """End an in-process run's claim on its event: it ran every listener it was to run."""
+    Event.objects.using(db_alias()).filter(
+        pk=event_id, state=Event.State.INLINE, claimed_at__isnull=False
+    ).update(claimed_at=None)
+
+
 def record_and_publish(event: NewEvent, deliveries: list[NewDelivery]) -> list[str]:
     """Record a fire and publish it.
 

@@ -185,10 +185,18 @@ def _retries_made(deliveries: list[Any]) -> dict[str, int]:
 def mark_published_again(event_ids: list[Any]) -> None:
     """Set the events' ``published_at`` to now: their messages were just published again
     (:func:`requeue_lost` counts a wait from it)."""
+    from django.db.models import Case, Value, When
+
     from messagio.models import Event
 
     if event_ids:
-        Event.objects.filter(pk__in=event_ids).update(published_at=timezone.now())
+        Event.objects.filter(pk__in=event_ids).update(
+            published_at=timezone.now(),
+            # An in-process run's claim ends: what it left is the broker's now.
+            claimed_at=Case(
+                When(state=Event.State.INLINE, then=Value(None)), default=F("claimed_at")
+            ),
+        )
 
 
 def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
@@ -294,38 +302,41 @@ def requeue_stuck(timeout: float | None = None, limit: int = REQUEUE_BATCH) -> i
         requeued += requeue(
             unsent.filter(pk__in=due), "the broker refused its retry; its delay has passed"
         )
-    left = list(left_by_an_in_process_run(cutoff).values_list("pk", flat=True)[:limit])
-    if left:
-        requeued += requeue(
-            left_by_an_in_process_run(cutoff).filter(pk__in=left),
-            f"the in-process run of its event (a sync fire) stopped before it for more than "
-            f"{seconds:g}s",
-        )
+    requeued += requeue_left_in_process(cutoff, limit)
     return requeued
 
 
-def left_by_an_in_process_run(cutoff: datetime.datetime) -> Any:
-    """Pending deliveries of events run in process (a sync fire) fired before ``cutoff``,
-    with nothing of them running and not requeued since: their process died, a database
-    error ended the run, or the on_commit that was to start it never ran. No message
-    carries them; the relay publishes them to a worker, as it does a stuck one."""
+def requeue_left_in_process(cutoff: datetime.datetime, limit: int = REQUEUE_BATCH) -> int:
+    """Publish to a worker what in-process runs (a sync fire) claimed before ``cutoff`` and
+    never ended left pending: their process died, a database error ended the run, or the
+    on_commit that was to start it never ran. No message carries those deliveries. An event
+    with a delivery running or retrying is left (its run goes on, or the stuck sweep
+    requeues that one with the rest); the claims of the others end. Returns how many
+    deliveries were requeued."""
     from messagio.models import Delivery, Event
 
+    abandoned = Event.objects.filter(state=Event.State.INLINE, claimed_at__lt=cutoff)
+    ids = list(abandoned.order_by("claimed_at").values_list("pk", flat=True)[:limit])
+    if not ids:
+        return 0
     busy = Delivery.objects.filter(
-        event_id=OuterRef("event_id"),
-        status__in=[Delivery.Status.RUNNING, Delivery.Status.RETRYING],
+        event_id=OuterRef("pk"), status__in=[Delivery.Status.RUNNING, Delivery.Status.RETRYING]
     )
-    return (
-        Delivery.objects.filter(
-            status=Delivery.Status.PENDING,
-            event__state=Event.State.INLINE,
-            event__fired_at__lt=cutoff,
-        )
-        # A requeue marks its event published again: not taken twice while it waits.
-        .filter(Q(event__published_at__isnull=True) | Q(event__published_at__lt=cutoff))
-        .exclude(Exists(busy))
-        .order_by("event__fired_at", "position")
+    ended = list(
+        Event.objects.filter(pk__in=ids).exclude(Exists(busy)).values_list("pk", flat=True)
     )
+    left = Delivery.objects.filter(event_id__in=ended, status=Delivery.Status.PENDING)
+    requeued = (
+        requeue(left, "the in-process run of its event (a sync fire) stopped before it")
+        if left.exists()
+        else 0
+    )
+    # What is pending still, the broker refused: the claim stays, for the next run.
+    pending = Delivery.objects.filter(event_id=OuterRef("pk"), status=Delivery.Status.PENDING)
+    Event.objects.filter(pk__in=ended, state=Event.State.INLINE).exclude(Exists(pending)).update(
+        claimed_at=None
+    )
+    return requeued
 
 
 #: How far back before the cutoff :func:`requeue_lost` looks for events (by fired_at).

@@ -49,6 +49,7 @@ def event_with(
     event = Event.objects.create(
         messagio_type=PING, fired_at=at, published_at=at if state == "published" else None,
         state=state, payload=b"x", listener_count=len(registry.subscriptions_for(Ping)),
+        claimed_at=at if state == "inline" else None,  # by its in-process run
     )  # fmt: skip
     listeners = [s.listener_id for s in registry.subscriptions_for(Ping)]
     deliveries = [
@@ -408,10 +409,23 @@ def test_the_relay_publishes_what_an_in_process_run_left_pending_once(published)
     Delivery.objects.filter(pk=other.pk).update(priority=1)  # another group: it goes too
 
     assert requeue_stuck() == 2
-    assert requeue_stuck() == 0  # published again: not taken twice while it waits
+    assert requeue_stuck() == 0  # its claim ended: not taken twice while it waits
 
     assert sorted(sum(published, [])) == sorted([str(left.pk), str(other.pk)])
     assert str(done.pk) not in sum(published, [])
+    assert Event.objects.get(pk=event.pk).claimed_at is None
+
+
+def test_the_claim_of_an_in_process_run_that_ended_with_nothing_left_just_ends(published):
+    from messagio.recovery import requeue_stuck
+
+    # Its listeners all ran; the statement that was to end its claim did not.
+    event, _ = event_with(("succeeded", 1), ("failed", 1), state="inline")
+
+    assert requeue_stuck() == 0
+
+    assert published == []
+    assert Event.objects.get(pk=event.pk).claimed_at is None
 
 
 @pytest.mark.parametrize(

@@ -388,6 +388,23 @@ def test_a_sync_fire_records_an_inline_event_of_origin_sync():
     assert Attempt.objects.count() == 2
 
 
+def notes_the_claim(event: Pinged) -> None:
+    event.seen.append(Event.objects.values_list("claimed_at", flat=True).get())
+
+
+def test_a_sync_fire_claims_its_event_while_it_runs_and_no_longer():
+    # Claimed, the relay leaves it to this run; a run that never ends, it publishes what is
+    # left once the claim is older than STUCK_TIMEOUT.
+    MessageCenter.singleton().subscribe(Pinged, notes_the_claim)
+    pinged = Pinged("p")
+
+    report = pinged.fire(sync=True)
+
+    event = Event.objects.get(pk=report.event_id)
+    assert pinged.seen == [event.fired_at]
+    assert event.claimed_at is None
+
+
 def test_a_sync_fire_through_the_in_process_center_records_origin_sync():
     subscribe(succeed)
 

@@ -617,9 +617,11 @@ def test_what_an_in_process_run_never_ran_is_delivered_by_the_relay_through_a_wo
     assert set(
         Delivery.objects.filter(event_id=report.event_id).values_list("status", flat=True)
     ) == {"pending"}
+    two_hours_ago = timezone.now() - datetime.timedelta(hours=2)
+    # Claimed by its in-process run since it was fired, past STUCK_TIMEOUT.
     Event.objects.filter(pk=report.event_id).update(
-        fired_at=timezone.now() - datetime.timedelta(hours=2)
-    )  # past STUCK_TIMEOUT
+        fired_at=two_hours_ago, claimed_at=two_hours_ago
+    )
 
     assert requeue_stuck() == Event.objects.get(pk=report.event_id).listener_count
 

@@ -1,0 +1,69 @@
+"""An index of the in-process runs going on: the relay finds those that never ended.
+
+A sync fire (or the in-process center) records its event ``inline`` and claims it
+(``claimed_at``) until its run ends. A run that never ended (its process died, a database
+error stopped it, the on_commit that was to start it never ran) leaves pending deliveries
+that no message carries; the relay publishes them to a worker once the claim is older than
+``STUCK_TIMEOUT``. The partial index holds only the claimed inline events: a handful.
+
+Not atomic, so that PostgreSQL builds it CONCURRENTLY (the events table is not locked for
+writes while it is read). Safe to run again after an interruption: an index already there
+is kept, one a failed CONCURRENTLY build left invalid is built again.
+"""
+
+from django.db import migrations, models
+
+INDEX = models.Index(
+    fields=["claimed_at"],
+    name="messagio_ev_inline_claimed",
+    condition=models.Q(state="inline", claimed_at__isnull=False),
+)
+
+
+def _state(schema_editor, name):
+    """Whether index ``name`` is "valid", "invalid" (a CONCURRENTLY build that failed), or
+    None: there is no such index."""
+    connection = schema_editor.connection
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [name]
+            )
+            row = cursor.fetchone()
+            return None if row is None else ("valid" if row[0] else "invalid")
+        found = connection.introspection.get_constraints(cursor, "messagio_event")
+    return "valid" if name in found else None
+
+
+def _options(schema_editor):
+    return {"concurrently": True} if schema_editor.connection.vendor == "postgresql" else {}
+
+
+def add(apps, schema_editor):
+    event = apps.get_model("messagio", "Event")
+    state = _state(schema_editor, INDEX.name)
+    if state == "invalid":
+        schema_editor.remove_index(event, INDEX, **_options(schema_editor))
+    if state != "valid":
+        schema_editor.add_index(event, INDEX, **_options(schema_editor))
+
+
+def remove(apps, schema_editor):
+    event = apps.get_model("messagio", "Event")
+    if _state(schema_editor, INDEX.name) is not None:
+        schema_editor.remove_index(event, INDEX, **_options(schema_editor))
+
+
+class Migration(migrations.Migration):
+    atomic = False
+
+    dependencies = [
+        ("messagio", "0008_deliveries_by_error_class"),
+    ]
+
+    operations = [
+        migrations.SeparateDatabaseAndState(
+            database_operations=[migrations.RunPython(add, remove, elidable=False)],
+            state_operations=[migrations.AddIndex(model_name="event", index=INDEX)],
+        ),
+    ]
