@@ -287,32 +287,22 @@ def _redelivery_timeout(app: Any) -> tuple[float, str] | None:
 
 
 def _longest_holds() -> list[tuple[str, float]]:
-    """How long a worker may hold a message unacknowledged (messagio tasks ack late): a
-    group's, which runs its listeners one after the other, up to the sum of their time
-    limits (those that have one); a retry's, its countdown (Celery keeps a message with a
-    countdown until it is due) plus that listener's run."""
-    from messagio.dispatch import effective_priority, effective_queue, listener_spec
+    """How long a worker may hold a listener's message unacknowledged (messagio tasks ack
+    late): a run up to its time limit, and a retry's countdown (Celery keeps a message with
+    a countdown until it is due) plus that run. Per listener: a group's listeners run in one
+    task, but summed, three listeners at the default limit would warn in every project."""
+    from messagio.dispatch import listener_spec
     from messagio.registry import registry
 
     holds = []
-    for messagio_type in registry.messagio_types():
-        groups: dict[tuple[int, Any], list[dict[str, Any]]] = {}
-        for subscription in registry.subscriptions_for(messagio_type):
-            key = (effective_priority(subscription), effective_queue(subscription))
-            groups.setdefault(key, []).append(listener_spec(subscription))
-        for specs in groups.values():
-            run = sum(float(spec["time_limit"] or 0) for spec in specs)
-            if run and len(specs) == 1:
-                holds.append((f"{specs[0]['id']} may run for {run:g}s (its time limit)", run))
-            elif run:
-                ids = ", ".join(spec["id"] for spec in specs)
-                holds.append((f"{ids} may run for {run:g}s in one task (their time limits)", run))
-            for spec in specs:
-                if spec["autoretry_for"] and spec["max_retries"]:
-                    held = spec["retry_delay"] + float(spec["time_limit"] or 0)
-                    holds.append(
-                        (f"a retry of {spec['id']} is held for {held:g}s (its delay)", held)
-                    )
+    for subscription in registry.subscriptions():
+        spec = listener_spec(subscription)
+        run = float(spec["time_limit"] or 0)
+        if run:
+            holds.append((f"{spec['id']} may run for {run:g}s (its time limit)", run))
+        if spec["autoretry_for"] and spec["max_retries"]:
+            held = spec["retry_delay"] + run
+            holds.append((f"a retry of {spec['id']} is held for {held:g}s (its delay)", held))
     return holds
 
 
@@ -379,8 +369,9 @@ def _redelivered_while_held(app: Any) -> list[Any]:
             f"{shown}: not less than {name} of {seconds:g}s, after which the broker hands "
             "the message to another worker while the first still holds it, and the "
             "listener runs twice.",
-            hint=f"Shorten the time limits or retry delay, or {fix} above the longest hold, "
-            "with room for the time a message waits prefetched by a busy worker.",
+            hint=f"Shorten the time limit or retry delay, or {fix} above the longest hold, "
+            "with room for the other listeners of the same group (which run in one task) "
+            "and for the time a message waits prefetched by a busy worker.",
             id="messagio.W007",
         )
     ]

@@ -93,11 +93,8 @@ class RunContext:
     #: enough: a delivery still not recorded after that is recorded under another id).
     recreated: bool = False
     #: Set when an attempt of this run was taken over while it ran (requeued, or its
-    #: message handed to another worker).
+    #: message handed to another worker): the rest of the group is that copy's.
     taken_over: bool = False
-    #: With ``taken_over``: whether the copy that took it over carries the listeners after it
-    #: (see :func:`copy_runs_the_rest`); if not, this run goes on with them.
-    copy_runs_the_rest: bool = False
     #: Retries go out as tasks of their own (in a worker): each gets its task id before its
     #: failure is recorded, by delivery id, and only that task may claim the delivery then.
     retries_as_tasks: bool = False
@@ -346,7 +343,6 @@ def run_once(
         except AttemptTakenOverError as exc:
             logger.warning("messagio: %s", exc)
             ctx.taken_over = True
-            ctx.copy_runs_the_rest = copy_runs_the_rest(spec["delivery"], number, ctx)
             claimed_next, will_retry = None, False
         if claim_next is not None and claimed_next is not None:
             ctx.claims[claim_next] = claimed_next
@@ -408,27 +404,6 @@ def run_once(
         spec["id"], error is None, result=result, exception=error, attempts=spec["attempt"]
     )
     return outcome, will_retry
-
-
-def copy_runs_the_rest(delivery_id: str, number: int, ctx: RunContext) -> bool:
-    """Whether the copy that took attempt ``number`` of a delivery over carries the
-    listeners after it in this run's group: a copy of this very message (the same task id
-    claimed it), or a requeue of a first attempt outside a replay, which publishes the
-    pending ones after it along (``recovery.pending_followers``). Any other requeue (of a
-    retry, a replay, an earlier requeue) publishes the delivery alone: this run goes on
-    with the rest, which nothing else would run."""
-    from messagio.models import Delivery
-    from messagio.records import db_alias
-
-    if number == 1 and ctx.replay_id is None:
-        return True
-    holder = (
-        Delivery.objects.using(db_alias())
-        .filter(pk=delivery_id)
-        .values_list("status", "task_id")
-        .first()
-    )
-    return holder is not None and holder[1] == ctx.task_id and holder[0] != Delivery.Status.PENDING
 
 
 def signal_sender(messagio: Any, messagio_type: str) -> type | None:
@@ -517,9 +492,7 @@ def run_all_here(
         if outcome is not None:
             outcomes.append(outcome)
         if ctx.taken_over:
-            if ctx.copy_runs_the_rest:
-                break
-            ctx.taken_over = False  # requeued alone: the rest is this run's
+            break  # the requeue that took it over carries the rest
     return outcomes
 
 

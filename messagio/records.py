@@ -722,8 +722,8 @@ def _summary_from_payload(payload: bytes) -> dict[str, Any]:
 class AttemptTakenOverError(Exception):
     """The attempt being recorded is no longer its delivery's: the delivery was requeued, or
     its message handed to another worker, while this one ran it. Nothing is written; the
-    rest of its group is run by the copy that took it over when that copy carries it
-    (``execution.copy_runs_the_rest``), else by this one."""
+    copy that took it over runs the rest of its group (a copy of the message carries it, a
+    requeue takes it along: ``recovery.pending_followers``)."""
 
     def __init__(self, delivery_id: str, number: int) -> None:
         super().__init__(

@@ -185,32 +185,24 @@ def _retries_made(deliveries: list[Any]) -> dict[str, int]:
 def mark_published_again(event_ids: list[Any]) -> None:
     """Set the events' ``published_at`` to now: their messages were just published again
     (:func:`requeue_lost` counts a wait from it)."""
-    from django.db.models import Case, Value, When
-
     from messagio.models import Event
 
     if event_ids:
-        Event.objects.filter(pk__in=event_ids).update(
-            published_at=timezone.now(),
-            # An in-process run's claim ends: what it left is the broker's now.
-            claimed_at=Case(
-                When(state=Event.State.INLINE, then=Value(None)), default=F("claimed_at")
-            ),
-        )
+        Event.objects.filter(pk__in=event_ids).update(published_at=timezone.now())
 
 
 def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
-    """The pending deliveries after a taken one in its (priority, queue) group, when the
-    taken one was running its first attempt, outside a replay: in the group's own message.
+    """The pending deliveries after a taken one in what runs it: its (priority, queue)
+    group's message, or its event's in-process run.
 
     A group's listeners travel in one task message and run in order, so those after the one
     a worker died in were never started, and their message is gone with it where the broker
     does not hand it back (the filesystem broker; Redis only after its visibility timeout).
-    Published again with it, each runs once: a later copy of the message finds it finished.
-    A retry, a replay or an earlier requeue travels alone or with others: its followers may
-    be in a message still running elsewhere, and are left to it (taken over, that message
-    goes on with them: ``execution.copy_runs_the_rest``). An event run in process (a sync
-    fire) is one run of all its listeners: every pending one after the taken one goes.
+    A retry, a replay or an earlier requeue runs its listener in a message that carries the
+    ones after it too, or none of them: either way the message it is taken from runs nothing
+    more once it finds its attempt taken over (``records.AttemptTakenOverError``), so they
+    go along. Published twice (the group's own message still on its way), each runs once: a
+    later copy finds it finished or held by the other.
     """
     from messagio.models import Delivery
 
@@ -221,17 +213,8 @@ def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
     for members in taken.values():
         for delivery in members:
             ids.add(delivery.pk)
-            from_group_message = (
-                delivery.status == Delivery.Status.RUNNING
-                and delivery.attempts == 1
-                and delivery.replay_id is None
-            )
-            if not from_group_message:
-                continue
             key = _run_of(delivery)
             first_taken[key] = min(first_taken.get(key, delivery.position), delivery.position)
-    if not first_taken:
-        return []
     candidates = (
         Delivery.objects.filter(event_id__in=list(taken), status=Delivery.Status.PENDING)
         .exclude(pk__in=ids)
@@ -307,23 +290,30 @@ def requeue_stuck(timeout: float | None = None, limit: int = REQUEUE_BATCH) -> i
 
 
 def requeue_left_in_process(cutoff: datetime.datetime, limit: int = REQUEUE_BATCH) -> int:
-    """Publish to a worker what in-process runs (a sync fire) claimed before ``cutoff`` and
-    never ended left pending: their process died, a database error ended the run, or the
-    on_commit that was to start it never ran. No message carries those deliveries. An event
-    with a delivery running or retrying is left (its run goes on, or the stuck sweep
-    requeues that one with the rest); the claims of the others end. Returns how many
-    deliveries were requeued."""
+    """Publish to a worker what in-process runs (a sync fire) left pending: runs claimed
+    before ``cutoff`` (their claim never ended: their process died, a database error ended
+    them, the on_commit that was to start them never ran) with nothing of them running,
+    started or finished since, nor published since (a requeue or a replay of some of it, on
+    its way). No message carries those deliveries. The claim ends once nothing of its event
+    is pending. Returns how many deliveries were requeued."""
     from messagio.models import Delivery, Event
 
     abandoned = Event.objects.filter(state=Event.State.INLINE, claimed_at__lt=cutoff)
     ids = list(abandoned.order_by("claimed_at").values_list("pk", flat=True)[:limit])
     if not ids:
         return 0
-    busy = Delivery.objects.filter(
-        event_id=OuterRef("pk"), status__in=[Delivery.Status.RUNNING, Delivery.Status.RETRYING]
+    # Its run goes on (a listener running, or one started or finished lately), or the stuck
+    # sweep requeues the one that runs (a retrying one waits for its own message).
+    lately = Delivery.objects.filter(event_id=OuterRef("pk")).filter(
+        Q(status__in=[Delivery.Status.RUNNING, Delivery.Status.RETRYING])
+        | Q(started_at__gte=cutoff)
+        | Q(finished_at__gte=cutoff)
     )
     ended = list(
-        Event.objects.filter(pk__in=ids).exclude(Exists(busy)).values_list("pk", flat=True)
+        Event.objects.filter(pk__in=ids)
+        .filter(Q(published_at__isnull=True) | Q(published_at__lt=cutoff))
+        .exclude(Exists(lately))
+        .values_list("pk", flat=True)
     )
     left = Delivery.objects.filter(event_id__in=ended, status=Delivery.Status.PENDING)
     requeued = (
@@ -331,11 +321,10 @@ def requeue_left_in_process(cutoff: datetime.datetime, limit: int = REQUEUE_BATC
         if left.exists()
         else 0
     )
-    # What is pending still, the broker refused: the claim stays, for the next run.
     pending = Delivery.objects.filter(event_id=OuterRef("pk"), status=Delivery.Status.PENDING)
-    Event.objects.filter(pk__in=ended, state=Event.State.INLINE).exclude(Exists(pending)).update(
-        claimed_at=None
-    )
+    Event.objects.filter(pk__in=ids, state=Event.State.INLINE).exclude(Exists(pending)).exclude(
+        Exists(lately.filter(status__in=[Delivery.Status.RUNNING, Delivery.Status.RETRYING]))
+    ).update(claimed_at=None)
     return requeued
 
 

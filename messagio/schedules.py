@@ -7,6 +7,9 @@ from typing import Any
 from messagio.conf import get_setting
 from messagio.tasks import PRUNE_TASK, RELAY_TASK
 
+#: A relay or prune run's message expires after this many intervals.
+EXPIRES_AFTER_RUNS = 10
+
 #: PeriodicTask names messagio owns.
 RELAY_SCHEDULE_NAME = "messagio: relay unpublished events"
 PRUNE_SCHEDULE_NAME = "messagio: prune expired records"
@@ -22,8 +25,10 @@ def ensure_periodic_tasks(using: str = "default", **kwargs: Any) -> None:
     """Create or update the relay and prune PeriodicTasks (a post_migrate receiver).
 
     Only their task, interval and expiry are set: a task an operator disabled stays
-    disabled. Each run's message expires after one interval: while no worker takes them (a
-    backlog, an outage), runs do not pile up to go all at once, the next one replaces it.
+    disabled, an expiry an operator set stays. A run's message expires after
+    :data:`EXPIRES_AFTER_RUNS` intervals: while no worker takes them (an outage), at most
+    that many pile up, yet a run waiting behind a backlog of deliveries on the same queue
+    still runs.
     Nothing happens where django-celery-beat's tables are not (``migrate messagio`` before
     them, a database the routers keep them out of).
     """
@@ -55,13 +60,17 @@ def ensure_periodic_tasks(using: str = "default", **kwargs: Any) -> None:
             try:
                 with transaction.atomic(using=using):
                     PeriodicTask.objects.using(using).create(
-                        name=name, task=task, interval=interval, expire_seconds=seconds
+                        name=name,
+                        task=task,
+                        interval=interval,
+                        expire_seconds=seconds * EXPIRES_AFTER_RUNS,
                     )
             except (IntegrityError, ValidationError):  # beat's save() validates its name
                 pass  # another migrate (one per deployed container) made it meanwhile
         elif existing.interval_id is not None:
             # An operator who moved it to another kind of schedule keeps that schedule.
+            ours = existing.expire_seconds in (None, existing.interval.every * EXPIRES_AFTER_RUNS)
+            if existing.expires is None and ours:  # else the operator's expiry
+                existing.expire_seconds = seconds * EXPIRES_AFTER_RUNS
             existing.task, existing.interval = task, interval
-            if existing.expires is None:  # else the operator's expiry date (not both)
-                existing.expire_seconds = seconds
             existing.save(update_fields=["task", "interval", "expire_seconds"])

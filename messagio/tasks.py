@@ -154,10 +154,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
             # task_reject_on_worker_lost says, with the listeners after it.
             will_retry = False
         if ctx.taken_over:
-            if ctx.copy_runs_the_rest:
-                return  # the copy that took its attempt over runs the rest of the group
-            ctx.taken_over = False  # requeued alone: the rest is this message's
-            continue
+            return  # the copy that took its attempt over runs the rest of the group
         if will_retry:
             retry = dict(
                 envelope,

@@ -199,27 +199,15 @@ def test_a_time_limit_past_rabbitmq_consumer_timeout_is_a_warning_naming_it():
     assert celery_config_errors(app_with(broker_url="memory://")) == []  # redelivers nothing
 
 
-def slow_second(messagio):
-    pass
-
-
-def slow_third(messagio):
-    pass
-
-
 @uses_no_subscriptions
-def test_a_group_held_past_rabbitmq_consumer_timeout_is_a_warning_though_each_listener_is_not():
-    # One task runs the group's listeners one after the other: its message is held for all.
-    for listener in (slow_listener, slow_second, slow_third):
-        listen_to_message(Slow, time_limit=700)(listener)
+def test_the_rabbitmq_warning_says_how_to_silence_it_once_consumer_timeout_is_raised():
+    listen_to_message(Slow, time_limit=1800)(slow_listener)
     app = app_with(broker_url="amqp://guest@127.0.0.1//", task_queue_max_priority=10)
 
-    errors = celery_config_errors(app)
+    (warning,) = celery_config_errors(app)
 
-    assert ids(errors) == ["messagio.W007"]
-    assert "slow_listener, tests.test_checks.slow_second" in errors[0].msg
-    assert "may run for 2100s in one task" in errors[0].msg
-    assert "SILENCED_SYSTEM_CHECKS" in errors[0].hint
+    # messagio cannot read rabbitmq.conf: a warning that cannot be cleared says so.
+    assert 'SILENCED_SYSTEM_CHECKS = ["messagio.W007"]' in warning.hint
 
 
 @pytest.mark.parametrize(

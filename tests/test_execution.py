@@ -189,29 +189,40 @@ def test_a_listener_that_exits_is_recorded_as_failed_and_the_exit_goes_through(
 
 
 def retried_then_requeued(messagio: Quits) -> None:
+    from messagio.recovery import requeue
+
     ran.append("retried")
     if ran.count("retried") == 1:
         raise ValueError("fails once")
-    # Its second attempt ran past STUCK_TIMEOUT: the relay took it and requeued it, alone
-    # (a retry's followers are its group's, here this run's).
-    Delivery.objects.filter(status="running").update(status="pending")
+    # Its second attempt ran past STUCK_TIMEOUT: the relay takes it over meanwhile.
+    requeue(Delivery.objects.filter(status="running"), "stuck")
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_sync_fire_whose_retry_was_requeued_meanwhile_goes_on_with_the_rest(
-    isolated_registry,
+def test_a_sync_fire_whose_retry_was_requeued_leaves_the_rest_to_the_requeue(
+    isolated_registry, monkeypatch
 ):
+    from messagio import records
+
+    published: list[list[str]] = []
+
+    def publish_all(envelopes):
+        published.extend([spec["delivery"] for spec in e["listeners"]] for e in envelopes)
+        return ["task"] * len(envelopes)
+
+    monkeypatch.setattr(records, "publish_all", publish_all)
     ran.clear()
     center = MessageCenter.singleton()
     center.subscribe(Quits, retried_then_requeued, autoretry_for=(ValueError,), max_retries=1)
-    center.subscribe(Quits, after_quits)
+    center.subscribe(Quits, after_quits, priority=1)  # another group: one in-process run
 
     Quits(0).fire(sync=True)
 
     requeued, after = Delivery.objects.order_by("position")
-    assert (requeued.status, requeued.attempts) == ("pending", 2)  # its requeue's message's
-    assert ran == ["retried", "retried", "after"]
-    assert after.status == "succeeded"
+    # Every listener after it goes with it, whatever its group: nothing else would run it.
+    assert published == [[str(requeued.pk)], [str(after.pk)]]
+    assert ran == ["retried", "retried"]  # this run stops there
+    assert (requeued.status, after.status) == ("pending", "pending")
 
 
 #: A SystemExit of a class whose dotted path is longer than Delivery.error_type holds.

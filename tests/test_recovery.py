@@ -107,14 +107,19 @@ def test_a_delivery_another_worker_claims_meanwhile_is_not_requeued(published, m
     assert [a.outcome for a in dead.history.all()] == ["lost"]  # the claim's, not the requeue's
 
 
-def test_a_retry_requeued_leaves_the_listeners_after_it_to_their_own_message(published):
-    # A retry travels alone: the listeners after it are in the group's message, maybe
-    # still running on another worker.
+@pytest.mark.parametrize("replayed", [False, True], ids=["retry", "replay"])
+def test_a_later_attempt_requeued_takes_the_pending_listeners_after_it_along(published, replayed):
+    # The message it is taken from (a replay's, an earlier requeue's) runs nothing more once
+    # its attempt is taken over; what else carries them (the group's message, for a retry)
+    # finds them finished or held, and each runs once.
     _, (retried, after) = event_with(("running", 2), ("pending", 0))
+    if replayed:
+        record = Replay.objects.create(state=Replay.State.RUNNING)
+        Delivery.objects.filter(pk__in=[retried.pk, after.pk]).update(replay=record)
 
     requeue(Delivery.objects.filter(pk=retried.pk), "test")
 
-    assert published == [[str(retried.pk)]]
+    assert published == [[str(retried.pk), str(after.pk)]]
 
 
 def test_what_waits_for_a_lost_message_is_published_again_once(published):
@@ -409,10 +414,14 @@ def test_the_relay_publishes_what_an_in_process_run_left_pending_once(published)
     Delivery.objects.filter(pk=other.pk).update(priority=1)  # another group: it goes too
 
     assert requeue_stuck() == 2
-    assert requeue_stuck() == 0  # its claim ended: not taken twice while it waits
+    assert requeue_stuck() == 0  # published since: not taken twice while it waits
 
     assert sorted(sum(published, [])) == sorted([str(left.pk), str(other.pk)])
     assert str(done.pk) not in sum(published, [])
+    # The claim ends once a worker ran them.
+    assert Event.objects.get(pk=event.pk).claimed_at is not None
+    Delivery.objects.filter(pk__in=[left.pk, other.pk]).update(status="succeeded")
+    requeue_stuck()
     assert Event.objects.get(pk=event.pk).claimed_at is None
 
 
@@ -433,14 +442,17 @@ def test_the_claim_of_an_in_process_run_that_ended_with_nothing_left_just_ends(p
     [
         ((("running", 1), ("pending", 0)), 2),  # its run goes on (requeued once stuck)
         ((("succeeded", 1), ("pending", 0)), 0.1),  # fired within STUCK_TIMEOUT
+        ((("succeeded", 1), ("pending", 0)), 2),  # ...but its last listener ended lately
     ],
-    ids=["a-listener-of-it-running", "fired-recently"],
+    ids=["a-listener-of-it-running", "fired-recently", "a-listener-of-it-ended-lately"],
 )
 def test_the_relay_leaves_an_in_process_run_that_may_go_on(published, rows, fired):
     from messagio.recovery import requeue_stuck
 
     event, deliveries = event_with(*rows, state="inline", at=hours_ago(fired))
     Delivery.objects.filter(status="running").update(started_at=timezone.now())
+    # A run longer than STUCK_TIMEOUT in all, between two of its listeners.
+    Delivery.objects.filter(status="succeeded").update(finished_at=timezone.now())
 
     assert requeue_stuck() == 0
     assert published == []

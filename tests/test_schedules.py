@@ -37,15 +37,26 @@ def test_migrate_made_the_prune_task_at_the_prune_interval():
     assert task.enabled is True
 
 
-def test_each_run_expires_after_one_interval_so_runs_no_worker_took_do_not_pile_up():
+def test_each_run_expires_after_ten_intervals_so_runs_no_worker_took_do_not_pile_up():
     from django_celery_beat.schedulers import ModelEntry
 
+    ensure_periodic_tasks()
     with override_settings(MESSAGIO={"RELAY_INTERVAL": 5, "PRUNE_INTERVAL": 600}):
         ensure_periodic_tasks()
 
-    # What beat publishes each run with (apply_async's expires, in seconds).
-    assert ModelEntry(relay_task()).options["expires"] == 5
-    assert ModelEntry(prune_task()).options["expires"] == 600
+    # What beat publishes each run with (apply_async's expires, in seconds): ten runs at
+    # most pile up, and one behind a backlog of deliveries still runs.
+    assert ModelEntry(relay_task()).options["expires"] == 50
+    assert ModelEntry(prune_task()).options["expires"] == 6000
+
+
+def test_an_expiry_in_seconds_an_operator_set_is_kept():
+    PeriodicTask.objects.filter(name=RELAY_SCHEDULE_NAME).update(expire_seconds=7)
+
+    with override_settings(MESSAGIO={"RELAY_INTERVAL": 5}):
+        ensure_periodic_tasks()
+
+    assert relay_task().expire_seconds == 7
 
 
 def test_an_expiry_date_an_operator_set_is_kept():
