@@ -29,7 +29,7 @@ from django.db import (
     router,
     transaction,
 )
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from messagio.brokers import broker_unreachable
@@ -573,10 +573,13 @@ def publish_recorded(
 
 
 def release_in_process_claim(event_id: Any) -> None:
-    """End an in-process run's claim on its event: it ran every listener it was to run."""
+    """End an in-process run's claim on its event, unless some of it is still pending (a
+    requeue took the run over and carries the rest: should its message be lost, the relay
+    finds them by the claim)."""
+    pending = Delivery.objects.filter(event_id=OuterRef("pk"), status=Delivery.Status.PENDING)
     Event.objects.using(db_alias()).filter(
         pk=event_id, state=Event.State.INLINE, claimed_at__isnull=False
-    ).update(claimed_at=None)
+    ).exclude(Exists(pending)).update(claimed_at=None)
 
 
 def record_and_publish(event: NewEvent, deliveries: list[NewDelivery]) -> list[str]:

@@ -201,8 +201,9 @@ def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
     A retry, a replay or an earlier requeue runs its listener in a message that carries the
     ones after it too, or none of them: either way the message it is taken from runs nothing
     more once it finds its attempt taken over (``records.AttemptTakenOverError``), so they
-    go along. Published twice (the group's own message still on its way), each runs once: a
-    later copy finds it finished or held by the other.
+    go along, unless another delivery of the group is running (a retry's group went on
+    without it: that message runs them, in order). Published twice (the group's own message
+    still on its way), each runs once: a later copy finds it finished or held by the other.
     """
     from messagio.models import Delivery
 
@@ -216,17 +217,26 @@ def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
             key = _run_of(delivery)
             first_taken[key] = min(first_taken.get(key, delivery.position), delivery.position)
     candidates = (
-        Delivery.objects.filter(event_id__in=list(taken), status=Delivery.Status.PENDING)
+        Delivery.objects.filter(
+            event_id__in=list(taken),
+            status__in=[Delivery.Status.PENDING, Delivery.Status.RUNNING],
+        )
         .exclude(pk__in=ids)
         .select_related("event")
         .order_by("event_id", "position")
     )
     followers = []
+    walked = set()
     for delivery in candidates:
+        if delivery.status == Delivery.Status.RUNNING:
+            # A live message walks this group (a retry's group went on without it): the
+            # ones after it are that message's, and run in order there.
+            walked.add(_run_of(delivery))
+            continue
         first = first_taken.get(_run_of(delivery))
         if first is not None and delivery.position > first:
             followers.append(delivery)
-    return followers
+    return [d for d in followers if _run_of(d) not in walked]
 
 
 def _run_of(delivery: Any) -> tuple[Any, ...]:
@@ -298,10 +308,6 @@ def requeue_left_in_process(cutoff: datetime.datetime, limit: int = REQUEUE_BATC
     is pending. Returns how many deliveries were requeued."""
     from messagio.models import Delivery, Event
 
-    abandoned = Event.objects.filter(state=Event.State.INLINE, claimed_at__lt=cutoff)
-    ids = list(abandoned.order_by("claimed_at").values_list("pk", flat=True)[:limit])
-    if not ids:
-        return 0
     # Its run goes on (a listener running, or one started or finished lately), or the stuck
     # sweep requeues the one that runs (a retrying one waits for its own message).
     lately = Delivery.objects.filter(event_id=OuterRef("pk")).filter(
@@ -309,22 +315,23 @@ def requeue_left_in_process(cutoff: datetime.datetime, limit: int = REQUEUE_BATC
         | Q(started_at__gte=cutoff)
         | Q(finished_at__gte=cutoff)
     )
-    ended = list(
-        Event.objects.filter(pk__in=ids)
+    ended = (
+        Event.objects.filter(state=Event.State.INLINE, claimed_at__lt=cutoff)
         .filter(Q(published_at__isnull=True) | Q(published_at__lt=cutoff))
         .exclude(Exists(lately))
-        .values_list("pk", flat=True)
     )
-    left = Delivery.objects.filter(event_id__in=ended, status=Delivery.Status.PENDING)
+    ids = list(ended.order_by("claimed_at").values_list("pk", flat=True)[:limit])
+    if not ids:
+        return 0
+    left = Delivery.objects.filter(event_id__in=ids, status=Delivery.Status.PENDING)
     requeued = (
         requeue(left, "the in-process run of its event (a sync fire) stopped before it")
         if left.exists()
         else 0
     )
+    # What the broker refused is still pending: its claim stays, for the next run.
     pending = Delivery.objects.filter(event_id=OuterRef("pk"), status=Delivery.Status.PENDING)
-    Event.objects.filter(pk__in=ids, state=Event.State.INLINE).exclude(Exists(pending)).exclude(
-        Exists(lately.filter(status__in=[Delivery.Status.RUNNING, Delivery.Status.RETRYING]))
-    ).update(claimed_at=None)
+    Event.objects.filter(pk__in=ids).exclude(Exists(pending)).update(claimed_at=None)
     return requeued
 
 

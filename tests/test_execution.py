@@ -223,6 +223,8 @@ def test_a_sync_fire_whose_retry_was_requeued_leaves_the_rest_to_the_requeue(
     assert published == [[str(requeued.pk)], [str(after.pk)]]
     assert ran == ["retried", "retried"]  # this run stops there
     assert (requeued.status, after.status) == ("pending", "pending")
+    # Its claim stays: were the requeue's message lost, the relay finds them by it.
+    assert requeued.event.claimed_at is not None
 
 
 #: A SystemExit of a class whose dotted path is longer than Delivery.error_type holds.

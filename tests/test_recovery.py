@@ -122,6 +122,18 @@ def test_a_later_attempt_requeued_takes_the_pending_listeners_after_it_along(pub
     assert published == [[str(retried.pk), str(after.pk)]]
 
 
+def test_a_retry_requeued_leaves_the_listeners_after_it_to_the_message_walking_its_group(
+    published,
+):
+    # The broker refused its retry; its group's message went on and runs the next one.
+    _, (retried, running, after) = event_with(("retrying", 1), ("running", 1), ("pending", 0))
+    Delivery.objects.filter(pk=running.pk).update(started_at=timezone.now())
+
+    requeue(Delivery.objects.filter(pk=retried.pk), "test")
+
+    assert published == [[str(retried.pk)]]
+
+
 def test_what_waits_for_a_lost_message_is_published_again_once(published):
     event, (done, waiting) = event_with(("succeeded", 1), ("pending", 0))
 
@@ -418,9 +430,12 @@ def test_the_relay_publishes_what_an_in_process_run_left_pending_once(published)
 
     assert sorted(sum(published, [])) == sorted([str(left.pk), str(other.pk)])
     assert str(done.pk) not in sum(published, [])
-    # The claim ends once a worker ran them.
+    # The claim ends once a worker ran them, and STUCK_TIMEOUT passed.
     assert Event.objects.get(pk=event.pk).claimed_at is not None
-    Delivery.objects.filter(pk__in=[left.pk, other.pk]).update(status="succeeded")
+    Delivery.objects.filter(pk__in=[left.pk, other.pk]).update(
+        status="succeeded", started_at=hours_ago(1.5), finished_at=hours_ago(1.5)
+    )
+    Event.objects.filter(pk=event.pk).update(published_at=hours_ago(1.5))
     requeue_stuck()
     assert Event.objects.get(pk=event.pk).claimed_at is None
 
@@ -468,3 +483,21 @@ def test_a_stuck_in_process_run_is_requeued_with_every_listener_after_it(publish
 
     # One run of all its listeners: the ones after it in any group are carried by nothing.
     assert sorted(sum(published, [])) == sorted([str(stuck.pk), str(same.pk), str(other.pk)])
+
+
+def test_the_upgrade_claims_the_in_process_runs_that_left_deliveries_pending():
+    import importlib
+
+    from django.apps import apps
+    from django.db import connection
+
+    migration = importlib.import_module("messagio.migrations.0009_events_claimed_in_process")
+    stranded, _ = event_with(("succeeded", 1), ("pending", 0), state="inline")
+    finished, _ = event_with(("succeeded", 1), state="inline")
+    Event.objects.update(claimed_at=None)  # as recorded before the claims
+
+    migration.claim_unfinished_runs(apps, type("Editor", (), {"connection": connection})())
+
+    stranded.refresh_from_db()
+    assert stranded.claimed_at == stranded.fired_at  # the relay's, once STUCK_TIMEOUT passed
+    assert Event.objects.get(pk=finished.pk).claimed_at is None

@@ -5,6 +5,7 @@ A sync fire (or the in-process center) records its event ``inline`` and claims i
 error stopped it, the on_commit that was to start it never ran) leaves pending deliveries
 that no message carries; the relay publishes them to a worker once the claim is older than
 ``STUCK_TIMEOUT``. The partial index holds only the claimed inline events: a handful.
+The runs recorded before it that left deliveries pending are claimed from their fire.
 
 Not atomic, so that PostgreSQL builds it CONCURRENTLY (the events table is not locked for
 writes while it is read). Safe to run again after an interruption: an index already there
@@ -48,6 +49,17 @@ def add(apps, schema_editor):
         schema_editor.add_index(event, INDEX, **_options(schema_editor))
 
 
+def claim_unfinished_runs(apps, schema_editor):
+    """Claim the in-process runs recorded before this migration that left deliveries
+    pending (nothing claimed them then): the relay publishes those as it does the others'."""
+    event, delivery = apps.get_model("messagio", "Event"), apps.get_model("messagio", "Delivery")
+    db = schema_editor.connection.alias
+    pending = delivery.objects.using(db).filter(status="pending").values("event_id")
+    event.objects.using(db).filter(state="inline", claimed_at__isnull=True, pk__in=pending).update(
+        claimed_at=models.F("fired_at")
+    )
+
+
 def remove(apps, schema_editor):
     event = apps.get_model("messagio", "Event")
     if _state(schema_editor, INDEX.name) is not None:
@@ -66,4 +78,5 @@ class Migration(migrations.Migration):
             database_operations=[migrations.RunPython(add, remove, elidable=False)],
             state_operations=[migrations.AddIndex(model_name="event", index=INDEX)],
         ),
+        migrations.RunPython(claim_unfinished_runs, migrations.RunPython.noop, elidable=True),
     ]
