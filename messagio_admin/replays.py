@@ -19,7 +19,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
-from messagio.models import Delivery, Replay
+from messagio.models import Attempt, Delivery, Replay
 from messagio_admin import display, permissions, queries
 from messagio_admin.changelist import RecordAdmin
 
@@ -103,15 +103,25 @@ class ReplayAdmin(RecordAdmin):
 
     @admin.display(description=gettext_lazy("outcome of the replayed deliveries"))
     def outcome_display(self, replay: Replay) -> str:
+        """From the attempts the replay ran (its index): a delivery keeps only the last
+        replay that took it, so a replay's counts read from the deliveries went to zero
+        once a later replay took them again. What is in flight is the deliveries' now."""
+        outcome = Attempt.Outcome
         counts = (
-            Delivery.objects.filter(replay=replay)
+            Attempt.objects.filter(replay=replay)
             .order_by()
             .aggregate(
-                succeeded=Count("pk", filter=Q(status=Delivery.Status.SUCCEEDED)),
-                failed=Count("pk", filter=Q(status=Delivery.Status.FAILED)),
-                in_flight=Count("pk", filter=Q(status__in=queries.IN_FLIGHT)),
+                succeeded=Count("delivery", distinct=True, filter=Q(outcome=outcome.SUCCEEDED)),
+                failed=Count(
+                    "delivery",
+                    distinct=True,
+                    filter=Q(outcome__in=[outcome.FAILED, outcome.TIMEOUT]),
+                ),
             )
         )
+        counts["in_flight"] = Delivery.objects.filter(
+            replay=replay, status__in=queries.IN_FLIGHT
+        ).count()
         url = reverse("admin:messagio_delivery_changelist")
         link = f"{url}?{urlencode({'replay__id__exact': replay.pk})}"
         return format_html(

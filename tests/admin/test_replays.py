@@ -3,7 +3,7 @@
 import pytest
 
 from messagio import tasks
-from messagio.models import Delivery, Replay
+from messagio.models import Attempt, Delivery, Replay
 from messagio.replays import run_replay
 from tests.admin.factories import client_for, make_event, make_user
 
@@ -123,3 +123,22 @@ def test_who_may_only_view_replays_may_not_stop_one():
 
 def test_stopping_an_unknown_replay_is_a_404(admin_client):
     assert admin_client.post(f"{REPLAYS}12345/stop/").status_code == 404
+
+
+def test_a_replays_outcome_counts_stay_once_a_later_replay_takes_its_deliveries(admin_client):
+    event = make_event("failed", "failed")
+    first, second = Delivery.objects.filter(event=event).order_by("position")
+    earlier = Replay.objects.create(state="finished")
+    later = Replay.objects.create(state="running")
+    Attempt.objects.create(delivery=first, number=2, outcome="succeeded", replay=earlier)
+    Attempt.objects.create(delivery=second, number=2, outcome="failed", replay=earlier)
+    # The later replay took the failed one again: it is its now, in flight.
+    Delivery.objects.filter(pk=first.pk).update(status="succeeded", replay=earlier)
+    Delivery.objects.filter(pk=second.pk).update(status="pending", replay=later)
+
+    earlier_page = admin_client.get(replay_url(earlier)).content.decode()
+    later_page = admin_client.get(replay_url(later)).content.decode()
+
+    assert "1 succeeded" in earlier_page and "1 failed" in earlier_page
+    assert "0 in flight" in earlier_page
+    assert "1 in flight" in later_page and "0 failed" in later_page
