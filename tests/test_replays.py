@@ -30,6 +30,18 @@ def failed_event() -> Event:
     return event
 
 
+def published_deliveries(monkeypatch) -> list[str]:
+    """The ids of the deliveries the replay publishes from now on (the broker captured)."""
+    sent: list[str] = []
+
+    def publish_all(envelope_list):
+        sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
+        return ["task"]
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+    return sent
+
+
 def test_a_delivery_run_by_someone_else_before_its_turn_is_left_alone(monkeypatch):
     event = failed_event()
     first, second = event.deliveries.order_by("-priority")  # published in that order
@@ -142,13 +154,7 @@ def test_a_replay_resumed_past_its_canary_replays_the_rest_without_waiting(monke
     """Its worker died after the canary; the replay task's message came back."""
     event = failed_event()
     first, second = event.deliveries.order_by("pk")
-    sent: list[str] = []
-
-    def publish_all(envelope_list):
-        sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
-        return ["task"]
-
-    monkeypatch.setattr(replays, "publish_all", publish_all)
+    sent = published_deliveries(monkeypatch)
     record = Replay.objects.create(snapshot_at=timezone.now(), total=2, canary=1, queued=1)
     Delivery.objects.filter(pk=first.pk).update(status="succeeded", replay=record)
 
@@ -246,13 +252,7 @@ def test_a_resumed_replay_task_does_not_take_again_what_it_queued_and_failed_aga
 
     event = failed_event()
     first, second = event.deliveries.order_by("pk")
-    sent: list[str] = []
-
-    def publish_all(envelope_list):
-        sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
-        return ["task"]
-
-    monkeypatch.setattr(replays, "publish_all", publish_all)
+    sent = published_deliveries(monkeypatch)
     record = Replay.objects.create(snapshot_at=timezone.now(), total=2, queued=1)
     Delivery.objects.filter(pk=first.pk).update(
         replay=record, finished_at=record.snapshot_at - datetime.timedelta(seconds=5)

@@ -15,6 +15,7 @@ is built again.
 from django.db import migrations, models
 
 import messagio.models
+from messagio.migrations._indexes import swap_indexes
 
 NEW = [
     messagio.models.NullsLastIndex(fields=["-started_at"], name="messagio_dl_newest"),
@@ -28,38 +29,6 @@ OLD = [
 ]
 
 
-def _state(schema_editor, name):
-    """Whether index ``name`` is "valid", "invalid" (a CONCURRENTLY build that failed), or
-    None: there is no such index."""
-    connection = schema_editor.connection
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [name]
-            )
-            row = cursor.fetchone()
-            return None if row is None else ("valid" if row[0] else "invalid")
-        found = connection.introspection.get_constraints(cursor, "messagio_delivery")
-    return "valid" if name in found else None
-
-
-def _swap(adding, dropping):
-    def swap(apps, schema_editor):
-        delivery = apps.get_model("messagio", "Delivery")
-        options = {"concurrently": True} if schema_editor.connection.vendor == "postgresql" else {}
-        for index in adding:
-            state = _state(schema_editor, index.name)
-            if state == "invalid":
-                schema_editor.remove_index(delivery, index, **options)
-            if state != "valid":
-                schema_editor.add_index(delivery, index, **options)
-        for index in dropping:
-            if _state(schema_editor, index.name) is not None:
-                schema_editor.remove_index(delivery, index, **options)
-
-    return swap
-
-
 class Migration(migrations.Migration):
     atomic = False
 
@@ -70,7 +39,11 @@ class Migration(migrations.Migration):
     operations = [
         migrations.SeparateDatabaseAndState(
             database_operations=[
-                migrations.RunPython(_swap(NEW, OLD), _swap(OLD, NEW), elidable=False)
+                migrations.RunPython(
+                    swap_indexes("Delivery", NEW, OLD),
+                    swap_indexes("Delivery", OLD, NEW),
+                    elidable=False,
+                )
             ],
             state_operations=[
                 *(migrations.RemoveIndex(model_name="delivery", name=index.name) for index in OLD),

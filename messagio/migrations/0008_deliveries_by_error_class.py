@@ -15,46 +15,13 @@ failed CONCURRENTLY build left invalid is built again.
 from django.db import migrations, models
 
 import messagio.models
+from messagio.migrations._indexes import swap_indexes
 
 INDEX = messagio.models.NullsLastIndex(
     fields=["error_type", "-started_at"],
     name="messagio_dl_error_newest",
     condition=models.Q(status__in=["failed", "retrying"]),
 )
-
-
-def _state(schema_editor, name):
-    """Whether index ``name`` is "valid", "invalid" (a CONCURRENTLY build that failed), or
-    None: there is no such index."""
-    connection = schema_editor.connection
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [name]
-            )
-            row = cursor.fetchone()
-            return None if row is None else ("valid" if row[0] else "invalid")
-        found = connection.introspection.get_constraints(cursor, "messagio_delivery")
-    return "valid" if name in found else None
-
-
-def _options(schema_editor):
-    return {"concurrently": True} if schema_editor.connection.vendor == "postgresql" else {}
-
-
-def add(apps, schema_editor):
-    delivery = apps.get_model("messagio", "Delivery")
-    state = _state(schema_editor, INDEX.name)
-    if state == "invalid":
-        schema_editor.remove_index(delivery, INDEX, **_options(schema_editor))
-    if state != "valid":
-        schema_editor.add_index(delivery, INDEX, **_options(schema_editor))
-
-
-def remove(apps, schema_editor):
-    delivery = apps.get_model("messagio", "Delivery")
-    if _state(schema_editor, INDEX.name) is not None:
-        schema_editor.remove_index(delivery, INDEX, **_options(schema_editor))
 
 
 class Migration(migrations.Migration):
@@ -66,7 +33,13 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.SeparateDatabaseAndState(
-            database_operations=[migrations.RunPython(add, remove, elidable=False)],
+            database_operations=[
+                migrations.RunPython(
+                    swap_indexes("Delivery", [INDEX], []),
+                    swap_indexes("Delivery", [], [INDEX]),
+                    elidable=False,
+                )
+            ],
             state_operations=[migrations.AddIndex(model_name="delivery", index=INDEX)],
         ),
     ]

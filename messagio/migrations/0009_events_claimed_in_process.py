@@ -14,39 +14,13 @@ is kept, one a failed CONCURRENTLY build left invalid is built again.
 
 from django.db import migrations, models
 
+from messagio.migrations._indexes import swap_indexes
+
 INDEX = models.Index(
     fields=["claimed_at"],
     name="messagio_ev_inline_claimed",
     condition=models.Q(state="inline", claimed_at__isnull=False),
 )
-
-
-def _state(schema_editor, name):
-    """Whether index ``name`` is "valid", "invalid" (a CONCURRENTLY build that failed), or
-    None: there is no such index."""
-    connection = schema_editor.connection
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [name]
-            )
-            row = cursor.fetchone()
-            return None if row is None else ("valid" if row[0] else "invalid")
-        found = connection.introspection.get_constraints(cursor, "messagio_event")
-    return "valid" if name in found else None
-
-
-def _options(schema_editor):
-    return {"concurrently": True} if schema_editor.connection.vendor == "postgresql" else {}
-
-
-def add(apps, schema_editor):
-    event = apps.get_model("messagio", "Event")
-    state = _state(schema_editor, INDEX.name)
-    if state == "invalid":
-        schema_editor.remove_index(event, INDEX, **_options(schema_editor))
-    if state != "valid":
-        schema_editor.add_index(event, INDEX, **_options(schema_editor))
 
 
 def claim_unfinished_runs(apps, schema_editor):
@@ -60,12 +34,6 @@ def claim_unfinished_runs(apps, schema_editor):
     )
 
 
-def remove(apps, schema_editor):
-    event = apps.get_model("messagio", "Event")
-    if _state(schema_editor, INDEX.name) is not None:
-        schema_editor.remove_index(event, INDEX, **_options(schema_editor))
-
-
 class Migration(migrations.Migration):
     atomic = False
 
@@ -75,7 +43,13 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.SeparateDatabaseAndState(
-            database_operations=[migrations.RunPython(add, remove, elidable=False)],
+            database_operations=[
+                migrations.RunPython(
+                    swap_indexes("Event", [INDEX], []),
+                    swap_indexes("Event", [], [INDEX]),
+                    elidable=False,
+                )
+            ],
             state_operations=[migrations.AddIndex(model_name="event", index=INDEX)],
         ),
         migrations.RunPython(claim_unfinished_runs, migrations.RunPython.noop, elidable=True),
