@@ -30,19 +30,27 @@ class LargeTableChangeList(ChangeList):
             raise IncorrectLookupParameters(exc) from exc
 
     def check_date_hierarchy_year(self) -> None:
-        """Refuse a year whose period Django cannot compute (the list without filters, as for
-        any bad lookup): it adds a year, a month or a day to the start, and the year 9999 had
-        none after it, a ValueError or OverflowError (a 500). A year that is no number is
+        """Refuse a period Django cannot compute (the list without filters, as for any bad
+        lookup): it makes a date of the year, month and day given and adds a year, a month
+        or a day to it; a month of 99999999999999999999 or the year 9999 (none after it)
+        raised an OverflowError or ValueError it does not catch (a 500), as did the years 1
+        and 9999, whose periods start or end out of range. Parts that are no number are
         Django's to refuse."""
         if not self.date_hierarchy:
             return
-        year = self.params.get(f"{self.date_hierarchy}__year")
+        parts = [self.params.get(f"{self.date_hierarchy}__{k}") for k in ("year", "month", "day")]
+        if parts[0] is None:
+            return
         try:
-            number = int(year) if year is not None else None
+            year, month, day = (int(part) if part is not None else 1 for part in parts)
         except ValueError:
             return
-        if number is not None and not datetime.MINYEAR < number < datetime.MAXYEAR:
-            raise IncorrectLookupParameters(f"year out of range: {number}")
+        try:
+            datetime.date(year, month, day)
+        except (ValueError, OverflowError) as exc:
+            raise IncorrectLookupParameters(f"no such date: {exc}") from exc
+        if not datetime.MINYEAR < year < datetime.MAXYEAR:  # a period that ends, or starts, in it
+            raise IncorrectLookupParameters(f"year out of range: {year}")
 
     def get_ordering_field(self, field_name: Any) -> Any:
         # Django hides the other columns' sort links but still sorts by any of them given

@@ -21,6 +21,9 @@ from django.utils.functional import cached_property
 COUNT_CAP = 1000
 #: ... or as many as fill this many pages past the page asked for, when that is more.
 PAGES_AHEAD = 4
+#: The deepest page a filtered count reaches for (500,000 rows at 50 a page): a page asked
+#: for past it is "invalid", as Django has it, not a count of the whole selection.
+DEEPEST_PAGE = 10_000
 
 
 def estimated_row_count(queryset: QuerySet) -> int | None:
@@ -76,7 +79,7 @@ class LargeTablePaginator(Paginator):
         :data:`PAGES_AHEAD` pages past the page asked for. Counted to the cap only, a
         selection of more rows had no page past the cap's: asked for, it was "invalid", and
         the admin went back to the list without its filters."""
-        return max(self.cap, (self.page_asked + PAGES_AHEAD) * self.per_page)
+        return max(self.cap, (min(self.page_asked, DEEPEST_PAGE) + PAGES_AHEAD) * self.per_page)
 
     @cached_property
     def count(self) -> int:
@@ -95,10 +98,17 @@ class LargeTablePaginator(Paginator):
         return counted
 
     def page(self, number: Any) -> Any:
-        """Django's page; one past the last page of an exactly counted selection is its last
-        page. A link kept from when the list was longer (its failures replayed since) was
-        "invalid", and the admin went back to the list without its filters."""
-        if isinstance(number, int) and number > self.num_pages:
+        """Django's page; a few pages past the last page of an exactly counted selection,
+        its last page. A link kept from when the list was longer (its failures replayed
+        since) was "invalid", and the admin went back to the list without its filters.
+        Further (a count that is an estimate or capped, or a page far past the end) is
+        Django's "invalid" still: no OFFSET reaches the end of a big table."""
+        exact = not (self.count_is_estimate or self.count_is_capped)
+        if (
+            isinstance(number, int)
+            and exact
+            and self.num_pages < number <= self.num_pages + PAGES_AHEAD
+        ):
             number = self.num_pages
         return super().page(number)
 

@@ -54,6 +54,10 @@ def test_a_lookup_no_filter_or_link_makes_is_refused_as_django_refuses_a_bad_one
         (DELIVERIES, "started_at__year=9999&started_at__month=12&started_at__day=31"),
         (EVENTS, "fired_at__year=1"),
         (EVENTS, "fired_at__year=20000"),
+        # A date Django cannot make (an OverflowError, a 500).
+        (DELIVERIES, "started_at__year=2024&started_at__month=99999999999999999999"),
+        (EVENTS, "fired_at__year=2024&fired_at__month=2&fired_at__day=99999999999999999999"),
+        (EVENTS, "fired_at__year=2024&fired_at__month=13"),
     ],
 )
 def test_a_date_lookup_without_its_year_or_out_of_range_is_refused_as_a_bad_one(
