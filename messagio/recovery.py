@@ -323,11 +323,9 @@ def requeue_left_in_process(cutoff: datetime.datetime, limit: int = REQUEUE_BATC
     ids = list(ended.order_by("claimed_at").values_list("pk", flat=True)[:limit])
     if not ids:
         return 0
-    left = Delivery.objects.filter(event_id__in=ids, status=Delivery.Status.PENDING)
-    requeued = (
-        requeue(left, "the in-process run of its event (a sync fire) stopped before it")
-        if left.exists()
-        else 0
+    requeued = requeue(
+        Delivery.objects.filter(event_id__in=ids, status=Delivery.Status.PENDING),
+        "the in-process run of its event (a sync fire) stopped before it",
     )
     # What the broker refused is still pending: its claim stays, for the next run.
     pending = Delivery.objects.filter(event_id=OuterRef("pk"), status=Delivery.Status.PENDING)

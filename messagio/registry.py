@@ -209,14 +209,14 @@ class Registry:
             raise TypeError(f"name must be a non-empty string, not {name!r}.")
         listener_id = name or _describe(listener)
         import_path = _import_path(listener)
-        too_long = max((listener_id, import_path or ""), key=len)
-        if len(too_long) > NAME_MAX_LENGTH:
-            raise ValueError(
-                f"Cannot subscribe {listener_id!r} to {messagio_type.get_name()}: its "
-                f"{'id' if too_long is listener_id else 'import path'} is {len(too_long)} "
-                f"characters long; messagio records at most {NAME_MAX_LENGTH}. Give it a "
-                "shorter id with name=... and define it in a module of a shorter path."
-            )
+        for what, text in (("id", listener_id), ("import path", import_path or "")):
+            if len(text) > NAME_MAX_LENGTH:
+                raise ValueError(
+                    f"Cannot subscribe {listener_id!r} to {messagio_type.get_name()}: its "
+                    f"{what} is {len(text)} characters long; messagio records at most "
+                    f"{NAME_MAX_LENGTH}. Give it a shorter id with name=... and define it in "
+                    "a module of a shorter path."
+                )
         with self._lock:
             for existing in self._by_type.get(messagio_type, ()):
                 if existing.listener is listener:

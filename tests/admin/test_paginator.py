@@ -45,12 +45,20 @@ def test_a_selection_past_the_cap_is_counted_up_to_the_cap_and_flagged(monkeypat
     assert paginator.num_pages == 2
 
 
-def test_a_page_past_the_cap_is_counted_a_few_pages_further_and_has_a_next_page(monkeypatch):
+def one_a_page(monkeypatch, events: int, page_asked: int) -> LargeTablePaginator:
+    """A paginator of one event a page over ``events`` events, its cap at 2 rows, told the
+    page the changelist asked for."""
     monkeypatch.setattr(LargeTablePaginator, "cap", 2)
-    for _ in range(20):
+    for _ in range(events):
         make_event("succeeded")
     paginator = LargeTablePaginator(Event.objects.filter(listener_count=1).order_by("pk"), 1)
-    paginator.page_asked = 5  # past the cap's pages (2): the old count stopped at 3 rows
+    paginator.page_asked = page_asked
+    return paginator
+
+
+def test_a_page_past_the_cap_is_counted_a_few_pages_further_and_has_a_next_page(monkeypatch):
+    # Past the cap's pages (2): the old count stopped at 3 rows.
+    paginator = one_a_page(monkeypatch, events=20, page_asked=5)
 
     page = paginator.page(5)
 
@@ -61,11 +69,7 @@ def test_a_page_past_the_cap_is_counted_a_few_pages_further_and_has_a_next_page(
 
 
 def test_a_page_past_the_cap_near_the_end_is_counted_exactly(monkeypatch):
-    monkeypatch.setattr(LargeTablePaginator, "cap", 2)
-    for _ in range(6):
-        make_event("succeeded")
-    paginator = LargeTablePaginator(Event.objects.filter(listener_count=1).order_by("pk"), 1)
-    paginator.page_asked = 5
+    paginator = one_a_page(monkeypatch, events=6, page_asked=5)
 
     assert paginator.count == 6
     assert not paginator.count_is_capped
@@ -93,11 +97,7 @@ def test_the_count_costs_one_query_however_deep_the_page(monkeypatch):
 
 
 def test_a_capped_count_links_its_last_page_then_an_ellipsis(monkeypatch):
-    monkeypatch.setattr(LargeTablePaginator, "cap", 2)
-    for _ in range(20):
-        make_event("succeeded")
-    paginator = LargeTablePaginator(Event.objects.filter(listener_count=1).order_by("pk"), 1)
-    paginator.page_asked = 5
+    paginator = one_a_page(monkeypatch, events=20, page_asked=5)
 
     pages = list(paginator.get_elided_page_range(5))
 
