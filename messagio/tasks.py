@@ -76,7 +76,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
     from messagio.records import envelope_payload
     from messagio.seals import check
 
-    seal = check(envelope) if _from_the_broker(self.request) else "sealed"
+    seal = check(envelope) if _needs_a_seal(self.request) else "sealed"
     if seal == "forged":
         logger.error(
             "messagio: dropped a task message for event %r that messagio did not seal "
@@ -190,11 +190,13 @@ def _retry_not_sent(delivery_id: str, task_id: str | None) -> None:
         logger.exception("messagio: could not mark the retry of delivery %s unsent", delivery_id)
 
 
-def _from_the_broker(request: Any) -> bool:
-    """Whether the task runs a message from the broker: not ``apply()`` nor a direct call
-    in this process, which need no seal. Not read from anything a message sets (its task id
-    may be null): a worker sets both flags to False for every message it runs."""
-    return not (request.called_directly or request.is_eager)
+def _needs_a_seal(request: Any) -> bool:
+    """Whether the task's arguments must carry messagio's seal: always, but for a direct
+    call of the function in this process. Not read from anything a message can set: a
+    message's body may set any other field of the request (``is_eager`` among them), so
+    ``apply()`` and eager mode check the seal as a worker does (messagio's own publishes
+    seal what they send, eager or not)."""
+    return not request.called_directly
 
 
 def _from_position(envelope: dict[str, Any], position: int) -> dict[str, Any]:
@@ -324,7 +326,7 @@ def replay(
     from messagio.replays import IN_FLIGHT, run_replay
     from messagio.seals import is_sealed
 
-    if _from_the_broker(self.request) and not is_sealed([replay_id, delivery_filter], seal):
+    if _needs_a_seal(self.request) and not is_sealed([replay_id, delivery_filter], seal):
         logger.error(
             "messagio: dropped a replay task message for replay %r that messagio did not "
             "seal (forged, or sealed with another key); nothing was replayed",

@@ -80,14 +80,13 @@ def test_a_message_that_is_not_an_envelope_is_forged(message):
     assert check(message) == "forged"
 
 
-def test_only_what_runs_in_this_process_goes_unsealed_never_what_a_message_says():
+def test_only_a_direct_call_goes_unsealed_never_what_a_message_says():
     from celery.app.task import Context
 
-    from messagio.tasks import _from_the_broker
+    from messagio.tasks import _needs_a_seal
 
-    # A worker sets both flags to False for every message, whatever its headers say: a
-    # message whose task id is null is still from the broker.
-    assert _from_the_broker(Context(id=None, called_directly=False, is_eager=False))
-    assert _from_the_broker(Context(id="t", called_directly=False, is_eager=False))
-    assert not _from_the_broker(Context())  # a direct call
-    assert not _from_the_broker(Context(id="t", called_directly=False, is_eager=True))  # apply()
+    # A message's body can set any request field but called_directly, which Celery's trace
+    # sets after it: apply() and eager runs are checked as a worker's are.
+    assert _needs_a_seal(Context(id=None, called_directly=False, is_eager=False))
+    assert _needs_a_seal(Context(id="t", called_directly=False, is_eager=True))
+    assert not _needs_a_seal(Context())  # a direct call

@@ -5,6 +5,7 @@ import pytest
 from messagio import tasks
 from messagio.models import Attempt, Delivery, Replay
 from messagio.replays import run_replay
+from messagio.seals import seal_of
 from tests.admin.factories import client_for, make_event, make_user
 
 pytestmark = pytest.mark.django_db
@@ -75,7 +76,8 @@ def test_a_replay_stopped_before_its_task_ran_is_not_run(admin_client):
     record = Replay.objects.create(total=1)
     admin_client.post(stop_url(record))
 
-    tasks.replay.apply(args=(record.pk, {"status": "failed"}))
+    arguments = [record.pk, {"status": "failed"}]
+    tasks.replay.apply(args=(*arguments, seal_of(arguments)))
 
     assert not Delivery.objects.filter(status="pending").exists()
 

@@ -16,6 +16,7 @@ from messagio.payload import MAGIC, sign
 from messagio.publisher import kept_producers
 from messagio.records import publish_recorded
 from messagio.relay import relay
+from messagio.seals import sealed
 from tests.hostile import WritesFile
 from tests.polling import wait_for
 from tests.testapp.messagio import Fixable, Flaky, Ping, Split, SplitHeld
@@ -212,7 +213,7 @@ def test_a_retry_the_broker_refuses_leaves_its_delivery_retrying_and_the_group_g
     event, envelope = recorded_group(Flaky(token, fail_times=1))
     broker_outage.cut()
 
-    tasks.deliver.apply(args=(envelope,))
+    tasks.deliver.apply(args=(sealed(envelope),))
 
     flaky, sibling = Delivery.objects.filter(event_id=event.id).order_by("position")
     assert (flaky.status, flaky.attempts, flaky.task_id) == ("retrying", 1, RETRY_NOT_SENT)
@@ -339,42 +340,76 @@ def test_a_tampered_payload_runs_no_code_and_fails_its_delivery(worker, tmp_path
     assert Call.objects.filter(token=token, listener="fixable").count() == 1
 
 
-def send_as_is(envelope) -> None:
-    """Put ``envelope`` on the messagio queue as it is: what whoever can write to the broker
-    can do (messagio's own publish would seal it)."""
+def send_as_is(envelope, task=None, args=None, **embed) -> None:
+    """Put ``envelope`` (or ``args`` of ``task``) on the messagio queue as it is: what
+    whoever can write to the broker can do (messagio's own publish would seal it), down to
+    the request fields a message's body may set (``embed``, such as ``is_eager``)."""
     from django.conf import settings
 
     from messagio.tasks import DELIVER_TASK
     from project.celery import app
 
-    app.send_task(DELIVER_TASK, args=(envelope,), queue=settings.MESSAGIO_QUEUE)
+    task = task or DELIVER_TASK
+    message = app.amqp.as_task_v2(str(uuid.uuid4()), task, args=args or (envelope,), kwargs={})
+    body_args, body_kwargs, body_embed = message.body
+    message = message._replace(body=(body_args, body_kwargs, dict(body_embed, **embed)))
+    with app.producer_or_acquire() as producer:
+        app.amqp.send_task_message(producer, task, message, queue=settings.MESSAGIO_QUEUE)
 
 
 def test_a_task_message_messagio_did_not_seal_runs_and_writes_nothing(worker):
-    from messagio.seals import sealed
-
     token = new_token()
-    # A real signed payload (any message on the queue has one), its frame rewritten: the
-    # listener named by path, so that a worker would import and call it.
-    event, envelope = published_group(Fixable(token), record_event=False)
-    redirected = [dict(envelope["listeners"][0], id="any.function", import_path=FIXABLE)]
-    unsealed = dict(envelope, listeners=redirected)
-    reused_seal = dict(sealed(envelope), listeners=redirected)
-    dropped = "that messagio did not seal"
-    before = worker.output().count(dropped)
+    forged = {}
+    for how in ("unsealed", "reused seal", "said eager"):
+        # A real signed payload (any message on the queue has one), its frame rewritten:
+        # the listener named by path, so that a worker would import and call it.
+        event, envelope = published_group(Fixable(token), record_event=False)
+        redirected = [dict(envelope["listeners"][0], id="any.function", import_path=FIXABLE)]
+        forged[event.id] = dict(envelope, listeners=redirected)
+        if how == "reused seal":
+            forged[event.id] = dict(sealed(envelope), listeners=redirected)
+        # A message's body can set the request's fields: one saying it runs eagerly, as in
+        # the process that called apply(), is checked all the same.
+        eager = {"is_eager": True, "called_directly": True} if how == "said eager" else {}
+        send_as_is(forged[event.id], **eager)
 
-    for forged in (unsealed, reused_seal):
-        send_as_is(forged)
-
-    wait_for(lambda: worker.output().count(dropped) >= before + 2, what="both to be dropped")
-    assert not Event.objects.filter(pk=event.id).exists()
-    assert not Delivery.objects.filter(event_id=event.id).exists()
+    for event_id in forged:
+        wait_for(
+            lambda e=event_id: f"for event '{e}' that messagio did not seal" in worker.output(),
+            what=f"the message of {event_id} to be dropped",
+        )
+    assert not Event.objects.filter(pk__in=forged).exists()
+    assert not Delivery.objects.filter(event_id__in=forged).exists()
     assert not Call.objects.filter(token=token).exists()
 
 
-def test_a_sealed_task_whose_payload_was_swapped_fails_its_delivery_unread(worker):
-    from messagio.seals import sealed
+def test_a_replay_message_messagio_did_not_seal_replays_nothing(worker):
+    from messagio.tasks import REPLAY_TASK
 
+    report = Fixable(new_token()).fire()
+    (failed,) = wait_finished(report.event_id)
+    assert failed.status == "failed"
+    replays = [Replay.objects.create(total=1), Replay.objects.create(total=1)]
+
+    send_as_is(None, task=REPLAY_TASK, args=(replays[0].pk, {"event_id": str(report.event_id)}))
+    send_as_is(
+        None,
+        task=REPLAY_TASK,
+        args=(replays[1].pk, {"event_id": str(report.event_id)}),
+        is_eager=True,
+    )
+
+    for record in replays:
+        wait_for(
+            lambda pk=record.pk: f"replay task message for replay {pk} that" in worker.output(),
+            what=f"the message of replay {record.pk} to be dropped",
+        )
+    assert Delivery.objects.get(pk=failed.pk).attempts == 1
+    assert Delivery.objects.get(pk=failed.pk).status == "failed"
+    assert Delivery.objects.get(pk=failed.pk).replay_id is None
+
+
+def test_a_sealed_task_whose_payload_was_swapped_fails_its_delivery_unread(worker):
     victim, other = new_token(), new_token()
     event, envelope = published_group(Fixable(victim))
     _, elsewhere = published_group(Fixable(other))
@@ -773,7 +808,7 @@ def test_the_first_claim_writes_the_groups_deliveries_in_one_statement():
     listeners = len(envelope["listeners"])
     assert not Delivery.objects.filter(event_id=event.id).exists()
     with CaptureQueriesContext(connection) as queries:
-        deliver.apply(args=(envelope,))
+        deliver.apply(args=(sealed(envelope),))
 
     deliveries = list(Delivery.objects.filter(event_id=event.id).order_by("position"))
     assert [d.id for d in deliveries] == [uuid.UUID(s["delivery"]) for s in envelope["listeners"]]
@@ -793,13 +828,13 @@ def test_a_redelivered_message_of_a_published_fire_runs_only_what_did_not_finish
     token = new_token()
     event, envelope = published_group(Ping(token))
     # The first delivery of the message wrote the rows.
-    deliver.apply(args=(envelope,), task_id="the-groups-task")
+    deliver.apply(args=(sealed(envelope),), task_id="the-groups-task")
     first = Delivery.objects.get(event_id=event.id, position=0)
     second = Delivery.objects.get(event_id=event.id, position=1)
     Delivery.objects.filter(pk=second.pk).update(status="running")  # its worker died
     Call.objects.filter(token=token).delete()
 
-    deliver.apply(args=(envelope,), task_id="the-groups-task")  # the same message again
+    deliver.apply(args=(sealed(envelope),), task_id="the-groups-task")  # the same message again
 
     first.refresh_from_db()
     second.refresh_from_db()
@@ -817,7 +852,7 @@ def test_a_worker_writes_the_event_too_when_the_firing_process_died_after_publis
     token = new_token()
     event, envelope = published_group(Ping(token), record_event=False)
 
-    deliver.apply(args=(envelope,))
+    deliver.apply(args=(sealed(envelope),))
 
     recorded = Event.objects.get(pk=event.id)
     assert (recorded.state, recorded.summary["token"]) == ("published", token)
@@ -832,7 +867,7 @@ def test_a_group_records_each_outcome_and_claims_the_next_listener_in_one_statem
     event, envelope = recorded_group(Ping(new_token()))
     listeners = len(envelope["listeners"])
     with CaptureQueriesContext(connection) as queries:
-        deliver.apply(args=(envelope,))
+        deliver.apply(args=(sealed(envelope),))
 
     deliveries = list(Delivery.objects.filter(event_id=event.id).order_by("position"))
     assert [d.attempts for d in deliveries] == [1] * listeners
@@ -862,7 +897,7 @@ def test_a_listener_its_retry_runs_elsewhere_is_not_run_again_by_its_groups_mess
         status="running", attempts=1, task_id="the-groups-task"
     )  # where the group's worker died
 
-    deliver.apply(args=(envelope,), task_id="the-groups-task")
+    deliver.apply(args=(sealed(envelope),), task_id="the-groups-task")
 
     retried = Delivery.objects.get(pk=first)
     assert (retried.status, retried.attempts, retried.task_id) == (
@@ -887,7 +922,7 @@ def test_a_redelivered_group_runs_only_what_did_not_finish():
         status="running", attempts=1, task_id="the-groups-task"
     )  # its worker died
 
-    deliver.apply(args=(envelope,), task_id="the-groups-task")  # its message again
+    deliver.apply(args=(sealed(envelope),), task_id="the-groups-task")  # its message again
 
     first.refresh_from_db()
     second.refresh_from_db()
@@ -931,7 +966,7 @@ def test_a_group_the_database_interrupts_is_sent_again_from_the_interrupted_list
         lambda e, countdown=None, task_id=None: requeued.append((e, countdown, task_id)),
     )
 
-    tasks.deliver.apply(args=(envelope,), task_id="the-groups-task")
+    tasks.deliver.apply(args=(sealed(envelope),), task_id="the-groups-task")
 
     ((again, countdown, task_id),) = requeued
     assert countdown == tasks.DB_OUTAGE_REQUEUE_DELAY
@@ -965,7 +1000,7 @@ def test_a_group_neither_the_database_nor_the_broker_takes_goes_back_to_its_queu
     monkeypatch.setattr(records, "DB_RETRY_SECONDS", 0)  # give up at once
     monkeypatch.setattr(tasks, "publish", the_broker_refuses)
 
-    outcome = tasks.deliver.apply(args=(envelope,), task_id="the-groups-task")
+    outcome = tasks.deliver.apply(args=(sealed(envelope),), task_id="the-groups-task")
 
     assert isinstance(outcome.result, Reject) and outcome.result.requeue
 
@@ -1005,7 +1040,7 @@ def test_a_claim_whose_reply_was_lost_is_taken_as_this_runs_own(monkeypatch):
     first, second = (spec["delivery"] for spec in envelope["listeners"][:2])
     lost = first_reply_lost(monkeypatch)
 
-    deliver.apply(args=(envelope,), task_id="the-groups-task")
+    deliver.apply(args=(sealed(envelope),), task_id="the-groups-task")
 
     assert lost == [second]  # the lost reply was that of the statement claiming the second
     assert Delivery.objects.get(pk=first).history.count() == 1
@@ -1032,7 +1067,7 @@ def test_a_claim_another_copy_made_meanwhile_is_not_taken_for_the_lost_one(monke
 
     first_reply_lost(monkeypatch, meanwhile=the_other_copy_claims_it)
 
-    deliver.apply(args=(envelope,), task_id="the-groups-task")
+    deliver.apply(args=(sealed(envelope),), task_id="the-groups-task")
 
     taken = Delivery.objects.get(pk=second)
     assert (taken.status, taken.attempts) == ("succeeded", 3)
@@ -1198,7 +1233,7 @@ def test_messagios_statements_are_prepared_and_nobody_elses():
     from messagio.tasks import deliver
 
     event, envelope = published_group(Ping(new_token()))
-    deliver.apply(args=(envelope,))
+    deliver.apply(args=(sealed(envelope),))
     Delivery.objects.filter(event_id=event.id).count()  # an ORM query on the same connection
 
     prepared = prepared_statements()
@@ -1220,13 +1255,13 @@ def test_statements_the_server_lost_run_unprepared_from_then_on(monkeypatch, cap
 
     monkeypatch.setattr(records, "_prepared_statements_lost", False)
     event, envelope = published_group(Ping(new_token()))
-    deliver.apply(args=(envelope,))
+    deliver.apply(args=(sealed(envelope),))
     assert prepared_statements()
     connection.connection.pgconn.exec_(b"DEALLOCATE ALL")  # unseen by psycopg, as a pooler's
 
     later, envelope = published_group(Ping(new_token()))
     with caplog.at_level(logging.WARNING, logger="messagio"):
-        deliver.apply(args=(envelope,))
+        deliver.apply(args=(sealed(envelope),))
 
     statuses = set(Delivery.objects.filter(event_id=later.id).values_list("status", flat=True))
     assert statuses == {"succeeded", "failed"}  # Ping's "broken" fails on purpose
@@ -1243,7 +1278,7 @@ def test_a_setting_turns_prepared_statements_off_for_poolers_that_cannot_keep_th
     connection.close()  # prepared statements belong to a session: start a new one
     with override_settings(MESSAGIO={"PREPARED_STATEMENTS": False}):
         event, envelope = published_group(Ping(new_token()))
-        deliver.apply(args=(envelope,))
+        deliver.apply(args=(sealed(envelope),))
 
         assert Delivery.objects.filter(event_id=event.id).count() == len(envelope["listeners"])
         assert prepared_statements() == []
