@@ -66,9 +66,11 @@ def signing_keys() -> list[str | bytes]:
     from messagio.conf import get_setting
 
     key = get_setting("SIGNING_KEY")
+    former = get_setting("SIGNING_KEY_FALLBACKS")
     if key:
-        return [key, *get_setting("SIGNING_KEY_FALLBACKS")]
-    return [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+        return [key, *former]
+    # Back to SECRET_KEY from a SIGNING_KEY of its own: the former one is still accepted.
+    return [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", []), *former]
 
 
 def _digest(data: bytes, key: str | bytes) -> bytes:

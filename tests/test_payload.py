@@ -91,3 +91,12 @@ def test_a_former_signing_key_still_verifies_during_rotation():
         blob = encode(Note("hello"))
     with override_settings(MESSAGIO={"SIGNING_KEY": "new", "SIGNING_KEY_FALLBACKS": ["old"]}):
         assert decode(blob) == Note("hello")
+
+
+def test_a_former_signing_key_still_verifies_after_going_back_to_the_secret_key():
+    with override_settings(MESSAGIO={"SIGNING_KEY": "old"}):
+        blob = encode(Note("hello"))
+    with override_settings(MESSAGIO={"SIGNING_KEY_FALLBACKS": ["old"]}):
+        assert decode(blob) == Note("hello")
+    with override_settings(MESSAGIO={}), pytest.raises(PayloadSignatureError):
+        decode(blob)
