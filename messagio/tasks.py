@@ -303,7 +303,9 @@ def _loaded_messagio_class(path: str) -> Any:
         if found is None:
             continue
         for name in parts[cut:]:
-            found = getattr(found, name, None)
+            # What the module or class holds, not getattr: a module's __getattr__ may
+            # import what it is asked for (lazy submodules), and the path is a message's.
+            found = vars(found).get(name) if hasattr(found, "__dict__") else None
         if isinstance(found, type) and issubclass(found, Messagio):
             return found
         break

@@ -106,6 +106,23 @@ def test_a_scheduled_fire_names_only_a_messagio_class_already_loaded():
     assert "this" not in sys.modules  # named by a message, never imported
 
 
+def test_a_scheduled_fire_asks_no_loaded_module_for_what_it_lacks(monkeypatch):
+    import sys
+    import types
+
+    from messagio.tasks import fire_scheduled
+
+    asked = []
+    lazy = types.ModuleType("lazy_package")
+    lazy.__getattr__ = lambda name: asked.append(name)  # as a package importing on demand
+    monkeypatch.setitem(sys.modules, "lazy_package", lazy)
+
+    with pytest.raises(TypeError, match="not a Messagio subclass this worker has loaded"):
+        fire_scheduled("lazy_package.submodule.Anything", {})
+
+    assert asked == []
+
+
 def test_a_scheduled_fire_may_name_its_class_where_a_loaded_package_exports_it(monkeypatch):
     import tests.testapp
     from messagio.tasks import fire_scheduled
