@@ -221,12 +221,19 @@ class DeliveryAdmin(RecordAdmin):
             for attempt in attempts:
                 attempt.task_result_id = results.get(attempt.task_id)
                 attempt.replay_record = replays.get(attempt.replay_id)
-            event = Event.objects.filter(pk=obj.event_id).only("id", "summary").first()
+            # The payload is the Events screens' to show (their view permission).
+            can_view_event = request.user.has_perm("messagio.view_event")
+            event = (
+                Event.objects.filter(pk=obj.event_id).only("id", "summary").first()
+                if can_view_event
+                else None
+            )
             can_replay = self.has_replay_permission(request)
             context.update(
                 {
                     "attempts": attempts,
                     "event_summary": display.summary_table(event.summary) if event else "",
+                    "can_view_event": can_view_event,
                     "can_replay": can_replay,
                     "can_replay_type": can_replay
                     and permissions.can_replay_type(request.user, obj.messagio_type),

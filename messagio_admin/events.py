@@ -218,8 +218,13 @@ class EventAdmin(RecordAdmin):
         succeeded = succeeded_ids(deliveries)
         # Listeners whose group no worker has started: their rows are written when one does.
         waiting = queries.waiting_for_worker(event, len(deliveries))
+        can_view_deliveries = request.user.has_perm("messagio.view_delivery")
         return {
-            "deliveries": deliveries,
+            # What they ran, returned and raised is the Deliveries screens' to show, as
+            # Django's inlines follow their own model's view permission.
+            "deliveries": deliveries if can_view_deliveries else [],
+            "can_view_deliveries": can_view_deliveries,
+            "delivery_count": len(deliveries),
             "waiting": waiting,
             "replayed_as": replayed_as,
             "can_replay": can_replay,
@@ -227,7 +232,7 @@ class EventAdmin(RecordAdmin):
             and permissions.can_replay_type(request.user, event.messagio_type),
             "type_permission": permissions.type_permission(event.messagio_type),
             # Each delivery's own replay button posts to the Deliveries admin.
-            "can_replay_deliveries": can_replay and request.user.has_perm("messagio.view_delivery"),
+            "can_replay_deliveries": can_replay and can_view_deliveries,
             "has_failed": any(d.status == Delivery.Status.FAILED for d in deliveries),
             # What "replay whole event" would run again though it succeeded: to confirm.
             "succeeded": succeeded,

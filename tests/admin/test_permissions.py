@@ -404,3 +404,31 @@ def test_a_deliverys_page_offers_no_delete_link(admin_client, records):
     response = admin_client.get(f"{DELIVERIES}{records['broken'].pk}/change/")
     assert response.status_code == 200
     assert f"{records['broken'].pk}/delete/" not in response.content.decode()
+
+
+def test_an_events_page_shows_its_deliveries_only_to_who_may_view_deliveries(records):
+    event, broken = records["event"], records["broken"]
+    page = f"{EVENTS}{event.pk}/change/"
+    events_only = client_for(make_user("events-only", "messagio.view_event"))
+    both = client_for(make_user("both", "messagio.view_event", "messagio.view_delivery"))
+
+    shown = both.get(page).content.decode()
+    hidden = events_only.get(page).content.decode()
+
+    assert broken.error in shown
+    assert broken.error not in hidden and broken.listener not in hidden
+    assert "4 deliveries are recorded for this event" in hidden
+    assert "messagio.view_delivery" in hidden
+
+
+def test_a_deliverys_page_shows_the_payload_only_to_who_may_view_events(records):
+    event, broken = records["event"], records["broken"]
+    page = f"{DELIVERIES}{broken.pk}/change/"
+    token = event.summary["token"]
+    deliveries_only = client_for(make_user("deliveries-only", "messagio.view_delivery"))
+    both = client_for(make_user("both", "messagio.view_event", "messagio.view_delivery"))
+
+    assert token in both.get(page).content.decode()
+    hidden = deliveries_only.get(page).content.decode()
+    assert token not in hidden
+    assert "needs the permission messagio.view_event" in hidden
