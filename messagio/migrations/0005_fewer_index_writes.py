@@ -9,13 +9,46 @@ New ids are time-ordered UUIDs (messagio.ids), so inserts land next to each othe
 indexes instead of on random pages; the ids already written stay as they are.
 
 The foreign keys stay as they are: only their indexes go, by name, so that upgrading does
-not validate the constraints again on a big table.
+not validate the constraints again on a big table. Not atomic, so that PostgreSQL builds and
+drops the indexes CONCURRENTLY (the new ones first): upgrading, or going back, locks no
+table for the length of a build. Safe to run again after an interruption (see _indexes).
 """
 
 import django.db.models.deletion
 from django.db import migrations, models
 
 import messagio.ids
+from messagio.migrations._indexes import index_state, swap_indexes
+
+#: The partial indexes this adds, by model.
+PARTIAL = {
+    "Attempt": [
+        models.Index(
+            condition=models.Q(("replay__isnull", False)),
+            fields=["replay"],
+            name="messagio_at_replay",
+        )
+    ],
+    "Delivery": [
+        models.Index(
+            condition=models.Q(("replay__isnull", False)),
+            fields=["replay"],
+            name="messagio_dl_replay",
+        ),
+        models.Index(
+            condition=models.Q(("status", "failed")),
+            fields=["event"],
+            name="messagio_dl_failed_events",
+        ),
+    ],
+    "Event": [
+        models.Index(
+            condition=models.Q(("replay_of__isnull", False)),
+            fields=["replay_of"],
+            name="messagio_ev_replay_of",
+        )
+    ],
+}
 
 #: The FK indexes Django made in 0001: name -> (table, column).
 REDUNDANT = {
@@ -27,24 +60,45 @@ REDUNDANT = {
 }
 
 
+def _concurrently(schema_editor):
+    return " CONCURRENTLY" if schema_editor.connection.vendor == "postgresql" else ""
+
+
 def drop_redundant(apps, schema_editor):
     if schema_editor.connection.vendor not in ("postgresql", "sqlite"):
         return  # MySQL's foreign keys need an index of their own; keep them there
+    how = _concurrently(schema_editor)
     for name in REDUNDANT:
-        schema_editor.execute(f"DROP INDEX IF EXISTS {schema_editor.quote_name(name)}")
+        schema_editor.execute(f"DROP INDEX{how} IF EXISTS {schema_editor.quote_name(name)}")
 
 
 def restore_redundant(apps, schema_editor):
     if schema_editor.connection.vendor not in ("postgresql", "sqlite"):
         return
-    quote = schema_editor.quote_name
+    quote, how = schema_editor.quote_name, _concurrently(schema_editor)
     for name, (table, column) in REDUNDANT.items():
-        schema_editor.execute(
-            f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {quote(table)} ({quote(column)})"
-        )
+        state = None if schema_editor.collect_sql else index_state(schema_editor, table, name)
+        if state == "invalid":  # a failed CONCURRENTLY build: built again
+            schema_editor.execute(f"DROP INDEX{how} IF EXISTS {quote(name)}")
+        if state != "valid":
+            schema_editor.execute(
+                f"CREATE INDEX{how} IF NOT EXISTS {quote(name)} ON {quote(table)} ({quote(column)})"
+            )
+
+
+def add_partial(apps, schema_editor):
+    for model_name, indexes in PARTIAL.items():
+        swap_indexes(model_name, indexes, [])(apps, schema_editor)
+
+
+def remove_partial(apps, schema_editor):
+    for model_name, indexes in PARTIAL.items():
+        swap_indexes(model_name, [], indexes)(apps, schema_editor)
 
 
 class Migration(migrations.Migration):
+    atomic = False
+
     dependencies = [
         ("messagio", "0004_summary_search_index"),
     ]
@@ -74,6 +128,17 @@ class Migration(migrations.Migration):
                         serialize=False,
                     ),
                 ),
+            ],
+        ),
+        # Built before the redundant indexes are dropped, so queries always have one.
+        migrations.SeparateDatabaseAndState(
+            database_operations=[
+                migrations.RunPython(add_partial, remove_partial, elidable=False),
+            ],
+            state_operations=[
+                migrations.AddIndex(model_name=model_name.lower(), index=index)
+                for model_name, indexes in PARTIAL.items()
+                for index in indexes
             ],
         ),
         migrations.SeparateDatabaseAndState(
@@ -140,37 +205,5 @@ class Migration(migrations.Migration):
                     ),
                 ),
             ],
-        ),
-        migrations.AddIndex(
-            model_name="attempt",
-            index=models.Index(
-                condition=models.Q(("replay__isnull", False)),
-                fields=["replay"],
-                name="messagio_at_replay",
-            ),
-        ),
-        migrations.AddIndex(
-            model_name="delivery",
-            index=models.Index(
-                condition=models.Q(("replay__isnull", False)),
-                fields=["replay"],
-                name="messagio_dl_replay",
-            ),
-        ),
-        migrations.AddIndex(
-            model_name="delivery",
-            index=models.Index(
-                condition=models.Q(("status", "failed")),
-                fields=["event"],
-                name="messagio_dl_failed_events",
-            ),
-        ),
-        migrations.AddIndex(
-            model_name="event",
-            index=models.Index(
-                condition=models.Q(("replay_of__isnull", False)),
-                fields=["replay_of"],
-                name="messagio_ev_replay_of",
-            ),
         ),
     ]

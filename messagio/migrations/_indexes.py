@@ -34,6 +34,14 @@ def swap_indexes(model_name: str, adding: list[Any], dropping: list[Any]) -> Cal
         model = apps.get_model("messagio", model_name)
         table = model._meta.db_table
         options = {"concurrently": True} if schema_editor.connection.vendor == "postgresql" else {}
+        if schema_editor.collect_sql:
+            # sqlmigrate: the statements a migration of a database without them runs, not
+            # what this database (migrated already, maybe) would need.
+            for index in adding:
+                schema_editor.add_index(model, index, **options)
+            for index in dropping:
+                schema_editor.remove_index(model, index, **options)
+            return
         for index in adding:
             state = index_state(schema_editor, table, index.name)
             if state == "invalid":
