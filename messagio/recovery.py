@@ -392,7 +392,7 @@ def requeue_lost(
         status=Delivery.Status.PENDING,
     )
     published = Event.objects.filter(
-        state=Event.State.PUBLISHED,
+        _published(),
         published_at__lt=cutoff,
         fired_at__gte=cutoff - datetime.timedelta(days=LOST_SCAN_DAYS),
     )
@@ -485,7 +485,10 @@ def may_be_lost(event: Any, deliveries: list[Any], older_than: float) -> bool:
 
     cutoff = timezone.now() - datetime.timedelta(seconds=older_than)
     return (
-        event.state == Event.State.PUBLISHED
+        (
+            event.state == Event.State.PUBLISHED
+            or (event.state == Event.State.INLINE and event.claimed_at is None)
+        )
         and event.published_at is not None
         and event.published_at < cutoff
         and event.fired_at >= cutoff - datetime.timedelta(days=LOST_SCAN_DAYS)
@@ -494,6 +497,17 @@ def may_be_lost(event: Any, deliveries: list[Any], older_than: float) -> bool:
             len(deliveries) < event.listener_count
             or any(d.status == Delivery.Status.PENDING for d in deliveries)
         )
+    )
+
+
+def _published() -> Q:
+    """Events whose deliveries wait for a message: published ones, and in-process runs that
+    ended (no claim) with some of it published since (a replay, a requeue). A run still
+    claimed is :func:`requeue_left_in_process`'s."""
+    from messagio.models import Event
+
+    return Q(state=Event.State.PUBLISHED) | Q(
+        state=Event.State.INLINE, claimed_at__isnull=True, published_at__isnull=False
     )
 
 

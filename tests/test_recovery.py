@@ -501,3 +501,30 @@ def test_the_upgrade_claims_the_in_process_runs_that_left_deliveries_pending():
     stranded.refresh_from_db()
     assert stranded.claimed_at == stranded.fired_at  # the relay's, once STUCK_TIMEOUT passed
     assert Event.objects.get(pk=finished.pk).claimed_at is None
+
+
+def test_a_replay_of_an_in_process_run_whose_message_was_lost_is_published_again(
+    published, monkeypatch
+):
+    import messagio
+    from messagio import replays
+    from messagio.recovery import may_be_lost
+
+    monkeypatch.setattr(replays, "publish_all", records.publish_all)  # the captured one
+    event, (failed,) = event_with(("failed", 1), state="inline")
+    Event.objects.filter(pk=event.pk).update(listener_count=1, claimed_at=None)  # run ended
+    messagio.replay(Delivery.objects.get(pk=failed.pk))  # its message lost on the way
+    assert published == [[str(failed.pk)]]
+    event = Event.objects.get(pk=event.pk)
+
+    assert may_be_lost(event, list(event.deliveries.all()), 0)  # the admin offers it
+    assert requeue_lost(0).events == 1
+    assert published == [[str(failed.pk)]] * 2
+
+
+def test_an_in_process_run_still_claimed_is_not_taken_for_lost(published):
+    event, _ = event_with(("succeeded", 1), ("pending", 0), state="inline")
+    Event.objects.filter(pk=event.pk).update(published_at=hours_ago(1))  # a replay of one
+
+    assert requeue_lost(0).events == 0
+    assert published == []
