@@ -75,9 +75,11 @@ def replay(
     canary_timeout: float = 300.0,
     batch_size: int = 500,
     progress: Progress | None = None,
+    description: str = "",
 ) -> Replay:
     """Replay ``target``: a Delivery or an Event (all its listeners), or a queryset of
     deliveries or events (their failed deliveries). Returns the recorded :class:`Replay`.
+    ``description`` says what was selected, for the audit (by default, what ``target`` is).
 
     Deliveries still in flight are left alone. ``canary``: replay that many first and wait
     for their outcome; ``rate``: at most that many per second; ``max_failure_rate``: stop
@@ -91,7 +93,8 @@ def replay(
         batch_size=batch_size,
         canary_timeout=canary_timeout,
     )
-    selection, description = _selection(target)
+    selection, described = _selection(target)
+    description = description or described
     snapshot_at = timezone.now()
     frozen = selection.exclude(status__in=IN_FLIGHT).filter(
         models.Q(finished_at__isnull=True) | models.Q(finished_at__lte=snapshot_at)
@@ -250,7 +253,30 @@ def run_replay(
     batch_size: int = 500,
     progress: Progress | None = None,
 ) -> Replay:
-    """Queue the frozen selection in batches (keyset by pk), recording progress on ``record``."""
+    """Queue the frozen selection in batches (keyset by pk), recording progress on ``record``.
+
+    Interrupted (Ctrl-C in ``messagio_replay``, a SystemExit), it is recorded stopped, with
+    what it queued, before the interruption goes on: not left running for ever."""
+    try:
+        return _run_replay(record, frozen, canary_timeout, batch_size, progress)
+    except Exception:
+        raise
+    except BaseException as exc:
+        _stop(
+            record,
+            f"interrupted ({type(exc).__name__}) after queueing {record.queued} of "
+            f"{record.total}; replay the rest again",
+        )
+        raise
+
+
+def _run_replay(
+    record: Replay,
+    frozen: models.QuerySet,
+    canary_timeout: float,
+    batch_size: int,
+    progress: Progress | None,
+) -> Replay:
     threshold = record.max_failure_rate
     if record.canary and threshold is None:
         threshold = CANARY_DEFAULT_MAX_FAILURE_RATE
@@ -320,13 +346,15 @@ def run_replay(
             _count_queued(record, len(published))  # what it took, it published
             record.refresh_from_db()
             return record
-        except Exception as exc:  # noqa: BLE001 - the broker is down: stop, undo, report
+        except BaseException as exc:  # the broker is down (or an interruption): undo, report
             unsent = [d for d in taken if str(d.pk) not in published]
             for delivery in unsent:  # back to how they were, not stuck pending
                 Delivery.objects.filter(
                     pk=delivery.pk, status=Delivery.Status.PENDING, replay=record
                 ).update(status=delivery.status, replay=delivery.replay_id)
             _count_queued(record, len(published))
+            if not isinstance(exc, Exception):
+                raise  # recorded stopped by run_replay
             _stop(
                 record,
                 f"the broker refused a publish ({exc!r}); stopped after "

@@ -344,6 +344,62 @@ def test_a_date_without_offset_is_read_in_the_current_time_zone():
     assert dry_run("--since", "2024-03-10T12:00:00") == would_replay(1)
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("option", ["--type", "--listener", "--error"])
+def test_an_empty_filter_is_refused_not_taken_for_every_failure(option):
+    make_delivery("failed")
+
+    with pytest.raises(CommandError, match=f"{option} is empty"):
+        call_command("messagio_replay", option, "", stdout=io.StringIO())
+
+    assert not Replay.objects.exists()
+
+
+@pytest.mark.django_db
+@override_settings(TIME_ZONE="Asia/Tokyo")
+def test_a_date_out_of_range_once_in_utc_is_a_command_error():
+    with pytest.raises(CommandError, match="--since '0001-01-01' is out of the range of dates"):
+        dry_run("--since", "0001-01-01")
+
+
+@pytest.mark.django_db
+def test_a_command_replay_records_its_filters_for_the_audit(monkeypatch):
+    from messagio import replays
+
+    monkeypatch.setattr(replays, "publish_all", lambda envelopes: ["task"] * len(envelopes))
+    make_delivery("failed", finished_at=at(10))
+    call_command("messagio_replay", "--type", "Ping", "--since", "2024-03-09", stdout=io.StringIO())
+
+    assert Replay.objects.get().description == ("failed deliveries --type Ping --since 2024-03-09")
+
+
+@pytest.mark.django_db
+def test_a_replay_interrupted_is_recorded_stopped_with_what_it_queued(monkeypatch):
+    from messagio import replays
+
+    sent = []
+
+    def interrupted_after_one(envelope_list):
+        if sent:
+            raise KeyboardInterrupt
+        sent.extend(envelope_list)
+        return ["task"] * len(envelope_list)
+
+    monkeypatch.setattr(replays, "publish_all", interrupted_after_one)
+    first, second = make_delivery("failed"), make_delivery("failed")
+
+    with pytest.raises(CommandError, match="Interrupted: the replay is recorded stopped"):
+        call_command("messagio_replay", "--batch-size", "1", stdout=io.StringIO())
+
+    record = Replay.objects.get()
+    assert record.state == Replay.State.STOPPED
+    assert record.queued == 1
+    assert "interrupted (KeyboardInterrupt) after queueing 1 of 2" in record.stopped_reason
+    # The one it took and did not send is failed again, not pending with no message.
+    statuses = {d.pk: d.status for d in Delivery.objects.filter(pk__in=[first.pk, second.pk])}
+    assert sorted(statuses.values()) == ["failed", "pending"]
+
+
 # --- messagio_relay -----------------------------------------------------------------------
 
 

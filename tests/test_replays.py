@@ -248,6 +248,7 @@ def test_outcomes_count_what_a_worker_whose_clock_is_behind_finished(monkeypatch
 def test_a_resumed_replay_task_does_not_take_again_what_it_queued_and_failed_again(monkeypatch):
     """Its worker died mid-replay; the task's message came back. A delivery it queued
     failed again on a worker whose clock is behind: finished "before" the snapshot."""
+    from messagio.seals import seal_of
     from messagio.tasks import replay as replay_task
 
     event = failed_event()
@@ -258,6 +259,7 @@ def test_a_resumed_replay_task_does_not_take_again_what_it_queued_and_failed_aga
         replay=record, finished_at=record.snapshot_at - datetime.timedelta(seconds=5)
     )  # still "failed": it failed again
 
-    replay_task.apply(args=(record.pk, {"event_id": str(event.pk)}))
+    arguments = [record.pk, {"event_id": str(event.pk)}]
+    replay_task.apply(args=(*arguments, seal_of(arguments)))
 
     assert sent == [str(second.pk)]

@@ -1,5 +1,7 @@
 """Replay failed deliveries from the command line, in batches, with a progress bar."""
 
+import datetime
+
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 from django.utils import timezone
@@ -36,8 +38,12 @@ class Command(BaseCommand):
             parsed = None
         if parsed is None:
             raise CommandError(f"--{option} must be an ISO 8601 date and time, not {value!r}")
-        if timezone.is_naive(parsed):
-            parsed = timezone.make_aware(parsed)  # in the current time zone
+        try:
+            if timezone.is_naive(parsed):
+                parsed = timezone.make_aware(parsed)  # in the current time zone
+            parsed.astimezone(datetime.UTC)  # as the database will get it
+        except OverflowError:  # 0001-01-01 east of UTC
+            raise CommandError(f"--{option} {value!r} is out of the range of dates") from None
         return parsed
 
     def handle(self, *args, **options):
@@ -52,22 +58,30 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(f"--{str(exc).replace('_', '-')}") from exc
         selection = Delivery.objects.failed()
+        filters = []
         for option, field in (
             ("type", "messagio_type"),
             ("listener", "listener"),
             ("error", "error_type"),
         ):
-            if options[option]:
-                # The whole dotted name, or its last parts: "Ping" is not "PlainPing".
-                value = options[option]
-                selection = selection.filter(
-                    Q(**{field: value}) | Q(**{f"{field}__endswith": f".{value}"})
-                )
+            value = options[option]
+            if value is None:
+                continue
+            if not value.strip():
+                # An unset variable in a script ("--type $TYPE"): not every failure.
+                raise CommandError(f"--{option} is empty; leave it out to replay any {option}")
+            # The whole dotted name, or its last parts: "Ping" is not "PlainPing".
+            selection = selection.filter(
+                Q(**{field: value}) | Q(**{f"{field}__endswith": f".{value}"})
+            )
+            filters.append(f"--{option} {value}")
         since, until = self._when(options["since"], "since"), self._when(options["until"], "until")
         if since:
             selection = selection.filter(finished_at__gte=since)
+            filters.append(f"--since {options['since']}")
         if until:
             selection = selection.filter(finished_at__lt=until)
+            filters.append(f"--until {options['until']}")
         if options["dry_run"]:
             self.stdout.write(f"{selection.count()} failed deliveries would be replayed.")
             return
@@ -83,16 +97,24 @@ class Command(BaseCommand):
             )
             self.stdout.flush()
 
-        record = replay(
-            selection,
-            reason=options["reason"],
-            source="command",
-            canary=options["canary"],
-            rate=options["rate"],
-            max_failure_rate=options["max_failure_rate"],
-            batch_size=options["batch_size"],
-            progress=progress,
-        )
+        try:
+            record = replay(
+                selection,
+                reason=options["reason"],
+                source="command",
+                description=" ".join(["failed deliveries", *filters]),
+                canary=options["canary"],
+                rate=options["rate"],
+                max_failure_rate=options["max_failure_rate"],
+                batch_size=options["batch_size"],
+                progress=progress,
+            )
+        except KeyboardInterrupt:
+            self.stdout.write("")
+            raise CommandError(
+                "Interrupted: the replay is recorded stopped, with what it queued (see the "
+                "Replays screen); run it again to replay the rest"
+            ) from None
         self.stdout.write("")
         if record.state == Replay.State.STOPPED:
             raise CommandError(f"Replay #{record.pk} stopped: {record.stopped_reason}")
