@@ -12,6 +12,7 @@ With pytest, the ``messagio_fired`` fixture does the same (registered as a pytes
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -165,8 +166,12 @@ class CapturingMessageCenter(AbstractMessageCenter):
         if set(options) - {"raise_errors"}:
             raise TypeError(f"Unknown fire() options: {', '.join(sorted(options))}")
         self._check_messagio(messagio)
-        dumps(messagio, get_setting("MAX_PAYLOAD_BYTES"))  # the refusal a real fire would give
-        self.fired._captured.append(_Captured(messagio, _transaction_of_the_records()))
+        # The refusal a real fire would give; and what was fired, as a listener would get
+        # it: a copy, so that changing the object afterwards changes nothing captured.
+        # (These bytes were pickled here and now: nothing stored is unpickled.)
+        data = dumps(messagio, get_setting("MAX_PAYLOAD_BYTES"))
+        fired = pickle.loads(data)  # noqa: S301
+        self.fired._captured.append(_Captured(fired, _transaction_of_the_records()))
         return DispatchReport(uuid.uuid4(), type(messagio).get_name(), sync=sync)
 
 

@@ -7,7 +7,7 @@ import pytest
 from django.db import transaction
 from django.test import override_settings
 
-from messagio import MessageCenter, Messagio, PayloadError
+from messagio import InProcessMessageCenter, MessageCenter, Messagio, PayloadError
 from messagio.center import get_message_center
 from messagio.models import Event
 from messagio.testing import CapturingMessageCenter, FiredMessagios, capture_messagios
@@ -50,7 +50,31 @@ def test_capturing_keeps_the_fired_messagios_in_order():
 
     assert list(fired) == [first, second]
     assert len(fired) == 2
-    assert fired[0] is first
+
+
+def test_capturing_keeps_what_was_fired_not_what_the_object_became():
+    # A real fire pickles the messagio there and then; like mail.outbox, a copy is kept.
+    with capture_messagios() as fired:
+        order = OrderPlaced(1)
+        order.fire()
+        order.order_id = 2
+
+    fired.assert_fired(OrderPlaced, order_id=1)
+    assert fired[0] is not order
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("center", [MessageCenter, InProcessMessageCenter])
+@pytest.mark.parametrize("sync", [False, True])
+def test_capturing_takes_what_a_center_is_sent_directly(center, sync):
+    MessageCenter.singleton().subscribe(OrderPlaced, remember)
+
+    with capture_messagios() as fired:
+        center.singleton().send(OrderPlaced(3), sync=sync)
+
+    fired.assert_fired(OrderPlaced, order_id=3)
+    assert ran == []
+    assert not Event.objects.exists()
 
 
 def test_capturing_runs_no_listener():
