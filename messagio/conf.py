@@ -11,7 +11,16 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from messagio.validation import DAYS_AT_MOST, Check, amount, flag, one_of, text, whole
+from messagio.validation import (
+    DAYS_AT_MOST,
+    SECONDS_AT_MOST,
+    Check,
+    amount,
+    flag,
+    one_of,
+    text,
+    whole,
+)
 
 #: Documented defaults; every key of ``settings.MESSAGIO`` must be one of these.
 DEFAULTS: dict[str, Any] = {
@@ -100,15 +109,30 @@ DEFAULTS: dict[str, Any] = {
 
 _cache: dict[str, Any] | None = None
 
+#: The longest interval django-celery-beat's IntervalSchedule.every holds (an integer column).
+INTERVAL_AT_MOST = 2**31 - 1
+
+
+def _given() -> dict[str, Any]:
+    """``settings.MESSAGIO`` as the project gives it (a dict, or nothing)."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    given = getattr(settings, "MESSAGIO", None) or {}
+    if not isinstance(given, dict):
+        raise ImproperlyConfigured(
+            f"settings.MESSAGIO must be a dict of messagio's settings by name, e.g. "
+            f'MESSAGIO = {{"RELAY_INTERVAL": 30}}, not a {type(given).__name__}'
+        )
+    return given
+
 
 def get_settings() -> dict[str, Any]:
     """Return the effective settings, ``settings.MESSAGIO`` over :data:`DEFAULTS`."""
     global _cache
     if _cache is None:
-        from django.conf import settings
-
         merged = dict(DEFAULTS)
-        merged.update(getattr(settings, "MESSAGIO", None) or {})
+        merged.update(_given())
         _cache = merged
     return _cache
 
@@ -122,9 +146,7 @@ def get_setting(name: str) -> Any:
 
 def unknown_settings() -> list[str]:
     """Keys of ``settings.MESSAGIO`` that messagio does not know (for a system check)."""
-    from django.conf import settings
-
-    return sorted(set(getattr(settings, "MESSAGIO", None) or {}) - set(DEFAULTS))
+    return sorted(set(_given()) - set(DEFAULTS))
 
 
 def _keys(value: Any) -> str | None:
@@ -151,10 +173,10 @@ VALID: dict[str, Check] = {
     ),
     "DEFAULT_QUEUE": text(none="let CELERY_TASK_ROUTES decide"),
     "DEFAULT_MAX_RETRIES": whole(0),
-    "DEFAULT_RETRY_DELAY": amount("a number of seconds", zero=True),
+    "DEFAULT_RETRY_DELAY": amount("a number of seconds", zero=True, most=SECONDS_AT_MOST),
     "BROKER_PRIORITY": one_of("auto", "inverted", "direct"),
-    "DEFAULT_TIME_LIMIT": amount("a number of seconds", none="no limit"),
-    "STUCK_TIMEOUT": amount("a number of seconds"),
+    "DEFAULT_TIME_LIMIT": amount("a number of seconds", none="no limit", most=SECONDS_AT_MOST),
+    "STUCK_TIMEOUT": amount("a number of seconds", most=SECONDS_AT_MOST),
     "MAX_LOST_ATTEMPTS": whole(1, none="no limit"),
     "SYNC_RAISE_ERRORS": flag,
     "MAX_PAYLOAD_BYTES": whole(1),
@@ -164,11 +186,11 @@ VALID: dict[str, Check] = {
     "ASYNC_COMMIT": flag,
     "PREPARED_STATEMENTS": flag,
     "RAISE_ON_PUBLISH_ERROR": flag,
-    # django-celery-beat's intervals count whole seconds, 1 or more.
-    "RELAY_INTERVAL": amount("a number of seconds", least=1),
-    "RELAY_GRACE": amount("a number of seconds", zero=True),
-    "PUBLISH_CLAIM_TIMEOUT": amount("a number of seconds"),
-    "PUBLISH_AGAIN_AFTER": amount("a number of seconds", zero=True),
+    # django-celery-beat's intervals count whole seconds, 1 or more, in a 32-bit column.
+    "RELAY_INTERVAL": amount("a number of seconds", least=1, most=INTERVAL_AT_MOST),
+    "RELAY_GRACE": amount("a number of seconds", zero=True, most=SECONDS_AT_MOST),
+    "PUBLISH_CLAIM_TIMEOUT": amount("a number of seconds", most=SECONDS_AT_MOST),
+    "PUBLISH_AGAIN_AFTER": amount("a number of seconds", zero=True, most=SECONDS_AT_MOST),
     "RETAIN_SUCCEEDED_DAYS": amount(
         "a number of days", zero=True, none="keep forever", most=DAYS_AT_MOST
     ),
@@ -176,7 +198,7 @@ VALID: dict[str, Check] = {
         "a number of days", zero=True, none="keep forever", most=DAYS_AT_MOST
     ),
     "PRUNE_BATCH_SIZE": whole(1),
-    "PRUNE_INTERVAL": amount("a number of seconds", least=1),
+    "PRUNE_INTERVAL": amount("a number of seconds", least=1, most=INTERVAL_AT_MOST),
     "SCHEDULE_PERIODIC_TASKS": flag,
     "REPLAY_PERMISSIONS": _permissions,
     "RESULT_MAX_CHARS": whole(1),
@@ -188,9 +210,7 @@ def invalid_settings() -> list[tuple[str, Any, str]]:
     """(name, value, what it should be) for each setting of ``settings.MESSAGIO`` whose value
     messagio cannot use (for a system check: a typo here otherwise shows up as a worker or a
     relay that quietly does the wrong thing)."""
-    from django.conf import settings
-
-    given = getattr(settings, "MESSAGIO", None) or {}
+    given = _given()
     problems = []
     for name, value in given.items():
         check = VALID.get(name)

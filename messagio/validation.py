@@ -51,7 +51,8 @@ def amount(
             return None
         bounds = f"{least:g} or more" if least or zero else "more than 0"
         if most < math.inf:
-            bounds += f", at most {most:,g}"
+            shown = f"{int(most):,}" if float(most).is_integer() else f"{most:,g}"
+            bounds += f", at most {shown}"
         return _or_none(f"{what}, {bounds}", none)
 
     return check

@@ -227,6 +227,10 @@ def test_the_rabbitmq_warning_says_how_to_silence_it_once_consumer_timeout_is_ra
         ("MAX_LOST_ATTEMPTS", 0, "a whole number, 1 or more (None: no limit)"),
         ("RECORD", "yes", "True or False"),
         ("STUCK_TIMEOUT", float("inf"), "a number of seconds, more than 0"),
+        # A cut-off before year 1: every relay run would fail.
+        ("STUCK_TIMEOUT", 1e11, "a number of seconds, more than 0, at most 3,153,600,000"),
+        # Over django-celery-beat's integer column: migrate would fail.
+        ("RELAY_INTERVAL", 3e9, "a number of seconds, 1 or more, at most 2,147,483,647"),
     ],
 )
 def test_a_setting_messagio_cannot_use_is_an_error_saying_what_it_takes(name, value, expected):
@@ -339,3 +343,14 @@ def test_sqlite_without_immediate_transactions_is_a_warning(monkeypatch):
     monkeypatch.setitem(connection.settings_dict, "OPTIONS", {})
     monkeypatch.setattr(connection, "is_in_memory_db", lambda: True)  # a test settings' DB
     assert [m for m in checks.run_checks() if m.id == "messagio.W011"] == []
+
+
+@pytest.mark.parametrize("value", [["DEFAULT_QUEUE"], "messagio"])
+def test_a_messagio_setting_that_is_not_a_dict_is_refused_saying_what_it_takes(value):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from messagio.conf import get_setting
+
+    with override_settings(MESSAGIO=value):
+        with pytest.raises(ImproperlyConfigured, match="settings.MESSAGIO must be a dict"):
+            get_setting("RECORD")
