@@ -135,6 +135,12 @@ class Replay(models.Model):
     max_failure_rate = models.FloatField(_("stop above failure rate"), null=True, blank=True)
     stopped_reason = models.TextField(_("why it stopped"), blank=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    #: The lookups of what a worker's replay task replays (the admin's bulk replays): what
+    #: the relay sends the task again with when that worker was lost.
+    delivery_filter = models.JSONField(_("selection lookups"), null=True, blank=True)
+    #: When what runs it last showed it was alive: a batch queued, or a wait going on. A
+    #: replay still running with none for STUCK_TIMEOUT lost its process (see the relay).
+    progress_at = models.DateTimeField(_("last progress"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("replay")

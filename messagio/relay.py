@@ -27,6 +27,9 @@ class RelayReport:
     remaining: int = 0
     #: Deliveries found stuck running or retrying and queued again.
     requeued: int = 0
+    #: Replays whose process was lost: sent to a worker again, or recorded stopped.
+    replays_resumed: int = 0
+    replays_stopped: int = 0
 
     @property
     def failed(self) -> int:
@@ -82,8 +85,11 @@ def relay(
     report.remaining = waiting.count() if report.failed or len(events) == batch_size else 0
     if requeue:
         from messagio.recovery import requeue_stuck
+        from messagio.replays import take_over_lost
 
         report.requeued = requeue_stuck()
+        lost = take_over_lost()
+        report.replays_resumed, report.replays_stopped = len(lost.resumed), len(lost.stopped)
     if report.published or report.failed or report.requeued:
         logger.info(
             "messagio relay: published %d event(s), %d failed, %d waiting, %d requeued",
@@ -91,5 +97,5 @@ def relay(
             report.failed,
             report.remaining,
             report.requeued,
-        )
+        )  # replays taken over log their own
     return report

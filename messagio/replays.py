@@ -7,9 +7,11 @@ bounded rate, can run a canary first, and stops itself when what it replayed fai
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import models
@@ -105,6 +107,7 @@ def replay(
         source=source,
         description=description[:500],
         snapshot_at=snapshot_at,
+        progress_at=snapshot_at,
         total=frozen.count(),
         canary=canary,
         rate=rate,
@@ -149,7 +152,9 @@ def _end(record: Replay, *fields: str) -> None:
 def _count_queued(record: Replay, count: int) -> None:
     record.queued += count
     # Added, not set: a second run of the same replay counts its own.
-    Replay.objects.filter(pk=record.pk).update(queued=models.F("queued") + count)
+    Replay.objects.filter(pk=record.pk).update(
+        queued=models.F("queued") + count, progress_at=timezone.now()
+    )
 
 
 class _StoppedMeanwhileError(Exception):
@@ -163,20 +168,31 @@ def _ended_elsewhere(record: Replay) -> bool:
 #: Seconds between looks, while a replay waits, at whether it was stopped meanwhile (the
 #: admin's Stop button).
 STOP_CHECK_INTERVAL = 1.0
+#: Seconds between the progress a waiting replay writes (a canary's wait, a rate's naps), so
+#: that the relay does not take it for one whose process was lost (after STUCK_TIMEOUT).
+PROGRESS_INTERVAL = 60.0
 
 
 class _StopLookout:
     """Whether a waiting replay was stopped meanwhile, asked of the database at most every
-    STOP_CHECK_INTERVAL, and naps that end by the next look."""
+    STOP_CHECK_INTERVAL, and naps that end by the next look. It writes the replay's progress
+    every PROGRESS_INTERVAL meanwhile."""
 
     def __init__(self, record: Replay) -> None:
         self.record = record
         self.next_look = time.monotonic() + STOP_CHECK_INTERVAL
+        self.next_progress = time.monotonic() + PROGRESS_INTERVAL
 
     def stopped(self) -> bool:
-        if time.monotonic() < self.next_look:
+        now = time.monotonic()
+        if now < self.next_look:
             return False
-        self.next_look = time.monotonic() + STOP_CHECK_INTERVAL
+        self.next_look = now + STOP_CHECK_INTERVAL
+        if now >= self.next_progress:
+            self.next_progress = now + PROGRESS_INTERVAL
+            Replay.objects.filter(pk=self.record.pk, state=Replay.State.RUNNING).update(
+                progress_at=timezone.now()
+            )
         return _ended_elsewhere(self.record)
 
     def nap(self, seconds: float) -> None:
@@ -384,3 +400,74 @@ def _run_replay(
     record.finished_at = timezone.now()
     _end(record)
     return record
+
+
+@dataclass
+class LostReplays:
+    """What :func:`take_over_lost` did: replays sent to a worker again, and replays stopped."""
+
+    resumed: list[int] = field(default_factory=list)
+    stopped: list[int] = field(default_factory=list)
+
+
+def take_over_lost(now: datetime.datetime | None = None) -> LostReplays:
+    """Replays still running with no progress for STUCK_TIMEOUT: their process was lost (a
+    worker killed or restarted mid-replay; the replay task is acknowledged when it starts,
+    since a replay can outlast a broker's redelivery timeouts). A worker's replay task
+    (the admin's) is sent again, and goes on from where it was (what it queued is not taken
+    again); a replay that ran in a process of its own (a command, code) is recorded stopped,
+    saying so. Run by the relay."""
+    from messagio.conf import get_setting
+
+    now = now or timezone.now()
+    cutoff = now - datetime.timedelta(seconds=float(get_setting("STUCK_TIMEOUT")))
+    quiet = Replay.objects.filter(state=Replay.State.RUNNING).filter(
+        models.Q(progress_at__lt=cutoff)
+        | models.Q(progress_at__isnull=True, requested_at__lt=cutoff)
+    )
+    report = LostReplays()
+    for record in quiet.order_by("pk")[:REPLAYS_TAKEN_OVER_AT_MOST]:
+        # Taken by one relay run only, and given STUCK_TIMEOUT to show progress again.
+        seen = (
+            models.Q(progress_at=record.progress_at)
+            if record.progress_at
+            else models.Q(progress_at__isnull=True)
+        )
+        taken = Replay.objects.filter(seen, pk=record.pk, state=Replay.State.RUNNING)
+        if record.delivery_filter is None:
+            quiet_since = record.progress_at or record.requested_at
+            if taken.update(
+                state=Replay.State.STOPPED,
+                finished_at=now,
+                stopped_reason=(
+                    f"its process ended without finishing it (nothing of it since "
+                    f"{quiet_since:%Y-%m-%d %H:%M:%S %Z}); queued {record.queued} of "
+                    f"{record.total}; replay the rest again"
+                ),
+            ):
+                logger.warning("messagio: replay %s lost its process; stopped", record.pk)
+                report.stopped.append(record.pk)
+            continue
+        if not taken.update(progress_at=now):
+            continue
+        from messagio.tasks import send_replay
+
+        try:
+            send_replay(record.pk, record.delivery_filter)
+        except Exception as exc:  # noqa: BLE001 - the next relay run tries again
+            Replay.objects.filter(pk=record.pk, progress_at=now).update(
+                progress_at=record.progress_at
+            )
+            logger.error("messagio: could not send replay %s again: %r", record.pk, exc)
+            continue
+        logger.warning(
+            "messagio: replay %s showed no progress for STUCK_TIMEOUT (its worker lost); "
+            "its task was sent again",
+            record.pk,
+        )
+        report.resumed.append(record.pk)
+    return report
+
+
+#: Lost replays one relay run takes over at most.
+REPLAYS_TAKEN_OVER_AT_MOST = 50

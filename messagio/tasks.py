@@ -323,6 +323,7 @@ def replay(
     """Run a bulk replay recorded by the admin, over deliveries matching ``delivery_filter``
     (``seal``: see :func:`send_replay`)."""
     from django.db.models import Q
+    from django.utils import timezone
 
     from messagio.models import Delivery, Replay
     from messagio.replays import IN_FLIGHT, run_replay
@@ -342,6 +343,9 @@ def replay(
         # took the first worker for gone): it is not run again.
         logger.info("messagio: replay %s already %s; not run again", replay_id, record.state)
         return
+    Replay.objects.filter(pk=replay_id, state=Replay.State.RUNNING).update(
+        progress_at=timezone.now()  # under way: see replays.take_over_lost
+    )
     frozen = (
         Delivery.objects.filter(**delivery_filter)
         .exclude(status__in=IN_FLIGHT)

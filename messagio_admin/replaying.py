@@ -72,6 +72,9 @@ def start_bulk_replay(
         source=Replay.Source.ADMIN,
         description=description[:500],
         snapshot_at=snapshot_at,
+        # What the relay sends the task again with, should its worker be lost.
+        delivery_filter=delivery_filter,
+        progress_at=snapshot_at,
         total=frozen_selection(delivery_filter, snapshot_at).order_by().count(),
         canary=canary,
         rate=rate,

@@ -62,6 +62,7 @@ class ReplayAdmin(RecordAdmin):
         "canary",
         "rate",
         "max_failure_rate",
+        "progress_at",
         "finished_at",
     )
     readonly_fields = fields

@@ -4,6 +4,7 @@ tests/integration/test_records.py runs replays against real workers)."""
 import datetime
 
 import pytest
+from django.test import override_settings
 from django.utils import timezone
 
 from messagio import replays
@@ -263,3 +264,63 @@ def test_a_resumed_replay_task_does_not_take_again_what_it_queued_and_failed_aga
     replay_task.apply(args=(*arguments, seal_of(arguments)))
 
     assert sent == [str(second.pk)]
+
+
+@override_settings(MESSAGIO={"STUCK_TIMEOUT": 600})
+def test_a_replay_whose_worker_was_lost_is_sent_again_and_goes_on_where_it_was(monkeypatch):
+    from messagio import tasks
+    from messagio.seals import is_sealed
+
+    event = failed_event()
+    first, second = event.deliveries.order_by("pk")
+    sent = published_deliveries(monkeypatch)
+    lookups = {"event_id": str(event.pk)}
+    # After the failures, its worker queued the first delivery, then was killed longer
+    # than STUCK_TIMEOUT ago: its task's message is gone.
+    long_ago = timezone.now() - datetime.timedelta(minutes=30)
+    record = Replay.objects.create(
+        snapshot_at=long_ago, total=2, queued=1, delivery_filter=lookups, progress_at=long_ago
+    )
+    Delivery.objects.filter(pk=first.pk).update(status="pending", replay=record)
+    resent = []
+    monkeypatch.setattr(tasks.replay, "delay", lambda *args: resent.append(args))
+
+    report = replays.take_over_lost()
+    again = replays.take_over_lost()  # the next relay run: it has just been sent
+
+    assert (report.resumed, again.resumed) == ([record.pk], [])
+    ((replay_id, lookups_sent, seal),) = resent
+    assert (replay_id, lookups_sent) == (record.pk, lookups)
+    assert is_sealed([replay_id, lookups_sent], seal)
+    tasks.replay.apply(args=resent[0])  # a worker runs it
+    assert sent == [str(second.pk)]  # not the one it queued before
+    record.refresh_from_db()
+    assert (record.state, record.queued) == ("finished", 2)
+
+
+def test_a_replay_whose_own_process_was_lost_is_recorded_stopped_saying_so(monkeypatch):
+    long_ago = timezone.now() - datetime.timedelta(hours=2)
+    lost = Replay.objects.create(total=10, queued=4, source="command", progress_at=long_ago)
+    alive = Replay.objects.create(total=10, queued=4, source="command")
+    alive_before_upgrade = Replay.objects.create(total=1, requested_at=timezone.now())
+
+    report = replays.take_over_lost()
+
+    assert report.stopped == [lost.pk]
+    lost.refresh_from_db()
+    assert lost.state == "stopped"
+    assert "its process ended without finishing it" in lost.stopped_reason
+    assert "queued 4 of 10; replay the rest again" in lost.stopped_reason
+    assert Replay.objects.get(pk=alive.pk).state == "running"
+    assert Replay.objects.get(pk=alive_before_upgrade.pk).state == "running"
+
+
+def test_a_replay_waiting_on_its_canary_shows_progress(monkeypatch):
+    record = Replay.objects.create(total=1, progress_at=timezone.now() - datetime.timedelta(1))
+    monkeypatch.setattr(replays, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(replays, "STOP_CHECK_INTERVAL", 0.0)
+
+    assert not replays._StopLookout(record).stopped()
+
+    record.refresh_from_db()
+    assert timezone.now() - record.progress_at < datetime.timedelta(minutes=1)

@@ -371,6 +371,8 @@ def test_the_replay_task_of_a_group_requeues_only_that_group(
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(REPLAY_GROUP, group_form(listener=LISTENERS[0]))
 
+    # What the relay would send again, were the worker that runs it lost.
+    assert Replay.objects.get().delivery_filter == sent[0][1]
     tasks.replay.apply(args=sent[0])
 
     record = Replay.objects.get()

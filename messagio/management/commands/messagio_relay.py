@@ -44,6 +44,7 @@ class Command(BaseCommand):
         # What the relay publishes below, requeued deliveries included, is not lost.
         started = timezone.now()
         published = requeued = 0
+        replays = (0, 0)
         first = True
         refused: set[str] = set()
         while True:
@@ -57,6 +58,7 @@ class Command(BaseCommand):
             )
             if first:
                 requeued = report.requeued
+                replays = (report.replays_resumed, report.replays_stopped)
             first = False
             published += report.published
             refused |= report.refused_ids
@@ -65,6 +67,11 @@ class Command(BaseCommand):
         self.stdout.write(f"Published {published} event(s).")
         if requeued:
             self.stdout.write(f"Queued again {requeued} delivery(ies) stuck running or retrying.")
+        if any(replays):
+            self.stdout.write(
+                f"Replays that lost their process: {replays[0]} sent to a worker again, "
+                f"{replays[1]} recorded stopped."
+            )
         # A non-zero exit for either, so that cron, a Kubernetes Job or CI sees that events wait.
         also = f" (and refused {len(refused)} event(s) on their own)" if refused else ""
         if report.unreachable:
