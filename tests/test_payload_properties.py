@@ -61,17 +61,20 @@ payloads = st.recursive(
 unpicklable = st.sampled_from([lambda: 1, (x for x in ()), threading.Lock()])
 
 
-def fire_and_check(value: Any) -> None:
-    """Fire; then either a complete record with an equal delivery, or a refusal and nothing."""
+def fire_and_check(value: Any, refused: bool = False) -> None:
+    """Fire; then a complete record with an equal delivery, or (``refused``) a refusal
+    naming the class and nothing recorded."""
     received.clear()
     Event.objects.all().delete()
     try:
         Anything(value).fire()
     except PayloadError as error:
+        assert refused, f"refused: {error}"
         assert "tests.test_payload_properties.Anything" in str(error)
         assert not Event.objects.exists()
         assert received == []
         return
+    assert not refused, "fired, not refused"
     event = Event.objects.get()
     assert list(event.deliveries.values_list("status", flat=True)) == ["succeeded"]
     assert event.deliveries.get().history.count() == 1
@@ -101,7 +104,7 @@ def test_any_picklable_payload_is_recorded_and_delivered_equal(in_process, value
 def test_a_payload_holding_something_unpicklable_is_refused_and_nothing_recorded(
     in_process, value, bad
 ):
-    fire_and_check([*value, bad])
+    fire_and_check([*value, bad], refused=True)
     assert not Event.objects.exists()
 
 

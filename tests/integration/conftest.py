@@ -72,9 +72,11 @@ class Worker:
             self.process.wait(10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def start_worker(django_db_setup, django_db_blocker, tmp_path_factory):
-    """Start `celery -A project worker` on the given queues; all are stopped at the end."""
+    """Start `celery -A project worker` on the given queues; all are stopped once the tests
+    of the package are done: a worker left running would take what later tests publish
+    (their records rolled back) and write into the database they count."""
     from project.celery import app
 
     workers: list[Worker] = []
@@ -162,9 +164,10 @@ def purge_test_queues() -> None:
                 channel.exchange_delete(name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def worker(start_worker):
-    """One worker for the session, on this run's messagio queue only (the README's route)."""
+    """One worker for the integration tests, on this run's messagio queue only (the
+    README's route)."""
     return start_worker([settings.MESSAGIO_QUEUE])
 
 

@@ -1,8 +1,10 @@
 """What a fire leaves behind: Events, Deliveries and Attempts, written by a real worker."""
 
+import base64
 import contextlib
 import pickle
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 import messagio
+from messagio import MessageCenter, Messagio, tasks
 from messagio.models import Delivery, Event, Replay
 from messagio.payload import MAGIC, sign
 from messagio.publisher import kept_producers
@@ -458,6 +461,57 @@ def test_a_messagio_class_that_no_longer_imports_fails_its_replay_saying_which(w
     assert delivery.status == "failed"
     assert "messagio class tests.testapp.messagio.Fixable no longer imports" in delivery.error
     assert "needs a restart" in delivery.error
+
+
+@dataclass
+class RetriesAnything(Messagio):
+    token: str
+
+
+def retries_anything(event: RetriesAnything) -> None:
+    Call.objects.create(token=event.token, listener="retries-anything")
+
+
+@pytest.mark.parametrize(
+    "broken, error",
+    [
+        ("payload swapped", "payload signature mismatch"),
+        ("class gone", "no longer imports"),
+        ("listener gone", "'shop.gone' is not registered in this worker"),
+    ],
+)
+def test_what_no_retry_can_mend_fails_at_once_whatever_autoretry_for_says(
+    isolated_registry, monkeypatch, broken, error
+):
+    from messagio.records import envelope_payload
+    from messagio.tasks import deliver
+
+    MessageCenter.singleton().subscribe(
+        RetriesAnything, retries_anything, autoretry_for=(Exception,), max_retries=3
+    )
+    retries = []
+    monkeypatch.setattr(tasks, "publish", lambda envelope, **options: retries.append(envelope))
+    token = new_token()
+    event, envelope = published_group(RetriesAnything(token))
+    message = sealed(envelope)
+    if broken == "payload swapped":
+        _, other = published_group(RetriesAnything(new_token()))
+        message["payload"] = other["payload"]  # sealed frame, another message's payload
+    elif broken == "class gone":
+        data = envelope_payload(envelope)[len(MAGIC) + 32 :]
+        moved = sign(data.replace(b"integration.test_records", b"integration.gone_records"))
+        message = sealed(dict(envelope, payload=base64.b64encode(moved).decode("ascii")))
+    else:
+        spec = dict(envelope["listeners"][0], id="shop.gone", import_path="shop:gone")
+        message = sealed(dict(envelope, listeners=[spec]))
+
+    deliver.apply(args=(message,))
+
+    (delivery,) = Delivery.objects.filter(event_id=event.id)
+    assert (delivery.status, delivery.attempts) == ("failed", 1)
+    assert error in delivery.error
+    assert retries == []
+    assert not Call.objects.filter(token=token).exists()
 
 
 def test_a_fire_while_the_broker_is_down_is_recorded_and_relayed_once_it_is_back(
