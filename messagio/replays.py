@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 from messagio.models import Delivery, Event, Replay
-from messagio.records import envelopes, publish_all
+from messagio.records import db_alias, envelopes, publish_all
 from messagio.recovery import mark_published_again
 from messagio.validation import amount, require, share, whole
 
@@ -82,6 +82,7 @@ def replay(
     """Replay ``target``: a Delivery or an Event (all its listeners), or a queryset of
     deliveries or events (their failed deliveries). Returns the recorded :class:`Replay`.
     ``description`` says what was selected, for the audit (by default, what ``target`` is).
+    Inside a transaction, it runs once the transaction commits, as a fire is published.
 
     Deliveries still in flight are left alone. ``canary``: replay that many first and wait
     for their outcome; ``rate``: at most that many per second; ``max_failure_rate``: stop
@@ -113,9 +114,21 @@ def replay(
         rate=rate,
         max_failure_rate=max_failure_rate,
     )
-    run_replay(
-        record, frozen, canary_timeout=canary_timeout, batch_size=batch_size, progress=progress
-    )
+
+    def run() -> None:
+        run_replay(
+            record, frozen, canary_timeout=canary_timeout, batch_size=batch_size, progress=progress
+        )
+
+    alias = db_alias()
+    if transaction.get_connection(alias).in_atomic_block:
+        # As a fire: the deliveries it takes are made pending in this transaction, and a
+        # worker given their message before it commits would find them as they were and
+        # run nothing, leaving them pending with no message once it commits. Rolled back,
+        # nothing is replayed. Until it commits, the record says it is running, 0 queued.
+        transaction.on_commit(run, using=alias, robust=True)
+        return record
+    run()
     return record
 
 

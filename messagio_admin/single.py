@@ -7,11 +7,13 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import HttpResponseRedirect
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
+from messagio.records import db_alias
 from messagio_admin import permissions
 from messagio_admin.forms import ReplayReasonForm
 from messagio_admin.replaying import replay_now
@@ -63,17 +65,34 @@ def replay_from_page(
             messages.ERROR,
         )
         return HttpResponseRedirect(back)
-    if record.queued:
+    count = record.queued
+    if (
+        record.state == record.State.RUNNING
+        and transaction.get_connection(db_alias()).in_atomic_block
+    ):
+        # The request runs in a transaction (ATOMIC_REQUESTS): the replay runs as it commits.
+        count = record.total
+        message = ngettext(
+            "Replay #%(id)d: %(count)d delivery of %(what)s is queued as this request commits.",
+            "Replay #%(id)d: %(count)d deliveries of %(what)s are queued as this request commits.",
+            count,
+        )
+        level = messages.SUCCESS if count else messages.WARNING
+        if not count:
+            message = _(
+                "Replay #%(id)d: nothing to replay in %(what)s (deliveries in flight stay)."
+            )
+    elif count:
         message = ngettext(
             "Replay #%(id)d: %(count)d delivery of %(what)s queued.",
             "Replay #%(id)d: %(count)d deliveries of %(what)s queued.",
-            record.queued,
+            count,
         )
         level = messages.SUCCESS
     else:
         message = _("Replay #%(id)d: nothing to replay in %(what)s (deliveries in flight stay).")
         level = messages.WARNING
     model_admin.message_user(
-        request, message % {"id": record.pk, "count": record.queued, "what": what}, level
+        request, message % {"id": record.pk, "count": count, "what": what}, level
     )
     return HttpResponseRedirect(back)

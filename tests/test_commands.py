@@ -373,7 +373,7 @@ def test_a_command_replay_records_its_filters_for_the_audit(monkeypatch):
     assert Replay.objects.get().description == ("failed deliveries --type Ping --since 2024-03-09")
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_a_replay_interrupted_is_recorded_stopped_with_what_it_queued(monkeypatch):
     from messagio import replays
 

@@ -503,6 +503,7 @@ def test_the_upgrade_claims_the_in_process_runs_that_left_deliveries_pending():
     assert Event.objects.get(pk=finished.pk).claimed_at is None
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_a_replay_of_an_in_process_run_whose_message_was_lost_is_published_again(
     published, monkeypatch
 ):

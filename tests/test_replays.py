@@ -43,6 +43,7 @@ def published_deliveries(monkeypatch) -> list[str]:
     return sent
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_a_delivery_run_by_someone_else_before_its_turn_is_left_alone(monkeypatch):
     event = failed_event()
     first, second = event.deliveries.order_by("-priority")  # published in that order
@@ -64,6 +65,7 @@ def test_a_delivery_run_by_someone_else_before_its_turn_is_left_alone(monkeypatc
     assert (record.total, record.queued) == (2, 1)
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_a_canary_whose_deliveries_get_no_outcome_stops_the_replay(monkeypatch):
     event = failed_event()
     # Published, but no worker runs it: the canary's delivery stays pending.
@@ -140,6 +142,7 @@ def stopped_after_the_first_publish(monkeypatch, reason: str) -> list[str]:
     return sent
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_a_second_run_of_one_replay_ends_when_the_other_ended_it(monkeypatch):
     event = failed_event()
     # Meanwhile the other run of this replay stopped it (its failure rate).
@@ -182,6 +185,7 @@ def test_a_replay_resumed_after_its_canary_went_out_judges_it_before_going_on(mo
     assert Delivery.objects.get(pk=second.pk).status == "failed"
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_a_replay_at_a_rate_stops_within_its_batch_when_someone_stops_it(monkeypatch):
     events = [failed_event() for _ in range(6)]  # 12 deliveries: one batch
     sent = stopped_after_the_first_publish(monkeypatch, "by ann")
@@ -192,6 +196,7 @@ def test_a_replay_at_a_rate_stops_within_its_batch_when_someone_stops_it(monkeyp
     assert (record.state, record.stopped_reason, record.queued) == ("stopped", "by ann", 1)
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_a_replay_waiting_for_its_canary_ends_when_someone_stops_it(monkeypatch):
     event = failed_event()
     sent = stopped_after_the_first_publish(monkeypatch, "by ann")
@@ -203,6 +208,7 @@ def test_a_replay_waiting_for_its_canary_ends_when_someone_stops_it(monkeypatch)
     assert (record.state, record.stopped_reason) == ("stopped", "by ann")
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_a_replay_at_a_slow_rate_publishes_nothing_more_once_stopped_during_its_wait(
     monkeypatch,
 ):
@@ -324,3 +330,24 @@ def test_a_replay_waiting_on_its_canary_shows_progress(monkeypatch):
 
     record.refresh_from_db()
     assert timezone.now() - record.progress_at < datetime.timedelta(minutes=1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_in_a_transaction_runs_as_it_commits_and_not_if_it_rolls_back(monkeypatch):
+    from django.db import transaction
+
+    event = failed_event()
+    sent = published_deliveries(monkeypatch)
+
+    with transaction.atomic():
+        record = replay(event.deliveries.order_by("pk").first())
+        # A worker given its message now would find the delivery failed: nothing sent yet.
+        assert (sent, record.state, record.queued) == ([], "running", 0)
+    assert len(sent) == 1
+    assert Replay.objects.get(pk=record.pk).state == "finished"
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        replay(event.deliveries.order_by("pk").last())
+        raise RuntimeError("the request fails after it")
+    assert len(sent) == 1
+    assert Replay.objects.count() == 1

@@ -499,6 +499,7 @@ def test_deliveries_cannot_be_added_or_changed(admin_client, failed_event):
 # --- Replaying one delivery -----------------------------------------------------------------
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_replaying_a_delivery_from_its_page_queues_it_again(admin_client, superuser, failed_event):
     broken = failed_event.deliveries.get(position=2)
 
@@ -545,6 +546,7 @@ def test_a_delivery_that_did_not_fail_is_not_replayed_without_confirmation(
     assert not Replay.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_a_delivery_that_succeeded_is_replayed_when_confirmed(admin_client, failed_event):
     done = failed_event.deliveries.get(position=0)
 

@@ -10,6 +10,7 @@ from messagio.models import Delivery, Event, Replay
 pytestmark = pytest.mark.django_db
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_the_demo_samples_record_one_replay_of_a_finished_stock_alert(admin_client):
     out = io.StringIO()
 

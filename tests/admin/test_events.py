@@ -608,6 +608,7 @@ def test_an_unknown_event_id_redirects_to_the_list_with_a_message(admin_client):
 # --- Replays from the event's page ----------------------------------------------------------
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_replaying_the_failed_deliveries_requeues_only_those(admin_client, failed_event):
     response = admin_client.post(
         f"{EVENTS}{failed_event.pk}/replay-failed/", {"reason": "bug #12 fixed"}
@@ -619,6 +620,7 @@ def test_replaying_the_failed_deliveries_requeues_only_those(admin_client, faile
     assert statuses == ["succeeded", "succeeded", "pending", "succeeded"]
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_replaying_the_failed_deliveries_records_who_asked_and_why(
     admin_client, superuser, failed_event
 ):
@@ -640,6 +642,7 @@ def succeeded_of(event: Event) -> str:
     return ",".join(sorted(str(pk) for pk in succeeded))
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_replaying_the_whole_event_requeues_every_delivery(admin_client, failed_event):
     admin_client.post(f"{EVENTS}{failed_event.pk}/replay/", {"confirm": succeeded_of(failed_event)})
 
@@ -658,6 +661,7 @@ def test_the_whole_event_replay_asks_to_confirm_running_what_succeeded_again(
     assert "3 of its deliveries succeeded: run their listeners again too" in form
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_the_whole_event_replay_of_an_event_without_success_asks_nothing(admin_client):
     event = make_event("failed", "failed")
 
@@ -703,6 +707,7 @@ def test_a_confirmed_whole_event_replay_refuses_one_that_succeeded_since_the_pag
     )
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_replaying_an_event_says_how_many_deliveries_were_queued(admin_client, failed_event):
     response = admin_client.post(
         f"{EVENTS}{failed_event.pk}/replay/", {"confirm": succeeded_of(failed_event)}, follow=True
@@ -725,6 +730,7 @@ def test_replaying_an_event_whose_deliveries_are_in_flight_queues_nothing_and_sa
     assert event.deliveries.get().status == "running"
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_a_replay_the_broker_refuses_is_reported_with_why_it_stopped(
     admin_client, failed_event, monkeypatch
 ):
@@ -946,3 +952,18 @@ def test_a_column_not_sortable_is_not_sorted_by_even_when_asked_in_the_url(admin
     assert page_query and not any(
         '"listener_count"' in sql.split("ORDER BY")[-1] for sql in page_query
     )
+
+
+def test_a_replay_asked_in_a_transaction_says_it_is_queued_as_the_request_commits(
+    admin_client, failed_event, django_capture_on_commit_callbacks
+):
+    """As with ATOMIC_REQUESTS: the view runs in a transaction (here, the test's)."""
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            f"{EVENTS}{failed_event.pk}/replay-failed/", {"reason": "fixed"}, follow=True
+        )
+        assert failed_event.deliveries.get(position=2).status == "failed"  # not yet
+
+    assert "1 delivery of" in response.content.decode()
+    assert "is queued as this request commits" in response.content.decode()
+    assert failed_event.deliveries.get(position=2).status == "pending"

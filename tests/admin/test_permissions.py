@@ -208,6 +208,7 @@ def test_replayers_see_the_replay_action(replayer, records):
     assert '<option value="replay_selected">Replay selected deliveries</option>' in html
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_replayers_may_replay_a_delivery(replayer, records):
     client = client_for(replayer)
 
@@ -366,6 +367,7 @@ def test_without_the_types_permission_the_action_skips_those_deliveries(
     assert "1 delivery is skipped: you may not replay tests.testapp.messagio.Ping." in html
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_with_the_types_permission_a_replayer_may_replay_it(records, ping_permission):
     user = make_user("payments", *REPLAY, "testapp.replay_pings")
 
@@ -375,6 +377,7 @@ def test_with_the_types_permission_a_replayer_may_replay_it(records, ping_permis
     assert records["broken"].status == "pending"
 
 
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_superusers_hold_every_types_permission(admin_client, records, ping_permission):
     admin_client.post(f"{DELIVERIES}{records['broken'].pk}/replay/")
 
