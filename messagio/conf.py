@@ -109,8 +109,10 @@ DEFAULTS: dict[str, Any] = {
 
 _cache: dict[str, Any] | None = None
 
-#: The longest interval django-celery-beat's IntervalSchedule.every holds (an integer column).
-INTERVAL_AT_MOST = 2**31 - 1
+#: A periodic task's runs expire after this many of its intervals (PeriodicTask.expire_seconds).
+EXPIRES_AFTER_RUNS = 10
+#: The longest interval whose expiry django-celery-beat's 32-bit columns hold.
+INTERVAL_AT_MOST = (2**31 - 1) // EXPIRES_AFTER_RUNS
 
 
 def _given() -> dict[str, Any]:

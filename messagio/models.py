@@ -147,6 +147,15 @@ class Replay(models.Model):
         verbose_name_plural = _("replays")
         ordering = ["-requested_at"]
         permissions = [("replay_delivery", _("Can replay deliveries"))]
+        indexes = [
+            # The relay's look for replays that lost their process, on every run: the
+            # running few, however many replays are kept.
+            models.Index(
+                fields=["progress_at"],
+                name="messagio_rp_running",
+                condition=models.Q(state="running"),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Replay #{self.pk} ({self.get_state_display()})"

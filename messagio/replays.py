@@ -186,6 +186,14 @@ STOP_CHECK_INTERVAL = 1.0
 PROGRESS_INTERVAL = 60.0
 
 
+def progress_interval() -> float:
+    """Seconds between a waiting replay's progress writes: often enough that the relay,
+    which waits STUCK_TIMEOUT for one, never takes a live replay for lost."""
+    from messagio.conf import get_setting
+
+    return min(PROGRESS_INTERVAL, float(get_setting("STUCK_TIMEOUT")) / 4)
+
+
 class _StopLookout:
     """Whether a waiting replay was stopped meanwhile, asked of the database at most every
     STOP_CHECK_INTERVAL, and naps that end by the next look. It writes the replay's progress
@@ -194,7 +202,7 @@ class _StopLookout:
     def __init__(self, record: Replay) -> None:
         self.record = record
         self.next_look = time.monotonic() + STOP_CHECK_INTERVAL
-        self.next_progress = time.monotonic() + PROGRESS_INTERVAL
+        self.next_progress = time.monotonic() + progress_interval()
 
     def stopped(self) -> bool:
         now = time.monotonic()
@@ -202,7 +210,7 @@ class _StopLookout:
             return False
         self.next_look = now + STOP_CHECK_INTERVAL
         if now >= self.next_progress:
-            self.next_progress = now + PROGRESS_INTERVAL
+            self.next_progress = now + progress_interval()
             Replay.objects.filter(pk=self.record.pk, state=Replay.State.RUNNING).update(
                 progress_at=timezone.now()
             )

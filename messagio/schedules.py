@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from messagio.conf import get_setting
+from messagio.conf import EXPIRES_AFTER_RUNS, get_setting
 from messagio.tasks import PRUNE_TASK, RELAY_TASK
-
-#: A relay or prune run's message expires after this many intervals.
-EXPIRES_AFTER_RUNS = 10
 
 #: PeriodicTask names messagio owns.
 RELAY_SCHEDULE_NAME = "messagio: relay unpublished events"

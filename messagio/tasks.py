@@ -316,7 +316,18 @@ def _loaded_messagio_class(path: str) -> Any:
     )
 
 
-@shared_task(name=REPLAY_TASK, bind=True, ignore_result=True, serializer=_SerializerOfItsApp())
+@shared_task(
+    name=REPLAY_TASK,
+    bind=True,
+    ignore_result=True,
+    serializer=_SerializerOfItsApp(),
+    # Acknowledged as it starts, whatever the project's task_acks_late: a replay at a rate
+    # can outlast Redis's visibility timeout and RabbitMQ's consumer_timeout, which would
+    # hand it to a second worker meanwhile. A lost worker's replay is sent again by the
+    # relay (replays.take_over_lost).
+    acks_late=False,
+    reject_on_worker_lost=False,
+)
 def replay(
     self: Any, replay_id: int, delivery_filter: dict[str, Any], seal: str | None = None
 ) -> None:

@@ -351,3 +351,11 @@ def test_a_replay_in_a_transaction_runs_as_it_commits_and_not_if_it_rolls_back(m
         raise RuntimeError("the request fails after it")
     assert len(sent) == 1
     assert Replay.objects.count() == 1
+
+
+@pytest.mark.parametrize("stuck_timeout, every", [(3600, 60.0), (8, 2.0)])
+def test_a_waiting_replay_shows_progress_well_within_stuck_timeout(stuck_timeout, every):
+    # The relay takes a replay with no progress for STUCK_TIMEOUT for one whose process
+    # was lost: a live one never goes that long without writing some.
+    with override_settings(MESSAGIO={"STUCK_TIMEOUT": stuck_timeout}):
+        assert replays.progress_interval() == every

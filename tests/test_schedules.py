@@ -225,3 +225,15 @@ def test_a_task_another_migrate_made_meanwhile_is_left_to_it(monkeypatch):
     monkeypatch.undo()
 
     assert PeriodicTask.objects.filter(name=RELAY_SCHEDULE_NAME).count() == 1
+
+
+def test_the_longest_interval_the_settings_take_is_scheduled_with_its_expiry():
+    from messagio.conf import EXPIRES_AFTER_RUNS, INTERVAL_AT_MOST
+
+    longest = {"RELAY_INTERVAL": INTERVAL_AT_MOST, "PRUNE_INTERVAL": INTERVAL_AT_MOST}
+    with override_settings(MESSAGIO=longest):
+        ensure_periodic_tasks()  # PostgreSQL's integer columns take it
+
+    relay = PeriodicTask.objects.get(name=RELAY_SCHEDULE_NAME)
+    assert relay.interval.every == INTERVAL_AT_MOST
+    assert relay.expire_seconds == INTERVAL_AT_MOST * EXPIRES_AFTER_RUNS

@@ -68,6 +68,17 @@ def test_the_deliver_task_acks_late_and_is_handed_back_whatever_the_project_says
     assert (relay.acks_late, relay.reject_on_worker_lost) == (False, False)
 
 
+def test_the_replay_task_is_acknowledged_as_it_starts_whatever_the_project_says():
+    # A replay at a rate can outlast the brokers' redelivery timeouts: a second worker would
+    # be handed it while the first still runs it. The relay sends a lost one again.
+    app = memory_app(task_acks_late=True, task_reject_on_worker_lost=True)
+
+    replay = app.tasks[REPLAY_TASK]
+    assert (replay.acks_late, replay.reject_on_worker_lost) == (False, False)
+    relay = app.tasks[RELAY_TASK]
+    assert (relay.acks_late, relay.reject_on_worker_lost) == (True, True)
+
+
 @pytest.fixture(autouse=True)
 def _no_broker_from_the_environment(monkeypatch):
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery prefers it to broker=
