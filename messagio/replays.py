@@ -123,9 +123,9 @@ def replay(
     alias = db_alias()
     if transaction.get_connection(alias).in_atomic_block:
         # As a fire: the deliveries it takes are made pending in this transaction, and a
-        # worker given their message before it commits would find them as they were and
-        # run nothing, leaving them pending with no message once it commits. Rolled back,
-        # nothing is replayed. Until it commits, the record says it is running, 0 queued.
+        # worker given their message before it commits would wait on it (its claim locks
+        # the row) for the rest of the request. Rolled back, nothing is replayed. Until it
+        # commits, the record says it is running, 0 queued.
         transaction.on_commit(run, using=alias, robust=True)
         return record
     run()

@@ -341,7 +341,7 @@ def test_a_replay_in_a_transaction_runs_as_it_commits_and_not_if_it_rolls_back(m
 
     with transaction.atomic():
         record = replay(event.deliveries.order_by("pk").first())
-        # A worker given its message now would find the delivery failed: nothing sent yet.
+        # A worker given its message now would wait on this transaction: nothing sent yet.
         assert (sent, record.state, record.queued) == ([], "running", 0)
     assert len(sent) == 1
     assert Replay.objects.get(pk=record.pk).state == "finished"

@@ -1336,3 +1336,40 @@ def test_a_setting_turns_prepared_statements_off_for_poolers_that_cannot_keep_th
 
         assert Delivery.objects.filter(event_id=event.id).count() == len(envelope["listeners"])
         assert prepared_statements() == []
+
+
+def test_a_claim_waits_for_a_requeue_still_writing_and_takes_what_it_wrote():
+    """A requeue makes a stuck delivery pending and publishes it in one transaction: a
+    worker given the message before it commits must not read the delivery as it was
+    (running under another task) and leave it to no one."""
+    import threading
+    import time
+
+    from django.db import connections
+
+    from messagio.records import claim
+
+    event, envelope = published_group(Ping(new_token()))
+    tasks.deliver.apply(args=(sealed(envelope),))
+    stuck = Delivery.objects.filter(event_id=event.id).order_by("position").first()
+    Delivery.objects.filter(pk=stuck.pk).update(status="running", task_id="the-dead-one")
+    writing = threading.Event()
+
+    def requeue_still_writing() -> None:
+        try:
+            with transaction.atomic():
+                Delivery.objects.filter(pk=stuck.pk).update(status="pending")
+                writing.set()
+                time.sleep(0.5)  # publishing, before it commits
+        finally:
+            connections.close_all()
+
+    requeue = threading.Thread(target=requeue_still_writing)
+    requeue.start()
+    assert writing.wait(10)
+
+    claimed = claim(str(stuck.pk), "the-requeued-message", "w1")
+    requeue.join(10)
+
+    assert claimed is not None and claimed.run
+    assert Delivery.objects.get(pk=stuck.pk).task_id == "the-requeued-message"
