@@ -141,6 +141,11 @@ class Replay(models.Model):
     #: When what runs it last showed it was alive: a batch queued, or a wait going on. A
     #: replay still running with none for STUCK_TIMEOUT lost its process (see the relay).
     progress_at = models.DateTimeField(_("last progress"), null=True, blank=True)
+    #: Which run of it goes on (a worker's replay task, or the process that called replay()):
+    #: a second copy of its task leaves it to that run while it shows progress.
+    runner = models.CharField(_("run by"), max_length=32, blank=True)
+    #: How often the relay sent its task again with no run showing progress since.
+    times_resent = models.PositiveIntegerField(_("times sent again"), default=0)
 
     class Meta:
         verbose_name = _("replay")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,7 @@ def replay(
         description=description[:500],
         snapshot_at=snapshot_at,
         progress_at=snapshot_at,
+        runner=uuid.uuid4().hex,  # this process runs it
         total=frozen.count(),
         canary=canary,
         rate=rate,
@@ -175,7 +177,11 @@ class _StoppedMeanwhileError(Exception):
 
 
 def _ended_elsewhere(record: Replay) -> bool:
-    return Replay.objects.filter(pk=record.pk).exclude(state=Replay.State.RUNNING).exists()
+    """Whether the replay ended, or another run of it took it over (a copy of its task the
+    relay sent while this run showed no progress): this run then ends."""
+    return not Replay.objects.filter(
+        pk=record.pk, state=Replay.State.RUNNING, runner=record.runner
+    ).exists()
 
 
 #: Seconds between looks, while a replay waits, at whether it was stopped meanwhile (the
@@ -211,9 +217,9 @@ class _StopLookout:
         self.next_look = now + STOP_CHECK_INTERVAL
         if now >= self.next_progress:
             self.next_progress = now + progress_interval()
-            Replay.objects.filter(pk=self.record.pk, state=Replay.State.RUNNING).update(
-                progress_at=timezone.now()
-            )
+            Replay.objects.filter(
+                pk=self.record.pk, state=Replay.State.RUNNING, runner=self.record.runner
+            ).update(progress_at=timezone.now())
         return _ended_elsewhere(self.record)
 
     def nap(self, seconds: float) -> None:
@@ -292,11 +298,16 @@ def run_replay(
 ) -> Replay:
     """Queue the frozen selection in batches (keyset by pk), recording progress on ``record``.
 
-    Interrupted (Ctrl-C in ``messagio_replay``, a SystemExit), it is recorded stopped, with
-    what it queued, before the interruption goes on: not left running for ever."""
+    Interrupted (Ctrl-C in ``messagio_replay``, a SystemExit) or failed, it is recorded
+    stopped, with what it queued, before the exception goes on: not left running."""
     try:
         return _run_replay(record, frozen, canary_timeout, batch_size, progress)
-    except Exception:
+    except Exception as exc:
+        _stop(
+            record,
+            f"failed ({exc!r}) after queueing {record.queued} of {record.total}; replay "
+            "the rest once its cause is fixed",
+        )
         raise
     except BaseException as exc:
         _stop(
@@ -352,6 +363,7 @@ def _run_replay(
             by_event.setdefault(delivery.event_id, []).append(delivery)
         published: set[str] = set()
         taken: list[Delivery] = []
+        publishing = False
         try:
             for members in by_event.values():
                 for envelope in envelopes(members[0].event, members, replay_id=record.pk):
@@ -369,35 +381,38 @@ def _run_replay(
                             envelope["listeners"]
                         )
                     wanted = {spec["delivery"] for spec in envelope["listeners"]}
-                    # Its turn: the event marked published first, then made pending only
-                    # what is still as the batch read it. So messagio_relay --lost-after
-                    # never sees it wait without a message, and what something else ran
-                    # meanwhile is left alone.
-                    mark_published_again([members[0].event_id])
-                    mine = [d for d in members if str(d.pk) in wanted and _take(d, record)]
+                    # Its turn: the event marked published, made pending only what is
+                    # still as the batch read it (what something else ran meanwhile is
+                    # left alone), and published, in one transaction: a publish refused,
+                    # or a worker killed before it, leaves them as they were, never pending
+                    # with no message. A worker given the message first waits for the
+                    # commit in its claim.
+                    with transaction.atomic(using=db_alias()):
+                        mark_published_again([members[0].event_id])
+                        mine = [d for d in members if str(d.pk) in wanted and _take(d, record)]
+                        if mine:
+                            publishing = True
+                            publish_all(envelopes(members[0].event, mine, replay_id=record.pk))
+                            publishing = False
                     taken.extend(mine)
-                    if mine:
-                        publish_all(envelopes(members[0].event, mine, replay_id=record.pk))
-                        published.update(str(d.pk) for d in mine)
+                    published.update(str(d.pk) for d in mine)
         except _StoppedMeanwhileError:
             _count_queued(record, len(published))  # what it took, it published
             record.refresh_from_db()
             return record
-        except BaseException as exc:  # the broker is down (or an interruption): undo, report
-            unsent = [d for d in taken if str(d.pk) not in published]
-            for delivery in unsent:  # back to how they were, not stuck pending
-                Delivery.objects.filter(
-                    pk=delivery.pk, status=Delivery.Status.PENDING, replay=record
-                ).update(status=delivery.status, replay=delivery.replay_id)
+        except Exception as exc:
             _count_queued(record, len(published))
-            if not isinstance(exc, Exception):
-                raise  # recorded stopped by run_replay
+            if not publishing:
+                raise  # recorded stopped by run_replay, saying why
             _stop(
                 record,
                 f"the broker refused a publish ({exc!r}); stopped after "
                 f"{record.queued} of {record.total}; replay the rest when it is back",
             )
             return record
+        except BaseException:
+            _count_queued(record, len(published))
+            raise  # recorded stopped by run_replay
         _count_queued(record, len(taken))  # every one taken was published
         if progress:
             progress(record)
@@ -469,7 +484,24 @@ def take_over_lost(now: datetime.datetime | None = None) -> LostReplays:
                 logger.warning("messagio: replay %s lost its process; stopped", record.pk)
                 report.stopped.append(record.pk)
             continue
-        if not taken.update(progress_at=now):
+        if record.times_resent >= RESENDS_AT_MOST:
+            if taken.update(
+                state=Replay.State.STOPPED,
+                finished_at=now,
+                stopped_reason=(
+                    f"its task was sent to a worker {record.times_resent + 1} times and no "
+                    f"run of it showed progress within STUCK_TIMEOUT (no worker takes its "
+                    f"queue, or its workers drop its message: see their logs, and check "
+                    f"that SECRET_KEY / SIGNING_KEY match); queued {record.queued} of "
+                    f"{record.total}; replay the rest again"
+                ),
+            ):
+                logger.error("messagio: replay %s was never taken up; stopped", record.pk)
+                report.stopped.append(record.pk)
+            continue
+        # Its run given up (runner cleared): the copy sent now, or one still queued, takes
+        # it over; a run that was only slow finds it gone and ends.
+        if not taken.update(progress_at=now, runner="", times_resent=models.F("times_resent") + 1):
             continue
         from messagio.tasks import send_replay
 
@@ -477,7 +509,7 @@ def take_over_lost(now: datetime.datetime | None = None) -> LostReplays:
             send_replay(record.pk, record.delivery_filter)
         except Exception as exc:  # noqa: BLE001 - the next relay run tries again
             Replay.objects.filter(pk=record.pk, progress_at=now).update(
-                progress_at=record.progress_at
+                progress_at=record.progress_at, times_resent=record.times_resent
             )
             logger.error("messagio: could not send replay %s again: %r", record.pk, exc)
             continue
@@ -492,3 +524,6 @@ def take_over_lost(now: datetime.datetime | None = None) -> LostReplays:
 
 #: Lost replays one relay run takes over at most.
 REPLAYS_TAKEN_OVER_AT_MOST = 50
+#: Times the relay sends a replay's task again, none of them showing progress, before it
+#: records the replay stopped.
+RESENDS_AT_MOST = 3

@@ -333,9 +333,13 @@ def replay(
 ) -> None:
     """Run a bulk replay recorded by the admin, over deliveries matching ``delivery_filter``
     (``seal``: see :func:`send_replay`)."""
+    import datetime
+    import uuid
+
     from django.db.models import Q
     from django.utils import timezone
 
+    from messagio.conf import get_setting
     from messagio.models import Delivery, Replay
     from messagio.replays import IN_FLIGHT, run_replay
     from messagio.seals import is_sealed
@@ -354,9 +358,18 @@ def replay(
         # took the first worker for gone): it is not run again.
         logger.info("messagio: replay %s already %s; not run again", replay_id, record.state)
         return
-    Replay.objects.filter(pk=replay_id, state=Replay.State.RUNNING).update(
-        progress_at=timezone.now()  # under way: see replays.take_over_lost
-    )
+    # This copy runs it unless another run shows progress (a copy the relay sent while
+    # this message waited in its queue, or the reverse): one run at a time.
+    runner, now = uuid.uuid4().hex, timezone.now()
+    quiet = now - datetime.timedelta(seconds=float(get_setting("STUCK_TIMEOUT")))
+    if (
+        not Replay.objects.filter(pk=replay_id, state=Replay.State.RUNNING)
+        .filter(Q(runner="") | Q(progress_at__isnull=True) | Q(progress_at__lt=quiet))
+        .update(runner=runner, progress_at=now, times_resent=0)
+    ):
+        logger.info("messagio: replay %s runs on another worker; this copy ends", replay_id)
+        return
+    record.refresh_from_db()
     frozen = (
         Delivery.objects.filter(**delivery_filter)
         .exclude(status__in=IN_FLIGHT)

@@ -359,3 +359,84 @@ def test_a_waiting_replay_shows_progress_well_within_stuck_timeout(stuck_timeout
     # was lost: a live one never goes that long without writing some.
     with override_settings(MESSAGIO={"STUCK_TIMEOUT": stuck_timeout}):
         assert replays.progress_interval() == every
+
+
+def test_a_copy_of_a_replay_task_leaves_the_replay_to_the_run_showing_progress(monkeypatch):
+    from messagio import tasks
+    from messagio.seals import seal_of
+
+    event = failed_event()
+    sent = published_deliveries(monkeypatch)
+    lookups = {"event_id": str(event.pk)}
+    record = Replay.objects.create(
+        total=2, canary=1, delivery_filter=lookups, runner="a-live-run", progress_at=timezone.now()
+    )
+
+    arguments = [record.pk, lookups]
+    tasks.replay.apply(args=(*arguments, seal_of(arguments)))
+
+    assert sent == []  # not a second canary, nor anything else
+    assert Replay.objects.get(pk=record.pk).runner == "a-live-run"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_whose_replay_another_run_took_over_ends(monkeypatch):
+    event = failed_event()
+    sent = published_deliveries(monkeypatch)
+    record = Replay.objects.create(total=2, runner="this-run", snapshot_at=timezone.now())
+    original_take = replays._take
+
+    def taken_over_after_the_first(delivery, replay):
+        took = original_take(delivery, replay)
+        Replay.objects.filter(pk=replay.pk).update(runner="the-relays-copy")
+        return took
+
+    monkeypatch.setattr(replays, "_take", taken_over_after_the_first)
+    replays.run_replay(record, event.deliveries.order_by("pk"), batch_size=1)
+
+    assert len(sent) == 1
+    assert Replay.objects.get(pk=record.pk).state == "running"  # the other run's to end
+
+
+def test_a_replay_whose_task_no_run_takes_up_is_stopped_after_a_few_resends(monkeypatch):
+    from messagio import tasks
+
+    long_ago = timezone.now() - datetime.timedelta(hours=2)
+    record = Replay.objects.create(
+        total=5, delivery_filter={"status": "failed"}, progress_at=long_ago, times_resent=3
+    )
+    monkeypatch.setattr(tasks.replay, "delay", lambda *args: pytest.fail("sent again"))
+
+    report = replays.take_over_lost()
+
+    assert report.stopped == [record.pk]
+    record.refresh_from_db()
+    assert record.state == "stopped"
+    assert "its task was sent to a worker 4 times" in record.stopped_reason
+    assert "check that SECRET_KEY / SIGNING_KEY match" in record.stopped_reason
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_error_taking_a_delivery_leaves_its_envelope_as_it_was_and_says_why(monkeypatch):
+    from django.db import OperationalError
+
+    event = failed_event()
+    Delivery.objects.filter(event=event).update(priority=5)  # one group, one envelope
+    sent = published_deliveries(monkeypatch)
+    original_take, takes = replays._take, []
+
+    def locked_on_the_second(delivery, record):
+        takes.append(delivery.pk)
+        if len(takes) == 2:
+            raise OperationalError("database is locked")
+        return original_take(delivery, record)
+
+    monkeypatch.setattr(replays, "_take", locked_on_the_second)
+    with pytest.raises(OperationalError):
+        replay(event)
+
+    assert sent == []
+    assert set(event.deliveries.values_list("status", flat=True)) == {"failed"}
+    record = Replay.objects.get()
+    assert record.state == "stopped"
+    assert "failed (OperationalError('database is locked'))" in record.stopped_reason
