@@ -172,6 +172,43 @@ def _count_queued(record: Replay, count: int) -> None:
     )
 
 
+class _Counter:
+    """What a batch queued, written to its replay as it goes (at most every
+    COUNT_INTERVAL, and at the batch's end): a run cut short leaves a count near the truth,
+    and a replay at a rate shows its progress between batches."""
+
+    def __init__(self, record: Replay) -> None:
+        self.record = record
+        self.unwritten = 0
+        self.next_write = time.monotonic() + COUNT_INTERVAL
+
+    def add(self, count: int) -> None:
+        self.unwritten += count
+        if time.monotonic() >= self.next_write:
+            self.write()
+
+    def write(self) -> None:
+        if self.unwritten:
+            _count_queued(self.record, self.unwritten)
+            self.unwritten = 0
+        self.next_write = time.monotonic() + COUNT_INTERVAL
+
+
+#: Seconds between the counts a running batch writes.
+COUNT_INTERVAL = 1.0
+
+
+def queued_so_far(record: Replay) -> int:
+    """How many deliveries ``record`` took and published, from the records: those it made
+    pending, and those its attempts ran (a later replay may have taken some since). What a
+    run that was cut short had not counted yet is counted here."""
+    from messagio.models import Attempt
+
+    taken = Delivery.objects.filter(replay=record).order_by().values_list("pk", flat=True)
+    ran = Attempt.objects.filter(replay=record).order_by().values_list("delivery_id", flat=True)
+    return taken.union(ran).count()
+
+
 class _StoppedMeanwhileError(Exception):
     """The replay was stopped (or ended) by someone else while this run published."""
 
@@ -364,6 +401,7 @@ def _run_replay(
         published: set[str] = set()
         taken: list[Delivery] = []
         publishing = False
+        counter = _Counter(record)
         try:
             for members in by_event.values():
                 for envelope in envelopes(members[0].event, members, replay_id=record.pk):
@@ -396,12 +434,13 @@ def _run_replay(
                             publishing = False
                     taken.extend(mine)
                     published.update(str(d.pk) for d in mine)
+                    counter.add(len(mine))
         except _StoppedMeanwhileError:
-            _count_queued(record, len(published))  # what it took, it published
+            counter.write()  # what it took, it published
             record.refresh_from_db()
             return record
         except Exception as exc:
-            _count_queued(record, len(published))
+            counter.write()
             if not publishing:
                 raise  # recorded stopped by run_replay, saying why
             _stop(
@@ -411,9 +450,9 @@ def _run_replay(
             )
             return record
         except BaseException:
-            _count_queued(record, len(published))
+            counter.write()
             raise  # recorded stopped by run_replay
-        _count_queued(record, len(taken))  # every one taken was published
+        counter.write()  # every one taken was published
         if progress:
             progress(record)
         if canary_pending:
@@ -472,12 +511,14 @@ def take_over_lost(now: datetime.datetime | None = None) -> LostReplays:
         taken = Replay.objects.filter(seen, pk=record.pk, state=Replay.State.RUNNING)
         if record.delivery_filter is None:
             quiet_since = record.progress_at or record.requested_at
+            queued = queued_so_far(record)
             if taken.update(
                 state=Replay.State.STOPPED,
                 finished_at=now,
+                queued=queued,
                 stopped_reason=(
                     f"its process ended without finishing it (nothing of it since "
-                    f"{quiet_since:%Y-%m-%d %H:%M:%S %Z}); queued {record.queued} of "
+                    f"{quiet_since:%Y-%m-%d %H:%M:%S %Z}); queued {queued} of "
                     f"{record.total}; replay the rest again"
                 ),
             ):

@@ -341,7 +341,7 @@ def replay(
 
     from messagio.conf import get_setting
     from messagio.models import Delivery, Replay
-    from messagio.replays import IN_FLIGHT, run_replay
+    from messagio.replays import IN_FLIGHT, queued_so_far, run_replay
     from messagio.seals import is_sealed
 
     if _needs_a_seal(self.request) and not is_sealed([replay_id, delivery_filter], seal):
@@ -369,6 +369,9 @@ def replay(
     ):
         logger.info("messagio: replay %s runs on another worker; this copy ends", replay_id)
         return
+    # Resumed, what the lost run queued and had not counted yet is counted (and its canary,
+    # if it went out, is judged rather than run again).
+    Replay.objects.filter(pk=replay_id).update(queued=queued_so_far(record))
     record.refresh_from_db()
     frozen = (
         Delivery.objects.filter(**delivery_filter)

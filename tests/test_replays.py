@@ -8,7 +8,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from messagio import replays
-from messagio.models import Delivery, Event, Replay
+from messagio.models import Attempt, Delivery, Event, Replay
 from messagio.replays import replay
 from tests.testapp.messagio import Ping
 
@@ -284,8 +284,8 @@ def test_a_replay_whose_worker_was_lost_is_sent_again_and_goes_on_where_it_was(m
     # After the failures, its worker queued the first delivery, then was killed longer
     # than STUCK_TIMEOUT ago: its task's message is gone.
     long_ago = timezone.now() - datetime.timedelta(minutes=30)
-    record = Replay.objects.create(
-        snapshot_at=long_ago, total=2, queued=1, delivery_filter=lookups, progress_at=long_ago
+    record = Replay.objects.create(  # killed before it wrote its count
+        snapshot_at=long_ago, total=2, queued=0, delivery_filter=lookups, progress_at=long_ago
     )
     Delivery.objects.filter(pk=first.pk).update(status="pending", replay=record)
     resent = []
@@ -306,7 +306,12 @@ def test_a_replay_whose_worker_was_lost_is_sent_again_and_goes_on_where_it_was(m
 
 def test_a_replay_whose_own_process_was_lost_is_recorded_stopped_saying_so(monkeypatch):
     long_ago = timezone.now() - datetime.timedelta(hours=2)
-    lost = Replay.objects.create(total=10, queued=4, source="command", progress_at=long_ago)
+    lost = Replay.objects.create(total=10, queued=2, source="command", progress_at=long_ago)
+    # It had queued a third before its process ended, not counted yet: one ran since.
+    for delivery in failed_event().deliveries.all()[:1]:
+        Attempt.objects.create(delivery=delivery, number=2, outcome="succeeded", replay=lost)
+    for delivery in failed_event().deliveries.all():
+        Delivery.objects.filter(pk=delivery.pk).update(status="pending", replay=lost)
     alive = Replay.objects.create(total=10, queued=4, source="command")
     alive_before_upgrade = Replay.objects.create(total=1, requested_at=timezone.now())
 
@@ -316,7 +321,8 @@ def test_a_replay_whose_own_process_was_lost_is_recorded_stopped_saying_so(monke
     lost.refresh_from_db()
     assert lost.state == "stopped"
     assert "its process ended without finishing it" in lost.stopped_reason
-    assert "queued 4 of 10; replay the rest again" in lost.stopped_reason
+    assert "queued 3 of 10; replay the rest again" in lost.stopped_reason
+    assert lost.queued == 3
     assert Replay.objects.get(pk=alive.pk).state == "running"
     assert Replay.objects.get(pk=alive_before_upgrade.pk).state == "running"
 
@@ -440,3 +446,22 @@ def test_an_error_taking_a_delivery_leaves_its_envelope_as_it_was_and_says_why(m
     record = Replay.objects.get()
     assert record.state == "stopped"
     assert "failed (OperationalError('database is locked'))" in record.stopped_reason
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_writes_its_count_as_it_goes(monkeypatch):
+    events = [failed_event() for _ in range(3)]  # three envelopes in one batch
+    Delivery.objects.filter(event__in=events, position=1).delete()
+    counts_seen = []
+
+    def publish_all(envelope_list):
+        counts_seen.append(Replay.objects.get().queued)
+        return ["task"] * len(envelope_list)
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+    monkeypatch.setattr(replays, "COUNT_INTERVAL", 0.0)
+
+    record = replay(Delivery.objects.filter(event__in=events))
+
+    assert counts_seen == [0, 1, 2]  # a run cut short here leaves its count near the truth
+    assert Replay.objects.get(pk=record.pk).queued == 3
