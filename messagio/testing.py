@@ -20,7 +20,7 @@ from typing import Any
 
 from django.db import transaction
 
-from messagio.center import AbstractMessageCenter, _overrides
+from messagio.center import AbstractMessageCenter, MessageCenter, _overrides, configured_center
 from messagio.message import Messagio
 from messagio.report import DispatchReport
 
@@ -162,8 +162,10 @@ class CapturingMessageCenter(AbstractMessageCenter):
         from messagio.conf import get_setting
         from messagio.payload import dumps
 
-        # raise_errors: taken by fire(sync=True) and by the in-process center's fire().
-        if set(options) - {"raise_errors"}:
+        # raise_errors: taken by fire(sync=True) and by the in-process center's fire(); the
+        # Celery center's fire() refuses it, and so does a capture in its place.
+        takes_raise_errors = sync or not isinstance(configured_center(), MessageCenter)
+        if set(options) - ({"raise_errors"} if takes_raise_errors else set()):
             raise TypeError(f"Unknown fire() options: {', '.join(sorted(options))}")
         self._check_messagio(messagio)
         # The refusal a real fire would give; and what was fired, as a listener would get

@@ -247,6 +247,7 @@ def test_an_unknown_fire_option_is_refused_while_capturing():
             OrderPlaced(1).fire(priorty=9)
 
 
+@override_settings(MESSAGIO={"MESSAGE_CENTER": "messagio.InProcessMessageCenter"})
 def test_raise_errors_is_taken_while_capturing_as_the_in_process_center_takes_it():
     with capture_messagios() as fired:
         OrderPlaced(1).fire(raise_errors=True)
@@ -335,3 +336,28 @@ def test_a_fire_in_a_committed_transaction_stays_and_one_rolled_back_whole_goes(
             raise RuntimeError("the order failed")
 
     assert [m.order_id for m in fired] == [1]
+
+
+@pytest.mark.django_db
+def test_capturing_takes_what_a_custom_center_runs_through_send_sync():
+    MessageCenter.singleton().subscribe(OrderPlaced, remember)
+
+    with capture_messagios() as fired:
+        MessageCenter.singleton().send_sync(OrderPlaced(4))
+
+    fired.assert_fired(OrderPlaced, order_id=4)
+    assert ran == []
+    assert not Event.objects.exists()
+
+
+def test_capturing_refuses_what_the_celery_centers_fire_refuses():
+    # Outside a capture, MessageCenter's fire() takes no raise_errors: a test must not pass
+    # on code that fails in production.
+    with capture_messagios(), pytest.raises(TypeError, match="Unknown fire\\(\\) options"):
+        OrderPlaced(5).fire(raise_errors=True)
+    with pytest.raises(TypeError, match="Unknown fire\\(\\) options"):
+        OrderPlaced(5).fire(raise_errors=True)
+
+    with capture_messagios() as fired:
+        OrderPlaced(6).fire(sync=True, raise_errors=True)
+    fired.assert_fired(OrderPlaced, order_id=6)
