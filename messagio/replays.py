@@ -511,31 +511,25 @@ def take_over_lost(now: datetime.datetime | None = None) -> LostReplays:
         taken = Replay.objects.filter(seen, pk=record.pk, state=Replay.State.RUNNING)
         if record.delivery_filter is None:
             quiet_since = record.progress_at or record.requested_at
-            queued = queued_so_far(record)
-            if taken.update(
-                state=Replay.State.STOPPED,
-                finished_at=now,
-                queued=queued,
-                stopped_reason=(
-                    f"its process ended without finishing it (nothing of it since "
-                    f"{quiet_since:%Y-%m-%d %H:%M:%S %Z}); queued {queued} of "
-                    f"{record.total}; replay the rest again"
-                ),
+            if _stop_lost(
+                taken,
+                record,
+                now,
+                f"its process ended without finishing it (nothing of it since "
+                f"{quiet_since:%Y-%m-%d %H:%M:%S %Z})",
             ):
                 logger.warning("messagio: replay %s lost its process; stopped", record.pk)
                 report.stopped.append(record.pk)
             continue
         if record.times_resent >= RESENDS_AT_MOST:
-            if taken.update(
-                state=Replay.State.STOPPED,
-                finished_at=now,
-                stopped_reason=(
-                    f"its task was sent to a worker {record.times_resent + 1} times and no "
-                    f"run of it showed progress within STUCK_TIMEOUT (no worker takes its "
-                    f"queue, or its workers drop its message: see their logs, and check "
-                    f"that SECRET_KEY / SIGNING_KEY match); queued {record.queued} of "
-                    f"{record.total}; replay the rest again"
-                ),
+            if _stop_lost(
+                taken,
+                record,
+                now,
+                f"its task was sent to a worker {record.times_resent + 1} times and no run "
+                f"of it showed progress within STUCK_TIMEOUT (no worker takes its queue, or "
+                f"its workers drop its message: see their logs, and check that SECRET_KEY / "
+                f"SIGNING_KEY match)",
             ):
                 logger.error("messagio: replay %s was never taken up; stopped", record.pk)
                 report.stopped.append(record.pk)
@@ -561,6 +555,19 @@ def take_over_lost(now: datetime.datetime | None = None) -> LostReplays:
         )
         report.resumed.append(record.pk)
     return report
+
+
+def _stop_lost(taken: models.QuerySet, record: Replay, now: datetime.datetime, why: str) -> bool:
+    """Record a lost replay stopped (if ``taken`` still finds it), with what it queued."""
+    queued = queued_so_far(record)
+    return bool(
+        taken.update(
+            state=Replay.State.STOPPED,
+            finished_at=now,
+            queued=queued,
+            stopped_reason=f"{why}; queued {queued} of {record.total}; replay the rest again",
+        )
+    )
 
 
 #: Lost replays one relay run takes over at most.
