@@ -102,3 +102,12 @@ def task_serializer(app: Any) -> str:
     if accepted is None or JSON_CONTENT_TYPE in accepted or PICKLE_CONTENT_TYPE not in accepted:
         return "json"
     return "pickle"
+
+
+def runs_eagerly() -> bool:
+    """Whether messagio's tasks run where they are published (``task_always_eager``): a
+    publish then runs the listeners, so it must not happen inside a transaction of
+    messagio's own (a listener's database error would abort it, and its records with it)."""
+    from messagio.tasks import deliver
+
+    return bool(deliver.app.conf.task_always_eager)

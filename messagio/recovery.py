@@ -37,7 +37,7 @@ def requeue(deliveries: Any, why: str) -> int:
     """
     from django.db import transaction
 
-    from messagio.brokers import broker_unreachable
+    from messagio.brokers import broker_unreachable, runs_eagerly
     from messagio.records import db_alias
 
     selected = list(deliveries.select_related("event").order_by("event_id", "position"))
@@ -45,6 +45,7 @@ def requeue(deliveries: Any, why: str) -> int:
     for delivery in selected:
         by_event.setdefault(delivery.event_id, []).append(delivery)
     requeued = followed = 0
+    eager = runs_eagerly()
     for event_id, candidates in by_event.items():
         try:
             with transaction.atomic(using=db_alias()):
@@ -54,9 +55,14 @@ def requeue(deliveries: Any, why: str) -> int:
                 taken, failed = _take_interrupted(candidates, why)
                 followers = pending_followers({event_id: taken} if taken else {})
                 failed_ids = {delivery.pk for delivery, _ in failed}
-                members = [d for d in taken if d.pk not in failed_ids] + followers
-                if members:
-                    publish_by_replay(sorted(members, key=lambda d: d.position))
+                members = sorted(
+                    [d for d in taken if d.pk not in failed_ids] + followers,
+                    key=lambda d: d.position,
+                )
+                if members and not eager:
+                    publish_by_replay(members)
+            if members and eager:  # run here: after the commit, as a worker would
+                publish_by_replay(members)
         except PublishRefusedError as refused:
             if not broker_unreachable(refused.cause):
                 # This event alone: the ones after it may still go.

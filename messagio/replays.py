@@ -18,6 +18,7 @@ from typing import Any
 from django.db import models, transaction
 from django.utils import timezone
 
+from messagio.brokers import runs_eagerly
 from messagio.models import Delivery, Event, Replay
 from messagio.records import db_alias, envelopes, publish_all
 from messagio.recovery import mark_published_again
@@ -157,18 +158,38 @@ def _stop(record: Replay, reason: str) -> None:
     logger.warning("messagio: replay %s stopped: %s", record.pk, reason)
 
 
+def stop_failed(record: Replay, exc: Exception) -> None:
+    """Record the replay stopped by ``exc``, saying how far it got (not left running, for
+    the relay to send again and again)."""
+    _stop(
+        record,
+        f"failed ({exc!r}) after queueing {queued_so_far(record)} of {record.total}; "
+        "replay the rest once its cause is fixed",
+    )
+
+
 def _end(record: Replay, *fields: str) -> None:
-    """Write how the replay ended, unless another run of it ended it first (its message
-    handed to a second worker: the first outcome stays)."""
+    """Write how the replay ended, unless it ended first or another run of it took it over
+    (a copy the relay sent): that run's outcome stands."""
     values = {name: getattr(record, name) for name in ("state", "finished_at", *fields)}
-    Replay.objects.filter(pk=record.pk, state=Replay.State.RUNNING).update(**values)
+    if record.state == Replay.State.FINISHED:
+        values["queued"] = queued_so_far(record)  # what every run of it queued
+    _own(record).update(**values)
 
 
-def _count_queued(record: Replay, count: int) -> None:
+def _own(record: Replay) -> models.QuerySet:
+    """The replay while this run still runs it."""
+    return Replay.objects.filter(pk=record.pk, state=Replay.State.RUNNING, runner=record.runner)
+
+
+def _count_queued(record: Replay, count: int) -> bool:
+    """Add what this run queued (stopped meanwhile, too); False when another run of the
+    replay took it over, whose count stands."""
     record.queued += count
-    # Added, not set: a second run of the same replay counts its own.
-    Replay.objects.filter(pk=record.pk).update(
-        queued=models.F("queued") + count, progress_at=timezone.now()
+    return bool(
+        Replay.objects.filter(pk=record.pk, runner=record.runner).update(
+            queued=models.F("queued") + count, progress_at=timezone.now()
+        )
     )
 
 
@@ -183,15 +204,19 @@ class _Counter:
         self.next_write = time.monotonic() + COUNT_INTERVAL
 
     def add(self, count: int) -> None:
+        """Count ``count`` more; raise _StoppedMeanwhileError once the run finds its
+        replay ended or taken over by another run."""
         self.unwritten += count
-        if time.monotonic() >= self.next_write:
-            self.write()
+        if time.monotonic() >= self.next_write and not self.write():
+            raise _StoppedMeanwhileError
 
-    def write(self) -> None:
-        if self.unwritten:
-            _count_queued(self.record, self.unwritten)
-            self.unwritten = 0
+    def write(self) -> bool:
+        """Write what is not written yet; False when this run no longer runs the replay."""
         self.next_write = time.monotonic() + COUNT_INTERVAL
+        count, self.unwritten = self.unwritten, 0
+        if count:
+            return _count_queued(self.record, count)
+        return not _ended_elsewhere(self.record)
 
 
 #: Seconds between the counts a running batch writes.
@@ -216,9 +241,7 @@ class _StoppedMeanwhileError(Exception):
 def _ended_elsewhere(record: Replay) -> bool:
     """Whether the replay ended, or another run of it took it over (a copy of its task the
     relay sent while this run showed no progress): this run then ends."""
-    return not Replay.objects.filter(
-        pk=record.pk, state=Replay.State.RUNNING, runner=record.runner
-    ).exists()
+    return not _own(record).exists()
 
 
 #: Seconds between looks, while a replay waits, at whether it was stopped meanwhile (the
@@ -340,11 +363,7 @@ def run_replay(
     try:
         return _run_replay(record, frozen, canary_timeout, batch_size, progress)
     except Exception as exc:
-        _stop(
-            record,
-            f"failed ({exc!r}) after queueing {record.queued} of {record.total}; replay "
-            "the rest once its cause is fixed",
-        )
+        stop_failed(record, exc)
         raise
     except BaseException as exc:
         _stop(
@@ -366,6 +385,7 @@ def _run_replay(
     if record.canary and threshold is None:
         threshold = CANARY_DEFAULT_MAX_FAILURE_RATE
     interval = 1.0 / record.rate if record.rate else 0.0
+    eager = runs_eagerly()
     next_at = time.monotonic()
     lookout = _StopLookout(record)
     last_pk = None
@@ -428,10 +448,12 @@ def _run_replay(
                     with transaction.atomic(using=db_alias()):
                         mark_published_again([members[0].event_id])
                         mine = [d for d in members if str(d.pk) in wanted and _take(d, record)]
-                        if mine:
+                        if mine and not eager:
                             publishing = True
                             publish_all(envelopes(members[0].event, mine, replay_id=record.pk))
                             publishing = False
+                    if mine and eager:  # run here: after the commit, as a worker would
+                        publish_all(envelopes(members[0].event, mine, replay_id=record.pk))
                     taken.extend(mine)
                     published.update(str(d.pk) for d in mine)
                     counter.add(len(mine))
@@ -452,7 +474,9 @@ def _run_replay(
         except BaseException:
             counter.write()
             raise  # recorded stopped by run_replay
-        counter.write()  # every one taken was published
+        if not counter.write():  # every one taken was published
+            record.refresh_from_db()
+            return record  # ended, or taken over by another run
         if progress:
             progress(record)
         if canary_pending:

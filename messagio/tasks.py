@@ -341,7 +341,7 @@ def replay(
 
     from messagio.conf import get_setting
     from messagio.models import Delivery, Replay
-    from messagio.replays import IN_FLIGHT, queued_so_far, run_replay
+    from messagio.replays import IN_FLIGHT, queued_so_far, run_replay, stop_failed
     from messagio.seals import is_sealed
 
     if _needs_a_seal(self.request) and not is_sealed([replay_id, delivery_filter], seal):
@@ -369,18 +369,23 @@ def replay(
     ):
         logger.info("messagio: replay %s runs on another worker; this copy ends", replay_id)
         return
-    # Resumed, what the lost run queued and had not counted yet is counted (and its canary,
-    # if it went out, is judged rather than run again).
-    Replay.objects.filter(pk=replay_id).update(queued=queued_so_far(record))
-    record.refresh_from_db()
-    frozen = (
-        Delivery.objects.filter(**delivery_filter)
-        .exclude(status__in=IN_FLIGHT)
-        .filter(Q(finished_at__isnull=True) | Q(finished_at__lte=record.snapshot_at))
-        # Resumed, it does not take again what it queued before and failed again since,
-        # whatever a worker's clock wrote as its finish.
-        .exclude(replay=record)
-    )
+    record.runner = runner
+    try:
+        # Resumed, what the lost run queued and had not counted yet is counted (and its
+        # canary, if it went out, is judged rather than run again).
+        Replay.objects.filter(pk=replay_id).update(queued=queued_so_far(record))
+        record.refresh_from_db()
+        frozen = (
+            Delivery.objects.filter(**delivery_filter)
+            .exclude(status__in=IN_FLIGHT)
+            .filter(Q(finished_at__isnull=True) | Q(finished_at__lte=record.snapshot_at))
+            # Resumed, it does not take again what it queued before and failed again
+            # since, whatever a worker's clock wrote as its finish.
+            .exclude(replay=record)
+        )
+    except Exception as exc:
+        stop_failed(record, exc)  # not resent for ever by the relay
+        raise
     run_replay(record, frozen)
 
 

@@ -529,3 +529,21 @@ def test_an_in_process_run_still_claimed_is_not_taken_for_lost(published):
 
     assert requeue_lost(0).events == 0
     assert published == []
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(CELERY_TASK_ALWAYS_EAGER=True)
+def test_an_eager_requeue_runs_its_listeners_after_its_transaction(monkeypatch):
+    from django.db import connection
+
+    in_transaction = []
+
+    def publish_all(envelope_list):
+        in_transaction.append(connection.in_atomic_block)  # where a listener would run
+        return ["task"] * len(envelope_list)
+
+    monkeypatch.setattr(records, "publish_all", publish_all)
+    _, (dead, _) = event_with(("running", 1), ("pending", 0))
+
+    assert requeue(Delivery.objects.filter(pk=dead.pk), "test") == 1
+    assert in_transaction == [False]

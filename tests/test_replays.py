@@ -465,3 +465,65 @@ def test_a_batch_writes_its_count_as_it_goes(monkeypatch):
 
     assert counts_seen == [0, 1, 2]  # a run cut short here leaves its count near the truth
     assert Replay.objects.get(pk=record.pk).queued == 3
+
+
+def test_a_replay_task_that_fails_before_it_runs_is_recorded_stopped_not_resent(monkeypatch):
+    from messagio import tasks
+    from messagio.seals import seal_of
+
+    record = Replay.objects.create(total=1, delivery_filter={"no_such_field": 1})
+    arguments = [record.pk, record.delivery_filter]
+
+    result = tasks.replay.apply(args=(*arguments, seal_of(arguments)))
+
+    assert result.failed()  # a filter an upgrade made invalid
+    record.refresh_from_db()
+    assert record.state == "stopped"
+    assert "failed (FieldError(" in record.stopped_reason
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_taken_over_mid_batch_ends_and_its_count_and_stop_leave_the_other_runs(
+    monkeypatch,
+):
+    events = [failed_event() for _ in range(3)]
+    Delivery.objects.filter(event__in=events, position=1).delete()
+    record = Replay.objects.create(total=3, runner="this-run", snapshot_at=timezone.now())
+    monkeypatch.setattr(replays, "COUNT_INTERVAL", 0.0)
+    sent = []
+
+    def publish_all(envelope_list):
+        sent.extend(envelope_list)
+        if len(sent) == 1:  # the relay gave this run up; another copy took it over
+            Replay.objects.filter(pk=record.pk).update(runner="the-relays-copy", queued=7)
+        if len(sent) == 2:
+            raise ConnectionResetError("broker connection lost")
+        return ["task"] * len(envelope_list)
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+    replays.run_replay(record, Delivery.objects.filter(event__in=events), batch_size=10)
+
+    assert len(sent) == 1  # it ended at its next count, before a second publish
+    record.refresh_from_db()
+    assert (record.state, record.runner, record.queued) == ("running", "the-relays-copy", 7)
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(CELERY_TASK_ALWAYS_EAGER=True)
+def test_an_eager_replay_runs_its_listeners_after_its_transaction(monkeypatch):
+    from django.db import connection
+
+    from messagio import tasks
+
+    event = failed_event()
+    in_transaction = []
+    assert tasks.deliver.app.conf.task_always_eager  # read from Django's settings
+
+    def publish_all(envelope_list):
+        in_transaction.append(connection.in_atomic_block)  # where a listener would run
+        return ["task"] * len(envelope_list)
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+    replay(event)
+
+    assert in_transaction and not any(in_transaction)
