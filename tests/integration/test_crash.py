@@ -139,3 +139,59 @@ def test_a_listener_that_kills_every_worker_it_runs_on_is_failed_after_max_lost_
     assert Call.objects.filter(token=token, listener="kills").count() == limit
     assert (after.status, after.attempts) == ("succeeded", 1)
     assert Call.objects.filter(token=token, listener="after-kill").count() == 1
+
+
+def test_a_bulk_replay_whose_worker_is_killed_is_sent_again_by_the_relay_and_finishes(
+    start_worker, worker
+):
+    """The replay task is acknowledged as it starts: a worker killed mid-replay takes its
+    message with it. The relay finds the replay without progress, sends its task again, and
+    the replay goes on where it was: each delivery replayed once."""
+    from django.test import override_settings
+    from django.utils import timezone
+
+    from messagio import tasks
+    from messagio.models import Replay
+    from messagio.replays import take_over_lost
+    from messagio.seals import seal_of
+    from tests.testapp.messagio import Fixable
+
+    token = uuid.uuid4().hex
+    events = [str(Fixable(token).fire().event_id) for _ in range(6)]
+    wait_for(
+        lambda: Delivery.objects.filter(event_id__in=events, status="failed").count() == 6,
+        what="the six first attempts to fail",
+    )
+    Call.objects.create(token=token, listener="fix-deployed")
+    lookups = {"event_id__in": events, "status": "failed"}
+    now = timezone.now()
+    record = Replay.objects.create(
+        total=6, rate=2, delivery_filter=lookups, snapshot_at=now, progress_at=now
+    )
+    purge_queue(settings.TEST_CRASH_QUEUE)
+    doomed = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1)
+    arguments = [record.pk, lookups]
+    # As the admin sends it, to a queue only the worker to be killed takes.
+    tasks.replay.apply_async(args=(*arguments, seal_of(arguments)), queue=settings.TEST_CRASH_QUEUE)
+    wait_for(
+        lambda: Delivery.objects.filter(replay=record).count() >= 2,
+        what="the replay to be under way",
+    )
+
+    doomed.stop(signal.SIGKILL)
+    with override_settings(MESSAGIO={"STUCK_TIMEOUT": 1}):
+        wait_for(lambda: take_over_lost().resumed, what="the relay to send it again")
+
+    wait_for(
+        lambda: Replay.objects.filter(pk=record.pk, state="finished").exists(),
+        timeout=60,
+        what="the resumed replay to finish",
+    )
+    wait_for(
+        lambda: Delivery.objects.filter(event_id__in=events, status="succeeded").count() == 6,
+        what="every replayed delivery to succeed",
+    )
+    deliveries = Delivery.objects.filter(event_id__in=events)
+    assert sorted(d.attempts for d in deliveries) == [2] * 6  # each replayed once
+    assert Call.objects.filter(token=token, listener="fixable").count() == 12
+    assert Replay.objects.get(pk=record.pk).queued == 6
