@@ -135,11 +135,14 @@ def replay(
     return record
 
 
-def _outcomes(record: Replay) -> tuple[int, int]:
-    """(failed, finished) among the deliveries this replay queued. Taking one makes it
-    pending under this replay, so a finished one under it has run since: no timestamp is
-    compared (a worker's clock behind this host's would hide its outcomes)."""
+def _outcomes(record: Replay, among: list[Any] | None = None) -> tuple[int, int]:
+    """(failed, finished) among the deliveries this replay queued (``among`` them only: a
+    canary's). Taking one makes it pending under this replay, so a finished one under it has
+    run since: no timestamp is compared (a worker's clock behind this host's would hide its
+    outcomes)."""
     mine = Delivery.objects.filter(replay=record)
+    if among is not None:
+        mine = mine.filter(pk__in=among)
     counts = mine.aggregate(
         failed=models.Count("pk", filter=models.Q(status=Delivery.Status.FAILED)),
         finished=models.Count(
@@ -183,12 +186,15 @@ def _own(record: Replay) -> models.QuerySet:
 
 
 def _count_queued(record: Replay, count: int) -> bool:
-    """Add what this run queued (stopped meanwhile, too); False when another run of the
-    replay took it over, whose count stands."""
+    """Add what this run queued (a replay another run stopped, too); False when it was
+    taken from this run (by a copy the relay sent, the relay, or the admin's Stop, which
+    count from the records)."""
     record.queued += count
+    # Something queued: a run that gets somewhere, which the relay's count of resends
+    # without one (RESENDS_AT_MOST) starts again from.
     return bool(
         Replay.objects.filter(pk=record.pk, runner=record.runner).update(
-            queued=models.F("queued") + count, progress_at=timezone.now()
+            queued=models.F("queued") + count, progress_at=timezone.now(), times_resent=0
         )
     )
 
@@ -323,7 +329,8 @@ def _canary_stopped(
             f"{record.queued} of {record.total}; replay the rest once they have one",
         )
         return True
-    failed, finished = _outcomes(record)
+    # The canary's own (a resumed run may have queued more before it was lost).
+    failed, finished = _outcomes(record, among=canary_ids)
     if threshold is not None and finished and failed / finished > threshold:
         _stop(
             record,
@@ -590,6 +597,7 @@ def _stop_lost(taken: models.QuerySet, record: Replay, now: datetime.datetime, w
             finished_at=now,
             queued=queued,
             stopped_reason=f"{why}; queued {queued} of {record.total}; replay the rest again",
+            runner="",  # a run that was only slow counts nothing more, and ends
         )
     )
 

@@ -365,7 +365,7 @@ def replay(
     if (
         not Replay.objects.filter(pk=replay_id, state=Replay.State.RUNNING)
         .filter(Q(runner="") | Q(progress_at__isnull=True) | Q(progress_at__lt=quiet))
-        .update(runner=runner, progress_at=now, times_resent=0)
+        .update(runner=runner, progress_at=now)
     ):
         logger.info("messagio: replay %s runs on another worker; this copy ends", replay_id)
         return

@@ -20,6 +20,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from messagio.models import Attempt, Delivery, Replay
+from messagio.replays import queued_so_far
 from messagio_admin import display, permissions, queries
 from messagio_admin.changelist import RecordAdmin
 
@@ -177,6 +178,10 @@ class ReplayAdmin(RecordAdmin):
             state=Replay.State.STOPPED,
             stopped_reason=f"stopped from the admin by {request.user.get_username()}",
             finished_at=timezone.now(),
+            # What its runs queued, counted or not yet (a worker lost mid-batch); the run
+            # still at it counts nothing more, and ends.
+            queued=queued_so_far(record),
+            runner="",
         )
         if stopped:
             self.message_user(

@@ -527,3 +527,109 @@ def test_an_eager_replay_runs_its_listeners_after_its_transaction(monkeypatch):
     replay(event)
 
     assert in_transaction and not any(in_transaction)
+
+
+def test_a_replay_whose_every_run_dies_before_queueing_is_stopped_after_a_few_resends(
+    monkeypatch,
+):
+    from messagio import tasks
+
+    event = failed_event()
+    long_ago = timezone.now() - datetime.timedelta(hours=1)
+    record = Replay.objects.create(
+        total=2, delivery_filter={"event_id": str(event.pk)}, progress_at=long_ago
+    )
+    resent = []
+    monkeypatch.setattr(tasks.replay, "delay", lambda *args: resent.append(args))
+    monkeypatch.setattr(replays, "run_replay", lambda *args, **kwargs: None)  # dies in it
+    for _ in range(replays.RESENDS_AT_MOST + 1):
+        replays.take_over_lost()
+        if Replay.objects.get(pk=record.pk).state != "running":
+            break
+        tasks.replay.apply(args=resent[-1])  # a copy takes it up, and its worker dies
+        Replay.objects.filter(pk=record.pk).update(progress_at=long_ago)  # and time passes
+
+    record.refresh_from_db()
+    assert record.state == "stopped"
+    assert len(resent) == replays.RESENDS_AT_MOST
+
+
+def test_a_resumed_replay_judges_its_canary_on_the_canary_alone(monkeypatch):
+    """The canary (2) passed, 3 more went out and failed again, then the worker was lost:
+    the resumed copy does not take the 3 for a canary that failed."""
+    from messagio import tasks
+    from messagio.seals import seal_of
+
+    events = [failed_event() for _ in range(5)]
+    ids = list(
+        Delivery.objects.filter(event__in=events).order_by("pk").values_list("pk", flat=True)
+    )
+    lookups = {"event_id__in": [str(e.pk) for e in events]}
+    before = timezone.now() - datetime.timedelta(minutes=5)
+    record = Replay.objects.create(
+        total=10, canary=2, delivery_filter=lookups, snapshot_at=before, progress_at=before
+    )
+    later = timezone.now()
+    Delivery.objects.filter(pk__in=ids[:2]).update(
+        replay=record, status="succeeded", finished_at=later
+    )
+    Delivery.objects.filter(pk__in=ids[2:5]).update(
+        replay=record, status="failed", finished_at=later
+    )
+    sent = published_deliveries(monkeypatch)
+
+    arguments = [record.pk, lookups]
+    tasks.replay.apply(args=(*arguments, seal_of(arguments)))
+
+    record.refresh_from_db()
+    assert not record.stopped_reason.startswith("canary")
+    assert len(sent) == 5  # the rest
+    assert (record.state, record.queued) == ("finished", 10)
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(MESSAGIO={"STUCK_TIMEOUT": 600})
+def test_a_run_the_relay_took_for_lost_ends_and_counts_nothing_more(monkeypatch):
+    events = [failed_event() for _ in range(3)]
+    Delivery.objects.filter(event__in=events, position=1).delete()
+    long_ago = timezone.now() - datetime.timedelta(hours=1)
+    record = Replay.objects.create(
+        total=3, runner="this-run", snapshot_at=long_ago, progress_at=long_ago
+    )
+    monkeypatch.setattr(replays, "COUNT_INTERVAL", 0.0)
+    sent = []
+
+    def publish_all(envelope_list):
+        sent.extend(envelope_list)
+        if len(sent) == 1:
+            assert replays.take_over_lost().stopped == [record.pk]  # slow, taken for lost
+        return ["task"] * len(envelope_list)
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+    replays.run_replay(record, Delivery.objects.filter(event__in=events), batch_size=10)
+
+    record.refresh_from_db()
+    assert len(sent) == 1  # it ended at its next count
+    assert (record.state, record.queued) == ("stopped", 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_in_a_run_taken_over_leaves_the_other_runs_replay(monkeypatch):
+    events = [failed_event() for _ in range(2)]
+    Delivery.objects.filter(event__in=events, position=1).delete()
+    record = Replay.objects.create(total=2, runner="this-run", snapshot_at=timezone.now())
+    sent = []
+
+    def publish_all(envelope_list):
+        sent.extend(envelope_list)
+        if len(sent) == 1:  # committed with this envelope: taken over
+            Replay.objects.filter(pk=record.pk).update(runner="the-relays-copy", queued=7)
+            return ["task"]
+        raise ConnectionResetError("broker connection lost")
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+    replays.run_replay(record, Delivery.objects.filter(event__in=events), batch_size=10)
+
+    assert len(sent) == 2  # its stop was reached
+    record.refresh_from_db()
+    assert (record.state, record.runner, record.queued) == ("running", "the-relays-copy", 7)

@@ -144,3 +144,15 @@ def test_a_replays_outcome_counts_stay_once_a_later_replay_takes_its_deliveries(
     assert "1 succeeded" in earlier_page and "1 failed" in earlier_page
     assert "0 in flight" in earlier_page
     assert "1 in flight" in later_page and "0 failed" in later_page
+
+
+def test_stopping_a_replay_counts_what_it_queued_from_the_records(admin_client):
+    """Its worker was killed before it wrote its last count."""
+    event = make_event("failed", "failed", "failed")
+    record = Replay.objects.create(total=3, runner="a-dead-run", queued=1)
+    Delivery.objects.filter(event=event).update(status="pending", replay=record)
+
+    admin_client.post(stop_url(record))
+
+    record.refresh_from_db()
+    assert (record.state, record.queued, record.runner) == ("stopped", 3, "")
