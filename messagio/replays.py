@@ -136,13 +136,26 @@ def replay(
 
 
 def _outcomes(record: Replay, among: list[Any] | None = None) -> tuple[int, int]:
-    """(failed, finished) among the deliveries this replay queued (``among`` them only: a
-    canary's). Taking one makes it pending under this replay, so a finished one under it has
-    run since: no timestamp is compared (a worker's clock behind this host's would hide its
-    outcomes)."""
-    mine = Delivery.objects.filter(replay=record)
+    """(failed, finished) among the deliveries this replay queued. Taking one makes it
+    pending under this replay, so a finished one under it has run since: no timestamp is
+    compared (a worker's clock behind this host's would hide its outcomes).
+
+    ``among`` (a canary's): from the last attempt each had under this replay, whatever a
+    later replay did with it since."""
     if among is not None:
-        mine = mine.filter(pk__in=among)
+        from messagio.models import Attempt
+
+        last: dict[Any, tuple[int, str]] = {}
+        attempts = Attempt.objects.filter(replay=record, delivery_id__in=among)
+        for delivery_id, number, outcome in attempts.values_list(
+            "delivery_id", "number", "outcome"
+        ):
+            if delivery_id not in last or number > last[delivery_id][0]:
+                last[delivery_id] = (number, outcome)
+        outcomes = [outcome for _, outcome in last.values()]
+        failed = sum(o in ("failed", "timeout") for o in outcomes)
+        return failed, failed + sum(o == "succeeded" for o in outcomes)
+    mine = Delivery.objects.filter(replay=record)
     counts = mine.aggregate(
         failed=models.Count("pk", filter=models.Q(status=Delivery.Status.FAILED)),
         finished=models.Count(
@@ -157,8 +170,10 @@ def _stop(record: Replay, reason: str) -> None:
     record.state = Replay.State.STOPPED
     record.stopped_reason = reason
     record.finished_at = timezone.now()
-    _end(record, "stopped_reason")
-    logger.warning("messagio: replay %s stopped: %s", record.pk, reason)
+    if _end(record, "stopped_reason"):
+        logger.warning("messagio: replay %s stopped: %s", record.pk, reason)
+    else:
+        logger.info("messagio: replay %s is another run's (or ended); this one ends", record.pk)
 
 
 def stop_failed(record: Replay, exc: Exception) -> None:
@@ -171,13 +186,22 @@ def stop_failed(record: Replay, exc: Exception) -> None:
     )
 
 
-def _end(record: Replay, *fields: str) -> None:
+def _end(record: Replay, *fields: str) -> bool:
     """Write how the replay ended, unless it ended first or another run of it took it over
-    (a copy the relay sent): that run's outcome stands."""
+    (a copy the relay sent): that run's outcome stands. Whether it was written."""
     values = {name: getattr(record, name) for name in ("state", "finished_at", *fields)}
-    if record.state == Replay.State.FINISHED:
-        values["queued"] = queued_so_far(record)  # what every run of it queued
-    _own(record).update(**values)
+    values["queued"] = queued_so_far(record)  # what every run of it queued
+    return bool(_own(record).update(**values))
+
+
+def _left(record: Replay) -> Replay:
+    """This run found its replay ended by someone else (the admin's Stop, the relay, its
+    other run): what it queued since their count is counted too, from the records."""
+    Replay.objects.filter(pk=record.pk).exclude(state=Replay.State.RUNNING).update(
+        queued=queued_so_far(record)
+    )
+    record.refresh_from_db()
+    return record
 
 
 def _own(record: Replay) -> models.QuerySet:
@@ -227,6 +251,22 @@ class _Counter:
 
 #: Seconds between the counts a running batch writes.
 COUNT_INTERVAL = 1.0
+
+
+def _canary_of(record: Replay) -> list[Any]:
+    """The deliveries of a canary that went out (the first the replay took, by pk), also
+    those a later replay took since (their Attempts under this one say they were its)."""
+    from messagio.models import Attempt
+
+    size = record.canary or 0
+    pending = Delivery.objects.filter(replay=record).order_by("pk").values_list("pk", flat=True)
+    ran = (
+        Attempt.objects.filter(replay=record)
+        .order_by("delivery_id")
+        .values_list("delivery_id", flat=True)
+        .distinct()
+    )
+    return sorted({*pending[:size], *ran[:size]})[:size]
 
 
 def queued_so_far(record: Replay) -> int:
@@ -402,14 +442,12 @@ def _run_replay(
     if record.canary and record.queued:
         # Resumed (its worker died, the task's message came back): the canary's first
         # deliveries went out already, and maybe all of it, never judged.
-        taken_first = Delivery.objects.filter(replay=record).order_by("pk")
-        canary_ids = list(taken_first.values_list("pk", flat=True)[: record.canary])
+        canary_ids = _canary_of(record)
         if not canary_pending and _canary_stopped(record, canary_ids, canary_timeout, threshold):
             return record
     while True:
         if last_pk is not None and _ended_elsewhere(record):
-            record.refresh_from_db()
-            return record
+            return _left(record)
         page = frozen.order_by("pk")
         if last_pk is not None:
             page = page.filter(pk__gt=last_pk)
@@ -466,8 +504,7 @@ def _run_replay(
                     counter.add(len(mine))
         except _StoppedMeanwhileError:
             counter.write()  # what it took, it published
-            record.refresh_from_db()
-            return record
+            return _left(record)
         except Exception as exc:
             counter.write()
             if not publishing:
@@ -482,8 +519,7 @@ def _run_replay(
             counter.write()
             raise  # recorded stopped by run_replay
         if not counter.write():  # every one taken was published
-            record.refresh_from_db()
-            return record  # ended, or taken over by another run
+            return _left(record)  # ended, or taken over by another run
         if progress:
             progress(record)
         if canary_pending:

@@ -633,3 +633,68 @@ def test_a_stop_in_a_run_taken_over_leaves_the_other_runs_replay(monkeypatch):
     assert len(sent) == 2  # its stop was reached
     record.refresh_from_db()
     assert (record.state, record.runner, record.queued) == ("running", "the-relays-copy", 7)
+
+
+def resumed_with_its_canary_taken_by_a_later_replay(canary_outcome: str, monkeypatch):
+    """A replay whose canary (2) ran under it, the canary's deliveries since taken by a later
+    replay (which made them succeed), its worker lost: the task sent again resumes it."""
+    from messagio import tasks
+    from messagio.seals import seal_of
+
+    events = [failed_event() for _ in range(5)]
+    ids = list(
+        Delivery.objects.filter(event__in=events).order_by("pk").values_list("pk", flat=True)
+    )
+    lookups = {"event_id__in": [str(e.pk) for e in events]}
+    before = timezone.now() - datetime.timedelta(minutes=5)
+    record = Replay.objects.create(
+        total=10, canary=2, delivery_filter=lookups, snapshot_at=before, progress_at=before
+    )
+    for pk in ids[:2]:
+        Attempt.objects.create(delivery_id=pk, number=2, outcome=canary_outcome, replay=record)
+    later = Replay.objects.create(total=2, state="finished")
+    Delivery.objects.filter(pk__in=ids[:2]).update(
+        replay=later, status="succeeded", finished_at=timezone.now()
+    )
+    sent = published_deliveries(monkeypatch)
+
+    arguments = [record.pk, lookups]
+    tasks.replay.apply(args=(*arguments, seal_of(arguments)))
+    record.refresh_from_db()
+    return record, sent
+
+
+def test_a_resumed_replay_whose_canary_failed_under_it_stops_whatever_came_after(monkeypatch):
+    record, sent = resumed_with_its_canary_taken_by_a_later_replay("failed", monkeypatch)
+
+    assert sent == []
+    assert record.state == "stopped"
+    assert record.stopped_reason.startswith("canary: 2 of 2 replayed deliveries failed again")
+
+
+def test_a_resumed_replay_whose_canary_passed_under_it_goes_on(monkeypatch):
+    record, sent = resumed_with_its_canary_taken_by_a_later_replay("succeeded", monkeypatch)
+
+    assert len(sent) == 8
+    assert record.state == "finished"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_stopped_from_the_admin_mid_batch_counts_all_it_queued(monkeypatch, admin_client):
+    events = [failed_event() for _ in range(3)]
+    Delivery.objects.filter(event__in=events, position=1).delete()
+    record = Replay.objects.create(total=3, runner="this-run", snapshot_at=timezone.now())
+    sent = []
+
+    def publish_all(envelope_list):
+        sent.extend(envelope_list)
+        if len(sent) == 1:
+            admin_client.post(f"/admin/messagio/replay/{record.pk}/stop/")
+        return ["task"] * len(envelope_list)
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+    replays.run_replay(record, Delivery.objects.filter(event__in=events), batch_size=10)
+
+    record.refresh_from_db()
+    assert record.state == "stopped"
+    assert record.queued == replays.queued_so_far(record) == len(sent)
