@@ -2,6 +2,7 @@
 tests/integration/test_records.py runs replays against real workers)."""
 
 import datetime
+from typing import Any
 
 import pytest
 from django.test import override_settings
@@ -554,12 +555,9 @@ def test_a_replay_whose_every_run_dies_before_queueing_is_stopped_after_a_few_re
     assert len(resent) == replays.RESENDS_AT_MOST
 
 
-def test_a_resumed_replay_judges_its_canary_on_the_canary_alone(monkeypatch):
-    """The canary (2) passed, 3 more went out and failed again, then the worker was lost:
-    the resumed copy does not take the 3 for a canary that failed."""
-    from messagio import tasks
-    from messagio.seals import seal_of
-
+def a_replay_lost_after_its_canary() -> tuple[Replay, list[Any], dict]:
+    """A replay of 10 deliveries with a canary of 2, its worker lost after the canary went
+    out: the replay, its deliveries' ids by pk, and the lookups of its task."""
     events = [failed_event() for _ in range(5)]
     ids = list(
         Delivery.objects.filter(event__in=events).order_by("pk").values_list("pk", flat=True)
@@ -569,6 +567,24 @@ def test_a_resumed_replay_judges_its_canary_on_the_canary_alone(monkeypatch):
     record = Replay.objects.create(
         total=10, canary=2, delivery_filter=lookups, snapshot_at=before, progress_at=before
     )
+    return record, ids, lookups
+
+
+def resume(record: Replay, lookups: dict) -> Replay:
+    """Run its task, as the copy the relay sends."""
+    from messagio import tasks
+    from messagio.seals import seal_of
+
+    arguments = [record.pk, lookups]
+    tasks.replay.apply(args=(*arguments, seal_of(arguments)))
+    record.refresh_from_db()
+    return record
+
+
+def test_a_resumed_replay_judges_its_canary_on_the_canary_alone(monkeypatch):
+    """The canary (2) passed, 3 more went out and failed again, then the worker was lost:
+    the resumed copy does not take the 3 for a canary that failed."""
+    record, ids, lookups = a_replay_lost_after_its_canary()
     later = timezone.now()
     Delivery.objects.filter(pk__in=ids[:2]).update(
         replay=record, status="succeeded", finished_at=later
@@ -578,10 +594,8 @@ def test_a_resumed_replay_judges_its_canary_on_the_canary_alone(monkeypatch):
     )
     sent = published_deliveries(monkeypatch)
 
-    arguments = [record.pk, lookups]
-    tasks.replay.apply(args=(*arguments, seal_of(arguments)))
+    resume(record, lookups)
 
-    record.refresh_from_db()
     assert not record.stopped_reason.startswith("canary")
     assert len(sent) == 5  # the rest
     assert (record.state, record.queued) == ("finished", 10)
@@ -636,20 +650,9 @@ def test_a_stop_in_a_run_taken_over_leaves_the_other_runs_replay(monkeypatch):
 
 
 def resumed_with_its_canary_taken_by_a_later_replay(canary_outcome: str, monkeypatch):
-    """A replay whose canary (2) ran under it, the canary's deliveries since taken by a later
-    replay (which made them succeed), its worker lost: the task sent again resumes it."""
-    from messagio import tasks
-    from messagio.seals import seal_of
-
-    events = [failed_event() for _ in range(5)]
-    ids = list(
-        Delivery.objects.filter(event__in=events).order_by("pk").values_list("pk", flat=True)
-    )
-    lookups = {"event_id__in": [str(e.pk) for e in events]}
-    before = timezone.now() - datetime.timedelta(minutes=5)
-    record = Replay.objects.create(
-        total=10, canary=2, delivery_filter=lookups, snapshot_at=before, progress_at=before
-    )
+    """Its canary ran under it, the canary's deliveries since taken by a later replay
+    (which made them succeed), its worker lost: the task sent again resumes it."""
+    record, ids, lookups = a_replay_lost_after_its_canary()
     for pk in ids[:2]:
         Attempt.objects.create(delivery_id=pk, number=2, outcome=canary_outcome, replay=record)
     later = Replay.objects.create(total=2, state="finished")
@@ -657,11 +660,7 @@ def resumed_with_its_canary_taken_by_a_later_replay(canary_outcome: str, monkeyp
         replay=later, status="succeeded", finished_at=timezone.now()
     )
     sent = published_deliveries(monkeypatch)
-
-    arguments = [record.pk, lookups]
-    tasks.replay.apply(args=(*arguments, seal_of(arguments)))
-    record.refresh_from_db()
-    return record, sent
+    return resume(record, lookups), sent
 
 
 def test_a_resumed_replay_whose_canary_failed_under_it_stops_whatever_came_after(monkeypatch):
