@@ -283,7 +283,11 @@ def run_once(
                 running_limit.start()
                 result = listener(messagio)
             finally:
-                running_limit.stop()
+                # A plain store, not a call: Python runs a signal's handler where a call
+                # begins or ends, so a repeat due as the listener ends could interrupt a
+                # stop() before it marked the limit stopped, and then the with's exit,
+                # leaving the timer and its handler behind. time_limit disarms it.
+                running_limit.running = False
     except Exception as exc:  # noqa: BLE001 - whatever a listener raises is recorded
         error = exc
     except EXITS as exc:
