@@ -484,7 +484,7 @@ def test_a_replay_task_that_fails_before_it_runs_is_recorded_stopped_not_resent(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_run_taken_over_mid_batch_ends_and_its_count_and_stop_leave_the_other_runs(
+def test_a_run_taken_over_mid_batch_ends_and_its_count_leaves_the_other_runs(
     monkeypatch,
 ):
     events = [failed_event() for _ in range(3)]
