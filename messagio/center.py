@@ -288,7 +288,6 @@ class InProcessMessageCenter(AbstractMessageCenter):
 
 def get_message_center() -> AbstractMessageCenter:
     """The center selected by ``MESSAGIO["MESSAGE_CENTER"]`` (the Celery one by default)."""
-
     if _overrides:
         return _overrides[-1]
     return configured_center()

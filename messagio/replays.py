@@ -19,7 +19,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from messagio.brokers import runs_eagerly
-from messagio.models import Delivery, Event, Replay
+from messagio.models import Attempt, Delivery, Event, Replay
 from messagio.records import db_alias, envelopes, publish_all
 from messagio.recovery import mark_published_again
 from messagio.validation import amount, require, share, whole
@@ -143,8 +143,6 @@ def _outcomes(record: Replay, among: list[Any] | None = None) -> tuple[int, int]
     ``among`` (a canary's): from the last attempt each had under this replay, whatever a
     later replay did with it since."""
     if among is not None:
-        from messagio.models import Attempt
-
         last: dict[Any, tuple[int, str]] = {}
         attempts = Attempt.objects.filter(replay=record, delivery_id__in=among)
         for delivery_id, number, outcome in attempts.values_list(
@@ -153,8 +151,8 @@ def _outcomes(record: Replay, among: list[Any] | None = None) -> tuple[int, int]
             if delivery_id not in last or number > last[delivery_id][0]:
                 last[delivery_id] = (number, outcome)
         outcomes = [outcome for _, outcome in last.values()]
-        failed = sum(o in ("failed", "timeout") for o in outcomes)
-        return failed, failed + sum(o == "succeeded" for o in outcomes)
+        failed = sum(o in (Attempt.Outcome.FAILED, Attempt.Outcome.TIMEOUT) for o in outcomes)
+        return failed, failed + sum(o == Attempt.Outcome.SUCCEEDED for o in outcomes)
     mine = Delivery.objects.filter(replay=record)
     counts = mine.aggregate(
         failed=models.Count("pk", filter=models.Q(status=Delivery.Status.FAILED)),
@@ -256,8 +254,6 @@ COUNT_INTERVAL = 1.0
 def _canary_of(record: Replay) -> list[Any]:
     """The deliveries of a canary that went out (the first the replay took, by pk), also
     those a later replay took since (their Attempts under this one say they were its)."""
-    from messagio.models import Attempt
-
     size = record.canary or 0
     pending = Delivery.objects.filter(replay=record).order_by("pk").values_list("pk", flat=True)
     ran = (
@@ -273,8 +269,6 @@ def queued_so_far(record: Replay) -> int:
     """How many deliveries ``record`` took and published, from the records: those it made
     pending, and those its attempts ran (a later replay may have taken some since). What a
     run that was cut short had not counted yet is counted here."""
-    from messagio.models import Attempt
-
     taken = Delivery.objects.filter(replay=record).order_by().values_list("pk", flat=True)
     ran = Attempt.objects.filter(replay=record).order_by().values_list("delivery_id", flat=True)
     return taken.union(ran).count()
@@ -323,9 +317,7 @@ class _StopLookout:
         self.next_look = now + STOP_CHECK_INTERVAL
         if now >= self.next_progress:
             self.next_progress = now + progress_interval()
-            Replay.objects.filter(
-                pk=self.record.pk, state=Replay.State.RUNNING, runner=self.record.runner
-            ).update(progress_at=timezone.now())
+            _own(self.record).update(progress_at=timezone.now())
         return _ended_elsewhere(self.record)
 
     def nap(self, seconds: float) -> None:
@@ -463,7 +455,6 @@ def _run_replay(
         by_event: dict[Any, list[Delivery]] = {}
         for delivery in batch:
             by_event.setdefault(delivery.event_id, []).append(delivery)
-        published: set[str] = set()
         taken: list[Delivery] = []
         publishing = False
         counter = _Counter(record)
@@ -500,7 +491,6 @@ def _run_replay(
                     if mine and eager:  # run here: after the commit, as a worker would
                         publish_all(envelopes(members[0].event, mine, replay_id=record.pk))
                     taken.extend(mine)
-                    published.update(str(d.pk) for d in mine)
                     counter.add(len(mine))
         except _StoppedMeanwhileError:
             counter.write()  # what it took, it published
@@ -544,6 +534,35 @@ def _run_replay(
     return record
 
 
+def _lost_before(now: datetime.datetime) -> datetime.datetime:
+    """A running replay with no progress since this is taken for one whose run was lost."""
+    from messagio.conf import get_setting
+
+    return now - datetime.timedelta(seconds=float(get_setting("STUCK_TIMEOUT")))
+
+
+def take_up(record: Replay) -> bool:
+    """Make this process the run of ``record`` (a worker's replay task), unless another
+    run of it shows progress (a copy the relay sent while this message waited in its
+    queue, or the reverse): one run at a time. What a lost run queued and had not counted
+    yet is counted (and its canary, if it went out, is judged rather than run again)."""
+    runner, now = uuid.uuid4().hex, timezone.now()
+    if (
+        not Replay.objects.filter(pk=record.pk, state=Replay.State.RUNNING)
+        .filter(
+            models.Q(runner="")
+            | models.Q(progress_at__isnull=True)
+            | models.Q(progress_at__lt=_lost_before(now))
+        )
+        .update(runner=runner, progress_at=now)
+    ):
+        return False
+    record.runner = runner
+    Replay.objects.filter(pk=record.pk).update(queued=queued_so_far(record))
+    record.refresh_from_db()
+    return True
+
+
 @dataclass
 class LostReplays:
     """What :func:`take_over_lost` did: replays sent to a worker again, and replays stopped."""
@@ -559,10 +578,9 @@ def take_over_lost(now: datetime.datetime | None = None) -> LostReplays:
     (the admin's) is sent again, and goes on from where it was (what it queued is not taken
     again); a replay that ran in a process of its own (a command, code) is recorded stopped,
     saying so. Run by the relay."""
-    from messagio.conf import get_setting
 
     now = now or timezone.now()
-    cutoff = now - datetime.timedelta(seconds=float(get_setting("STUCK_TIMEOUT")))
+    cutoff = _lost_before(now)
     quiet = Replay.objects.filter(state=Replay.State.RUNNING).filter(
         models.Q(progress_at__lt=cutoff)
         | models.Q(progress_at__isnull=True, requested_at__lt=cutoff)

@@ -333,15 +333,10 @@ def replay(
 ) -> None:
     """Run a bulk replay recorded by the admin, over deliveries matching ``delivery_filter``
     (``seal``: see :func:`send_replay`)."""
-    import datetime
-    import uuid
-
     from django.db.models import Q
-    from django.utils import timezone
 
-    from messagio.conf import get_setting
     from messagio.models import Delivery, Replay
-    from messagio.replays import IN_FLIGHT, queued_so_far, run_replay, stop_failed
+    from messagio.replays import IN_FLIGHT, run_replay, stop_failed, take_up
     from messagio.seals import is_sealed
 
     if _needs_a_seal(self.request) and not is_sealed([replay_id, delivery_filter], seal):
@@ -358,23 +353,10 @@ def replay(
         # took the first worker for gone): it is not run again.
         logger.info("messagio: replay %s already %s; not run again", replay_id, record.state)
         return
-    # This copy runs it unless another run shows progress (a copy the relay sent while
-    # this message waited in its queue, or the reverse): one run at a time.
-    runner, now = uuid.uuid4().hex, timezone.now()
-    quiet = now - datetime.timedelta(seconds=float(get_setting("STUCK_TIMEOUT")))
-    if (
-        not Replay.objects.filter(pk=replay_id, state=Replay.State.RUNNING)
-        .filter(Q(runner="") | Q(progress_at__isnull=True) | Q(progress_at__lt=quiet))
-        .update(runner=runner, progress_at=now)
-    ):
-        logger.info("messagio: replay %s runs on another worker; this copy ends", replay_id)
-        return
-    record.runner = runner
     try:
-        # Resumed, what the lost run queued and had not counted yet is counted (and its
-        # canary, if it went out, is judged rather than run again).
-        Replay.objects.filter(pk=replay_id).update(queued=queued_so_far(record))
-        record.refresh_from_db()
+        if not take_up(record):
+            logger.info("messagio: replay %s runs on another worker; this copy ends", replay_id)
+            return
         frozen = (
             Delivery.objects.filter(**delivery_filter)
             .exclude(status__in=IN_FLIGHT)

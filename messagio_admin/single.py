@@ -65,33 +65,27 @@ def replay_from_page(
             messages.ERROR,
         )
         return HttpResponseRedirect(back)
-    count = record.queued
-    if (
+    # A request run in a transaction (ATOMIC_REQUESTS): the replay runs as it commits.
+    deferred = (
         record.state == record.State.RUNNING
         and transaction.get_connection(db_alias()).in_atomic_block
-    ):
-        # The request runs in a transaction (ATOMIC_REQUESTS): the replay runs as it commits.
-        count = record.total
+    )
+    count = record.total if deferred else record.queued
+    if not count:
+        message = _("Replay #%(id)d: nothing to replay in %(what)s (deliveries in flight stay).")
+    elif deferred:
         message = ngettext(
             "Replay #%(id)d: %(count)d delivery of %(what)s is queued as this request commits.",
             "Replay #%(id)d: %(count)d deliveries of %(what)s are queued as this request commits.",
             count,
         )
-        level = messages.SUCCESS if count else messages.WARNING
-        if not count:
-            message = _(
-                "Replay #%(id)d: nothing to replay in %(what)s (deliveries in flight stay)."
-            )
-    elif count:
+    else:
         message = ngettext(
             "Replay #%(id)d: %(count)d delivery of %(what)s queued.",
             "Replay #%(id)d: %(count)d deliveries of %(what)s queued.",
             count,
         )
-        level = messages.SUCCESS
-    else:
-        message = _("Replay #%(id)d: nothing to replay in %(what)s (deliveries in flight stay).")
-        level = messages.WARNING
+    level = messages.SUCCESS if count else messages.WARNING
     model_admin.message_user(
         request, message % {"id": record.pk, "count": count, "what": what}, level
     )
