@@ -437,7 +437,7 @@ def envelopes(
     for (priority, queue), members in sorted(groups.items(), key=lambda item: -item[0][0]):
         result.append(
             {
-                "v": 1,
+                "v": 1,  # spelled out; compacted to ENVELOPE_VERSION as it is sent
                 "event": str(event.id),
                 "type": event.messagio_type,
                 # Base64 text: the same in a JSON message as in a pickled one.

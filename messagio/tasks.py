@@ -19,6 +19,7 @@ from celery import shared_task
 from celery.exceptions import Reject
 
 from messagio.brokers import broker_priority, task_serializer
+from messagio.dispatch import compacted, expanded
 from messagio.publisher import publish_task
 
 logger = logging.getLogger("messagio")
@@ -86,6 +87,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
             envelope.get("event") if isinstance(envelope, dict) else None,
         )
         return
+    envelope = expanded(envelope)
 
     ctx = RunContext(
         event_id=envelope["event"],
@@ -214,7 +216,6 @@ def publish(
     queue."""
     from messagio.seals import sealed
 
-    envelope = sealed(envelope)
     options: dict[str, Any] = {
         "priority": broker_priority(deliver.app, envelope["priority"]),
         # What monitoring tools show for the task; Celery would otherwise build it with a
@@ -222,6 +223,7 @@ def publish(
         "argsrepr": _argsrepr(envelope),
         "kwargsrepr": "{}",
     }
+    envelope = sealed(compacted(envelope))
     if envelope["queue"]:
         options["queue"] = envelope["queue"]
     if countdown:
@@ -231,9 +233,17 @@ def publish(
     return published or deliver.apply_async(args=(envelope,), task_id=task_id, **options).id
 
 
+#: Listeners an ``argsrepr`` names before it counts the rest (Celery puts it in the
+#: message's headers: a long one costs every publish).
+ARGSREPR_LISTENERS = 4
+
+
 def _argsrepr(envelope: dict[str, Any]) -> str:
-    listeners = ", ".join(spec["id"] for spec in envelope["listeners"])
-    return f"(<{envelope['type']} event {envelope['event']} for {listeners}>,)"
+    specs = envelope["listeners"]
+    names = [spec["id"] for spec in specs[:ARGSREPR_LISTENERS]]
+    if len(specs) > ARGSREPR_LISTENERS:
+        names[-1:] = [f"{len(specs) - ARGSREPR_LISTENERS + 1} more"]
+    return f"(<{envelope['type']} event {envelope['event']} for {', '.join(names)}>,)"
 
 
 @shared_task(name=RELAY_TASK, ignore_result=True, serializer=_SerializerOfItsApp())

@@ -4,6 +4,7 @@ import pytest
 from django.test import override_settings
 from kombu.utils.json import dumps, loads
 
+from messagio.dispatch import compacted
 from messagio.seals import check, is_sealed, seal_of, sealed
 
 ENVELOPE = {
@@ -90,3 +91,10 @@ def test_only_a_direct_call_goes_unsealed_never_what_a_message_says():
     assert _needs_a_seal(Context(id=None, called_directly=False, is_eager=False))
     assert _needs_a_seal(Context(id="t", called_directly=False, is_eager=True))
     assert not _needs_a_seal(Context())  # a direct call
+
+
+def test_a_compacted_envelope_whose_shared_specs_changed_after_sealing_is_forged():
+    compact = sealed(compacted(ENVELOPE))
+
+    assert check(loads(dumps(compact))) == "sealed"
+    assert check({**compact, "shared": {**compact["shared"], "max_retries": 99}}) == "forged"

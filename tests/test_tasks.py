@@ -146,3 +146,14 @@ def test_a_scheduled_fire_may_name_its_class_where_a_loaded_package_exports_it(m
         fire_scheduled("tests.testapp.ExportedPing", {"token": "t"})
 
     fired.assert_fired(Ping, 1, token="t")
+
+
+def test_a_tasks_argsrepr_names_four_listeners_and_counts_the_rest():
+    from messagio.tasks import _argsrepr
+
+    def group(count):
+        specs = [{"id": f"shop.l{n}"} for n in range(count)]
+        return {"type": "shop.Placed", "event": "e", "listeners": specs}
+
+    assert _argsrepr(group(4)) == "(<shop.Placed event e for shop.l0, shop.l1, shop.l2, shop.l3>,)"
+    assert _argsrepr(group(16)) == "(<shop.Placed event e for shop.l0, shop.l1, shop.l2, 13 more>,)"
