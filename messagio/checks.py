@@ -49,8 +49,23 @@ def _declared_queues(app: Any) -> dict[str, Any] | None:
     return {queue.name: queue for queue in queues}
 
 
-def _routed_queue(app: Any) -> str:
-    route = app.amqp.router.route({}, DELIVER_TASK, args=(), kwargs={})
+#: What a route of the deliver task is given as its arguments when the checks ask it where
+#: messagio's tasks go: an envelope of the shape ``publish()`` sends, of no listener.
+SAMPLE_ENVELOPE = {
+    "v": 2, "event": "00000000-0000-0000-0000-000000000000", "type": "messagio.Messagio",
+    "payload": "", "origin": "fire", "fired_at": "2000-01-01T00:00:00+00:00",
+    "listener_count": 0, "priority": 5, "queue": None, "replay": None, "record": True,
+    "deliveries_recorded": False, "shared": {}, "listeners": [], "seal": "",
+}  # fmt: skip
+
+
+def _routed_queue(app: Any) -> str | None:
+    """The queue the project's routes give messagio's deliver task, or None when a route
+    of its own could not say for a sample message (one that routes by a messagio's type)."""
+    try:
+        route = app.amqp.router.route({}, DELIVER_TASK, args=(SAMPLE_ENVELOPE,), kwargs={})
+    except Exception:  # noqa: BLE001 - the project's router; a check must not stop the start
+        return None
     queue = route.get("queue")
     return getattr(queue, "name", queue) or app.conf.task_default_queue
 
@@ -58,7 +73,8 @@ def _routed_queue(app: Any) -> str:
 def _messagio_queues(app: Any) -> set[str]:
     from messagio.registry import registry
 
-    queues = {_routed_queue(app)}
+    routed = _routed_queue(app)
+    queues = {routed} if routed else set()
     queues.update(s.queue for s in registry.subscriptions() if s.queue)
     if get_setting("DEFAULT_QUEUE"):
         queues.add(get_setting("DEFAULT_QUEUE"))
@@ -220,6 +236,8 @@ def celery_config_errors(app: Any) -> list[Any]:
                     id="messagio.W004",
                 )
             )
+    if is_amqp(app) and declared is not None:
+        errors.extend(_retries_held_by_workers(app, declared))
     errors.extend(_redelivered_while_held(app))
     errors.extend(_group_outlives_celery_limit(app))
     # Celery's fixup treats 0 like unset: it closes the connections around every task.
@@ -275,6 +293,36 @@ def check_search_index(app_configs: Any = None, databases: Any = None, **kwargs:
     return errors
 
 
+def _retries_held_by_workers(app: Any, declared: dict[str, Any]) -> list[Any]:
+    """W012: with quorum queues among CELERY_TASK_QUEUES, Celery delays a message with a
+    countdown (every retry of messagio's) through RabbitMQ's native delayed delivery, but not
+    for a queue bound to a direct exchange: the worker takes such a message at once and
+    holds it until it is due, a process of a quorum queue's worker waiting on it."""
+    if not any(
+        (q.queue_arguments or {}).get("x-queue-type") == "quorum" for q in declared.values()
+    ):
+        return []
+    direct = [
+        name
+        for name in sorted(_messagio_queues(app))
+        if name in declared and getattr(declared[name].exchange, "type", "direct") == "direct"
+    ]
+    if not direct:
+        return []
+    return [
+        Warning(
+            f"The messagio queues {', '.join(direct)} are bound to direct exchanges while "
+            "CELERY_TASK_QUEUES holds quorum queues: Celery cannot delay their retries in "
+            "RabbitMQ (native delayed delivery), so a worker holds each retry until its "
+            "delay has passed, a worker process of a quorum queue waiting on it.",
+            hint=f'Bind them to topic exchanges, e.g. Queue("{direct[0]}", '
+            f'Exchange("{direct[0]}", type="topic"), routing_key="{direct[0]}"); delete the '
+            "direct exchange first: RabbitMQ cannot change an exchange's type.",
+            id="messagio.W012",
+        )
+    ]
+
+
 def _redelivery_timeout(app: Any) -> tuple[float, str] | None:
     """How long the broker lets a worker hold a message unacknowledged, and its name."""
     if is_redis(app):
@@ -300,9 +348,12 @@ def _longest_holds() -> list[tuple[str, float]]:
         run = float(spec["time_limit"] or 0)
         if run:
             holds.append((f"{spec['id']} may run for {run:g}s (its time limit)", run))
+        else:
+            holds.append((f"{spec['id']} may run with no time limit", math.inf))
         if spec["autoretry_for"] and spec["max_retries"]:
-            held = spec["retry_delay"] + run
-            holds.append((f"a retry of {spec['id']} is held for {held:g}s (its delay)", held))
+            held = spec["retry_delay"] + (run or math.inf)
+            what = f"{held:g}s (its delay)" if run else "its delay and a run of no limit"
+            holds.append((f"a retry of {spec['id']} is held for {what}", held))
     return holds
 
 

@@ -210,6 +210,72 @@ def test_the_rabbitmq_warning_says_how_to_silence_it_once_consumer_timeout_is_ra
     assert 'SILENCED_SYSTEM_CHECKS = ["messagio.W007"]' in warning.hint
 
 
+@uses_no_subscriptions
+def test_a_listener_without_a_time_limit_past_the_brokers_redelivery_is_a_warning_naming_it(
+    settings,
+):
+    settings.MESSAGIO = {"DEFAULT_TIME_LIMIT": None}
+    listen_to_message(Slow)(slow_listener)
+    listen_to_message(Slow, autoretry_for=(KeyError,), time_limit=5)(slow_retrier)
+    app = app_with(broker_url="redis://127.0.0.1:6379/0", broker_transport_options=REDIS_WITH_STEPS)
+
+    errors = celery_config_errors(app)
+
+    assert ids(errors) == ["messagio.W007"]
+    assert "slow_listener may run with no time limit" in errors[0].msg
+    assert "slow_retrier" not in errors[0].msg
+
+
+def route_by_messagio_type(name, args, kwargs, options, task=None, **kw):
+    """A project's router that reads the deliver task's envelope."""
+    if name == "messagio.tasks.deliver":
+        return {"queue": "messagio-" + args[0]["type"].rsplit(".", 1)[-1].lower()}
+    return None
+
+
+def route_that_fails(name, args, kwargs, options, task=None, **kw):
+    raise LookupError("no route for a message like this one")
+
+
+@uses_no_subscriptions
+def test_a_route_of_the_projects_that_reads_the_envelope_gets_one_from_the_checks():
+    app = app_with(broker_url="memory://", task_routes=(route_by_messagio_type,))
+
+    errors = celery_config_errors(app)
+
+    assert ids(errors) == ["messagio.W002"]
+    assert "'messagio-messagio'" in errors[0].msg
+    assert (
+        celery_config_errors(app_with(broker_url="memory://", task_routes=(route_that_fails,)))
+        == []
+    )
+
+
+QUORUM = {"x-queue-type": "quorum"}
+
+
+@uses_no_subscriptions
+def test_messagio_queues_on_direct_exchanges_beside_quorum_queues_are_a_warning():
+    # Celery delays a countdown message through RabbitMQ only off a direct exchange: else a
+    # worker holds every retry until it is due.
+    def amqp_app(exchange_type):
+        return app_with(
+            broker_url="amqp://guest@127.0.0.1//",
+            task_queue_max_priority=10,
+            task_routes=([("messagio.tasks.*", {"queue": "messagio"})],),
+            task_queues=(
+                Queue("celery", Exchange("celery", type="topic"), queue_arguments=QUORUM),
+                Queue("messagio", Exchange("messagio", type=exchange_type), queue_arguments=QUORUM),
+            ),
+        )
+
+    errors = celery_config_errors(amqp_app("direct"))
+
+    assert ids(errors) == ["messagio.W012"]
+    assert "messagio" in errors[0].msg and 'type="topic"' in errors[0].hint
+    assert celery_config_errors(amqp_app("topic")) == []
+
+
 @pytest.mark.parametrize(
     "name, value, expected",
     [
