@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -71,6 +72,28 @@ def _import_path(listener: Listener) -> str | None:
     return f"{module}:{qualname}"
 
 
+def _found_at_its_path(cls: type) -> bool:
+    """Whether ``cls`` is what its module and qualified name lead to, the path a worker
+    imports it by (``dispatch.import_object``)."""
+    found: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is cls
+
+
+def _takes_one_argument(listener: Any) -> str | None:
+    """Why ``listener`` cannot be called with the messagio alone, or None."""
+    try:
+        signature = inspect.signature(listener)
+    except (TypeError, ValueError):
+        return None  # a builtin or an extension's callable: nothing to read
+    try:
+        signature.bind(object())
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
 def _runs_later(listener: Any) -> bool:
     """Whether calling ``listener`` returns a coroutine or a generator instead of running."""
     plain = inspect.isroutine(listener) or isinstance(listener, type)
@@ -118,6 +141,13 @@ def _validate(
             "work when called. Subscribe a plain function (wrap an async one with "
             "asgiref.sync.async_to_sync)."
         )
+    wrong_arguments = _takes_one_argument(listener)
+    if wrong_arguments:
+        raise TypeError(
+            f"{where}: {_describe(listener)} cannot be called with the messagio as its only "
+            f"argument ({wrong_arguments}). A listener takes one argument, the messagio; "
+            "subscribe a function, or a method bound to its instance."
+        )
     if priority is not None and (
         isinstance(priority, bool)
         or not isinstance(priority, int)
@@ -142,12 +172,27 @@ def _validate(
         )
     if isinstance(autoretry_for, type):
         autoretry_for = (autoretry_for,)
+    if isinstance(autoretry_for, (str, BaseException)) or not isinstance(
+        autoretry_for or (), Iterable
+    ):
+        raise TypeError(
+            f"{where}: autoretry_for must be exception classes, not {autoretry_for!r}: pass "
+            "the classes themselves, e.g. autoretry_for=(ConnectionError,)."
+        )
     autoretry_for = tuple(autoretry_for or ())
     for exc_type in autoretry_for:
         if not isinstance(exc_type, type) or not issubclass(exc_type, BaseException):
             raise TypeError(
                 f"{where}: autoretry_for must hold exception classes, not {exc_type!r}, "
                 "e.g. autoretry_for=(ConnectionError,)."
+            )
+        if not _found_at_its_path(exc_type):
+            raise TypeError(
+                f"{where}: autoretry_for holds {exc_type!r}, which a worker cannot find by "
+                f"its path {exc_type.__module__}:{exc_type.__qualname__} (a class made at run "
+                "time, or defined in a function), so it would never retry on it. List an "
+                "exception class defined at the top level of a module, such as a base class "
+                "of this one."
             )
     if max_retries is not None and (
         isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0

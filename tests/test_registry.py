@@ -188,6 +188,9 @@ def test_decorator_used_bare_raises_type_error():
         ({"priority": 11}, "priority must be an int from 0 to 10"),
         ({"priority": "high"}, "priority must be an int"),
         ({"autoretry_for": ("ValueError",)}, "autoretry_for must hold exception classes"),
+        ({"autoretry_for": "ConnectionError"}, "not 'ConnectionError': pass the classes"),
+        ({"autoretry_for": ConnectionError()}, "not ConnectionError\\(\\): pass the classes"),
+        ({"autoretry_for": 3}, "autoretry_for must be exception classes, not 3"),
         ({"max_retries": -1}, "max_retries must be an int >= 0"),
         ({"default_retry_delay": "soon"}, "default_retry_delay must be a finite number"),
         ({"default_retry_delay": float("nan")}, "default_retry_delay must be a finite number"),
@@ -261,6 +264,54 @@ def test_a_listener_that_runs_nothing_when_called_is_refused_at_subscription(lis
     with pytest.raises(TypeError, match="is an async function or a generator"):
         listen_to_message(PerformAction)(listener)
     assert not any(s.listener is listener for s in registry.subscriptions_for(PerformAction))
+
+
+#: An exception class made at run time, as some client libraries make theirs: its module
+#: does not hold it under its name, so a worker could not import it to retry on it.
+Throttled = type("ThrottlingException", (Exception,), {"__module__": __name__})
+
+
+def local_exception_class() -> type[Exception]:
+    class Local(Exception):
+        pass
+
+    return Local
+
+
+@pytest.mark.parametrize(
+    "exc_type", [Throttled, local_exception_class()], ids=["made at run time", "local"]
+)
+def test_an_autoretry_for_class_a_worker_cannot_import_is_refused_at_subscription(exc_type):
+    # Else it is retried in tests and sync fires, and never in a worker.
+    with pytest.raises(TypeError, match="which a worker cannot find by its path"):
+        listen_to_message(PerformAction, autoretry_for=(OSError, exc_type))(listener_a)
+    assert not any(s.listener is listener_a for s in registry.subscriptions_for(PerformAction))
+
+
+def listener_of_two_arguments(msg, request):
+    pass
+
+
+class Handlers:
+    def on_action(self, msg):
+        pass
+
+
+@pytest.mark.parametrize(
+    "listener", [listener_of_two_arguments, Handlers.on_action], ids=["two", "unbound method"]
+)
+def test_a_listener_that_cannot_take_the_messagio_alone_is_refused_at_subscription(listener):
+    with pytest.raises(TypeError, match="cannot be called with the messagio as its only arg"):
+        listen_to_message(PerformAction)(listener)
+    assert not any(s.listener is listener for s in registry.subscriptions_for(PerformAction))
+
+
+def test_a_listener_of_one_argument_and_keyword_defaults_is_accepted():
+    def listener(msg, *, verbose=False, **extra):
+        pass
+
+    subscription = MessageCenter.singleton().subscribe(PerformAction, listener)
+    assert subscription.listener is listener
 
 
 def test_a_single_exception_class_is_accepted_for_autoretry_for():
