@@ -30,6 +30,10 @@ class ListenerTimeoutError(Exception):
     """A listener ran past its time limit in a worker and was stopped."""
 
 
+class CeleryRetryRefusedError(RuntimeError):
+    """A listener called Celery's ``retry()`` on the task running its group."""
+
+
 class PublishRefusedError(Exception):
     """The broker refused one of the envelopes published one at a time; ``sent`` holds the
     (envelope, task id) of those that went out before it, ``cause`` the refusal."""

@@ -53,11 +53,26 @@ FIRE_SCHEDULED_TASK = "messagio.tasks.fire_scheduled"
 REPLAY_TASK = "messagio.tasks.replay"
 
 
+def _retry_refused(task: Any, *args: Any, **kwargs: Any) -> None:
+    """``retry`` of the deliver task. Called by a listener (``current_task.retry()``, a
+    Celery habit), Celery's would send the whole group again under the same task id while it
+    still runs: its other listeners would run twice, at once."""
+    from messagio.exceptions import CeleryRetryRefusedError
+
+    raise CeleryRetryRefusedError(
+        "a listener cannot retry the Celery task that runs it (current_task.retry()): that "
+        "task runs every listener of its group, and all of them would run again. List the "
+        "exception in the subscription's autoretry_for (with max_retries and "
+        "default_retry_delay), and raise it: that listener alone is retried"
+    )
+
+
 @shared_task(
     name=DELIVER_TASK,
     bind=True,
     ignore_result=True,
     serializer=_SerializerOfItsApp(),
+    retry=_retry_refused,
     # At least once, whatever the project's task_acks_late and task_reject_on_worker_lost:
     # a message is acknowledged after its group ran, and handed back when the pool process
     # running it dies (its claims tell the next worker what finished).

@@ -140,6 +140,27 @@ def test_a_retried_listener_reruns_alone_until_it_succeeds(worker):
     assert "flaky fails 2 times" in worker.output()
 
 
+def test_a_listener_calling_celerys_retry_fails_alone_and_the_group_is_not_sent_again(worker):
+    # Celery's retry() would publish the whole group again under the same task id while it
+    # runs: the listeners after it would run twice, one taken over from the other.
+    from tests.testapp.messagio import RetriesItsTask
+
+    token = new_token()
+    report = RetriesItsTask(token).fire()
+
+    def both_finished():
+        found = list(Delivery.objects.filter(event_id=report.event_id).order_by("position"))
+        return len(found) == 2 and all(d.finished_at for d in found) and found
+
+    deliveries = wait_for(both_finished, what="both deliveries finished")
+    retrying, after = deliveries
+    assert (retrying.status, retrying.attempts) == (Delivery.Status.FAILED, 1)
+    assert retrying.error_type == "messagio.exceptions.CeleryRetryRefusedError"
+    assert "List the exception in the subscription's autoretry_for" in retrying.error
+    assert (after.status, after.attempts) == (Delivery.Status.SUCCEEDED, 1)
+    assert calls(token) == ["retries_its_task", "after_retries_its_task"]
+
+
 def test_a_listener_subscribed_at_run_time_runs_in_a_worker_that_never_subscribed_it(worker):
     token = new_token()
     MessageCenter.singleton().subscribe(Unheard, runtime_listener)

@@ -290,3 +290,22 @@ class LoadPing(Messagio):
 @listen_to_message(LoadPing, queue=settings.TEST_LOAD_QUEUE)
 def count_load(event: LoadPing) -> None:
     record("load", event)
+
+
+@dataclass
+class RetriesItsTask(Messagio):
+    token: str
+
+
+@listen_to_message(RetriesItsTask)
+def retries_its_task(event: RetriesItsTask) -> None:
+    """Calls Celery's retry() on the task running it, as a Celery task would."""
+    from celery import current_task
+
+    record("retries_its_task", event)
+    current_task.retry(countdown=0.1)
+
+
+@listen_to_message(RetriesItsTask)
+def after_retries_its_task(event: RetriesItsTask) -> None:
+    record("after_retries_its_task", event)
