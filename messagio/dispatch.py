@@ -69,8 +69,8 @@ def compacted(envelope: dict[str, Any]) -> dict[str, Any]:
     4 kB RabbitMQ keeps in a queue's index; the worker reads it back with :func:`expanded`.
     """
     specs = envelope["listeners"]
-    if not specs or "shared" in envelope:
-        return envelope
+    if not specs or envelope.get("v", 1) != 1:
+        return envelope  # compacted already, or of a layout this code does not know
     shared = {key: specs[0][key] for key in SHARED_KEYS if key in specs[0]}
     listeners = []
     for spec in specs:

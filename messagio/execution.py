@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,10 @@ EXITS = (SystemExit, KeyboardInterrupt)
 #: Set on an exit that run_once took for its listener's own (and recorded, unless the
 #: attempt was taken over meanwhile).
 RECORDED_EXIT = "messagio_recorded_exit"
+
+#: Whether a listener is running in this context: the deliver task's ``retry`` refuses then
+#: (see ``messagio.tasks``).
+listener_running: ContextVar[bool] = ContextVar("messagio_listener_running", default=False)
 
 
 def exit_is_the_listeners_own(exc: BaseException) -> bool:
@@ -278,16 +283,20 @@ def run_once(
         if listener is None:
             listener = resolve_listener(spec["id"], spec["import_path"])
         limit = spec.get("time_limit") if ctx.enforce_time_limit else None
-        with time_limit(limit) as running_limit:
-            try:
-                running_limit.start()
-                result = listener(messagio)
-            finally:
-                # A plain store, not a call: Python runs a signal's handler where a call
-                # begins or ends, so a repeat due as the listener ends could interrupt a
-                # stop() before it marked the limit stopped, and then the with's exit,
-                # leaving the timer and its handler behind. time_limit disarms it.
-                running_limit.running = False
+        running = listener_running.set(True)
+        try:
+            with time_limit(limit) as running_limit:
+                try:
+                    running_limit.start()
+                    result = listener(messagio)
+                finally:
+                    # A plain store, not a call: Python runs a signal's handler where a call
+                    # begins or ends, so a repeat due as the listener ends could interrupt a
+                    # stop() before it marked the limit stopped, and then the with's exit,
+                    # leaving the timer and its handler behind. time_limit disarms it.
+                    running_limit.running = False
+        finally:
+            listener_running.reset(running)
     except Exception as exc:  # noqa: BLE001 - whatever a listener raises is recorded
         error = exc
     except EXITS as exc:

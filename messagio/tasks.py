@@ -19,7 +19,7 @@ from celery import shared_task
 from celery.exceptions import Reject
 
 from messagio.brokers import broker_priority, task_serializer
-from messagio.dispatch import compacted, expanded
+from messagio.dispatch import ENVELOPE_VERSION, compacted, expanded
 from messagio.publisher import publish_task
 
 logger = logging.getLogger("messagio")
@@ -53,12 +53,16 @@ FIRE_SCHEDULED_TASK = "messagio.tasks.fire_scheduled"
 REPLAY_TASK = "messagio.tasks.replay"
 
 
-def _retry_refused(task: Any, *args: Any, **kwargs: Any) -> None:
-    """``retry`` of the deliver task. Called by a listener (``current_task.retry()``, a
-    Celery habit), Celery's would send the whole group again under the same task id while it
-    still runs: its other listeners would run twice, at once."""
+def _retry_refused(task: Any, *args: Any, **kwargs: Any) -> Any:
+    """``retry`` of the deliver task: refused while a listener runs. Called by a listener
+    (``current_task.retry()``, a Celery habit), Celery's would send the whole group again
+    under the same task id while it still runs: its other listeners would run twice, at
+    once. Otherwise (a project's Task class with ``autoretry_for``) it is Celery's."""
     from messagio.exceptions import CeleryRetryRefusedError
+    from messagio.execution import listener_running
 
+    if not listener_running.get():
+        return super(type(task), task).retry(*args, **kwargs)
     raise CeleryRetryRefusedError(
         "a listener cannot retry the Celery task that runs it (current_task.retry()): that "
         "task runs every listener of its group, and all of them would run again. List the "
@@ -101,6 +105,22 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
             "nothing of it was run or recorded",
             envelope.get("event") if isinstance(envelope, dict) else None,
         )
+        return
+    if _of_a_newer_layout(envelope):
+        # Sent by processes of a newer messagio than this worker's (a deploy under way):
+        # sent back for an upgraded worker rather than misread, or failed and acknowledged.
+        logger.error(
+            "messagio: a task message of layout %r for event %r is newer than this worker's "
+            "(%s): upgrade this worker; sent back to its queue for %gs",
+            envelope.get("v"),
+            envelope.get("event"),
+            ENVELOPE_VERSION,
+            DB_OUTAGE_REQUEUE_DELAY,
+        )
+        try:
+            publish(envelope, countdown=DB_OUTAGE_REQUEUE_DELAY, task_id=self.request.id or None)
+        except Exception as refused:  # noqa: BLE001 - whatever the transport raises
+            raise Reject(refused, requeue=True) from refused
         return
     envelope = expanded(envelope)
 
@@ -216,6 +236,11 @@ def _needs_a_seal(request: Any) -> bool:
     return not request.called_directly
 
 
+def _of_a_newer_layout(envelope: dict[str, Any]) -> bool:
+    version = envelope.get("v", 1)
+    return not isinstance(version, int) or version > ENVELOPE_VERSION
+
+
 def _from_position(envelope: dict[str, Any], position: int) -> dict[str, Any]:
     """The group's envelope from its listener at ``position`` on."""
     if position == 0:
@@ -255,7 +280,8 @@ ARGSREPR_LISTENERS = 4
 
 def _argsrepr(envelope: dict[str, Any]) -> str:
     specs = envelope["listeners"]
-    names = [spec["id"] for spec in specs[:ARGSREPR_LISTENERS]]
+    # A compacted spec's id is its import path (one sent back unread: see deliver).
+    names = [spec.get("id") or spec.get("import_path") for spec in specs[:ARGSREPR_LISTENERS]]
     if len(specs) > ARGSREPR_LISTENERS:
         names[-1:] = [f"{len(specs) - ARGSREPR_LISTENERS + 1} more"]
     return f"(<{envelope['type']} event {envelope['event']} for {', '.join(names)}>,)"

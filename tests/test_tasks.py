@@ -157,3 +157,51 @@ def test_a_tasks_argsrepr_names_four_listeners_and_counts_the_rest():
 
     assert _argsrepr(group(4)) == "(<shop.Placed event e for shop.l0, shop.l1, shop.l2, shop.l3>,)"
     assert _argsrepr(group(16)) == "(<shop.Placed event e for shop.l0, shop.l1, shop.l2, 13 more>,)"
+
+
+def test_the_deliver_task_refuses_retry_only_while_a_listener_runs():
+    # Outside a listener (a project's Task class with autoretry_for, after an error that
+    # escaped the group), retry() is Celery's: here, called directly, it raises Retry.
+    from celery.exceptions import Retry
+
+    from messagio.exceptions import CeleryRetryRefusedError
+    from messagio.execution import listener_running
+    from messagio.tasks import deliver
+
+    with pytest.raises(Retry):
+        deliver.retry()
+    running = listener_running.set(True)
+    try:
+        with pytest.raises(CeleryRetryRefusedError, match="autoretry_for"):
+            deliver.retry()
+    finally:
+        listener_running.reset(running)
+
+
+def test_a_message_of_a_newer_layout_is_sent_back_unread_for_an_upgraded_worker(monkeypatch):
+    # A deploy under way: the processes that fire run a newer messagio than this worker.
+    from messagio import tasks
+    from messagio.seals import sealed
+
+    newer = {
+        "v": 99, "event": "0190c2a0-0000-7000-8000-000000000001", "type": "shop.Placed",
+        "payload": "", "priority": 5, "queue": None, "record": True,
+        "listeners": [{"delivery": "d1", "position": 0, "how": "unknown to this worker"}],
+    }  # fmt: skip
+    sent_back = []
+    monkeypatch.setattr(tasks, "publish", lambda envelope, **options: sent_back.append(
+        (envelope, options)))  # fmt: skip
+
+    tasks.deliver.apply(args=(sealed(newer),), task_id="its-task")
+
+    assert sent_back == [
+        (sealed(newer), {"countdown": tasks.DB_OUTAGE_REQUEUE_DELAY, "task_id": "its-task"})
+    ]
+
+
+def test_an_envelope_of_a_newer_layout_is_published_as_it_came():
+    from messagio.dispatch import compacted
+
+    newer = {"v": 99, "listeners": [{"delivery": "d1", "id": "a.b", "import_path": "a:b"}]}
+
+    assert compacted(newer) is newer
