@@ -84,7 +84,8 @@ def _found_at_its_path(cls: type) -> bool:
 def _takes_one_argument(listener: Any) -> str | None:
     """Why ``listener`` cannot be called with the messagio alone, or None."""
     try:
-        signature = inspect.signature(listener)
+        # The function messagio calls: a decorator's wrapper may fill in arguments itself.
+        signature = inspect.signature(listener, follow_wrapped=False)
     except (TypeError, ValueError):
         return None  # a builtin or an extension's callable: nothing to read
     try:

@@ -1,5 +1,6 @@
 """The registry: who listens to what, in which order, with which options."""
 
+import functools
 from dataclasses import dataclass
 
 import pytest
@@ -304,6 +305,27 @@ def test_a_listener_that_cannot_take_the_messagio_alone_is_refused_at_subscripti
     with pytest.raises(TypeError, match="cannot be called with the messagio as its only arg"):
         listen_to_message(PerformAction)(listener)
     assert not any(s.listener is listener for s in registry.subscriptions_for(PerformAction))
+
+
+def fills_in_its_mailer(function):
+    """A decorator that supplies an argument when called (dependency injection)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        return function(*args, mailer="the mailer", **kwargs)
+
+    return wrapper
+
+
+@fills_in_its_mailer
+def listener_given_its_mailer(msg, mailer):
+    return mailer
+
+
+def test_a_decorated_listener_is_judged_by_the_wrapper_messagio_calls():
+    subscription = MessageCenter.singleton().subscribe(PerformAction, listener_given_its_mailer)
+
+    assert subscription.listener(PerformAction("x")) == "the mailer"
 
 
 def test_a_listener_of_one_argument_and_keyword_defaults_is_accepted():
