@@ -224,6 +224,8 @@ def celery_config_errors(app: Any) -> list[Any]:
             and name in declared
             and not (declared[name].queue_arguments or {}).get("x-max-priority")
             and not declared[name].max_priority
+            # A quorum queue refuses x-max-priority (RabbitMQ 4 gives it two levels).
+            and (declared[name].queue_arguments or {}).get("x-queue-type") != "quorum"
         ]
         if declared is None or missing:
             errors.append(
