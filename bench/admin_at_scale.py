@@ -154,7 +154,8 @@ ATTEMPT_COLUMNS = (
 )
 REPLAY_COLUMNS = (
     "id, requested_by_id, requested_at, reason, source, description, state, snapshot_at, "
-    "total, queued, canary, rate, max_failure_rate, stopped_reason, finished_at"
+    "total, queued, canary, rate, max_failure_rate, stopped_reason, finished_at, runner, "
+    "times_resent"
 )
 TABLES = ("messagio_event", "messagio_delivery", "messagio_attempt", "messagio_replay")
 
@@ -480,7 +481,7 @@ def generate(shape: Shape, clock: Clock, now_offset: float, seed: int) -> Iterat
             f"{r}\t\\N\t{clock.text(at)}\tfixed in release 2026.{r}\t"
             f"{'admin' if r % 3 else 'command'}\t{replay_groups[r] or 'nothing left'}\t"
             f"finished\t{clock.text(at)}\t{total}\t{total}\t\\N\t\\N\t\\N\t\t"
-            f"{clock.text(at + 5)}\n"
+            f"{clock.text(at + 5)}\t\t0\n"
         )
     yield "messagio_replay", "".join(replay_lines)
 
