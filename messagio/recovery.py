@@ -16,7 +16,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Count, Exists, F, OuterRef, Q
+from django.db import connections, transaction
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from messagio.exceptions import PublishRefusedError
@@ -404,15 +406,26 @@ def requeue_lost(
     )
     if events is not None:
         published = published.filter(pk__in=events.values("pk"))
-    unstarted = published.annotate(rows=Count("deliveries")).filter(rows__lt=F("listener_count"))
+    # Each a check per event (two IN lists joined by OR cannot be joins: past ~300,000
+    # waiting deliveries PostgreSQL searched the whole list once per event of the window).
+    written = (
+        Delivery.objects.filter(event_id=OuterRef("pk"))
+        .order_by()
+        .values("event_id")
+        .annotate(rows=Count("*"))
+        .values("rows")
+    )
     candidates = (
-        published.filter(Q(pk__in=waiting.values("event_id")) | Q(pk__in=unstarted.values("pk")))
+        published.alias(written=Coalesce(Subquery(written), 0))
+        .filter(
+            Exists(waiting.filter(event_id=OuterRef("pk"))) | Q(written__lt=F("listener_count"))
+        )
         .exclude(_has_running())
         .exclude(pk__in=list(exclude))
         .order_by("fired_at")[:limit]
     )
     report = LostReport()
-    for event in candidates:
+    for event in _without_jit(candidates):
         report.examined += 1
         held = _take(event, event.published_at)
         if held is None:
@@ -461,6 +474,18 @@ def requeue_lost(
             older_than,
         )
     return report
+
+
+def _without_jit(query: Any) -> list[Any]:
+    """The rows of ``query``; on PostgreSQL, planned without JIT compilation, which for
+    these plans costs more than running them (0.7 s of a 1 s scan at 1,000,000 events)."""
+    connection = connections[query.db]
+    if connection.vendor != "postgresql":
+        return list(query)
+    with transaction.atomic(using=query.db):
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL jit = off")
+        return list(query)
 
 
 def _take(event: Any, published_at: datetime.datetime) -> datetime.datetime | None:
