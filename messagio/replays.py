@@ -11,6 +11,7 @@ import datetime
 import logging
 import time
 import uuid
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -427,7 +428,7 @@ def _run_replay(
     eager = runs_eagerly()
     next_at = time.monotonic()
     lookout = _StopLookout(record)
-    last_pk = None
+    selection = _Selection(frozen)
     canary_pending = bool(record.canary) and record.queued < (record.canary or 0)
     #: What the canary published, over as many batches as it took: what it waits for.
     canary_ids: list[Any] = []
@@ -438,20 +439,32 @@ def _run_replay(
         if not canary_pending and _canary_stopped(record, canary_ids, canary_timeout, threshold):
             return record
     while True:
-        if last_pk is not None and _ended_elsewhere(record):
+        if selection.taken and _ended_elsewhere(record):
             return _left(record)
-        page = frozen.order_by("pk")
-        if last_pk is not None:
-            page = page.filter(pk__gt=last_pk)
         limit = batch_size
         if canary_pending:
             limit = max(1, min(batch_size, (record.canary or 0) - record.queued))
-        # Not the texts a replay never sends (a traceback: up to 20,000 characters a row).
-        reads = page.select_related("event").defer(*UNSENT_FIELDS)
-        batch = list(reads[:limit])
-        if not batch:
+        finishes = selection.take(limit)
+        if not finishes:
             break
-        last_pk = batch[-1].pk
+        # By key alone: the selection's own lookups would bring back the plan that reads
+        # all of it. Not the texts a replay never sends (a traceback: up to 20,000
+        # characters a row).
+        reads = (
+            Delivery.objects.using(frozen.db)
+            .filter(pk__in=list(finishes))
+            .order_by("pk")
+            .select_related("event")
+            .defer(*UNSENT_FIELDS)
+        )
+        # As the selection read them: what ran, or another replay took, since is left alone.
+        batch = [
+            d
+            for d in reads
+            if d.status not in IN_FLIGHT and _micros(d.finished_at) == finishes[d.pk]
+        ]
+        if not batch:
+            continue
         by_event: dict[Any, list[Delivery]] = {}
         for delivery in batch:
             by_event.setdefault(delivery.event_id, []).append(delivery)
@@ -532,6 +545,48 @@ def _run_replay(
     record.finished_at = timezone.now()
     _end(record)
     return record
+
+
+#: What _micros gives a delivery that has no finish.
+_NO_FINISH = -(2**63)
+_EPOCH = datetime.datetime(1970, 1, 1)
+_MICROSECOND = datetime.timedelta(microseconds=1)
+
+
+def _micros(moment: datetime.datetime | None) -> int:
+    """A finish as exact whole microseconds (as the database gives it: the same both times)."""
+    if moment is None:
+        return _NO_FINISH
+    return (moment.replace(tzinfo=None) - _EPOCH) // _MICROSECOND
+
+
+class _Selection:
+    """A bulk replay's frozen selection, read once, in key order: each delivery's id and the
+    finish it had then, 24 bytes a delivery (megabytes for millions, not their rows). Read
+    a batch at a time instead, each batch re-read and sorted what was left of it: the time
+    of a replay grew with the square of its size (50 s of queries for 115,000 deliveries at
+    1,000,000 events)."""
+
+    def __init__(self, frozen: models.QuerySet) -> None:
+        self._ids = bytearray()
+        self._finishes = array("q")
+        # A server-side cursor on PostgreSQL: the ids do not pass through memory at once.
+        for pk, finished_at in (
+            frozen.order_by("pk").values_list("pk", "finished_at").iterator(chunk_size=2000)
+        ):
+            self._ids += pk.bytes
+            self._finishes.append(_micros(finished_at))
+        #: How many of its deliveries the batches have taken so far.
+        self.taken = 0
+
+    def take(self, limit: int) -> dict[uuid.UUID, int]:
+        """The next ``limit`` ids, each with its finish as :func:`_micros` gives it."""
+        start, end = self.taken, min(self.taken + limit, len(self._finishes))
+        self.taken = end
+        return {
+            uuid.UUID(bytes=bytes(self._ids[16 * i : 16 * i + 16])): self._finishes[i]
+            for i in range(start, end)
+        }
 
 
 def _lost_before(now: datetime.datetime) -> datetime.datetime:

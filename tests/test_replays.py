@@ -67,6 +67,33 @@ def test_a_delivery_run_by_someone_else_before_its_turn_is_left_alone(monkeypatc
 
 
 @pytest.mark.django_db(transaction=True)  # replay() runs as it commits
+@pytest.mark.parametrize("meanwhile", ["failed again", "taken by another replay"])
+def test_a_delivery_changed_after_the_selection_was_read_is_left_to_what_changed_it(
+    monkeypatch, meanwhile
+):
+    event = failed_event()
+    first, second = event.deliveries.order_by("pk")  # a replay goes in key order
+    sent: list[str] = []
+    change = {
+        "failed again": {"finished_at": timezone.now()},
+        "taken by another replay": {"status": "pending"},
+    }[meanwhile]
+
+    def publish_all(envelope_list):
+        sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
+        Delivery.objects.filter(pk=second.pk).update(**change)  # before the next batch
+        return ["task"]
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+
+    record = replay(Delivery.objects.filter(event=event), batch_size=1)
+
+    assert sent == [str(first.pk)]
+    assert Delivery.objects.get(pk=second.pk).replay is None
+    assert (record.state, record.total, record.queued) == ("finished", 2, 1)
+
+
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_a_canary_whose_deliveries_get_no_outcome_stops_the_replay(monkeypatch):
     event = failed_event()
     # Published, but no worker runs it: the canary's delivery stays pending.
