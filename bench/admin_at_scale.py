@@ -625,7 +625,7 @@ SCREENS = [
      "/admin/messagio/delivery/?status__exact=pending"),
     ("deliveries_failed_deep", "Deliveries, status=failed, page 40 (past the count cap; "
      "the last page where there are fewer)",
-     "/admin/messagio/delivery/?status__exact=failed&p=40"),
+     "/admin/messagio/delivery/?status__exact=failed&p={deep_page}"),
     ("deliveries_error_rare", "Deliveries, error class filter: a rare class (IntegrityError)",
      "/admin/messagio/delivery/?error_type=django.db.utils.IntegrityError"),
     ("deliveries_error_failed", "Deliveries, status=failed and a common error class "
@@ -650,7 +650,10 @@ def targets(search: str) -> dict[str, str]:
     failed delivery that was retried and not replayed, its event and its failure group."""
     from urllib.parse import quote, urlencode
 
+    from django.contrib import admin
+
     from messagio.models import Delivery
+    from messagio_admin.paginator import PAGES_AHEAD
 
     delivery, event, listener, messagio_type, error_type = (
         Delivery.objects.filter(status="failed", attempts__gte=2, replay__isnull=True)
@@ -658,7 +661,13 @@ def targets(search: str) -> dict[str, str]:
         .values_list("pk", "event_id", "listener", "messagio_type", "error_type")
         .first()
     )
+    # Page 40, or where there are fewer pages, a page past the last that a kept link
+    # reaches (the list shows its last page).
+    per_page = admin.site._registry[Delivery].list_per_page
+    failed = Delivery.objects.filter(status="failed")[: 40 * per_page].count()
+    pages = -(-failed // per_page)
     return {
+        "deep_page": str(40 if pages >= 40 else pages + PAGES_AHEAD),
         "type": quote(f"{SHOP}.OrderPlaced"),
         "search": quote(search),
         "event": str(event),
