@@ -17,6 +17,7 @@ from messagio.brokers import (
     is_redis,
 )
 from messagio.conf import get_setting, invalid_settings, unknown_settings
+from messagio.dispatch import ENVELOPE_VERSION
 from messagio.tasks import DELIVER_TASK
 
 #: The trigram index of the admin's search by summary text (migration 0004, PostgreSQL).
@@ -52,8 +53,9 @@ def _declared_queues(app: Any) -> dict[str, Any] | None:
 #: What a route of the deliver task is given as its arguments when the checks ask it where
 #: messagio's tasks go: an envelope of the shape ``publish()`` sends, of no listener.
 SAMPLE_ENVELOPE = {
-    "v": 2, "event": "00000000-0000-0000-0000-000000000000", "type": "messagio.Messagio",
-    "payload": "", "origin": "fire", "fired_at": "2000-01-01T00:00:00+00:00",
+    "v": ENVELOPE_VERSION, "event": "00000000-0000-0000-0000-000000000000",
+    "type": "messagio.Messagio", "payload": "", "origin": "fire",
+    "fired_at": "2000-01-01T00:00:00+00:00",
     "listener_count": 0, "priority": 5, "queue": None, "replay": None, "record": True,
     "deliveries_recorded": False, "shared": {}, "listeners": [], "seal": "",
 }  # fmt: skip

@@ -11,6 +11,15 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
+def plan_without_jit(alias: str) -> None:
+    """For the rest of the current transaction, PostgreSQL plans without JIT compilation,
+    which for messagio's scans of a window of the records costs more than running them."""
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL jit = off")
+
+
 class EventQuerySet(models.QuerySet):
     def unpublished(
         self,
@@ -31,9 +40,10 @@ class EventQuerySet(models.QuerySet):
             recorded | models.Q(state="publishing", claimed_at__lt=now - claim_timeout)
         )
 
-    def every_delivery_written(self):
-        """Events with a Delivery row for each listener: none waits for a worker to write
-        its group's rows (a fire published outside a transaction leaves them to it)."""
+    def with_written(self):
+        """Each event with ``written``, its number of Delivery rows: fewer than its
+        ``listener_count`` while a worker has yet to write a group's rows (a fire published
+        outside a transaction leaves them to it). Counted per event, by its index."""
         from messagio.models import Delivery
 
         written = (
@@ -43,9 +53,12 @@ class EventQuerySet(models.QuerySet):
             .annotate(n=models.Count("*"))
             .values("n")
         )
-        return self.alias(written=Coalesce(models.Subquery(written), 0)).filter(
-            written__gte=models.F("listener_count")
-        )
+        return self.alias(written=Coalesce(models.Subquery(written), 0))
+
+    def every_delivery_written(self):
+        """Events with a Delivery row for each listener: none waits for a worker to write
+        its group's rows."""
+        return self.with_written().filter(written__gte=models.F("listener_count"))
 
     def expired(
         self, succeeded_before: datetime.datetime | None, failed_before: datetime.datetime | None
@@ -108,9 +121,7 @@ class EventQuerySet(models.QuerySet):
                 # A batch goes whole or not at all.
                 if postgresql:
                     with transaction.atomic(using=alias):
-                        with connections[alias].cursor() as cursor:
-                            # Compiling this plan costs more than running it (~0.15 s).
-                            cursor.execute("SET LOCAL jit = off")
+                        plan_without_jit(alias)  # compiling costs more than running (~0.15 s)
                         ids = list(selection.order_by().values_list("pk", flat=True)[:batch_size])
                         if ids:
                             # What a replay or a worker would change is locked, then

@@ -24,7 +24,8 @@ from messagio.publisher import publish_task
 
 logger = logging.getLogger("messagio")
 
-#: Seconds before a group interrupted by a database outage is tried again.
+#: Seconds before a group sent back to its queue (a database outage, a message of a newer
+#: layout) is tried again.
 DB_OUTAGE_REQUEUE_DELAY = 10.0
 
 
@@ -117,10 +118,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
             ENVELOPE_VERSION,
             DB_OUTAGE_REQUEUE_DELAY,
         )
-        try:
-            publish(envelope, countdown=DB_OUTAGE_REQUEUE_DELAY, task_id=self.request.id or None)
-        except Exception as refused:  # noqa: BLE001 - whatever the transport raises
-            raise Reject(refused, requeue=True) from refused
+        _send_back(envelope, self.request.id)
         return
     envelope = expanded(envelope)
 
@@ -165,22 +163,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
                 ctx.event_id,
                 exc,
             )
-            # Under this task's id: a retry's delivery waits for its own task id.
-            try:
-                publish(
-                    _from_position(envelope, position),
-                    countdown=DB_OUTAGE_REQUEUE_DELAY,
-                    task_id=ctx.task_id or None,
-                )
-            except Exception as refused:  # noqa: BLE001 - whatever the transport raises
-                # Nor the broker: this message goes back to its queue, not acknowledged as
-                # a failed task would be (the claims it could not write leave the rest of
-                # the group to no one else).
-                logger.error(
-                    "messagio: the broker refused it too (%r); the message goes back to its queue",
-                    refused,
-                )
-                raise Reject(refused, requeue=True) from exc
+            _send_back(_from_position(envelope, position), ctx.task_id)
             return
         except EXITS as exc:
             if not getattr(exc, RECORDED_EXIT, False):
@@ -234,6 +217,21 @@ def _needs_a_seal(request: Any) -> bool:
     ``apply()`` and eager mode check the seal as a worker does (messagio's own publishes
     seal what they send, eager or not)."""
     return not request.called_directly
+
+
+def _send_back(envelope: dict[str, Any], task_id: str | None) -> None:
+    """Publish ``envelope`` again, due in DB_OUTAGE_REQUEUE_DELAY seconds, under this task's
+    id (a retry's delivery waits for its own task id)."""
+    try:
+        publish(envelope, countdown=DB_OUTAGE_REQUEUE_DELAY, task_id=task_id or None)
+    except Exception as refused:  # noqa: BLE001 - whatever the transport raises
+        # Nor the broker: this message goes back to its queue, not acknowledged as a failed
+        # task would be (the claims a group could not write leave the rest of it to no one).
+        logger.error(
+            "messagio: the broker refused it too (%r); the message goes back to its queue",
+            refused,
+        )
+        raise Reject(refused, requeue=True) from refused
 
 
 def _of_a_newer_layout(envelope: dict[str, Any]) -> bool:

@@ -32,6 +32,14 @@ def failed_event() -> Event:
     return event
 
 
+def a_run_over(count: int) -> tuple[list[Event], Replay]:
+    """``count`` failed events of one delivery each, and a run ("this-run") replaying them."""
+    events = [failed_event() for _ in range(count)]
+    Delivery.objects.filter(event__in=events, position=1).delete()
+    record = Replay.objects.create(total=count, runner="this-run", snapshot_at=timezone.now())
+    return events, record
+
+
 def published_deliveries(monkeypatch) -> list[str]:
     """The ids of the deliveries the replay publishes from now on (the broker captured)."""
     sent: list[str] = []
@@ -514,9 +522,7 @@ def test_a_replay_task_that_fails_before_it_runs_is_recorded_stopped_not_resent(
 def test_a_run_taken_over_mid_batch_ends_and_its_count_leaves_the_other_runs(
     monkeypatch,
 ):
-    events = [failed_event() for _ in range(3)]
-    Delivery.objects.filter(event__in=events, position=1).delete()
-    record = Replay.objects.create(total=3, runner="this-run", snapshot_at=timezone.now())
+    events, record = a_run_over(3)
     monkeypatch.setattr(replays, "COUNT_INTERVAL", 0.0)
     sent = []
 
@@ -656,9 +662,7 @@ def test_a_run_the_relay_took_for_lost_ends_and_counts_nothing_more(monkeypatch)
 
 @pytest.mark.django_db(transaction=True)
 def test_a_stop_in_a_run_taken_over_leaves_the_other_runs_replay(monkeypatch):
-    events = [failed_event() for _ in range(2)]
-    Delivery.objects.filter(event__in=events, position=1).delete()
-    record = Replay.objects.create(total=2, runner="this-run", snapshot_at=timezone.now())
+    events, record = a_run_over(2)
     sent = []
 
     def publish_all(envelope_list):
@@ -707,9 +711,7 @@ def test_a_resumed_replay_whose_canary_passed_under_it_goes_on(monkeypatch):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_replay_stopped_from_the_admin_mid_batch_counts_all_it_queued(monkeypatch, admin_client):
-    events = [failed_event() for _ in range(3)]
-    Delivery.objects.filter(event__in=events, position=1).delete()
-    record = Replay.objects.create(total=3, runner="this-run", snapshot_at=timezone.now())
+    events, record = a_run_over(3)
     sent = []
 
     def publish_all(envelope_list):
