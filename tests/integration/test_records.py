@@ -1341,9 +1341,12 @@ def test_a_setting_turns_prepared_statements_off_for_poolers_that_cannot_keep_th
 def test_a_claim_waits_for_a_requeue_still_writing_and_takes_what_it_wrote():
     """A requeue makes a stuck delivery pending and publishes it in one transaction: a
     worker given the message before it commits must not read the delivery as it was
-    (running under another task) and leave it to no one."""
+    (running under another task) and leave it to no one.
+
+    The requeue commits once the claim has been sent and, on PostgreSQL, is seen waiting
+    for its lock; SQLite shows no waiter, so there the claim may run either side of the
+    commit, and the outcome is checked alike."""
     import threading
-    import time
 
     from django.db import connections
 
@@ -1354,21 +1357,37 @@ def test_a_claim_waits_for_a_requeue_still_writing_and_takes_what_it_wrote():
     stuck = Delivery.objects.filter(event_id=event.id).order_by("position").first()
     Delivery.objects.filter(pk=stuck.pk).update(status="running", task_id="the-dead-one")
     writing = threading.Event()
+    claim_sent = threading.Event()
+
+    def claim_waits_for_its_lock() -> bool:
+        with connections["default"].cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0] > 0
 
     def requeue_still_writing() -> None:
         try:
             with transaction.atomic():
                 Delivery.objects.filter(pk=stuck.pk).update(status="pending")
-                writing.set()
-                time.sleep(0.5)  # publishing, before it commits
+                writing.set()  # then it publishes, and commits
+                assert claim_sent.wait(10)
+                if connection.vendor == "postgresql":
+                    wait_for(claim_waits_for_its_lock, timeout=10, what="the claim to wait")
         finally:
             connections.close_all()
+
+    def sent(execute, sql, params, many, context):
+        claim_sent.set()
+        return execute(sql, params, many, context)
 
     requeue = threading.Thread(target=requeue_still_writing)
     requeue.start()
     assert writing.wait(10)
 
-    claimed = claim(str(stuck.pk), "the-requeued-message", "w1")
+    with connection.execute_wrapper(sent):
+        claimed = claim(str(stuck.pk), "the-requeued-message", "w1")
     requeue.join(10)
 
     assert claimed is not None and claimed.run
