@@ -117,12 +117,23 @@ class EventQuerySet(models.QuerySet):
             return removed[1].get(self.model._meta.label, 0)
 
         for selection in selections:
+            passed: tuple[datetime.datetime, Any] | None = None
             while True:
+                # Oldest first, each batch from where the last one ended: the events it kept
+                # (a failure kept longer, one still in flight) are read once, not again for
+                # every batch. One pass: an event passed that becomes prunable waits for the
+                # next prune.
+                window = selection.order_by("fired_at", "pk")
+                if passed is not None:
+                    window = window.filter(fired_at__gte=passed[0]).exclude(
+                        fired_at=passed[0], pk__lte=passed[1]
+                    )
                 # A batch goes whole or not at all.
                 if postgresql:
                     with transaction.atomic(using=alias):
                         plan_without_jit(alias)  # compiling costs more than running (~0.15 s)
-                        ids = list(selection.order_by().values_list("pk", flat=True)[:batch_size])
+                        batch = list(window.values_list("fired_at", "pk")[:batch_size])
+                        ids = [pk for _, pk in batch]
                         if ids:
                             # What a replay or a worker would change is locked, then
                             # selected again: a delivery a replay took meanwhile keeps its
@@ -135,13 +146,15 @@ class EventQuerySet(models.QuerySet):
                     # SQLite has no row locks: the batch is selected first, then selected
                     # again among its ids in the transaction that deletes it (one writer at
                     # a time), so an event a replay took meanwhile is kept.
-                    ids = list(selection.order_by().values_list("pk", flat=True)[:batch_size])
+                    batch = list(window.values_list("fired_at", "pk")[:batch_size])
+                    ids = [pk for _, pk in batch]
                     if ids:
                         with transaction.atomic(using=alias):
                             kept = selection.filter(pk__in=ids).values_list("pk", flat=True)
                             deleted += delete(list(kept))
                 if not ids:
                     break
+                passed = batch[-1]
                 if progress:
                     progress(deleted)
         return deleted

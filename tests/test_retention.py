@@ -216,6 +216,42 @@ def test_progress_is_called_with_the_running_total_after_each_batch():
     assert seen == [2, 4, 5]
 
 
+def test_a_prune_goes_once_through_its_window_oldest_first():
+    """Each batch starts where the last one ended, so the old events a prune keeps (a
+    failure kept longer, one in flight) are read once, not again for every batch: one it
+    passed that becomes prunable meanwhile waits for the next prune."""
+    passed = make_event(40, "running")
+    first = make_event(39, "succeeded")
+    second = make_event(38, "succeeded")
+
+    def finish_the_passed_one(deleted: int) -> None:
+        Delivery.objects.filter(event=passed).update(status="succeeded")
+
+    deleted = Event.objects.prune(
+        succeeded_before=days_ago(30),
+        failed_before=None,
+        batch_size=1,
+        progress=finish_the_passed_one,
+    )
+
+    assert deleted == 2
+    assert not exists(first) and not exists(second)
+    assert exists(passed)
+    assert Event.objects.prune(succeeded_before=days_ago(30), failed_before=None) == 1
+    assert not exists(passed)
+
+
+def test_events_fired_at_the_same_moment_are_each_pruned_across_batches():
+    same_moment = days_ago(40)
+    events = [make_event(40, "succeeded") for _ in range(3)]
+    Event.objects.filter(pk__in=[e.pk for e in events]).update(fired_at=same_moment)
+
+    deleted = Event.objects.prune(succeeded_before=days_ago(30), failed_before=None, batch_size=1)
+
+    assert deleted == 3
+    assert not Event.objects.exists()
+
+
 def test_a_newer_replay_of_a_pruned_event_is_kept_and_loses_its_link():
     original = make_event(40, "succeeded")
     replayed = make_event(1, "succeeded")
