@@ -379,12 +379,56 @@ def _canary_stopped(
 UNSENT_FIELDS = ("result", "error", "traceback", "event__summary")
 
 
-def _take(delivery: Delivery, record: Replay) -> bool:
-    """Make ``delivery`` pending for ``record`` if it is still as the batch read it."""
-    return bool(
-        Delivery.objects.filter(
-            pk=delivery.pk, status=delivery.status, finished_at=delivery.finished_at
-        ).update(status=Delivery.Status.PENDING, replay=record)
+def _take(event_id: Any, deliveries: list[Delivery], record: Replay) -> list[Delivery]:
+    """Make pending for ``record`` those of ``deliveries`` still as the batch read them, and
+    mark their event published again; return those taken.
+
+    One statement on PostgreSQL: a bulk replay runs this once per message it publishes, and
+    the two updates and the query building of each delivery cost more than the publish.
+    """
+    connection = transaction.get_connection(db_alias())
+    if connection.vendor != "postgresql":
+        mark_published_again([event_id])
+        return [
+            d
+            for d in deliveries
+            if Delivery.objects.filter(pk=d.pk, status=d.status, finished_at=d.finished_at).update(
+                status=Delivery.Status.PENDING, replay=record
+            )
+        ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _take_statement(connection),
+            [
+                [d.pk for d in deliveries],
+                [d.status for d in deliveries],
+                [d.finished_at for d in deliveries],
+                record.pk,
+                timezone.now(),
+                event_id,
+            ],
+        )
+        taken = {row[0] for row in cursor.fetchall()}
+    return [d for d in deliveries if d.pk in taken]
+
+
+def _take_statement(connection: Any) -> str:
+    quote = connection.ops.quote_name
+    deliveries, events = quote(Delivery._meta.db_table), quote(Event._meta.db_table)
+    # Table names from model meta; values are parameters.
+    taken = (
+        f'UPDATE {deliveries} d SET "status" = \'pending\', "replay_id" = %s'  # noqa: S608
+        ' FROM wanted w WHERE d."id" = w."id" AND d."status" = w."status"'
+        ' AND d."finished_at" IS NOT DISTINCT FROM w."finished_at" RETURNING d."id"'
+    )
+    published = f'UPDATE {events} SET "published_at" = %s WHERE "id" = %s'  # noqa: S608
+    wanted = (
+        "SELECT * FROM unnest(%s::uuid[], %s::varchar[], %s::timestamptz[])"
+        ' AS w("id", "status", "finished_at")'
+    )
+    return (
+        f"WITH wanted AS ({wanted}), taken AS ({taken}), published AS ({published})"  # noqa: S608
+        ' SELECT "id" FROM taken'
     )
 
 
@@ -495,8 +539,11 @@ def _run_replay(
                     # with no message. A worker given the message first waits for the
                     # commit in its claim.
                     with transaction.atomic(using=db_alias()):
-                        mark_published_again([members[0].event_id])
-                        mine = [d for d in members if str(d.pk) in wanted and _take(d, record)]
+                        mine = _take(
+                            members[0].event_id,
+                            [d for d in members if str(d.pk) in wanted],
+                            record,
+                        )
                         if mine and not eager:
                             publishing = True
                             publish_all(envelopes(members[0].event, mine, replay_id=record.pk))

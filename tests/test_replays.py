@@ -75,6 +75,29 @@ def test_a_delivery_run_by_someone_else_before_its_turn_is_left_alone(monkeypatc
 
 
 @pytest.mark.django_db(transaction=True)  # replay() runs as it commits
+def test_a_delivery_that_failed_again_before_its_turn_is_left_alone(monkeypatch):
+    """Still failed, but not the failure the batch read: a retry or another replay ran it
+    meanwhile, and what that left is not this replay's to run again."""
+    event = failed_event()
+    first, second = event.deliveries.order_by("-priority")  # published in that order
+    sent: list[str] = []
+
+    def publish_all(envelope_list):
+        sent.extend(spec["delivery"] for e in envelope_list for spec in e["listeners"])
+        Delivery.objects.filter(pk=second.pk).update(finished_at=timezone.now())
+        return ["task"]
+
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+
+    record = replay(Delivery.objects.filter(event=event))
+
+    assert sent == [str(first.pk)]
+    assert Delivery.objects.get(pk=second.pk).replay is None
+    assert Delivery.objects.get(pk=second.pk).status == "failed"
+    assert (record.total, record.queued) == (2, 1)
+
+
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 @pytest.mark.parametrize("meanwhile", ["failed again", "taken by another replay"])
 def test_a_delivery_changed_after_the_selection_was_read_is_left_to_what_changed_it(
     monkeypatch, meanwhile
@@ -428,8 +451,8 @@ def test_a_run_whose_replay_another_run_took_over_ends(monkeypatch):
     record = Replay.objects.create(total=2, runner="this-run", snapshot_at=timezone.now())
     original_take = replays._take
 
-    def taken_over_after_the_first(delivery, replay):
-        took = original_take(delivery, replay)
+    def taken_over_after_the_first(event_id, deliveries, replay):
+        took = original_take(event_id, deliveries, replay)
         Replay.objects.filter(pk=replay.pk).update(runner="the-relays-copy")
         return took
 
@@ -465,15 +488,13 @@ def test_an_error_taking_a_delivery_leaves_its_envelope_as_it_was_and_says_why(m
     event = failed_event()
     Delivery.objects.filter(event=event).update(priority=5)  # one group, one envelope
     sent = published_deliveries(monkeypatch)
-    original_take, takes = replays._take, []
+    original_take = replays._take
 
-    def locked_on_the_second(delivery, record):
-        takes.append(delivery.pk)
-        if len(takes) == 2:
-            raise OperationalError("database is locked")
-        return original_take(delivery, record)
+    def locked_once_taken(event_id, deliveries, record):
+        assert len(original_take(event_id, deliveries, record)) == 2
+        raise OperationalError("database is locked")  # the envelope's transaction fails
 
-    monkeypatch.setattr(replays, "_take", locked_on_the_second)
+    monkeypatch.setattr(replays, "_take", locked_once_taken)
     with pytest.raises(OperationalError):
         replay(event)
 
