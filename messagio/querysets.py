@@ -6,6 +6,7 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.db import connections, models, router, transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -122,6 +123,9 @@ class EventQuerySet(models.QuerySet):
             removed = self.model.objects.using(alias).filter(pk__in=ids).only("pk").delete()
             return removed[1].get(self.model._meta.label, 0)
 
+        # Without USE_TZ, PostgreSQL gives a fired_at as a local time, which in the hour a
+        # clock goes back names two moments: sent back, it may move the place an hour on.
+        keeps_its_place = settings.USE_TZ or not postgresql
         for selection in selections:
             passed: tuple[datetime.datetime, Any] | None = None
             while True:
@@ -130,7 +134,7 @@ class EventQuerySet(models.QuerySet):
                 # every batch. One pass: an event passed that becomes prunable waits for the
                 # next prune.
                 window = selection.order_by("fired_at", "pk")
-                if passed is not None:
+                if passed is not None and keeps_its_place:
                     window = window.filter(fired_at__gte=passed[0]).exclude(
                         fired_at=passed[0], pk__lte=passed[1]
                     )

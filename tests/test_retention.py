@@ -252,6 +252,25 @@ def test_events_fired_at_the_same_moment_are_each_pruned_across_batches():
     assert not Event.objects.exists()
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's local times")
+def test_without_use_tz_every_expired_event_of_the_hour_a_clock_goes_back_is_pruned():
+    """PostgreSQL gives a fired_at as a local time without USE_TZ: in the hour the clock
+    goes back it names two moments, and a prune's place taken from it could skip events."""
+    with override_settings(USE_TZ=False, TIME_ZONE="Europe/Paris"):
+        events = [make_event(40, "succeeded") for _ in range(3)]
+        # 02:10 and 02:20 summer time, then 02:30 winter time, on 2023-10-29 in Paris.
+        for event, utc in zip(events, ["00:10", "00:20", "01:30"], strict=True):
+            at = datetime.datetime.fromisoformat(f"2023-10-29T{utc}:00+00:00")
+            Event.objects.filter(pk=event.pk).update(fired_at=at)
+
+        deleted = Event.objects.prune(
+            succeeded_before=days_ago(30), failed_before=None, batch_size=1
+        )
+
+        assert deleted == 3
+        assert not Event.objects.exists()
+
+
 def test_a_newer_replay_of_a_pruned_event_is_kept_and_loses_its_link():
     original = make_event(40, "succeeded")
     replayed = make_event(1, "succeeded")
