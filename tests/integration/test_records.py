@@ -1359,13 +1359,17 @@ def test_a_claim_waits_for_a_requeue_still_writing_and_takes_what_it_wrote():
     writing = threading.Event()
     claim_sent = threading.Event()
 
+    claimer = None
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:  # the connection the claim runs on
+            cursor.execute("SELECT pg_backend_pid()")
+            claimer = cursor.fetchone()[0]
+
     def claim_waits_for_its_lock() -> bool:
         with connections["default"].cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            return cursor.fetchone()[0] > 0
+            # Blocked by this thread's transaction, not by anything else in the database.
+            cursor.execute("SELECT pg_backend_pid() = ANY(pg_blocking_pids(%s))", [claimer])
+            return cursor.fetchone()[0]
 
     def requeue_still_writing() -> None:
         try:
@@ -1390,5 +1394,6 @@ def test_a_claim_waits_for_a_requeue_still_writing_and_takes_what_it_wrote():
         claimed = claim(str(stuck.pk), "the-requeued-message", "w1")
     requeue.join(10)
 
+    assert not requeue.is_alive()
     assert claimed is not None and claimed.run
     assert Delivery.objects.get(pk=stuck.pk).task_id == "the-requeued-message"
