@@ -263,12 +263,20 @@ def run_once(
             )
             return None, False
         if not claimed.run:
-            logger.info(
-                "messagio: delivery %s of %s already %s; not run again",
-                spec["delivery"],
-                spec["id"],
-                claimed.status_before,
-            )
+            if claimed.status_before == "pending":
+                logger.info(
+                    "messagio: delivery %s of %s was taken by a replay since this message was "
+                    "sent; that replay's message runs it",
+                    spec["delivery"],
+                    spec["id"],
+                )
+            else:
+                logger.info(
+                    "messagio: delivery %s of %s already %s; not run again",
+                    spec["delivery"],
+                    spec["id"],
+                    claimed.status_before,
+                )
             return None, False
         number = claimed.number
 

@@ -774,7 +774,9 @@ def claim(
     ``task_id``): its attempt is recorded as lost, then rerun; any other message leaves it to
     the attempt that may still run it (requeues make it pending first). One ``retrying`` is
     run only by its retry's own task: a redelivered message of its group would run it before
-    its delay and start a second chain of retries. ``at``: the time it starts at (now).
+    its delay and start a second chain of retries. One ``pending`` for another replay than
+    ``replay_id`` (taken by a replay since this message was sent) is left to that replay's
+    own message. ``at``: the time it starts at (now).
     """
     connection = connections[db_alias()]
     now = at or timezone.now()
@@ -782,11 +784,11 @@ def claim(
         with statement_cursor(connection) as cursor:
             cursor.execute(
                 _worker_statement(connection, "claim"),
-                _claim_params(delivery_id, now, task_id, worker),
+                _claim_params(delivery_id, now, task_id, worker, replay_id),
             )
             found = cursor.fetchone()
         row = None if found is None else dict(zip(CLAIM_COLUMNS, found, strict=True))
-        return _claimed(delivery_id, row, now, task_id)
+        return _claimed(delivery_id, row, now, task_id, replay_id)
     with transaction.atomic(using=connection.alias):
         row = (
             Delivery.objects.select_for_update()
@@ -794,7 +796,7 @@ def claim(
             .values(*CLAIM_COLUMNS)
             .first()
         )
-        if row is not None and _claimable(row, task_id):
+        if row is not None and _claimable(row, task_id, replay_id):
             Delivery.objects.filter(pk=delivery_id).update(
                 status=Delivery.Status.RUNNING,
                 attempts=F("attempts") + 1,
@@ -803,7 +805,7 @@ def claim(
                 task_id=task_id or "",
                 worker=worker or "",
             )
-    return _claimed(delivery_id, row, now, task_id)
+    return _claimed(delivery_id, row, now, task_id, replay_id)
 
 
 def own_claim(delivery_id: str, task_id: str, worker: str, at: datetime.datetime) -> Claim | None:
@@ -825,9 +827,13 @@ def own_claim(delivery_id: str, task_id: str, worker: str, at: datetime.datetime
     return None if attempts is None else Claim(run=True, number=attempts, status_before="pending")
 
 
-def _claimable(row: dict[str, Any], task_id: str) -> bool:
+def _claimable(row: dict[str, Any], task_id: str, replay_id: int | None) -> bool:
     """See _build_worker_statement's "claimed"."""
     if row["status"] in TERMINAL:
+        return False
+    if row["status"] == Delivery.Status.PENDING and row["replay_id"] != replay_id:
+        # Taken by a replay since this message was sent (a copy of an earlier replay's, or
+        # of its fire's): that replay's own message runs it, and its attempt counts there.
         return False
     return row["status"] not in HELD or row["task_id"] == (task_id or "")
 
@@ -852,7 +858,7 @@ def claim_group(envelope: dict[str, Any], task_id: str, worker: str) -> Claim | 
         created = _create_group(envelope, task_id, worker)
     if created:
         return Claim(run=True, number=1, status_before="pending")
-    return claim(first, task_id, worker)
+    return claim(first, task_id, worker, envelope.get("replay"))
 
 
 #: The columns a worker writes on the Delivery it claims while creating its group's rows.
@@ -904,12 +910,16 @@ CLAIM_COLUMNS = ("status", "attempts", "started_at", "worker", "task_id", "repla
 
 
 def _claimed(
-    delivery_id: str, row: dict[str, Any] | None, now: datetime.datetime, task_id: str
+    delivery_id: str,
+    row: dict[str, Any] | None,
+    now: datetime.datetime,
+    task_id: str,
+    replay_id: int | None,
 ) -> Claim | None:
     """The claim's verdict from the row as it was; records the lost attempt of a dead worker."""
     if row is None:
         return None
-    if not _claimable(row, task_id):
+    if not _claimable(row, task_id, replay_id):
         return Claim(run=False, status_before=row["status"])
     if row["status"] == Delivery.Status.RUNNING:
         with transaction.atomic(using=db_alias()):
@@ -1015,12 +1025,14 @@ def exception_name(exc: BaseException) -> str:
     return name[: _ERROR_TYPE_FIELD.max_length]
 
 
-def _claim_params(delivery_id: str, now: datetime.datetime, task_id: str, worker: str) -> list[Any]:
+def _claim_params(
+    delivery_id: str, now: datetime.datetime, task_id: str, worker: str, replay_id: int | None
+) -> list[Any]:
     """The parameters of the claim's CTEs, in their order."""
     terminal = [str(status) for status in TERMINAL]
     return [
         uuid.UUID(str(delivery_id)), "running", now, task_id or "", worker or "", *terminal,
-        *(str(status) for status in HELD), task_id or "",
+        *(str(status) for status in HELD), task_id or "", "pending", replay_id,
     ]  # fmt: skip
 
 
@@ -1091,7 +1103,8 @@ def _build_worker_statement(alias: str, asynchronous: bool, kind: str) -> str:
             SET "status" = %s, "attempts" = d."attempts" + 1, "started_at" = %s,
                 "finished_at" = NULL, "task_id" = %s, "worker" = %s
             FROM old WHERE d."id" = old."id" AND old."status" NOT IN (%s, %s)
-                AND (old."status" NOT IN (%s, %s) OR old."task_id" = %s){written}
+                AND (old."status" NOT IN (%s, %s) OR old."task_id" = %s)
+                AND (old."status" <> %s OR old."replay_id" IS NOT DISTINCT FROM %s){written}
         )""")  # noqa: S608
     returned = ", ".join("old." + quote(c) for c in CLAIM_COLUMNS)
     if written:
@@ -1184,7 +1197,7 @@ def finish(
                 "replay_id": replay_id,
             },
             claim_next=claim_next,
-            claim_as=(task_id, worker),
+            claim_as=(task_id, worker, replay_id),
             holder=holder,
             claim_at=claim_at,
         )
@@ -1221,7 +1234,7 @@ def _finish_in_one_statement(
     fields: dict[str, str],
     attempt: dict[str, Any],
     claim_next: str | None = None,
-    claim_as: tuple[str, str] = ("", ""),
+    claim_as: tuple[str, str, int | None] = ("", "", None),
     holder: str = "",
     claim_at: datetime.datetime | None = None,
 ) -> Claim | None:
@@ -1253,7 +1266,8 @@ def _finish_in_one_statement(
         # Not written here (or the next delivery is not recorded: its own claim says so).
         _unless_written_before(delivery_id, attempt["number"])
         return None
-    return _claimed(claim_next, dict(zip(CLAIM_COLUMNS, found[:-1], strict=True)), now, claim_as[0])
+    row = dict(zip(CLAIM_COLUMNS, found[:-1], strict=True))
+    return _claimed(claim_next, row, now, claim_as[0], claim_as[2])
 
 
 #: How long a worker keeps trying to record an outcome while the database is unreachable.

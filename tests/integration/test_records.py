@@ -934,6 +934,39 @@ def test_a_group_records_each_outcome_and_claims_the_next_listener_in_one_statem
         assert [d.status for d in deliveries].count("failed") == 1
 
 
+def test_a_delivery_a_later_replay_took_is_left_to_that_replays_own_message():
+    """A copy of an earlier message (an earlier replay's, sent again by the relay, or the
+    fire's own) that arrives after a later replay took the deliveries runs nothing: the later
+    replay's message runs them, and their attempts count under it, where its canary and its
+    counts look."""
+    from django.utils import timezone
+
+    from messagio.tasks import deliver
+
+    token = new_token()
+    event, envelope = recorded_group(Ping(token))
+    earlier, later = (
+        Replay.objects.create(total=1, runner=name, snapshot_at=timezone.now())
+        for name in ("earlier", "later")
+    )
+    Delivery.objects.filter(event_id=event.id).update(status="pending", replay=later)
+
+    for stale in (earlier.pk, None):
+        deliver.apply(args=(sealed({**envelope, "replay": stale}),))
+
+        assert set(Delivery.objects.filter(event_id=event.id).values_list("status", flat=True)) == {
+            "pending"
+        }
+        assert not Call.objects.filter(token=token).exists()
+
+    deliver.apply(args=(sealed({**envelope, "replay": later.pk}),))
+
+    deliveries = Delivery.objects.filter(event_id=event.id)
+    assert set(deliveries.values_list("status", flat=True)) == {"succeeded", "failed"}
+    assert {d.history.get().replay_id for d in deliveries} == {later.pk}
+    assert Call.objects.filter(token=token).count() == len(envelope["listeners"])
+
+
 def test_a_listener_its_retry_runs_elsewhere_is_not_run_again_by_its_groups_message():
     """A listener's retry runs on one worker while its group's message comes back to another
     (the worker that went on with the group died in a later listener): the returned message
