@@ -774,7 +774,7 @@ def claim(
     ``task_id``): its attempt is recorded as lost, then rerun; any other message leaves it to
     the attempt that may still run it (requeues make it pending first). One ``retrying`` is
     run only by its retry's own task: a redelivered message of its group would run it before
-    its delay and start a second chain of retries. One ``pending`` for another replay than
+    its delay and start a second chain of retries. One ``pending`` for a replay other than
     ``replay_id`` (taken by a replay since this message was sent) is left to that replay's
     own message. ``at``: the time it starts at (now).
     """
@@ -831,9 +831,11 @@ def _claimable(row: dict[str, Any], task_id: str, replay_id: int | None) -> bool
     """See _build_worker_statement's "claimed"."""
     if row["status"] in TERMINAL:
         return False
-    if row["status"] == Delivery.Status.PENDING and row["replay_id"] != replay_id:
+    if row["status"] == Delivery.Status.PENDING and row["replay_id"] not in (None, replay_id):
         # Taken by a replay since this message was sent (a copy of an earlier replay's, or
         # of its fire's): that replay's own message runs it, and its attempt counts there.
+        # One of no replay (written again from a replay's message, its replay deleted) any
+        # message may run: none other might come.
         return False
     return row["status"] not in HELD or row["task_id"] == (task_id or "")
 
@@ -1104,7 +1106,7 @@ def _build_worker_statement(alias: str, asynchronous: bool, kind: str) -> str:
                 "finished_at" = NULL, "task_id" = %s, "worker" = %s
             FROM old WHERE d."id" = old."id" AND old."status" NOT IN (%s, %s)
                 AND (old."status" NOT IN (%s, %s) OR old."task_id" = %s)
-                AND (old."status" <> %s OR old."replay_id" IS NOT DISTINCT FROM %s){written}
+                AND (old."status" <> %s OR old."replay_id" IS NULL OR old."replay_id" = %s){written}
         )""")  # noqa: S608
     returned = ", ".join("old." + quote(c) for c in CLAIM_COLUMNS)
     if written:

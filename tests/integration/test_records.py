@@ -967,6 +967,29 @@ def test_a_delivery_a_later_replay_took_is_left_to_that_replays_own_message():
     assert Call.objects.filter(token=token).count() == len(envelope["listeners"])
 
 
+def test_a_replays_message_whose_deliveries_are_written_again_from_it_runs_them():
+    """Deliveries a replay's message writes again (its event was deleted meanwhile) belong to
+    no replay: the message that wrote them runs them, none other would."""
+    from django.utils import timezone
+
+    from messagio.center import MessageCenter
+    from messagio.payload import encode
+    from messagio.records import build_records, envelopes
+    from messagio.tasks import deliver
+
+    token = new_token()
+    ping = Ping(token)
+    subscriptions = MessageCenter.singleton().subscriptions_for(Ping)
+    event, deliveries = build_records(ping, encode(ping, 1 << 20), subscriptions)
+    replayed = Replay.objects.create(total=1, runner="gone", snapshot_at=timezone.now())
+    (envelope,) = envelopes(event, deliveries, replay_id=replayed.pk)  # nothing recorded
+
+    deliver.apply(args=(sealed(envelope),))
+
+    assert Call.objects.filter(token=token).count() == len(envelope["listeners"])
+    assert not Delivery.objects.filter(event_id=event.id, status="pending").exists()
+
+
 def test_a_listener_its_retry_runs_elsewhere_is_not_run_again_by_its_groups_message():
     """A listener's retry runs on one worker while its group's message comes back to another
     (the worker that went on with the group died in a later listener): the returned message
