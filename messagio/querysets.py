@@ -113,7 +113,13 @@ class EventQuerySet(models.QuerySet):
         deleted = 0
         postgresql = connections[alias].vendor == "postgresql"
 
-        def delete(ids: list[Any]) -> int:
+        def first_of(window: models.QuerySet) -> list[tuple[datetime.datetime, Any]]:
+            return list(window.values_list("fired_at", "pk")[:batch_size])
+
+        def delete_still_expired(selection: models.QuerySet, ids: list[Any]) -> int:
+            """Delete those of ``ids`` the selection still holds, read again in the batch's
+            transaction (an event a replay took meanwhile is kept)."""
+            ids = list(selection.filter(pk__in=ids).order_by().values_list("pk", flat=True))
             # Django's delete collects the rows it deletes: only their keys, not the payloads
             # and tracebacks of a whole batch. Its cascade deletes the attempts by their
             # deliveries' keys (a join to the deliveries had PostgreSQL read every attempt,
@@ -141,7 +147,7 @@ class EventQuerySet(models.QuerySet):
                 if postgresql:
                     with transaction.atomic(using=alias):
                         plan_without_jit(alias)  # compiling costs more than running (~0.15 s)
-                        batch = list(window.values_list("fired_at", "pk")[:batch_size])
+                        batch = first_of(window)
                         ids = [pk for _, pk in batch]
                         if ids:
                             # What a replay or a worker would change is locked, then
@@ -149,22 +155,16 @@ class EventQuerySet(models.QuerySet):
                             # event.
                             locked = Delivery.objects.using(alias).select_for_update()
                             list(locked.filter(event_id__in=ids).order_by("pk").values_list("pk"))
-                            kept = (
-                                selection.filter(pk__in=ids).order_by().values_list("pk", flat=True)
-                            )
-                            deleted += delete(list(kept))
+                            deleted += delete_still_expired(selection, ids)
                 else:
                     # SQLite has no row locks: the batch is selected first, then selected
                     # again among its ids in the transaction that deletes it (one writer at
                     # a time), so an event a replay took meanwhile is kept.
-                    batch = list(window.values_list("fired_at", "pk")[:batch_size])
+                    batch = first_of(window)
                     ids = [pk for _, pk in batch]
                     if ids:
                         with transaction.atomic(using=alias):
-                            kept = (
-                                selection.filter(pk__in=ids).order_by().values_list("pk", flat=True)
-                            )
-                            deleted += delete(list(kept))
+                            deleted += delete_still_expired(selection, ids)
                 if not ids:
                     break
                 passed = batch[-1]
