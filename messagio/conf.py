@@ -88,7 +88,8 @@ DEFAULTS: dict[str, Any] = {
     # original still waits in a backlog may run a group's listeners out of order if the two
     # overlap (each listener still runs once).
     "PUBLISH_AGAIN_AFTER": 600,
-    # Days succeeded / failed records are kept by the prune task; None keeps them forever.
+    # Days succeeded / failed records are kept by the prune task (replay records: once nothing
+    # they ran is left, after the failed days); None keeps them forever.
     "RETAIN_SUCCEEDED_DAYS": 30,
     "RETAIN_FAILED_DAYS": 90,
     # Events deleted per batch (with their deliveries and attempts) by the prune task and

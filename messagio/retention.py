@@ -42,16 +42,47 @@ def count_expired(succeeded_days: float | None, failed_days: float | None) -> in
     return sum(selection.order_by().count() for selection in selections)
 
 
+def prune_ended_replays(before: datetime.datetime | None, batch_size: int) -> int:
+    """Delete the Replay records that ended before ``before`` and that no delivery or
+    attempt names any more; how many.
+
+    What a replay ran is kept as long as failures (RETAIN_FAILED_DAYS) and goes with its
+    events: its record, the audit of who asked for it and why, goes once nothing it ran
+    is left, and not before.
+    """
+    from django.db.models import Exists, OuterRef
+
+    from messagio.models import Attempt, Delivery, Replay
+
+    if before is None:
+        return 0
+    ended = Replay.objects.filter(
+        state__in=[Replay.State.FINISHED, Replay.State.STOPPED], finished_at__lt=before
+    ).exclude(
+        Exists(Delivery.objects.filter(replay=OuterRef("pk")))
+        | Exists(Attempt.objects.filter(replay=OuterRef("pk")))
+    )
+    deleted = 0
+    while ids := list(ended.order_by("pk").values_list("pk", flat=True)[:batch_size]):
+        # Selected again by the delete: a replay that named something meanwhile is kept.
+        count, _ = ended.filter(pk__in=ids).delete()
+        deleted += count
+    return deleted
+
+
 def prune_expired(
     succeeded_days: float | None = None,
     failed_days: float | None = None,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
     use_settings: bool = True,
+    replays_deleted: Callable[[int], None] | None = None,
 ) -> int:
-    """Delete finished events older than the retention settings (or the given days).
+    """Delete finished events older than the retention settings (or the given days), then
+    the replay records left naming none of what is kept; how many events.
 
     A bad number of days or batch size raises ValueError before anything is deleted.
+    ``replays_deleted`` is told how many replay records went.
     """
     from messagio.models import Event
 
@@ -65,9 +96,13 @@ def prune_expired(
     check_retention(succeeded_days, SUCCEEDED_DAYS)
     check_retention(failed_days, FAILED_DAYS)
     check_batch_size(batch_size, BATCH_SIZE_NAME)
-    return Event.objects.prune(
+    events = Event.objects.prune(
         succeeded_before=cutoff(succeeded_days),
         failed_before=cutoff(failed_days),
         batch_size=batch_size,
         progress=progress,
     )
+    replays = prune_ended_replays(cutoff(failed_days), batch_size)
+    if replays_deleted is not None:
+        replays_deleted(replays)
+    return events

@@ -557,3 +557,58 @@ def test_an_event_a_replay_takes_while_its_batch_is_pruned_is_kept(monkeypatch):
     assert deleted == 1
     assert exists(taken) and not exists(other)
     assert Delivery.objects.filter(event=taken).count() == 2
+
+
+def ended_replay(days_ago_ended: float, state: str = Replay.State.FINISHED) -> Replay:
+    return Replay.objects.create(state=state, finished_at=days_ago(days_ago_ended))
+
+
+def test_a_replay_record_goes_once_nothing_it_ran_is_kept_and_it_ended_past_the_failed_days():
+    gone_with_its_event = ended_replay(11)
+    failed_old = make_event(11, "failed")
+    Delivery.objects.filter(event=failed_old).update(replay=gone_with_its_event)
+    stopped_long_ago = ended_replay(11, Replay.State.STOPPED)
+    ended_lately = ended_replay(9)
+    still_running = Replay.objects.create(finished_at=None)
+    names_a_kept_attempt = ended_replay(11)
+    failed_recent = make_event(6, "failed")
+    Attempt.objects.filter(delivery__event=failed_recent).update(replay=names_a_kept_attempt)
+    replays: list[int] = []
+
+    deleted = prune_expired(succeeded_days=5, failed_days=10, replays_deleted=replays.append)
+
+    assert deleted == 1 and not exists(failed_old)
+    assert replays == [2]
+    assert set(Replay.objects.values_list("pk", flat=True)) == {
+        ended_lately.pk,
+        still_running.pk,
+        names_a_kept_attempt.pk,
+    }
+    assert not Replay.objects.filter(pk__in=[gone_with_its_event.pk, stopped_long_ago.pk]).exists()
+
+
+def test_replay_records_are_kept_forever_when_failures_are():
+    kept = ended_replay(10_000)
+
+    prune_expired(succeeded_days=1, failed_days=None, use_settings=False)
+
+    assert Replay.objects.filter(pk=kept.pk).exists()
+
+
+def test_replay_records_are_deleted_in_batches():
+    for _ in range(5):
+        ended_replay(40)
+
+    prune_expired(failed_days=30, batch_size=2, use_settings=False)
+
+    assert not Replay.objects.exists()
+
+
+def test_the_prune_command_says_how_many_replay_records_went():
+    make_event(40, "succeeded")
+    ended_replay(100)
+    out = io.StringIO()
+
+    call_command("messagio_prune", stdout=out)
+
+    assert out.getvalue().endswith("Deleted 1 event(s) and 1 replay record(s).\n")

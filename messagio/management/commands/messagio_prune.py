@@ -38,6 +38,7 @@ class Command(BaseCommand):
             succeeded_days = get_setting("RETAIN_SUCCEEDED_DAYS")
         if failed_days is None:
             failed_days = get_setting("RETAIN_FAILED_DAYS")
+        replays: list[int] = []
         try:
             if dry_run:
                 if batch_size is not None:  # refused here as the real run would refuse it
@@ -51,7 +52,9 @@ class Command(BaseCommand):
                 batch_size=batch_size,
                 progress=progress,
                 use_settings=False,
+                replays_deleted=replays.append,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(f"\rDeleted {deleted} event(s).")
+        also = f" and {replays[0]} replay record(s)" if replays and replays[0] else ""
+        self.stdout.write(f"\rDeleted {deleted} event(s){also}.")
