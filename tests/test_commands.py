@@ -373,6 +373,33 @@ def test_a_command_replay_records_its_filters_for_the_audit(monkeypatch):
     assert Replay.objects.get().description == ("failed deliveries --type Ping --since 2024-03-09")
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.django_db(transaction=True)  # replay() runs as it commits
+@pytest.mark.parametrize(
+    ("out", "verbosity", "progress"),
+    [
+        (Terminal, 1, f"\r[{'#' * 15}{'.' * 15}] 1/2\r[{'#' * 30}] 2/2\n"),
+        (io.StringIO, 1, ""),
+        (io.StringIO, 2, f"[{'#' * 15}{'.' * 15}] 1/2\n[{'#' * 30}] 2/2\n"),
+    ],
+)
+def test_the_replay_commands_progress_bar_is_for_a_terminal(monkeypatch, out, verbosity, progress):
+    from messagio import replays
+
+    monkeypatch.setattr(replays, "publish_all", lambda envelopes: ["task"] * len(envelopes))
+    make_delivery("failed"), make_delivery("failed")
+    written = out()
+
+    call_command("messagio_replay", "--batch-size=1", verbosity=verbosity, stdout=written)
+
+    record = Replay.objects.get()
+    assert written.getvalue() == f"{progress}Replay #{record.pk}: queued 2 of 2.\n"
+
+
 @pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 def test_a_replay_interrupted_is_recorded_stopped_with_what_it_queued(monkeypatch):
     from messagio import replays

@@ -446,17 +446,35 @@ def test_the_prune_command_defaults_to_the_retention_settings():
     assert "Deleted 1 event(s)." in out.getvalue()
 
 
-def test_the_prune_command_deletes_in_batches_showing_progress():
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_prune_command_deletes_in_batches_showing_progress_on_a_terminal():
     for _ in range(3):
         make_event(40, "succeeded")
-    out = io.StringIO()
+    out = Terminal()
 
     call_command("messagio_prune", "--succeeded-days", "1", "--batch-size", "2", stdout=out)
 
     assert Event.objects.count() == 0
-    assert "deleted 2 event(s)" in out.getvalue()
-    assert "deleted 3 event(s)" in out.getvalue()
-    assert out.getvalue().endswith("Deleted 3 event(s).\n")
+    assert out.getvalue() == "\rdeleted 2 event(s)\rdeleted 3 event(s)\nDeleted 3 event(s).\n"
+
+
+@pytest.mark.parametrize(
+    ("verbosity", "progress"), [(1, ""), (2, "deleted 2 event(s)\ndeleted 3 event(s)\n")]
+)
+def test_the_prune_command_writes_no_carriage_return_to_a_log(verbosity, progress):
+    for _ in range(3):
+        make_event(40, "succeeded")
+    out = io.StringIO()
+
+    call_command(
+        "messagio_prune", "--succeeded-days=1", "--batch-size=2", verbosity=verbosity, stdout=out
+    )
+
+    assert out.getvalue() == f"{progress}Deleted 3 event(s).\n"
 
 
 def test_the_prune_command_with_nothing_expired_deletes_nothing():

@@ -3,6 +3,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from messagio.conf import get_setting
+from messagio.management.progress import Progress
 from messagio.retention import BATCH_SIZE_NAME, check_batch_size, count_expired, prune_expired
 
 
@@ -30,9 +31,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, succeeded_days, failed_days, batch_size, dry_run, **options):
+        shown = Progress(self, options["verbosity"])
+
         def progress(count: int) -> None:
-            self.stdout.write(f"\rdeleted {count} event(s)", ending="")
-            self.stdout.flush()
+            shown.show(f"deleted {count} event(s)")
 
         if succeeded_days is None:
             succeeded_days = get_setting("RETAIN_SUCCEEDED_DAYS")
@@ -55,6 +57,8 @@ class Command(BaseCommand):
                 replays_deleted=replays.append,
             )
         except ValueError as exc:
+            shown.end()
             raise CommandError(str(exc)) from exc
+        shown.end()
         also = f" and {replays[0]} replay record(s)" if replays and replays[0] else ""
-        self.stdout.write(f"\rDeleted {deleted} event(s){also}.")
+        self.stdout.write(f"Deleted {deleted} event(s){also}.")

@@ -7,6 +7,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from messagio.management.progress import Progress
 from messagio.models import Delivery, Replay
 from messagio.replays import check_options, replay
 
@@ -89,13 +90,12 @@ class Command(BaseCommand):
             # Nothing recorded for it: a typo in a filter is not an empty replay in the audit.
             raise CommandError("No failed delivery matches these filters; nothing replayed.")
 
+        shown = Progress(self, options["verbosity"])
+
         def progress(record: Replay) -> None:
             total = max(record.total, 1)
             done = int(30 * record.queued / total)
-            self.stdout.write(
-                f"\r[{'#' * done}{'.' * (30 - done)}] {record.queued}/{record.total}", ending=""
-            )
-            self.stdout.flush()
+            shown.show(f"[{'#' * done}{'.' * (30 - done)}] {record.queued}/{record.total}")
 
         try:
             record = replay(
@@ -110,12 +110,12 @@ class Command(BaseCommand):
                 progress=progress,
             )
         except KeyboardInterrupt:
-            self.stdout.write("")
+            shown.end()
             raise CommandError(
                 "Interrupted: the replay is recorded stopped, with what it queued (see the "
                 "Replays screen); run it again to replay the rest"
             ) from None
-        self.stdout.write("")
+        shown.end()
         if record.state == Replay.State.STOPPED:
             raise CommandError(f"Replay #{record.pk} stopped: {record.stopped_reason}")
         self.stdout.write(f"Replay #{record.pk}: queued {record.queued} of {record.total}.")
