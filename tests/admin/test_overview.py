@@ -36,12 +36,12 @@ def test_the_overview_counts_events_and_deliveries_by_status(admin_client):
     assert counts(html) == {
         "events fired": "3",
         "deliveries succeeded": "2",
-        "deliveries failed": "1",
+        "delivery failed": "1",
         "retrying": "1",
         "running": "1",
         "pending (all)": "2",
         "events waiting for a worker": "0",
-        "events not published yet (all)": "1",
+        "event not published yet (all)": "1",
     }
 
 
@@ -52,7 +52,7 @@ def test_the_overview_counts_the_events_waiting_for_a_worker(admin_client):
 
     html = admin_client.get(EVENTS).content.decode()
 
-    assert counts(html)["events waiting for a worker"] == "1"
+    assert counts(html)["event waiting for a worker"] == "1"
     # The link lists the event it counts, not every event in flight.
     listed = admin_client.get(f"{EVENTS}?status=waiting")
     assert '<a href="?status=waiting">1</a>' in html
