@@ -5,6 +5,7 @@ import re
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -170,3 +171,19 @@ def test_the_overview_is_not_computed_for_a_user_who_may_not_see_events(client):
 
     assert response.status_code == 403
     assert not any("messagio_event" in q["sql"] for q in captured.captured_queries)
+
+
+@pytest.mark.parametrize("time_zone", ["UTC", "Europe/Paris"])
+def test_the_events_list_and_its_overview_work_without_use_tz(admin_client, time_zone):
+    with override_settings(USE_TZ=False, TIME_ZONE=time_zone):
+        make_event("succeeded", "failed")
+        make_event("succeeded")
+
+        response = admin_client.get(EVENTS)
+        result = overview()
+
+    assert response.status_code == 200
+    assert counts(response.content.decode())["events fired"] == "2"
+    # Both in the current hour's bar, the last of the 24.
+    assert [bar.events for bar in result.hours][-1] == 2
+    assert [bar.failed for bar in result.hours][-1] == 1
