@@ -120,6 +120,9 @@ class Replay(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="+",
+        # No database constraint: a project may route messagio's records to a database of
+        # their own, without the user table (Django still sets it to NULL on a user delete).
+        db_constraint=False,
     )
     requested_at = models.DateTimeField(_("requested at"), default=timezone.now)
     reason = models.TextField(_("reason"), blank=True)

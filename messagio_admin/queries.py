@@ -74,14 +74,14 @@ DURATION_SAMPLE = 1000
 
 
 def distinct_values(
-    model: Any, field_name: str, *, limit: int = DISTINCT_LIMIT, using: str = "default"
+    model: Any, field_name: str, *, limit: int = DISTINCT_LIMIT, using: str | None = None
 ) -> list[str]:
     """The distinct values of ``field_name``, sorted, by walking an index that starts with it.
 
     One statement, one index lookup per value: fast on a table of millions of rows as long
     as an index leads with the column, and as long as the values are few.
     """
-    connection = connections[using]
+    connection = connections[using or model.objects.db]  # the database the router reads it from
     qn = connection.ops.quote_name
     table = qn(model._meta.db_table)
     column = qn(model._meta.get_field(field_name).column)
@@ -557,14 +557,14 @@ class ListenerStats:
 
 
 def listener_stats(
-    listeners: Iterable[str], since: datetime.datetime, using: str = "default"
+    listeners: Iterable[str], since: datetime.datetime, using: str | None = None
 ) -> dict[tuple[str, str], ListenerStats]:
     """Runs, failures and median / p95 duration per listener and messagio type, keyed
     ``(listener, type)``, of deliveries finished since ``since``. One statement on
     PostgreSQL (percentile_cont, after ``SET LOCAL jit = off``), two elsewhere (the most
     recent :data:`DURATION_SAMPLE` durations per key, read with a window function)."""
     keys = ("listener", "messagio_type")
-
+    using = using or Delivery.objects.db
     names = sorted(set(listeners))
     if not names:
         return {}

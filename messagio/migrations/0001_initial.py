@@ -55,7 +55,7 @@ class Migration(migrations.Migration):
                 ('max_failure_rate', models.FloatField(blank=True, null=True, verbose_name='stop above failure rate')),
                 ('stopped_reason', models.TextField(blank=True, verbose_name='why it stopped')),
                 ('finished_at', models.DateTimeField(blank=True, null=True, verbose_name='finished at')),
-                ('requested_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='requested by')),
+                ('requested_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', db_constraint=False, to=settings.AUTH_USER_MODEL, verbose_name='requested by')),
             ],
             options={
                 'verbose_name': 'replay',

@@ -4,6 +4,7 @@ import datetime
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -225,3 +226,38 @@ def test_failure_groups_pick_a_sample_per_group_in_one_more_query():
     assert not more
     assert {g.error_type for g in groups} == {"errors.A", "errors.B", "errors.C"}
     assert all(g.sample["error_type"] == g.error_type for g in groups)
+
+
+class RecordsElsewhere:
+    """A project's router that keeps messagio's records in a database of their own."""
+
+    def db_for_write(self, model, **hints):
+        return "records" if model._meta.app_label == "messagio" else None
+
+    db_for_read = db_for_write
+
+
+@pytest.mark.django_db(databases=["default", "records"])
+def test_the_index_walks_and_statistics_read_the_database_the_records_are_routed_to(
+    admin_client,
+):
+    with override_settings(DATABASE_ROUTERS=[RecordsElsewhere()]):
+        make_event("succeeded", "failed", messagio_type="a.Elsewhere")
+        assert not Event.objects.using("default").exists()
+
+        types = queries.distinct_values(Event, "messagio_type")
+        listeners = queries.distinct_values(Delivery, "listener")
+        stats = queries.listener_stats(LISTENERS, timezone.now() - datetime.timedelta(hours=1))
+        pages = [
+            admin_client.get(url)
+            for url in (
+                "/admin/messagio/event/",
+                "/admin/messagio/delivery/",
+                "/admin/messagio/delivery/listeners/",
+            )
+        ]
+
+    assert types == ["a.Elsewhere"]
+    assert listeners == LISTENERS[:2]
+    assert stats[(LISTENERS[1], "a.Elsewhere")].failures == 1
+    assert [page.status_code for page in pages] == [200, 200, 200]
