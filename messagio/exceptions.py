@@ -30,6 +30,11 @@ class ListenerTimeoutError(Exception):
     """A listener ran past its time limit in a worker and was stopped."""
 
 
+class ListenerLeftTransactionOpenError(RuntimeError):
+    """A listener returned with a database transaction of its own still open (an atomic block
+    entered and not exited, autocommit turned off): rolled back, its writes there undone."""
+
+
 class CeleryRetryRefusedError(RuntimeError):
     """A listener called Celery's ``retry()`` on the task running its group."""
 

@@ -6,7 +6,6 @@ so that every run is recorded the same way wherever it happens.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 import signal
@@ -23,6 +22,7 @@ from django.utils import timezone
 
 from messagio.dispatch import resolve_listener, should_retry
 from messagio.exceptions import (
+    ListenerLeftTransactionOpenError,
     ListenerNotFoundError,
     ListenerTimeoutError,
     PayloadSignatureError,
@@ -127,6 +127,14 @@ class TimeLimit:
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
         self.running = False
+        #: Whether it was raised in the listener: past its limit, whatever the listener did
+        #: with it (an ``except Exception:`` that went on, a query it interrupted).
+        self.expired = False
+
+    def exceeded(self) -> ListenerTimeoutError:
+        return ListenerTimeoutError(
+            f"the listener ran past its time limit of {self.seconds:g}s and was stopped"
+        )
 
     def start(self) -> None:
         if self.seconds:
@@ -164,9 +172,8 @@ def time_limit(seconds: float | None) -> Iterator[TimeLimit]:
 
     def expire(signum: int, frame: Any) -> None:
         if limit.running:
-            raise ListenerTimeoutError(
-                f"the listener ran past its time limit of {seconds:g}s and was stopped"
-            )
+            limit.expired = True
+            raise limit.exceeded()
         # Due as it was stopped: never raised outside the listener, and not again.
         signal.setitimer(signal.ITIMER_REAL, 0)
 
@@ -195,6 +202,70 @@ def load_messagio(payload: bytes, messagio_type: str) -> Any:
             "worker started before the class was added needs a restart; a class renamed or "
             "moved needs an alias at its old path to run or replay its events"
         ) from exc
+
+
+def stops_the_task(exc: BaseException) -> bool:
+    """Whether ``exc`` is how a gevent or eventlet pool stops the task (its Timeout,
+    GreenletExit), to be let through rather than recorded as the listener's failure."""
+    module = type(exc).__module__ or ""
+    return module.split(".")[0] in ("gevent", "eventlet", "greenlet")
+
+
+#: Per database alias, the atomic blocks open and whether autocommit was on.
+TransactionState = dict[str, tuple[int, bool]]
+
+
+def open_transactions() -> TransactionState:
+    """The transactions open on this thread's database connections, before a listener runs."""
+    from django.db import connections
+
+    return {
+        connection.alias: (len(connection.atomic_blocks), _autocommit(connection))
+        for connection in connections.all(initialized_only=True)
+    }
+
+
+def _autocommit(connection: Any) -> bool:
+    # Not get_autocommit(): it would connect. An unconnected one commits as its settings say.
+    if connection.connection is None:
+        return bool(connection.settings_dict.get("AUTOCOMMIT", True))
+    return bool(connection.autocommit)
+
+
+def close_transactions_left_open(
+    before: TransactionState,
+) -> ListenerLeftTransactionOpenError | None:
+    """Roll back what a listener left open on any connection (an atomic block entered and
+    not exited, autocommit turned off), back to what was open before it ran; what says so.
+
+    Left open, the transaction would take in messagio's records of this and every later
+    delivery the process runs, and hold their locks, never committed.
+    """
+    from django.db import connections
+
+    left = []
+    for connection in connections.all(initialized_only=True):
+        depth, autocommit = before.get(connection.alias, (0, _autocommit(connection)))
+        blocks = connection.atomic_blocks
+        if len(blocks) > depth:
+            left.append(f"{len(blocks) - depth} atomic block(s) on {connection.alias!r}")
+            rollback = ListenerLeftTransactionOpenError("left open by the listener")
+            while len(connection.atomic_blocks) > depth:
+                connection.atomic_blocks[-1].__exit__(type(rollback), rollback, None)
+        if not connection.in_atomic_block and _autocommit(connection) != autocommit:
+            left.append(
+                f"autocommit turned {'off' if autocommit else 'on'} on {connection.alias!r}"
+            )
+            if connection.connection is not None:
+                connection.rollback()
+            connection.set_autocommit(autocommit)
+    if not left:
+        return None
+    return ListenerLeftTransactionOpenError(
+        f"the listener returned with a database transaction still open ({', '.join(left)}): "
+        "it was rolled back, and its writes there undone. Exit every transaction.atomic() it "
+        "enters (a with statement), and give autocommit back"
+    )
 
 
 def _creates_group(envelope: dict[str, Any], spec: dict[str, Any]) -> bool:
@@ -285,6 +356,8 @@ def run_once(
     result: Any = None
     error: BaseException | None = None
     escaping: BaseException | None = None
+    running_limit: TimeLimit | None = None
+    transactions = open_transactions()
     try:
         if load_error is not None:
             raise load_error
@@ -310,15 +383,37 @@ def run_once(
     except EXITS as exc:
         if not exit_is_the_listeners_own(exc):
             setattr(exc, RECORDED_EXIT, False)  # were it raised again after being recorded
+            close_transactions_left_open(transactions)
             raise  # a worker shutting down: the delivery stays running, its message returns
         error = escaping = exc
         setattr(exc, RECORDED_EXIT, True)
-    except asyncio.CancelledError as exc:
-        # A BaseException a listener's own event loop raises: recorded as its failure (raised
-        # out of the task, the outcome would be lost with the message acknowledged). Not
-        # gevent's or eventlet's Timeout and GreenletExit, with which a pool stops a task.
+    except BaseException as exc:
+        # GeneratorExit, asyncio's CancelledError from a listener's own event loop, a
+        # project's own BaseException: recorded as its failure (raised out of the task, the
+        # outcome would be lost and the listener taken for a lost worker's). Not gevent's or
+        # eventlet's Timeout and GreenletExit, with which a pool stops a task.
+        if stops_the_task(exc):
+            close_transactions_left_open(transactions)
+            raise
         error = exc
     duration_ms = (time.perf_counter() - start) * 1000
+    if running_limit is not None and running_limit.expired:
+        if not isinstance(error, ListenerTimeoutError):
+            # It went on past its limit (an except that swallowed it), or the limit broke
+            # what it was doing into another error: timed out all the same.
+            expired = running_limit.exceeded()
+            expired.__context__ = error
+            error = expired
+    elif isinstance(error, ListenerTimeoutError) and running_limit is not None:
+        # Raised by the limit of a listener that runs this one (a sync fire in it).
+        stopped = ListenerTimeoutError(
+            f"stopped by the time limit of the listener running it: {error}"
+        )
+        stopped.__context__ = error
+        error = stopped
+    left_open = close_transactions_left_open(transactions)
+    if left_open is not None and error is None:
+        error = left_open
 
     will_retry = False
     if escaping is None and error is not None and not isinstance(error, NOT_RETRYABLE):

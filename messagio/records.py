@@ -1161,7 +1161,11 @@ def text_of(render: Callable[[], str], what: Any) -> str:
     ``repr``/``str`` raises must not keep its outcome from being recorded."""
     try:
         return storable(render())
-    except Exception as exc:  # noqa: BLE001
+    except BaseException as exc:  # noqa: BLE001 - a repr raising SystemExit too
+        from messagio.execution import EXITS, exit_is_the_listeners_own, stops_the_task
+
+        if stops_the_task(exc) or (isinstance(exc, EXITS) and not exit_is_the_listeners_own(exc)):
+            raise  # the worker shutting down as it happened
         return f"<{type(what).__name__}: its text could not be made ({type(exc).__name__})>"
 
 

@@ -255,7 +255,11 @@ def shut_down(messagio: Quits) -> None:
 
 
 class PoolKill(BaseException):
-    """What gevent's Timeout or GreenletExit are: a BaseException a pool stops a task with."""
+    """What gevent's Timeout or GreenletExit are: a BaseException a pool stops a task with,
+    told from a listener's own by its module (gevent is not installed here)."""
+
+
+PoolKill.__module__ = "gevent.timeout"
 
 
 def killed_by_its_pool(messagio: Quits) -> None:

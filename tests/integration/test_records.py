@@ -1482,3 +1482,65 @@ def test_a_claim_waits_for_a_requeue_still_writing_and_takes_what_it_wrote():
     assert claimed is not None and claimed.run
     assert Delivery.objects.get(pk=stuck.pk).task_id == "the-requeued-message"
 
+
+@pytest.mark.parametrize(
+    ("how", "error_type", "outcome"),
+    [
+        ("leaves atomic open", "messagio.exceptions.ListenerLeftTransactionOpenError", "failed"),
+        ("leaves autocommit off", "messagio.exceptions.ListenerLeftTransactionOpenError", "failed"),
+        ("raises GeneratorExit", "builtins.GeneratorExit", "failed"),
+        ("raises its own BaseException", "tests.testapp.messagio.OwnBaseException", "failed"),
+        ("swallows its time limit", "messagio.exceptions.ListenerTimeoutError", "timeout"),
+        (
+            "runs a sync fire past its time limit",
+            "messagio.exceptions.ListenerTimeoutError",
+            "timeout",
+        ),
+    ],
+)
+def test_a_misbehaving_listener_is_recorded_failed_and_the_next_one_runs_and_is_recorded(
+    worker, how, error_type, outcome
+):
+    from messagio.models import Attempt
+    from tests.testapp.messagio import Misbehaves
+
+    token = new_token()
+    report = Misbehaves(token, how).fire()
+
+    wait_for(
+        lambda: (
+            Delivery.objects.filter(event_id=report.event_id, finished_at__isnull=False)
+            .exclude(status="running")
+            .count()
+            == 2
+        ),
+        what=f"both deliveries of a listener that {how} to be recorded",
+    )
+    misbehaved, after = Delivery.objects.filter(event_id=report.event_id).order_by("position")
+    assert (misbehaved.status, misbehaved.attempts, misbehaved.error_type) == (
+        "failed",
+        1,
+        error_type,
+    )
+    assert list(Attempt.objects.filter(delivery=misbehaved).values_list("outcome", flat=True)) == [
+        outcome
+    ]
+    assert (after.status, after.attempts) == ("succeeded", 1)
+    # What it wrote in the transaction it left open was rolled back; the next one's write stays.
+    assert list(Call.objects.filter(token=token).values_list("listener", flat=True)) == ["after"]
+
+
+def test_a_sync_run_stopped_by_the_limit_of_the_listener_that_fired_it_says_so(worker):
+    from tests.testapp.messagio import Misbehaves, SleepsInside
+
+    token = new_token()
+    Misbehaves(token, "runs a sync fire past its time limit").fire()
+
+    wait_for(
+        lambda: Delivery.objects.filter(
+            messagio_type=SleepsInside.get_name(), status="failed", event__summary__token=token
+        ).exists(),
+        what="the sync run to be recorded",
+    )
+    inner = Delivery.objects.get(messagio_type=SleepsInside.get_name(), event__summary__token=token)
+    assert inner.error.startswith("stopped by the time limit of the listener running it: ")

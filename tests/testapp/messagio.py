@@ -309,3 +309,60 @@ def retries_its_task(event: RetriesItsTask) -> None:
 @listen_to_message(RetriesItsTask)
 def after_retries_its_task(event: RetriesItsTask) -> None:
     record("after_retries_its_task", event)
+
+
+@dataclass
+class Misbehaves(Messagio):
+    """A listener that misbehaves as ``how`` says, and one after it in its group."""
+
+    token: str
+    how: str
+
+
+class OwnBaseException(BaseException):
+    """A project's own BaseException, as some frameworks raise for control flow."""
+
+
+@listen_to_message(Misbehaves, time_limit=0.5)
+def misbehaves(event: Misbehaves) -> str:
+    from django.db import transaction
+
+    if event.how == "leaves atomic open":
+        transaction.atomic().__enter__()
+        record("inside", event)
+    elif event.how == "leaves autocommit off":
+        transaction.set_autocommit(False)
+        record("inside", event)
+    elif event.how == "raises GeneratorExit":
+        raise GeneratorExit("from the listener")
+    elif event.how == "raises its own BaseException":
+        raise OwnBaseException("from the listener")
+    elif event.how == "runs a sync fire past its time limit":
+        SleepsInside(event.token).fire(sync=True)
+    elif event.how == "swallows its time limit":
+        swallowed = 0
+        deadline = time.monotonic() + 1.2
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.05)
+            except Exception:  # noqa: BLE001 - the per-item loop the time limit must beat
+                swallowed += 1
+        return f"done anyway, swallowed {swallowed}"
+    return "behaved"
+
+
+@listen_to_message(Misbehaves)
+def after_misbehaving(event: Misbehaves) -> None:
+    record("after", event)
+
+
+@dataclass
+class SleepsInside(Messagio):
+    """Fired with sync=True by a listener with a time limit; its own has none."""
+
+    token: str
+
+
+@listen_to_message(SleepsInside)
+def sleeps_inside(event: SleepsInside) -> None:
+    time.sleep(1.0)
