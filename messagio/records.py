@@ -669,40 +669,6 @@ def _cause(error: Exception) -> Exception:
     return error.cause if isinstance(error, PublishRefusedError) else error
 
 
-def note_key_mismatch(event_id: Any, worker: str) -> bool:
-    """Say on the Event a task message names, where the admin shows it, that a worker could
-    not verify that message, when this worker's keys do not verify the Event's recorded
-    payload either: the firing process signed both with a key this worker does not hold
-    (a forged message cannot make a recorded payload fail). Whether it was said.
-
-    The message is not trusted: only its event id is read, and only an Event already
-    recorded, published, with nothing said of it yet, is written to.
-    """
-    from messagio.exceptions import PayloadSignatureError
-    from messagio.payload import unsign
-
-    try:
-        pk = uuid.UUID(str(event_id))
-    except ValueError:
-        return False
-    unsaid = Event.objects.filter(pk=pk, state=Event.State.PUBLISHED, publish_error="")
-    payload = unsaid.values_list("payload", flat=True).first()
-    if payload is None:
-        return False
-    try:
-        unsign(payload)
-        return False  # recorded with a key this worker holds: a forged message, not the keys
-    except PayloadSignatureError:
-        pass
-    said = (
-        f"{timezone.now():%Y-%m-%d %H:%M:%S %Z}: worker {worker or '?'} could not verify this "
-        "event's task message and dropped it, nothing run: its SECRET_KEY (or MESSAGIO"
-        "['SIGNING_KEY']) differs from the one that signed it. Give web and workers the same "
-        "key, then publish it again."
-    )
-    return bool(unsaid.update(publish_error=said))
-
-
 def recreate_from_envelope(envelope: dict[str, Any]) -> None:
     """Write the Event and this group's Deliveries from a task, when the fire never did."""
     event = _event_from_envelope(envelope)

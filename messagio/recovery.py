@@ -480,8 +480,7 @@ def _take(event: Any, published_at: datetime.datetime) -> datetime.datetime | No
     taken = (
         Event.objects.filter(pk=event.pk, published_at=published_at)
         .exclude(_has_running())
-        # Published again: what a worker said of the last publish (note_key_mismatch) is past.
-        .update(published_at=now, publish_error="")
+        .update(published_at=now)
     )
     return now if taken else None
 

@@ -99,7 +99,6 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
 
     seal = check(envelope) if _needs_a_seal(self.request) else "sealed"
     if seal == "forged":
-        _note_key_mismatch(envelope, self.request.hostname or "")
         logger.error(
             "messagio: dropped a task message for event %r that messagio did not seal "
             "(forged, or sealed with another key: check that SECRET_KEY / MESSAGIO"
@@ -198,19 +197,6 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
                 )
                 if ctx.record:
                     _retry_not_sent(spec["delivery"], ctx.retry_task_ids.get(spec["delivery"]))
-
-
-def _note_key_mismatch(envelope: Any, worker: str) -> None:
-    """On the Event of a message this worker could not verify, whether its keys are to blame
-    (see records.note_key_mismatch); never in the way of dropping the message."""
-    from messagio.records import note_key_mismatch
-
-    if not isinstance(envelope, dict) or not envelope.get("record"):
-        return
-    try:
-        note_key_mismatch(envelope.get("event"), worker)
-    except Exception:  # noqa: BLE001 - the message is dropped either way, and logged
-        logger.exception("messagio: could not look up the event of an unverified message")
 
 
 def _retry_not_sent(delivery_id: str, task_id: str | None) -> None:

@@ -386,34 +386,6 @@ def test_a_task_message_messagio_did_not_seal_runs_and_writes_nothing(worker):
     assert not Call.objects.filter(token=token).exists()
 
 
-def test_a_worker_with_another_key_says_so_on_the_event_it_could_not_verify(worker):
-    from django.conf import settings
-
-    elsewhere = {**settings.MESSAGIO, "SIGNING_KEY": "the-web-processes-key-not-the-workers"}
-    token = new_token()
-    with override_settings(MESSAGIO=elsewhere):
-        mismatched = Fixable(token).fire()
-    # A forged copy naming an event recorded with the worker's own key says nothing of it.
-    genuine, envelope = published_group(Fixable(new_token()))
-    send_as_is(dict(envelope, seal="forged"))
-
-    for event_id in (mismatched.event_id, genuine.id):
-        wait_for(
-            lambda e=event_id: f"for event '{e}' that messagio did not seal" in worker.output(),
-            what=f"the message of {event_id} to be dropped",
-        )
-    wait_for(
-        lambda: Event.objects.get(pk=mismatched.event_id).publish_error != "",
-        what="the key mismatch to be said on the event",
-    )
-    said = Event.objects.get(pk=mismatched.event_id).publish_error
-    assert "could not verify this event's task message" in said
-    assert "SECRET_KEY (or MESSAGIO['SIGNING_KEY']) differs" in said
-    assert Event.objects.get(pk=genuine.id).publish_error == ""
-    assert not Delivery.objects.filter(event_id=mismatched.event_id).exists()
-    assert not Call.objects.filter(token=token).exists()
-
-
 def test_a_replay_message_messagio_did_not_seal_replays_nothing(worker):
     from messagio.tasks import REPLAY_TASK
 
