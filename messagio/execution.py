@@ -149,6 +149,11 @@ class TimeLimit:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+#: The time limit in force in this context (a sync run inside a limited listener runs
+#: within that listener's limit).
+enclosing_limit: ContextVar[TimeLimit | None] = ContextVar("messagio_time_limit", default=None)
+
+
 @contextmanager
 def time_limit(seconds: float | None) -> Iterator[TimeLimit]:
     """Raise ListenerTimeoutError in the running listener after ``seconds`` (SIGALRM), and
@@ -178,9 +183,11 @@ def time_limit(seconds: float | None) -> Iterator[TimeLimit]:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
     previous = signal.signal(signal.SIGALRM, expire)
+    enclosing = enclosing_limit.set(limit)
     try:
         yield limit
     finally:
+        enclosing_limit.reset(enclosing)
         limit.running = False
         try:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -243,15 +250,25 @@ def close_transactions_left_open(
     """
     from django.db import connections
 
-    left = []
+    left: list[str] = []
+    kept: list[str] = []
     for connection in connections.all(initialized_only=True):
-        depth, autocommit = before.get(connection.alias, (0, _autocommit(connection)))
+        # A connection first used by the listener started as its settings say.
+        unused = (0, bool(connection.settings_dict.get("AUTOCOMMIT", True)))
+        depth, autocommit = before.get(connection.alias, unused)
         blocks = connection.atomic_blocks
         if len(blocks) > depth:
             left.append(f"{len(blocks) - depth} atomic block(s) on {connection.alias!r}")
             rollback = ListenerLeftTransactionOpenError("left open by the listener")
             while len(connection.atomic_blocks) > depth:
-                connection.atomic_blocks[-1].__exit__(type(rollback), rollback, None)
+                if len(connection.atomic_blocks) > 1 and connection.savepoint_ids[-1] is None:
+                    # atomic(savepoint=False) in an enclosing one: nothing to roll back to
+                    # but the whole enclosing transaction, which is not the listener's to
+                    # doom. Closed as it would have been; its writes stay in that one.
+                    kept.append(connection.alias)
+                    connection.atomic_blocks[-1].__exit__(None, None, None)
+                else:
+                    connection.atomic_blocks[-1].__exit__(type(rollback), rollback, None)
         if not connection.in_atomic_block and _autocommit(connection) != autocommit:
             left.append(
                 f"autocommit turned {'off' if autocommit else 'on'} on {connection.alias!r}"
@@ -261,10 +278,16 @@ def close_transactions_left_open(
             connection.set_autocommit(autocommit)
     if not left:
         return None
+    undone = (
+        f"its writes in atomic(savepoint=False) stay in the enclosing transaction on "
+        f"{', '.join(repr(alias) for alias in sorted(set(kept)))}, the rest was rolled back"
+        if kept
+        else "it was rolled back, and its writes there undone"
+    )
     return ListenerLeftTransactionOpenError(
         f"the listener returned with a database transaction still open ({', '.join(left)}): "
-        "it was rolled back, and its writes there undone. Exit every transaction.atomic() it "
-        "enters (a with statement), and give autocommit back"
+        f"{undone}. Exit every transaction.atomic() it enters (a with statement), and give "
+        "autocommit back"
     )
 
 
@@ -358,6 +381,8 @@ def run_once(
     escaping: BaseException | None = None
     running_limit: TimeLimit | None = None
     transactions = open_transactions()
+    enclosing = enclosing_limit.get()
+    enclosing_expired = enclosing is not None and enclosing.expired
     try:
         if load_error is not None:
             raise load_error
@@ -404,10 +429,11 @@ def run_once(
             expired = running_limit.exceeded()
             expired.__context__ = error
             error = expired
-    elif isinstance(error, ListenerTimeoutError) and running_limit is not None:
-        # Raised by the limit of a listener that runs this one (a sync fire in it).
+    elif enclosing is not None and enclosing.expired and not enclosing_expired:
+        # The limit of a listener running this one (a sync fire in it) fired while this ran:
+        # stopped by it, whatever this listener did with the error.
         stopped = ListenerTimeoutError(
-            f"stopped by the time limit of the listener running it: {error}"
+            f"stopped by the time limit of the listener running it: {enclosing.exceeded()}"
         )
         stopped.__context__ = error
         error = stopped

@@ -358,3 +358,117 @@ def test_an_outcome_whose_text_cannot_be_made_or_stored_is_recorded_all_the_same
     )
     assert [a.outcome for a in cancelled.history.all()] == ["failed"]
     assert after.status == "succeeded" and ran == ["after"]
+
+
+# --- Listeners that leave a transaction open, or swallow an enclosing limit -----------------
+
+
+def leaves_a_savepointless_block_open(messagio: Quits) -> None:
+    from django.db import transaction
+
+    transaction.atomic(savepoint=False).__enter__()
+    ran.append("left open")
+
+
+def leaves_a_savepoint_open(messagio: Quits) -> None:
+    from django.db import transaction
+
+    transaction.atomic().__enter__()
+    ran.append("left open")
+
+
+@pytest.mark.django_db  # the test's own atomic block encloses the sync fire
+@pytest.mark.parametrize(
+    ("listener", "said"),
+    [
+        (leaves_a_savepoint_open, "it was rolled back"),
+        (leaves_a_savepointless_block_open, "stay in the enclosing transaction on 'default'"),
+    ],
+)
+def test_a_block_left_open_in_the_callers_transaction_fails_the_listener_not_the_caller(
+    isolated_registry, listener, said
+):
+    from django.db import connection
+
+    subscribe(Quits, listener, after_quits)
+    depth = len(connection.atomic_blocks)
+
+    Quits(0).fire(sync=True)
+
+    assert len(connection.atomic_blocks) == depth and not connection.needs_rollback
+    left, after = Delivery.objects.order_by("position")
+    assert (left.status, left.error_type) == (
+        "failed",
+        "messagio.exceptions.ListenerLeftTransactionOpenError",
+    )
+    assert said in left.error
+    assert (after.status, ran) == ("succeeded", ["left open", "after"])
+
+
+def turns_autocommit_off_on_records(messagio: Quits) -> None:
+    from django.db import transaction
+
+    transaction.set_autocommit(False, using="records")
+    ran.append("autocommit off")
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "records"])
+def test_autocommit_left_off_on_a_database_first_used_by_the_listener_is_given_back(
+    isolated_registry,
+):
+    import threading
+
+    from django.db import connections
+
+    subscribe(Quits, turns_autocommit_off_on_records)
+    left_as: list[bool] = []
+
+    def in_a_fresh_thread() -> None:  # its connections are new: none used before the fire
+        Quits(0).fire(sync=True)
+        left_as.append(connections["records"].get_autocommit())
+        connections.close_all()
+
+    thread = threading.Thread(target=in_a_fresh_thread)
+    thread.start()
+    thread.join()
+
+    assert left_as == [True]
+    delivery = Delivery.objects.get()
+    assert delivery.status == "failed"
+    assert "autocommit turned off on 'records'" in delivery.error
+
+
+@dataclass
+class Inner(Messagio):
+    n: int
+
+
+def swallows_everything_for_a_while(messagio: Inner) -> str:
+    deadline = time.monotonic() + 0.6
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.02)
+        except Exception:  # noqa: BLE001 - the loop the enclosing limit must beat
+            pass
+    return "finished anyway"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_run_that_swallows_the_limit_of_the_listener_running_it_is_stopped_by_it(
+    isolated_registry,
+):
+    from messagio.exceptions import ListenerTimeoutError
+
+    MessageCenter.singleton().subscribe(Inner, swallows_everything_for_a_while)
+
+    # What a limited listener in a worker that fires with sync=True does.
+    with contextlib.suppress(ListenerTimeoutError), time_limit(0.1) as limit:
+        try:
+            limit.start()
+            Inner(1).fire(sync=True)
+        finally:
+            limit.stop()
+
+    delivery = Delivery.objects.get()
+    assert delivery.status == "failed"
+    assert delivery.error.startswith("stopped by the time limit of the listener running it")
