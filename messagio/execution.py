@@ -232,10 +232,14 @@ def open_transactions() -> TransactionState:
     }
 
 
+def _configured_autocommit(connection: Any) -> bool:
+    return bool(connection.settings_dict.get("AUTOCOMMIT", True))
+
+
 def _autocommit(connection: Any) -> bool:
     # Not get_autocommit(): it would connect. An unconnected one commits as its settings say.
     if connection.connection is None:
-        return bool(connection.settings_dict.get("AUTOCOMMIT", True))
+        return _configured_autocommit(connection)
     return bool(connection.autocommit)
 
 
@@ -254,8 +258,7 @@ def close_transactions_left_open(
     kept: list[str] = []
     for connection in connections.all(initialized_only=True):
         # A connection first used by the listener started as its settings say.
-        unused = (0, bool(connection.settings_dict.get("AUTOCOMMIT", True)))
-        depth, autocommit = before.get(connection.alias, unused)
+        depth, autocommit = before.get(connection.alias) or (0, _configured_autocommit(connection))
         blocks = connection.atomic_blocks
         if len(blocks) > depth:
             left.append(f"{len(blocks) - depth} atomic block(s) on {connection.alias!r}")

@@ -51,6 +51,11 @@ def _next(value: datetime.datetime, kind: str) -> datetime.datetime:
     return value + datetime.timedelta(days=1)
 
 
+def in_current_zone(value: datetime.datetime) -> datetime.datetime:
+    """``value`` in the current time zone; without USE_TZ it is local already (naive)."""
+    return timezone.localtime(value) if timezone.is_aware(value) else value
+
+
 def periods_between(
     first: datetime.datetime, last: datetime.datetime, kind: str
 ) -> list[datetime.datetime]:
@@ -58,8 +63,7 @@ def periods_between(
     the current time zone."""
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {', '.join(_KINDS)}, not {kind!r}")
-    if timezone.is_aware(first):
-        first, last = timezone.localtime(first), timezone.localtime(last)
+    first, last = in_current_zone(first), in_current_zone(last)
     current = _truncate(first, kind).replace(tzinfo=None)
     end = _truncate(last, kind).replace(tzinfo=None)
     periods = []
@@ -147,7 +151,7 @@ def date_hierarchy(cl: Any) -> dict[str, Any]:
     found = bounds(cl, year_lookup, month_lookup)
     if found is None:
         return {"show": False}
-    first, last = (timezone.localtime(v) if timezone.is_aware(v) else v for v in found)
+    first, last = (in_current_zone(v) for v in found)
     if not year_lookup and first.year == last.year:
         year_lookup = str(first.year)
         if first.month == last.month:

@@ -43,6 +43,7 @@ from django.db.models.functions import RowNumber, TruncHour
 from django.utils import timezone
 
 from messagio.models import Delivery, Event
+from messagio_admin.hierarchy import in_current_zone
 from messagio_admin.paginator import count_at_most
 
 IN_FLIGHT = (Delivery.Status.PENDING, Delivery.Status.RUNNING, Delivery.Status.RETRYING)
@@ -365,16 +366,11 @@ class Overview:
         return self.by_status.get("failed", 0)
 
 
-def _local(value: datetime.datetime) -> datetime.datetime:
-    """``value`` in the current time zone; without USE_TZ it is local already (naive)."""
-    return timezone.localtime(value) if timezone.is_aware(value) else value
-
-
 def overview(now: datetime.datetime | None = None) -> Overview:
     """Events per hour and deliveries by status over the last 24 hours, and the events
     waiting for a worker: six statements."""
     now = now or timezone.now()
-    current_hour = _local(now).replace(minute=0, second=0, microsecond=0)
+    current_hour = in_current_zone(now).replace(minute=0, second=0, microsecond=0)
     since = current_hour - datetime.timedelta(hours=23)
     bars = {
         since + datetime.timedelta(hours=i): HourBar(since + datetime.timedelta(hours=i))
@@ -388,7 +384,7 @@ def overview(now: datetime.datetime | None = None) -> Overview:
         .annotate(n=Count("*"))
     )
     for row in fired:
-        bar = bars.get(_local(row["hour"]))
+        bar = bars.get(in_current_zone(row["hour"]))
         if bar:
             bar.events = row["n"]
     failed = (
@@ -399,7 +395,7 @@ def overview(now: datetime.datetime | None = None) -> Overview:
         .annotate(n=Count("*"))
     )
     for row in failed:
-        bar = bars.get(_local(row["hour"]))
+        bar = bars.get(in_current_zone(row["hour"]))
         if bar:
             bar.failed = row["n"]
     # Started in the window, through (status, started_at); pending ones have not started:

@@ -21,6 +21,7 @@ from messagio import (
 )
 from messagio.center import get_message_center
 from messagio.models import Event
+from tests.routers import RecordsElsewhere
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -258,15 +259,6 @@ def test_without_records_a_fire_in_a_transaction_publishes_when_it_commits(monke
             assert published == []
     assert published == [str(report.event_id)]
     assert not Event.objects.exists()
-
-
-class RecordsElsewhere:
-    """A project's router that keeps messagio's records in a database of their own."""
-
-    def db_for_write(self, model, **hints):
-        return "records" if model._meta.app_label == "messagio" else None
-
-    db_for_read = db_for_write
 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "records"])

@@ -14,6 +14,7 @@ from django.utils import timezone
 from messagio import MessageCenter
 from messagio.models import Delivery, Event, Replay
 from messagio.registry import registry
+from tests.terminal import Terminal
 from tests.testapp.messagio import Unheard
 from tests.testapp.runtime_listeners import runtime_listener
 
@@ -373,11 +374,6 @@ def test_a_command_replay_records_its_filters_for_the_audit(monkeypatch):
     assert Replay.objects.get().description == ("failed deliveries --type Ping --since 2024-03-09")
 
 
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
 @pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 @pytest.mark.parametrize(
     ("out", "verbosity", "progress"),
@@ -391,7 +387,8 @@ def test_the_replay_commands_progress_bar_is_for_a_terminal(monkeypatch, out, ve
     from messagio import replays
 
     monkeypatch.setattr(replays, "publish_all", lambda envelopes: ["task"] * len(envelopes))
-    make_delivery("failed"), make_delivery("failed")
+    for _ in range(2):
+        make_delivery("failed")
     written = out()
 
     call_command("messagio_replay", "--batch-size=1", verbosity=verbosity, stdout=written)

@@ -14,6 +14,7 @@ from messagio import tasks
 from messagio.models import Attempt, Delivery, Event, Replay
 from messagio.retention import cutoff, prune_expired
 from tests.polling import wait_for
+from tests.terminal import Terminal
 
 pytestmark = pytest.mark.django_db
 
@@ -444,11 +445,6 @@ def test_the_prune_command_defaults_to_the_retention_settings():
     assert not exists(succeeded)
     assert exists(failed)
     assert "Deleted 1 event(s)." in out.getvalue()
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def test_the_prune_command_deletes_in_batches_showing_progress_on_a_terminal():

@@ -11,6 +11,7 @@ from django.utils import timezone
 from messagio.models import Delivery, Event
 from messagio_admin import queries
 from tests.admin.factories import LISTENERS, PING, make_event
+from tests.routers import RecordsElsewhere
 
 pytestmark = pytest.mark.django_db
 
@@ -226,15 +227,6 @@ def test_failure_groups_pick_a_sample_per_group_in_one_more_query():
     assert not more
     assert {g.error_type for g in groups} == {"errors.A", "errors.B", "errors.C"}
     assert all(g.sample["error_type"] == g.error_type for g in groups)
-
-
-class RecordsElsewhere:
-    """A project's router that keeps messagio's records in a database of their own."""
-
-    def db_for_write(self, model, **hints):
-        return "records" if model._meta.app_label == "messagio" else None
-
-    db_for_read = db_for_write
 
 
 @pytest.mark.django_db(databases=["default", "records"])
