@@ -10,6 +10,8 @@ import inspect
 import math
 import sys
 import threading
+import types
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -95,6 +97,48 @@ def _takes_one_argument(listener: Any) -> str | None:
     return None
 
 
+def _parameter_refuses(listener: Any, messagio_type: type[Messagio]) -> str | None:
+    """How the annotation of the listener's parameter names classes ``messagio_type`` is not.
+
+    None when it accepts it, or when it cannot be read here (no annotation, a name not yet
+    defined, a protocol or type variable): only a plain mismatch is refused.
+    """
+    try:
+        signature = inspect.signature(listener, follow_wrapped=False, eval_str=True)
+    except Exception:  # noqa: BLE001 - evaluating a string annotation can raise anything
+        # a forward reference, a name imported under TYPE_CHECKING, a builtin
+        return None
+    parameter = next(
+        (
+            p
+            for p in signature.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        ),
+        None,
+    )
+    if parameter is None or parameter.annotation is parameter.empty:
+        return None
+    annotation = parameter.annotation
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    named = typing.get_args(annotation) if union else (annotation,)
+    for candidate in named:
+        if (
+            candidate is Any
+            or not isinstance(candidate, type)
+            or typing.get_origin(candidate) is not None
+        ):
+            return None  # Any, a type variable, a string, a generic alias: not ours to judge
+        try:
+            if issubclass(messagio_type, candidate):
+                return None
+        except TypeError:  # a protocol that is not runtime-checkable, and the like
+            return None
+    shown = " | ".join(getattr(c, "__qualname__", repr(c)) for c in named)
+    return f"its parameter `{parameter.name}` is annotated `{shown}`"
+
+
 def _runs_later(listener: Any) -> bool:
     """Whether calling ``listener`` returns a coroutine or a generator instead of running."""
     plain = inspect.isroutine(listener) or isinstance(listener, type)
@@ -148,6 +192,14 @@ def _validate(
             f"{where}: {_describe(listener)} cannot be called with the messagio as its only "
             f"argument ({wrong_arguments}). A listener takes one argument, the messagio; "
             "subscribe a function, or a method bound to its instance."
+        )
+    refused_by = _parameter_refuses(listener, messagio_type)
+    if refused_by:
+        raise TypeError(
+            f"{where}: {refused_by}, which {messagio_type.get_name()} is not, yet it would be "
+            f"called with an instance of {messagio_type.__qualname__}. Annotate the parameter "
+            "with every type it listens to (`EventA | EventB`, or a base class they share), or "
+            "subscribe it only to the types it names."
         )
     if priority is not None and (
         isinstance(priority, bool)

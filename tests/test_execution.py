@@ -134,7 +134,7 @@ def quits(messagio: Quits) -> None:
     sys.exit(messagio.code)
 
 
-def after_quits(messagio: Quits) -> None:
+def after_quits(messagio: Messagio) -> None:
     ran.append("after")
 
 

@@ -2,6 +2,7 @@
 
 import functools
 from dataclasses import dataclass
+from typing import Annotated, Any, Protocol, TypeVar
 
 import pytest
 
@@ -305,6 +306,93 @@ def test_a_listener_that_cannot_take_the_messagio_alone_is_refused_at_subscripti
     with pytest.raises(TypeError, match="cannot be called with the messagio as its only arg"):
         listen_to_message(PerformAction)(listener)
     assert not any(s.listener is listener for s in registry.subscriptions_for(PerformAction))
+
+
+def listens_to_the_other_one(msg: ActionPerformed):
+    pass
+
+
+def listens_to_one_of_two_others(msg: "ActionPerformed | None"):
+    pass
+
+
+class HandlersOfTheOther:
+    def on_action(self, msg: ActionPerformed):
+        pass
+
+
+@pytest.mark.parametrize(
+    "listener",
+    [listens_to_the_other_one, listens_to_one_of_two_others, HandlersOfTheOther().on_action],
+    ids=["class", "union in a string", "bound method"],
+)
+def test_a_listener_annotated_with_another_type_is_refused_at_subscription(listener):
+    # Else it is called, in a worker, with an instance of a type it says it never takes.
+    with pytest.raises(
+        TypeError,
+        match=r"its parameter `msg` is annotated `ActionPerformed( \| NoneType)?`, which "
+        r"tests\.test_registry\.PerformAction is not",
+    ):
+        listen_to_message(PerformAction)(listener)
+    assert not any(s.listener is listener for s in registry.subscriptions_for(PerformAction))
+
+
+class NamedAction(Protocol):
+    action_name: str
+
+
+Event = TypeVar("Event", bound=Messagio)
+
+
+def listens_to_any(msg: Any):
+    pass
+
+
+def listens_to_all(msg: Messagio):
+    pass
+
+
+def listens_to_both(msg: PerformAction | ActionPerformed):
+    pass
+
+
+def listens_annotated(msg: Annotated[PerformAction, "documented"]):
+    pass
+
+
+def listens_by_protocol(msg: NamedAction):
+    pass
+
+
+def listens_by_type_variable(msg: Event) -> Event:
+    return msg
+
+
+def listens_to_a_name_not_yet_defined(msg: "DefinedLater"):  # noqa: F821
+    pass
+
+
+def listens_to_many(*messagios: PerformAction):
+    pass
+
+
+@pytest.mark.parametrize(
+    "listener",
+    [
+        listens_to_any,
+        listens_to_all,
+        listens_to_both,
+        listens_annotated,
+        listens_by_protocol,
+        listens_by_type_variable,
+        listens_to_a_name_not_yet_defined,
+        listens_to_many,
+    ],
+    ids=lambda listener: listener.__name__,
+)
+def test_a_listener_whose_annotation_accepts_the_type_or_cannot_be_judged_is_accepted(listener):
+    subscription = MessageCenter.singleton().subscribe(PerformAction, listener)
+    assert subscription.listener is listener
 
 
 def fills_in_its_mailer(function):
