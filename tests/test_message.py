@@ -1,0 +1,80 @@
+"""Messagio itself: firing it from synchronous and from async code."""
+
+import asyncio
+import functools
+from dataclasses import dataclass
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.core.exceptions import SynchronousOnlyOperation
+
+from messagio import MessageCenter, Messagio
+from messagio.models import Event
+from project.celery import app
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@dataclass
+class Shipped(Messagio):
+    parcel: str
+
+
+ran: list[str] = []
+
+
+def note(event: Shipped) -> str:
+    ran.append(event.parcel)
+    return event.parcel
+
+
+@pytest.fixture(autouse=True)
+def listening():
+    ran.clear()
+    MessageCenter.singleton().subscribe(Shipped, note)
+    drop_queued()
+
+
+def drop_queued() -> int:
+    """How many messages wait in messagio's queue, which this drops."""
+    with app.connection_for_write() as conn:
+        return conn.default_channel.queue_purge(settings.MESSAGIO_QUEUE) or 0
+
+
+def test_afire_records_and_publishes_from_async_code():
+    report = async_to_sync(Shipped("p-1").afire)()
+
+    event = Event.objects.get(pk=report.event_id)
+    assert (event.state, event.messagio_type) == ("published", Shipped.get_name())
+    assert drop_queued() == 1
+
+
+def test_afire_sync_runs_the_listeners_here():
+    report = async_to_sync(functools.partial(Shipped("p-2").afire, sync=True))()
+
+    assert ran == ["p-2"]
+    assert [o.result for o in report.outcomes] == ["p-2"]
+
+
+def test_fire_from_async_code_is_refused_before_it_publishes():
+    async def view() -> None:
+        Shipped("p-3").fire()
+
+    with pytest.raises(SynchronousOnlyOperation, match=r"Shipped\(\.\.\.\)\.fire\(\) was called"):
+        asyncio.run(view())
+
+    assert not Event.objects.exists()
+    assert drop_queued() == 0
+
+
+def test_fire_from_async_code_is_let_through_where_django_lets_the_database_be(monkeypatch):
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+    async def notebook_cell() -> None:
+        Shipped("p-4").fire()
+
+    asyncio.run(notebook_cell())
+
+    assert Event.objects.get().state == "published"
+    assert drop_queued() == 1
