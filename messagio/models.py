@@ -11,6 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from messagio.ids import time_ordered_uuid
@@ -124,6 +125,9 @@ class Replay(models.Model):
         # their own, without the user table (Django still sets it to NULL on a user delete).
         db_constraint=False,
     )
+    #: Who asked, by the username they had then: the audit trail keeps it when their user is
+    #: deleted (``requested_by`` is set to NULL then).
+    requested_by_name = models.CharField(_("requested by (username)"), max_length=150, blank=True)
     requested_at = models.DateTimeField(_("requested at"), default=timezone.now)
     reason = models.TextField(_("reason"), blank=True)
     source = models.CharField(_("source"), max_length=16, choices=Source, default=Source.CODE)
@@ -167,6 +171,24 @@ class Replay(models.Model):
 
     def __str__(self) -> str:
         return f"Replay #{self.pk} ({self.get_state_display()})"
+
+    @staticmethod
+    def requester(user: Any) -> dict[str, Any]:
+        """The fields that record who asked for a replay: none for a user without a pk
+        (anonymous, or nobody)."""
+        if getattr(user, "pk", None) is None:
+            return {}
+        username = user.get_username() if hasattr(user, "get_username") else str(user)
+        return {"requested_by": user, "requested_by_name": str(username)[:150]}
+
+    @property
+    def requested_by_shown(self) -> str:
+        """Who asked, for display: the user, or the name kept after the user was deleted."""
+        if self.requested_by is not None:
+            return str(self.requested_by)
+        if self.requested_by_name:
+            return gettext("%(username)s (user deleted)") % {"username": self.requested_by_name}
+        return ""
 
 
 class RunRecord(models.Model):

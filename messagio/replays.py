@@ -106,7 +106,7 @@ def replay(
         models.Q(finished_at__isnull=True) | models.Q(finished_at__lte=snapshot_at)
     )
     record = Replay.objects.create(
-        requested_by=requested_by if getattr(requested_by, "pk", None) else None,
+        **Replay.requester(requested_by),
         reason=reason,
         source=source,
         description=description[:500],

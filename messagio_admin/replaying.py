@@ -67,7 +67,7 @@ def start_bulk_replay(
     """
     snapshot_at = timezone.now()
     record = Replay.objects.create(
-        requested_by=user if getattr(user, "pk", None) else None,
+        **Replay.requester(user),
         reason=reason,
         source=Replay.Source.ADMIN,
         description=description[:500],

@@ -35,7 +35,7 @@ class ReplayAdmin(RecordAdmin):
     list_display = (
         "replay_display",
         "requested_at",
-        "requested_by",
+        "requested_by_display",
         "source",
         "description",
         "state_display",
@@ -54,7 +54,7 @@ class ReplayAdmin(RecordAdmin):
         "progress_display",
         "stopped_reason",
         "outcome_display",
-        "requested_by",
+        "requested_by_display",
         "requested_at",
         "source",
         "reason",
@@ -82,6 +82,10 @@ class ReplayAdmin(RecordAdmin):
     @admin.display(description=gettext_lazy("replay"), ordering="-requested_at")
     def replay_display(self, replay: Replay) -> str:
         return f"#{replay.pk}"
+
+    @admin.display(description=gettext_lazy("requested by"))
+    def requested_by_display(self, replay: Replay) -> str:
+        return replay.requested_by_shown or self.get_empty_value_display()
 
     @admin.display(description=gettext_lazy("state"))
     def state_display(self, replay: Replay) -> str:

@@ -243,6 +243,7 @@ def test_a_group_is_replayed_from_the_failures_page_through_its_page_with_the_cs
     record = Replay.objects.get()
     assert response.status_code == 302
     assert (record.reason, record.total, record.requested_by) == ("bug #12 fixed", 1, superuser)
+    assert record.requested_by_name == superuser.username
     assert [args[:2] for args in sent] == [(record.pk, {"status": "failed", **group_key()})]
 
 

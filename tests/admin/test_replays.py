@@ -4,7 +4,7 @@ import pytest
 
 from messagio import tasks
 from messagio.models import Attempt, Delivery, Replay
-from messagio.replays import run_replay
+from messagio.replays import replay, run_replay
 from messagio.seals import seal_of
 from tests.admin.factories import client_for, make_event, make_user
 
@@ -156,3 +156,16 @@ def test_stopping_a_replay_counts_what_it_queued_from_the_records(admin_client):
 
     record.refresh_from_db()
     assert (record.state, record.queued, record.runner) == ("stopped", 3, "")
+
+
+def test_who_asked_for_a_replay_stays_on_it_once_their_user_is_deleted(admin_client, monkeypatch):
+    monkeypatch.setattr("messagio.replays.publish_all", lambda envelopes: None)
+    alice = make_user("alice", superuser=True)
+    record = replay(make_event("failed"), requested_by=alice, reason="bug #7 fixed")
+
+    alice.delete()
+
+    record.refresh_from_db()
+    assert (record.requested_by, record.requested_by_name) == (None, "alice")
+    assert "alice (user deleted)" in admin_client.get(REPLAYS).content.decode()
+    assert "alice (user deleted)" in admin_client.get(replay_url(record)).content.decode()
