@@ -35,6 +35,12 @@ class ListenerLeftTransactionOpenError(RuntimeError):
     entered and not exited, autocommit turned off): rolled back, its writes there undone."""
 
 
+class ListenerTransactionRolledBackError(RuntimeError):
+    """A listener caught a database error inside the transaction it ran in (a sync fire in
+    the caller's): Django marked the transaction for rollback, so the listener's writes
+    were rolled back to where it began, though it returned."""
+
+
 class CeleryRetryRefusedError(RuntimeError):
     """A listener called Celery's ``retry()`` on the task running its group."""
 

@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from messagio.exceptions import (
     ListenerLeftTransactionOpenError,
     ListenerNotFoundError,
     ListenerTimeoutError,
+    ListenerTransactionRolledBackError,
     PayloadSignatureError,
 )
 from messagio.report import ListenerOutcome
@@ -243,8 +244,52 @@ def _autocommit(connection: Any) -> bool:
     return bool(connection.autocommit)
 
 
+def enter_savepoints() -> list[Any]:
+    """A savepoint on each connection already in a transaction (a sync fire in the caller's,
+    a test's, an eager task's), entered before a listener runs: a database error in the
+    listener then rolls back its own writes only. Without one, Django marks the whole
+    transaction for rollback, and neither its outcome nor the next listeners' could be
+    written or run in it."""
+    from django.db import connections, transaction
+
+    entered = []
+    for connection in connections.all(initialized_only=True):
+        if connection.in_atomic_block and not connection.needs_rollback:
+            block = transaction.atomic(using=connection.alias)
+            block.__enter__()
+            entered.append(block)
+    return entered
+
+
+def exit_savepoints(entered: list[Any], error: BaseException | None) -> BaseException | None:
+    """Leave the savepoints of :func:`enter_savepoints`, rolled back to them when the listener
+    failed or left its transaction marked for rollback; the error to record for it."""
+    from django.db import transaction
+
+    broken = []
+    for block in reversed(entered):
+        if error is None and transaction.get_connection(block.using).needs_rollback:
+            broken.append(block.using)
+        try:
+            if error is None:
+                block.__exit__(None, None, None)  # rolled back if marked for rollback
+            else:
+                block.__exit__(type(error), error, error.__traceback__)
+        except Exception as exc:  # noqa: BLE001 - the rollback failed: the listener's outcome
+            error = error or exc
+    if broken and error is None:
+        error = ListenerTransactionRolledBackError(
+            "the listener caught a database error inside the transaction it ran in "
+            f"(on {', '.join(repr(alias) for alias in broken)}), which Django then marks for "
+            "rollback: its writes there were rolled back, though it returned. Let the error "
+            "propagate, or catch it outside a transaction.atomic() block of its own"
+        )
+    return error
+
+
 def close_transactions_left_open(
     before: TransactionState,
+    savepoints: Sequence[Any] = (),
 ) -> ListenerLeftTransactionOpenError | None:
     """Roll back what a listener left open on any connection (an atomic block entered and
     not exited, autocommit turned off), back to what was open before it ran; what says so.
@@ -281,6 +326,7 @@ def close_transactions_left_open(
             connection.set_autocommit(autocommit)
     if not left:
         return None
+    kept = [alias for alias in kept if alias not in {block.using for block in savepoints}]
     undone = (
         f"its writes in atomic(savepoint=False) stay in the enclosing transaction on "
         f"{', '.join(repr(alias) for alias in sorted(set(kept)))}, the rest was rolled back"
@@ -383,6 +429,7 @@ def run_once(
     error: BaseException | None = None
     escaping: BaseException | None = None
     running_limit: TimeLimit | None = None
+    savepoints = enter_savepoints()
     transactions = open_transactions()
     enclosing = enclosing_limit.get()
     enclosing_expired = enclosing is not None and enclosing.expired
@@ -411,7 +458,8 @@ def run_once(
     except EXITS as exc:
         if not exit_is_the_listeners_own(exc):
             setattr(exc, RECORDED_EXIT, False)  # were it raised again after being recorded
-            close_transactions_left_open(transactions)
+            close_transactions_left_open(transactions, savepoints)
+            exit_savepoints(savepoints, exc)
             raise  # a worker shutting down: the delivery stays running, its message returns
         error = escaping = exc
         setattr(exc, RECORDED_EXIT, True)
@@ -421,7 +469,8 @@ def run_once(
         # outcome would be lost and the listener taken for a lost worker's). Not gevent's or
         # eventlet's Timeout and GreenletExit, with which a pool stops a task.
         if stops_the_task(exc):
-            close_transactions_left_open(transactions)
+            close_transactions_left_open(transactions, savepoints)
+            exit_savepoints(savepoints, exc)
             raise
         error = exc
     duration_ms = (time.perf_counter() - start) * 1000
@@ -440,9 +489,10 @@ def run_once(
         )
         stopped.__context__ = error
         error = stopped
-    left_open = close_transactions_left_open(transactions)
+    left_open = close_transactions_left_open(transactions, savepoints)
     if left_open is not None and error is None:
         error = left_open
+    error = exit_savepoints(savepoints, error)
 
     will_retry = False
     if escaping is None and error is not None and not isinstance(error, NOT_RETRYABLE):

@@ -382,7 +382,7 @@ def leaves_a_savepoint_open(messagio: Quits) -> None:
     ("listener", "said"),
     [
         (leaves_a_savepoint_open, "it was rolled back"),
-        (leaves_a_savepointless_block_open, "stay in the enclosing transaction on 'default'"),
+        (leaves_a_savepointless_block_open, "it was rolled back"),
     ],
 )
 def test_a_block_left_open_in_the_callers_transaction_fails_the_listener_not_the_caller(
@@ -403,6 +403,62 @@ def test_a_block_left_open_in_the_callers_transaction_fails_the_listener_not_the
     )
     assert said in left.error
     assert (after.status, ran) == ("succeeded", ["left open", "after"])
+
+
+def breaks_a_unique_constraint(messagio: Quits) -> None:
+    from tests.testapp.models import Call
+
+    first = Call.objects.create(token="partial", listener="breaks")
+    ran.append("breaks")
+    Call.objects.create(pk=first.pk, token="duplicate", listener="breaks")  # IntegrityError
+
+
+def swallows_a_database_error(messagio: Quits) -> None:
+    from django.db import IntegrityError
+
+    try:
+        breaks_a_unique_constraint(messagio)
+    except IntegrityError:
+        ran.append("swallowed")
+
+
+def writes_after(messagio: Quits) -> None:
+    from tests.testapp.models import Call
+
+    Call.objects.create(token="after", listener="after")
+    ran.append("after")
+
+
+@pytest.mark.django_db  # the test's own atomic block encloses the sync fire
+@pytest.mark.parametrize(
+    ("listener", "error_type", "ran_first"),
+    [
+        (breaks_a_unique_constraint, "django.db.utils.IntegrityError", ["breaks"]),
+        (
+            swallows_a_database_error,
+            "messagio.exceptions.ListenerTransactionRolledBackError",
+            ["breaks", "swallowed"],
+        ),
+    ],
+    ids=["raised", "swallowed"],
+)
+def test_a_database_error_in_the_callers_transaction_undoes_that_listener_only(
+    isolated_registry, listener, error_type, ran_first
+):
+    from django.db import connection
+
+    from tests.testapp.models import Call
+
+    subscribe(Quits, listener, writes_after)
+
+    report = Quits(0).fire(sync=True)
+
+    assert not connection.needs_rollback  # the caller's transaction goes on
+    assert ran == [*ran_first, "after"]
+    assert [o.succeeded for o in report.outcomes] == [False, True]
+    failed, after = Delivery.objects.order_by("position")
+    assert (failed.status, failed.error_type, after.status) == ("failed", error_type, "succeeded")
+    assert list(Call.objects.values_list("token", flat=True)) == ["after"]
 
 
 def turns_autocommit_off_on_records(messagio: Quits) -> None:
