@@ -101,12 +101,12 @@ def _parameter_refuses(listener: Any, messagio_type: type[Messagio]) -> str | No
     """How the annotation of the listener's parameter names classes ``messagio_type`` is not.
 
     None when it accepts it, or when it cannot be read here (no annotation, a name not yet
-    defined, a protocol or type variable): only a plain mismatch is refused.
+    defined, a protocol or type variable): only a plain mismatch is refused. A decorator's
+    wrapper is judged, not what it wraps: it may hand that something else.
     """
     try:
-        signature = inspect.signature(listener, follow_wrapped=False, eval_str=True)
-    except Exception:  # noqa: BLE001 - evaluating a string annotation can raise anything
-        # a forward reference, a name imported under TYPE_CHECKING, a builtin
+        signature = inspect.signature(listener, follow_wrapped=False)
+    except (TypeError, ValueError):  # a builtin or an extension's callable
         return None
     parameter = next(
         (
@@ -118,7 +118,7 @@ def _parameter_refuses(listener: Any, messagio_type: type[Messagio]) -> str | No
     )
     if parameter is None or parameter.annotation is parameter.empty:
         return None
-    annotation = parameter.annotation
+    annotation = _evaluated(parameter.annotation, listener)
     if typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
     union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
@@ -135,8 +135,26 @@ def _parameter_refuses(listener: Any, messagio_type: type[Messagio]) -> str | No
                 return None
         except TypeError:  # a protocol that is not runtime-checkable, and the like
             return None
-    shown = " | ".join(getattr(c, "__qualname__", repr(c)) for c in named)
+    shown = " | ".join(
+        "None" if c is type(None) else getattr(c, "__qualname__", repr(c)) for c in named
+    )
     return f"its parameter `{parameter.name}` is annotated `{shown}`"
+
+
+def _evaluated(annotation: Any, listener: Any) -> Any:
+    """A string annotation (``from __future__ import annotations``) evaluated in the module
+    of the function that declares it; as it is when that fails (a name defined later, or
+    imported under TYPE_CHECKING)."""
+    if not isinstance(annotation, str):
+        return annotation
+    function = getattr(listener, "__func__", listener)
+    # A callable instance's class declares its __call__.
+    declared_in = function if inspect.isfunction(function) else type(listener)
+    module = sys.modules.get(getattr(declared_in, "__module__", None) or "")
+    try:
+        return eval(annotation, vars(module) if module else {})  # noqa: S307 - the module's own
+    except Exception:  # noqa: BLE001 - evaluating a string annotation can raise anything
+        return annotation
 
 
 def _runs_later(listener: Any) -> bool:
@@ -419,6 +437,17 @@ def listen_to_message(
             )
 
     def decorator(listener: F) -> F:
+        for messagio_type in messagio_types:  # all of them first: subscribed to all or none
+            _validate(
+                messagio_type,
+                listener,
+                priority,
+                queue,
+                autoretry_for,
+                max_retries,
+                default_retry_delay,
+                time_limit,
+            )
         for messagio_type in messagio_types:
             registry.subscribe(
                 messagio_type,

@@ -330,11 +330,30 @@ def test_a_listener_annotated_with_another_type_is_refused_at_subscription(liste
     # Else it is called, in a worker, with an instance of a type it says it never takes.
     with pytest.raises(
         TypeError,
-        match=r"its parameter `msg` is annotated `ActionPerformed( \| NoneType)?`, which "
+        match=r"its parameter `msg` is annotated `ActionPerformed( \| None)?`, which "
         r"tests\.test_registry\.PerformAction is not",
     ):
         listen_to_message(PerformAction)(listener)
     assert not any(s.listener is listener for s in registry.subscriptions_for(PerformAction))
+
+
+def returns_what_is_imported_only_for_type_checkers(msg: ActionPerformed) -> "Receipt":  # noqa: F821
+    pass
+
+
+def test_a_listener_is_judged_by_its_parameter_whatever_else_it_annotates():
+    with pytest.raises(TypeError, match="its parameter `msg` is annotated `ActionPerformed`"):
+        listen_to_message(PerformAction)(returns_what_is_imported_only_for_type_checkers)
+
+
+def test_a_listener_refused_for_one_of_its_types_is_subscribed_to_none_of_them():
+    # Else its module's next import (autodiscovery tries again) says two listeners share its id.
+    for _ in range(2):
+        with pytest.raises(TypeError, match="is annotated `ActionPerformed`"):
+            listen_to_message(ActionPerformed, PerformAction)(listens_to_the_other_one)
+    assert not any(
+        s.listener is listens_to_the_other_one for s in registry.subscriptions_for(ActionPerformed)
+    )
 
 
 class NamedAction(Protocol):
