@@ -8,7 +8,9 @@ center ``Messagio.fire()`` uses with ``MESSAGIO = {"MESSAGE_CENTER": "dotted.pat
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
+import os
 import threading
 import uuid
 from typing import Any, ClassVar
@@ -165,6 +167,28 @@ class AbstractMessageCenter(abc.ABC):
         return self.run_here(messagio, "sync", raise_errors)
 
 
+def refuse_in_async_code(messagio: Messagio) -> None:
+    """Refuse a fire that records, from async code, before it publishes: Django refuses the
+    database there (unless ``DJANGO_ALLOW_ASYNC_UNSAFE`` is set, and so does this), and the
+    fire would publish, then fail to record what it published."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    from django.core.exceptions import SynchronousOnlyOperation
+
+    from messagio.conf import get_setting
+
+    if os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE") or not get_setting("RECORD"):
+        return
+    raise SynchronousOnlyOperation(
+        f"A {type(messagio).__qualname__} was fired from async code, where Django refuses "
+        "database access and so messagio cannot record it; nothing was recorded or "
+        "published. Use `await messagio.afire()` there, or fire from a function wrapped "
+        "in asgiref's sync_to_async."
+    )
+
+
 def commit_alias() -> str:
     """The database whose transaction a fire joins, and whose commit what it defers waits
     for: the one messagio records on (its router's); without records, the default one."""
@@ -224,6 +248,7 @@ class MessageCenter(AbstractMessageCenter):
         """Publish ``messagio``; ``origin`` records where the fire came from."""
         if _overrides:  # messagio.testing captures it, however it was fired
             return _overrides[-1].send(messagio, sync, **options)
+        refuse_in_async_code(messagio)
         if sync:
             return self.send_sync(messagio, **options)
         if options:
@@ -264,6 +289,7 @@ class InProcessMessageCenter(AbstractMessageCenter):
     def send(self, messagio: Messagio, sync: bool = False, **options: Any) -> DispatchReport:
         if _overrides:  # messagio.testing captures it, however it was fired
             return _overrides[-1].send(messagio, sync, **options)
+        refuse_in_async_code(messagio)
         if sync:
             return self.send_sync(messagio, **options)
         self._check_messagio(messagio)

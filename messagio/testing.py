@@ -20,7 +20,13 @@ from typing import Any
 
 from django.db import transaction
 
-from messagio.center import AbstractMessageCenter, MessageCenter, _overrides, configured_center
+from messagio.center import (
+    AbstractMessageCenter,
+    MessageCenter,
+    _overrides,
+    configured_center,
+    refuse_in_async_code,
+)
 from messagio.message import Messagio
 from messagio.report import DispatchReport
 
@@ -168,7 +174,8 @@ class CapturingMessageCenter(AbstractMessageCenter):
         if set(options) - ({"raise_errors"} if takes_raise_errors else set()):
             raise TypeError(f"Unknown fire() options: {', '.join(sorted(options))}")
         self._check_messagio(messagio)
-        # The refusal a real fire would give; and what was fired, as a listener would get
+        refuse_in_async_code(messagio)
+        # The refusals a real fire would give; and what was fired, as a listener would get
         # it: a copy, so that changing the object afterwards changes nothing captured.
         # (These bytes were pickled here and now: nothing stored is unpickled.)
         data = dumps(messagio, get_setting("MAX_PAYLOAD_BYTES"))

@@ -8,9 +8,11 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.exceptions import SynchronousOnlyOperation
+from django.test import override_settings
 
 from messagio import MessageCenter, Messagio
 from messagio.models import Event
+from messagio.testing import capture_messagios
 from project.celery import app
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,10 +63,43 @@ def test_fire_from_async_code_is_refused_before_it_publishes():
     async def view() -> None:
         Shipped("p-3").fire()
 
-    with pytest.raises(SynchronousOnlyOperation, match=r"Shipped\(\.\.\.\)\.fire\(\) was called"):
+    with pytest.raises(SynchronousOnlyOperation, match=r"A Shipped was fired from async code"):
         asyncio.run(view())
 
     assert not Event.objects.exists()
+    assert drop_queued() == 0
+
+
+def test_a_message_centers_send_from_async_code_is_refused_before_it_publishes():
+    async def view() -> None:
+        MessageCenter.singleton().send(Shipped("p-5"))
+
+    with pytest.raises(SynchronousOnlyOperation, match="await messagio.afire()"):
+        asyncio.run(view())
+
+    assert drop_queued() == 0
+
+
+@override_settings(MESSAGIO={"RECORD": False})
+def test_without_records_a_fire_from_async_code_publishes():
+    async def view() -> None:
+        Shipped("p-6").fire()
+
+    asyncio.run(view())
+
+    assert drop_queued() == 1
+
+
+def test_a_capture_refuses_a_fire_from_async_code_as_the_real_fire_would():
+    async def view() -> None:
+        Shipped("p-7").fire()
+
+    with capture_messagios() as fired:
+        with pytest.raises(SynchronousOnlyOperation):
+            asyncio.run(view())
+        async_to_sync(Shipped("p-8").afire)()
+
+    assert [m.parcel for m in fired] == ["p-8"]
     assert drop_queued() == 0
 
 
