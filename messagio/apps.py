@@ -10,12 +10,20 @@ class MessagioConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_migrate
+        from django.conf import settings
+        from django.db.models.signals import post_migrate, pre_delete
 
         from messagio import checks  # noqa: F401 - registers the system checks
         from messagio.schedules import ensure_periodic_tasks
 
         post_migrate.connect(ensure_periodic_tasks, sender=self, dispatch_uid="messagio.schedules")
+        from messagio.replays import forget_deleted_requester
+
+        pre_delete.connect(
+            forget_deleted_requester,
+            sender=settings.AUTH_USER_MODEL,
+            dispatch_uid="messagio.replays.requester",
+        )
 
         from celery.signals import worker_ready
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext
@@ -119,15 +120,19 @@ class Replay(models.Model):
         verbose_name=_("requested by"),
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
         related_name="+",
-        # No database constraint: a project may route messagio's records to a database of
-        # their own, without the user table (Django still sets it to NULL on a user delete).
+        # Neither a database constraint nor Django's on_delete: a project may route
+        # messagio's records to a database of their own, without the user table, where
+        # deleting a user made Django look for replays on the user's database. A deleted
+        # user's replays are set to NULL by messagio.replays.forget_deleted_requester.
+        on_delete=models.DO_NOTHING,
         db_constraint=False,
     )
     #: Who asked, by the username they had then: the audit trail keeps it when their user is
-    #: deleted (``requested_by`` is set to NULL then).
-    requested_by_name = models.CharField(_("requested by (username)"), max_length=150, blank=True)
+    #: deleted. A database default, so that code from before it can still insert replays.
+    requested_by_name = models.CharField(
+        _("requested by (username)"), max_length=150, blank=True, default="", db_default=""
+    )
     requested_at = models.DateTimeField(_("requested at"), default=timezone.now)
     reason = models.TextField(_("reason"), blank=True)
     source = models.CharField(_("source"), max_length=16, choices=Source, default=Source.CODE)
@@ -179,16 +184,22 @@ class Replay(models.Model):
         if getattr(user, "pk", None) is None:
             return {}
         username = user.get_username() if hasattr(user, "get_username") else str(user)
-        return {"requested_by": user, "requested_by_name": str(username)[:150]}
+        # By id: a user on another database than the records is no relation a router allows.
+        return {"requested_by_id": user.pk, "requested_by_name": str(username)[:150]}
 
     @property
     def requested_by_shown(self) -> str:
-        """Who asked, for display: the user, or the name kept after the user was deleted."""
-        if self.requested_by is not None:
-            return str(self.requested_by)
+        """Who asked, for display, without reading the user table (which the records'
+        database may not have): the username kept, else (a replay from before it was kept)
+        the user while it exists."""
         if self.requested_by_name:
-            return gettext("%(username)s (user deleted)") % {"username": self.requested_by_name}
-        return ""
+            return self.requested_by_name
+        if self.requested_by_id is None:
+            return ""
+        try:
+            return str(self.requested_by)
+        except ObjectDoesNotExist:
+            return gettext("user #%(id)s (deleted)") % {"id": self.requested_by_id}
 
 
 class RunRecord(models.Model):

@@ -28,6 +28,15 @@ from messagio.validation import amount, require, share, whole
 logger = logging.getLogger("messagio")
 
 IN_FLIGHT = (Delivery.Status.PENDING, Delivery.Status.RUNNING, Delivery.Status.RETRYING)
+
+
+def forget_deleted_requester(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """A user is being deleted: their replays no longer point to them, on whichever database
+    the records are (their username stays, in ``requested_by_name``). Connected to the user
+    model's ``pre_delete`` by the app."""
+    Replay.objects.filter(requested_by_id=instance.pk).update(requested_by=None)
+
+
 #: Finished outcomes needed before the failure rate may stop a bulk replay.
 MIN_SAMPLE = 10
 #: Failure rate above which a canary stops the replay when no max_failure_rate is given.

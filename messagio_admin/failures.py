@@ -44,9 +44,9 @@ def running_replays(key: dict[str, str]) -> list[Replay]:
     they were recorded with (a Replay does not keep its selection), newest first."""
     what = describe_group(**key)[:500]
     return list(
-        Replay.objects.filter(state=Replay.State.RUNNING, description=what)
-        .select_related("requested_by")
-        .order_by("-requested_at")[:10]
+        Replay.objects.filter(state=Replay.State.RUNNING, description=what).order_by(
+            "-requested_at"
+        )[:10]
     )
 
 

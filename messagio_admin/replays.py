@@ -44,7 +44,6 @@ class ReplayAdmin(RecordAdmin):
     )
     list_display_links = ("replay_display",)
     list_filter = ("state", "source")
-    list_select_related = ("requested_by",)
     ordering = ("-requested_at",)
     sortable_by = ("requested_at",)
     search_fields = ("reason", "description")

@@ -46,3 +46,15 @@ def test_sqlmigrate_shows_what_a_migration_runs_on_a_database_without_it():
     # This database is migrated already: the statements are shown all the same.
     for name in ("0003", "0005", "0006", "0008"):
         assert "CREATE INDEX CONCURRENTLY" in sql_of(name, backwards=False)
+
+
+def test_the_replays_username_column_has_a_database_default():
+    # Processes still on the code before it (migrate runs first, they restart after) insert
+    # rows without it: NOT NULL without a default in the database refused them.
+    with connection.cursor() as cursor:
+        columns = {
+            column.name: column
+            for column in connection.introspection.get_table_description(cursor, "messagio_replay")
+        }
+
+    assert columns["requested_by_name"].default is not None

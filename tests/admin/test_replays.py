@@ -1,12 +1,16 @@
 """The Replays screens: each replay's page, and stopping a running one from it."""
 
 import pytest
+from django.db import connections
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from messagio import tasks
 from messagio.models import Attempt, Delivery, Replay
 from messagio.replays import replay, run_replay
 from messagio.seals import seal_of
 from tests.admin.factories import client_for, make_event, make_user
+from tests.routers import RecordsElsewhere
 
 pytestmark = pytest.mark.django_db
 
@@ -166,6 +170,28 @@ def test_who_asked_for_a_replay_stays_on_it_once_their_user_is_deleted(admin_cli
     alice.delete()
 
     record.refresh_from_db()
-    assert (record.requested_by, record.requested_by_name) == (None, "alice")
-    assert "alice (user deleted)" in admin_client.get(REPLAYS).content.decode()
-    assert "alice (user deleted)" in admin_client.get(replay_url(record)).content.decode()
+    assert (record.requested_by_id, record.requested_by_name) == (None, "alice")
+    assert '<td class="field-requested_by_display">alice</td>' in (
+        admin_client.get(REPLAYS).content.decode()
+    )
+    assert "alice" in admin_client.get(replay_url(record)).content.decode()
+
+
+@pytest.mark.django_db(databases=["default", "records"])
+def test_a_replay_recorded_on_a_database_of_its_own_keeps_who_asked(admin_client, monkeypatch):
+    monkeypatch.setattr("messagio.replays.publish_all", lambda envelopes: None)
+    alice = make_user("alice", superuser=True)
+    with override_settings(DATABASE_ROUTERS=[RecordsElsewhere()]):
+        # The user on the default database, the replay on the records': no relation the
+        # router allows, yet recorded; and deleting her reaches it there.
+        record = replay(make_event("failed"), requested_by=alice)
+        alice.delete()
+        record.refresh_from_db()
+        with CaptureQueriesContext(connections["records"]) as on_records:
+            pages = [admin_client.get(REPLAYS), admin_client.get(replay_url(record))]
+
+    assert record._state.db == "records"
+    assert (record.requested_by_id, record.requested_by_name) == (None, "alice")
+    assert [page.status_code for page in pages] == [200, 200]
+    assert all("alice" in page.content.decode() for page in pages)
+    assert not [q for q in on_records.captured_queries if "auth_user" in q["sql"]]
