@@ -16,7 +16,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from messagio.ids import time_ordered_uuid
-from messagio.querysets import DeliveryQuerySet, EventQuerySet
+from messagio.querysets import DeliveryQuerySet, EventQuerySet, RecordsManager
 
 
 class Event(models.Model):
@@ -67,9 +67,11 @@ class Event(models.Model):
     publish_error = models.TextField(_("last publish error"), blank=True)
     listener_count = models.PositiveSmallIntegerField(_("listeners"), default=0)
 
-    objects = EventQuerySet.as_manager()
+    objects = RecordsManager.from_queryset(EventQuerySet)()
 
     class Meta:
+        # Related rows are read where they are written too (see RecordsManager).
+        base_manager_name = "objects"
         verbose_name = _("event")
         verbose_name_plural = _("events")
         ordering = ["-fired_at"]
@@ -159,7 +161,10 @@ class Replay(models.Model):
     #: How often the relay sent its task again with no run showing progress since.
     times_resent = models.PositiveIntegerField(_("times sent again"), default=0)
 
+    objects = RecordsManager()
+
     class Meta:
+        base_manager_name = "objects"
         verbose_name = _("replay")
         verbose_name_plural = _("replays")
         ordering = ["-requested_at"]
@@ -279,9 +284,10 @@ class Delivery(RunRecord):
         db_index=False,  # messagio_dl_replay: only replayed deliveries are indexed
     )
 
-    objects = DeliveryQuerySet.as_manager()
+    objects = RecordsManager.from_queryset(DeliveryQuerySet)()
 
     class Meta:
+        base_manager_name = "objects"
         verbose_name = _("delivery")
         verbose_name_plural = _("deliveries")
         ordering = ["event_id", "position"]
@@ -362,7 +368,10 @@ class Attempt(RunRecord):
         db_index=False,  # messagio_at_replay: only replayed attempts are indexed
     )
 
+    objects = RecordsManager()
+
     class Meta:
+        base_manager_name = "objects"
         verbose_name = _("attempt")
         verbose_name_plural = _("attempts")
         ordering = ["delivery_id", "number"]

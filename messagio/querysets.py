@@ -21,6 +21,20 @@ def plan_without_jit(alias: str) -> None:
             cursor.execute("SET LOCAL jit = off")
 
 
+class RecordsManager(models.Manager):
+    """Reads the records from the database messagio writes them to, whatever the project's
+    router says for reads: what messagio reads decides what it writes next (a claim, a
+    requeue, a prune), and a replica behind the primary, or one that cannot see the
+    transaction a row was just written in, would have it act on what is no longer so.
+    ``.using()`` and ``db_manager()`` still choose."""
+
+    def get_queryset(self) -> models.QuerySet:
+        queryset = super().get_queryset()
+        if self._db is None:
+            queryset = queryset.using(router.db_for_write(self.model))
+        return queryset
+
+
 class EventQuerySet(models.QuerySet):
     def unpublished(
         self,
