@@ -101,6 +101,9 @@ class RunContext:
     #: Set when an attempt of this run was taken over while it ran (requeued, or its
     #: message handed to another worker): the rest of the group is that copy's.
     taken_over: bool = False
+    #: The delivery this run found running under another message (another copy of the
+    #: group's, a requeue's or a retry's), if any: see messagio.tasks.deliver.
+    held_elsewhere: str | None = None
     #: Retries go out as tasks of their own (in a worker): each gets its task id before its
     #: failure is recorded, by delivery id, and only that task may claim the delivery then.
     retries_as_tasks: bool = False
@@ -420,6 +423,8 @@ def run_once(
                     spec["id"],
                     claimed.status_before,
                 )
+                if claimed.status_before == "running":
+                    ctx.held_elsewhere = spec["delivery"]
             return None, False
         number = claimed.number
 

@@ -1,5 +1,6 @@
 """A worker killed mid-listener: the delivery completes once, and its attempts show the crash."""
 
+import os
 import signal
 import uuid
 from typing import Any
@@ -7,8 +8,10 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from messagio.brokers import is_amqp
 from messagio.conf import get_setting
 from messagio.models import Delivery
+from project.celery import app
 from tests.integration.conftest import purge_queue
 from tests.polling import wait_for
 from tests.testapp.messagio import Exits, KillsItsWorker, Slow, SlowPair
@@ -195,3 +198,48 @@ def test_a_bulk_replay_whose_worker_is_killed_is_sent_again_by_the_relay_and_fin
     assert sorted(d.attempts for d in deliveries) == [2] * 6  # each replayed once
     assert Call.objects.filter(token=token, listener="fixable").count() == 12
     assert Replay.objects.get(pk=record.pk).queued == 6
+
+
+def test_a_cold_shutdown_then_a_restart_runs_a_groups_listeners_once_each_in_order(
+    start_worker,
+):
+    # The stopped worker's message goes back to the broker, and on Redis and the filesystem
+    # broker the restarted one of the same name requeues what its predecessor left running:
+    # two messages of one group, run side by side by its two processes. The one that finds
+    # the slow listener running under the other leaves the rest of the group to it.
+    token = uuid.uuid4().hex
+    name = f"cold-{token[:8]}"
+    purge_queue(settings.TEST_CRASH_QUEUE)
+    first = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, name=name)
+    report = SlowPair(token).fire()
+    wait_for(
+        lambda: Call.objects.filter(token=token, listener="slow-started").exists(),
+        what="the slow listener to start",
+    )
+    os.kill(first.process.pid, signal.SIGQUIT)  # the main process: Celery's cold shutdown
+    first.process.wait(30)
+    second = start_worker([settings.TEST_CRASH_QUEUE], concurrency=2, name=name)
+    wait_for(
+        lambda: Call.objects.filter(token=token, listener="slow-started").count() == 2,
+        what="the slow listener to start again",
+    )
+    if not is_amqp(app):  # RabbitMQ hands the message back, and nothing is requeued
+        # The other message has run what it would of the group before the slow one ends.
+        wait_for(lambda: " succeeded in " in second.output(), what="the second message to end")
+    Call.objects.create(token=token, listener="release")
+
+    deliveries = wait_for(
+        lambda: (
+            rows
+            if len(rows := list(Delivery.objects.filter(event_id=report.event_id))) == 2
+            and all(d.status == "succeeded" for d in rows)
+            else None
+        ),
+        what="both deliveries to succeed",
+    )
+    second.stop()
+    calls = list(Call.objects.filter(token=token).values_list("listener", flat=True))
+    assert calls.count("slow-finished") == 1 and calls.count("after-slow") == 1, calls
+    assert calls.index("slow-finished") < calls.index("after-slow"), calls
+    slow_one, _ = sorted(deliveries, key=lambda d: d.position)
+    assert [a.outcome for a in slow_one.history.order_by("number")] == ["lost", "succeeded"]
