@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import logging
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -72,6 +73,20 @@ def exit_is_the_listeners_own(exc: BaseException) -> bool:
     except ImportError:  # a billiard that cannot tell: leave it as a shutdown
         return False
     return not terminate_handler_fired()
+
+
+def cold_shutdown_raised_here() -> bool:
+    """Whether a Celery worker's cold shutdown is under way in this thread: its signal
+    handler runs in the worker's main thread, where a solo pool runs the task, and what it
+    raises there (the solo pool's ``NotImplementedError`` from ``kill_job``, say) lands in
+    the listener."""
+    state = sys.modules.get("celery.worker.state")
+    terminating = getattr(state, "should_terminate", None)
+    return (
+        terminating is not None
+        and terminating is not False
+        and threading.current_thread() is threading.main_thread()
+    )
 
 
 @dataclass
@@ -459,7 +474,20 @@ def run_once(
         finally:
             listener_running.reset(running)
     except Exception as exc:  # noqa: BLE001 - whatever a listener raises is recorded
-        error = exc
+        if not cold_shutdown_raised_here():
+            error = exc
+        else:
+            # A solo pool's cold shutdown, whose handler runs in this thread and raises in
+            # the listener (the pool cannot kill its own task): the worker's, not the
+            # listener's. The delivery stays running; its message goes back.
+            from celery.exceptions import WorkerTerminate
+            from celery.worker import state
+
+            stop = WorkerTerminate(state.should_terminate)
+            setattr(stop, RECORDED_EXIT, False)
+            close_transactions_left_open(transactions, savepoints)
+            exit_savepoints(savepoints, stop)
+            raise stop from exc
     except EXITS as exc:
         if not exit_is_the_listeners_own(exc):
             setattr(exc, RECORDED_EXIT, False)  # were it raised again after being recorded

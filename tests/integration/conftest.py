@@ -90,6 +90,7 @@ def start_worker(django_db_setup, django_db_blocker, tmp_path_factory):
         ready_timeout: float = 60,
         name: str = "",
         env: dict[str, str] | None = None,
+        options: tuple[str, ...] = (),
     ) -> Worker:
         name = name or f"test-{uuid.uuid4().hex[:8]}"
         log = logs / f"{name}-{uuid.uuid4().hex[:4]}.log"
@@ -98,7 +99,7 @@ def start_worker(django_db_setup, django_db_blocker, tmp_path_factory):
             sys.executable, "-m", "celery", "-A", "project", "worker",
             "--loglevel=INFO", f"--concurrency={concurrency}", "--prefetch-multiplier=1",
             f"--queues={','.join(queues)}", f"--hostname={name}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", *options,
         ]  # fmt: skip
         with open(log, "wb") as out:
             process = subprocess.Popen(

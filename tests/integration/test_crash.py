@@ -243,3 +243,38 @@ def test_a_cold_shutdown_then_a_restart_runs_a_groups_listeners_once_each_in_ord
     assert calls.index("slow-finished") < calls.index("after-slow"), calls
     slow_one, _ = sorted(deliveries, key=lambda d: d.position)
     assert [a.outcome for a in slow_one.history.order_by("number")] == ["lost", "succeeded"]
+
+
+def test_a_solo_pools_cold_shutdown_leaves_the_listener_running_for_its_message(start_worker):
+    # The shutdown's handler runs in the listener's thread and raises there (the solo pool
+    # cannot kill its task): taken for the listener's own failure, the interrupted listener
+    # was failed for good and its message acknowledged.
+    token = uuid.uuid4().hex
+    name = f"solo-{token[:8]}"
+    purge_queue(settings.TEST_CRASH_QUEUE)
+    solo = start_worker([settings.TEST_CRASH_QUEUE], name=name, options=("--pool=solo",))
+    report = Slow(token).fire()
+    wait_for(
+        lambda: Call.objects.filter(token=token, listener="slow-started").exists(),
+        what="the slow listener to start",
+    )
+    os.kill(solo.process.pid, signal.SIGQUIT)
+    solo.process.wait(30)
+    delivery = Delivery.objects.get(event_id=report.event_id)
+    assert delivery.status == "running", solo.output()
+
+    again = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, name=name)
+    wait_for(
+        lambda: Call.objects.filter(token=token, listener="slow-started").count() == 2,
+        what="the listener to start again",
+    )
+    Call.objects.create(token=token, listener="release")
+    delivery = wait_for(
+        lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").first(),
+        what="the delivery to succeed",
+    )
+    again.stop()
+    assert list(delivery.history.order_by("number").values_list("outcome", flat=True)) == [
+        "lost",
+        "succeeded",
+    ]
