@@ -243,6 +243,7 @@ def celery_config_errors(app: Any) -> list[Any]:
     if is_amqp(app) and declared is not None:
         errors.extend(_retries_held_by_workers(app, declared))
     errors.extend(_redelivered_while_held(app))
+    errors.extend(_run_on_after_a_connection_loss(app))
     errors.extend(_group_outlives_celery_limit(app))
     # Celery's fixup treats 0 like unset: it closes the connections around every task.
     if get_setting("RECORD") and not app.conf.get("CELERY_DB_REUSE_MAX"):
@@ -295,6 +296,26 @@ def check_search_index(app_configs: Any = None, databases: Any = None, **kwargs:
             )
         )
     return errors
+
+
+def _run_on_after_a_connection_loss(app: Any) -> list[Any]:
+    """W013: RabbitMQ hands the unacknowledged messages of a connection it lost to other
+    workers at once; a worker whose connection blipped goes on running their listeners
+    unless Celery cancels them, and the listener runs twice side by side."""
+    if not is_amqp(app) or app.conf.worker_cancel_long_running_tasks_on_connection_loss:
+        return []
+    return [
+        Warning(
+            "The broker is RabbitMQ and CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_"
+            "LOSS is off: when a worker's broker connection drops, RabbitMQ hands the messages "
+            "it holds to other workers, while it goes on running their listeners; each runs "
+            "twice side by side, and one run's outcome is discarded.",
+            hint="Set CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True (Celery "
+            "6's default): the worker then stops them, recorded as lost attempts, and the "
+            "worker that gets the message runs them again.",
+            id="messagio.W013",
+        )
+    ]
 
 
 def _retries_held_by_workers(app: Any, declared: dict[str, Any]) -> list[Any]:
@@ -422,8 +443,10 @@ def _redelivered_while_held(app: Any) -> list[Any]:
     return [
         Warning(
             f"{shown}: not less than {name} of {seconds:g}s, after which the broker hands "
-            "the message to another worker while the first still holds it, and the "
-            "listener runs twice.",
+            "the message to another worker while the first still holds it: the listener "
+            "runs again alongside, each time that passes, and once MAX_LOST_ATTEMPTS runs "
+            "are taken over it is recorded failed (WorkerLostTooOftenError) though they "
+            "may have succeeded.",
             hint=f"Shorten the time limit or retry delay, or {fix} above the longest hold, "
             "with room for the other listeners of the same group (which run in one task) "
             "and for the time a message waits prefetched by a busy worker.",

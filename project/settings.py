@@ -117,6 +117,12 @@ CELERY_TASK_DEFAULT_PRIORITY = 5
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# RabbitMQ hands a lost connection's messages to other workers at once: stop their
+# listeners here rather than run them twice side by side (Celery 6's default). Redis keeps
+# them until its visibility timeout: there the listener had better finish.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = CELERY_BROKER_URL.startswith(
+    ("amqp://", "amqps://", "pyamqp://")
+)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Celery (5.5 and later) closes Django's database connections before and after every task
 # unless this is set: each delivery would open a new PostgreSQL connection. Reuse one for

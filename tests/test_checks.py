@@ -26,6 +26,7 @@ def app_with(**config):
     app = Celery(set_as_current=False)
     config.setdefault("accept_content", ["json"])
     config.setdefault("CELERY_DB_REUSE_MAX", 500)
+    config.setdefault("worker_cancel_long_running_tasks_on_connection_loss", True)
     app.conf.update(config)
     return app
 
@@ -420,3 +421,23 @@ def test_a_messagio_setting_that_is_not_a_dict_is_refused_saying_what_it_takes(v
     with override_settings(MESSAGIO=value):
         with pytest.raises(ImproperlyConfigured, match="settings.MESSAGIO must be a dict"):
             get_setting("RECORD")
+
+
+@uses_no_subscriptions
+def test_rabbitmq_without_cancelling_tasks_on_a_connection_loss_is_a_warning():
+    # RabbitMQ hands a lost connection's messages to other workers at once, while the first
+    # worker goes on running them.
+    def app(broker_url, cancel):
+        return app_with(
+            broker_url=broker_url,
+            task_queue_max_priority=10,
+            broker_transport_options={"priority_steps": list(range(10))},
+            worker_cancel_long_running_tasks_on_connection_loss=cancel,
+        )
+
+    errors = celery_config_errors(app("amqp://guest@127.0.0.1//", False))
+
+    assert ids(errors) == ["messagio.W013"]
+    assert "CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True" in errors[0].hint
+    assert celery_config_errors(app("amqp://guest@127.0.0.1//", True)) == []
+    assert celery_config_errors(app("redis://127.0.0.1:6379/0", False)) == []
