@@ -8,6 +8,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.exceptions import SynchronousOnlyOperation
+from django.db import connections
 from django.test import override_settings
 
 from messagio import MessageCenter, Messagio
@@ -39,8 +40,10 @@ def listening():
 
 
 def drop_queued() -> int:
-    """How many messages wait in messagio's queue, which this drops."""
+    """How many messages wait in messagio's queue, which this drops (declared first, as a
+    publish would: on RabbitMQ an earlier test may have deleted it)."""
     with app.connection_for_write() as conn:
+        app.amqp.queues[settings.MESSAGIO_QUEUE](conn.default_channel).declare()
         return conn.default_channel.queue_purge(settings.MESSAGIO_QUEUE) or 0
 
 
@@ -108,6 +111,7 @@ def test_fire_from_async_code_is_let_through_where_django_lets_the_database_be(m
 
     async def notebook_cell() -> None:
         Shipped("p-4").fire()
+        connections.close_all()  # the ones this async context opened (they are its own)
 
     asyncio.run(notebook_cell())
 
