@@ -234,12 +234,14 @@ def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
     followers = []
     walked = set()
     for delivery in candidates:
-        if delivery.status == Delivery.Status.RUNNING:
-            # A live message walks this group (a retry's group went on without it): the
-            # ones after it are that message's, and run in order there.
-            walked.add(_run_of(delivery))
-            continue
         first = first_taken.get(_run_of(delivery))
+        if delivery.status == Delivery.Status.RUNNING:
+            # Past the one taken, a live message walks this group (a retry's group went on
+            # without it): the ones after it are that message's, and run in order there.
+            # Not one before it: a retry running there travels alone.
+            if first is not None and delivery.position > first:
+                walked.add(_run_of(delivery))
+            continue
         if first is not None and delivery.position > first:
             followers.append(delivery)
     return [d for d in followers if _run_of(d) not in walked]

@@ -175,7 +175,7 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
             will_retry = False
         if ctx.taken_over:
             return  # the copy that took its attempt over runs the rest of the group
-        if ctx.held_elsewhere and _left_to_the_holder(specs[position + 1 :]):
+        if ctx.held_elsewhere and _left_to_the_holder(ctx.held_elsewhere, specs[position + 1 :]):
             logger.info(
                 "messagio: delivery %s of event %s runs under another message, with the "
                 "rest of its group still to run: left to that message, in order",
@@ -208,21 +208,22 @@ def deliver(self: Any, envelope: dict[str, Any]) -> None:
                     _retry_not_sent(spec["delivery"], ctx.retry_task_ids.get(spec["delivery"]))
 
 
-def _left_to_the_holder(followers: list[dict[str, Any]]) -> bool:
-    """Whether the listeners after one that another message runs are that message's to run:
-    each still pending, as a copy of the group's message or a requeue's (which takes the
-    pending listeners after it along) leaves them until it reaches them. Run here, they
-    would run before the one it runs has ended (a cold shutdown hands the message back and
-    the restarted worker requeues it too). Not when any has moved on: a retry, which travels
-    alone, holds it, and the group's own message walked past it."""
-    from messagio.models import Delivery
+def _left_to_the_holder(held: str, followers: list[dict[str, Any]]) -> bool:
+    """Whether the listeners after ``held``, which another message runs, are that message's
+    to run: each still pending, as a copy of the group's message or a requeue's (which
+    takes the pending listeners after it along) leaves them until it reaches them. Run
+    here, they would run before the one it runs has ended (a cold shutdown hands the message
+    back and the restarted worker requeues it too). Not when any has moved on (the group's
+    own message walked past it), nor when a retry runs it: a retry travels alone."""
+    from messagio.models import Attempt, Delivery
 
     ids = [spec["delivery"] for spec in followers]
     if not ids:
         return False
-    return not (
-        Delivery.objects.filter(pk__in=ids).exclude(status=Delivery.Status.PENDING).exists()
-    )
+    if Delivery.objects.filter(pk__in=ids).exclude(status=Delivery.Status.PENDING).exists():
+        return False
+    last = Attempt.objects.filter(delivery_id=held).order_by("-number").first()
+    return last is None or last.outcome != Attempt.Outcome.RETRIED
 
 
 def _retry_not_sent(delivery_id: str, task_id: str | None) -> None:

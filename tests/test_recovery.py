@@ -134,6 +134,20 @@ def test_a_retry_requeued_leaves_the_listeners_after_it_to_the_message_walking_i
     assert published == [[str(retried.pk)]]
 
 
+def test_a_retry_running_before_the_delivery_requeued_leaves_it_the_listeners_after_it(
+    published,
+):
+    # The retry of the first travels alone: the pending listeners after the one its group's
+    # message died in are the requeue's to take, or no message would ever run them.
+    _, (retrying, dead, *after) = event_with(
+        ("running", 2), ("running", 1), ("pending", 0), ("pending", 0)
+    )
+
+    requeue(Delivery.objects.filter(pk=dead.pk), "test")
+
+    assert published == [[str(dead.pk), *(str(d.pk) for d in after)]]
+
+
 def test_what_waits_for_a_lost_message_is_published_again_once(published):
     event, (done, waiting) = event_with(("succeeded", 1), ("pending", 0))
 

@@ -205,3 +205,50 @@ def test_an_envelope_of_a_newer_layout_is_published_as_it_came():
     newer = {"v": 99, "listeners": [{"delivery": "d1", "id": "a.b", "import_path": "a:b"}]}
 
     assert compacted(newer) is newer
+
+
+@pytest.mark.django_db
+def test_a_groups_message_runs_the_listeners_after_one_a_retry_runs(monkeypatch):
+    # A retry travels alone: the group's message, handed back after its worker died, does
+    # not leave the pending listeners after the retried one to it.
+    from django.utils import timezone
+
+    from messagio import records, tasks
+    from messagio.dispatch import compacted
+    from messagio.models import Attempt, Delivery, Event
+    from messagio.payload import encode
+    from messagio.registry import registry
+    from messagio.seals import sealed
+    from tests.testapp.messagio import Ping
+    from tests.testapp.models import Call
+
+    monkeypatch.setattr(records, "publish_all", lambda envelopes: [])  # retries, captured
+    subscriptions = registry.subscriptions_for(Ping)
+    event = Event.objects.create(
+        messagio_type=Ping.get_name(), fired_at=timezone.now(), published_at=timezone.now(),
+        state="published", payload=encode(Ping("held")), listener_count=len(subscriptions),
+    )  # fmt: skip
+    rows = [
+        Delivery.objects.create(
+            event=event,
+            position=position,
+            messagio_type=Ping.get_name(),
+            listener=subscription.listener_id,
+            status="pending",
+            task_id="M",
+        )  # fmt: skip
+        for position, subscription in enumerate(subscriptions)
+    ]
+    first, *after = rows
+    Delivery.objects.filter(pk=first.pk).update(
+        status="running", attempts=2, task_id="R", worker="w2", started_at=timezone.now()
+    )
+    Attempt.objects.create(delivery=first, number=1, outcome=Attempt.Outcome.RETRIED)
+    envelope = records.envelopes(event, rows)[0]
+
+    tasks.deliver.apply(args=(sealed(compacted(envelope)),), task_id="M", hostname="w1")
+
+    statuses = dict(Delivery.objects.filter(event=event).values_list("pk", "status"))
+    assert statuses[first.pk] == "running"  # the retry's, still
+    assert all(statuses[d.pk] in ("succeeded", "failed", "retrying") for d in after), statuses
+    assert Call.objects.filter(token="held").exists()
