@@ -274,6 +274,9 @@ def enter_savepoints() -> list[Any]:
     for connection in connections.all(initialized_only=True):
         if connection.in_atomic_block and not connection.needs_rollback:
             block = transaction.atomic(using=connection.alias)
+            # In a test case's transaction a listener's atomic(durable=True) is allowed
+            # (Django's TestCase); atop this savepoint it would be refused.
+            block._from_testcase = connection.atomic_blocks[-1]._from_testcase
             block.__enter__()
             entered.append(block)
     return entered
@@ -282,7 +285,7 @@ def enter_savepoints() -> list[Any]:
 def exit_savepoints(entered: list[Any], error: BaseException | None) -> BaseException | None:
     """Leave the savepoints of :func:`enter_savepoints`, rolled back to them when the listener
     failed or left its transaction marked for rollback; the error to record for it."""
-    from django.db import transaction
+    from django.db import DatabaseError, transaction
 
     broken = []
     for block in reversed(entered):
@@ -293,7 +296,7 @@ def exit_savepoints(entered: list[Any], error: BaseException | None) -> BaseExce
                 block.__exit__(None, None, None)  # rolled back if marked for rollback
             else:
                 block.__exit__(type(error), error, error.__traceback__)
-        except Exception as exc:  # noqa: BLE001 - the rollback failed: the listener's outcome
+        except DatabaseError as exc:  # the rollback failed: the listener's outcome
             error = error or exc
     if broken and error is None:
         error = ListenerTransactionRolledBackError(

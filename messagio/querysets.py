@@ -28,10 +28,15 @@ class RecordsManager(models.Manager):
     transaction a row was just written in, would have it act on what is no longer so.
     ``.using()`` and ``db_manager()`` still choose."""
 
+    @property
+    def db(self) -> str:
+        """Where the records are read, raw SQL included (the admin's queries)."""
+        return self._db or router.db_for_write(self.model, **self._hints)
+
     def get_queryset(self) -> models.QuerySet:
         queryset = super().get_queryset()
         if self._db is None:
-            queryset = queryset.using(router.db_for_write(self.model))
+            queryset = queryset.using(self.db)
         return queryset
 
 

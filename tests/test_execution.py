@@ -461,6 +461,22 @@ def test_a_database_error_in_the_callers_transaction_undoes_that_listener_only(
     assert list(Call.objects.values_list("token", flat=True)) == ["after"]
 
 
+def commits_durably(messagio: Quits) -> None:
+    from django.db import transaction
+
+    with transaction.atomic(durable=True):
+        ran.append("durable")
+
+
+@pytest.mark.django_db  # a test case's transaction, in which Django allows durable blocks
+def test_a_listener_may_open_a_durable_block_in_a_test_cases_transaction(isolated_registry):
+    subscribe(Quits, commits_durably)
+
+    report = Quits(0).fire(sync=True)
+
+    assert (ran, [o.succeeded for o in report.outcomes]) == (["durable"], [True])
+
+
 def turns_autocommit_off_on_records(messagio: Quits) -> None:
     from django.db import transaction
 

@@ -58,3 +58,15 @@ def test_with_reads_routed_to_a_replica_the_records_are_read_where_they_are_writ
         ("fails_once", 2, "succeeded"),
     ]
     assert not Event.objects.exists()  # all pruned: each was read and found finished
+
+
+@pytest.mark.django_db(databases=["default", "records"])
+def test_with_reads_routed_to_a_replica_raw_queries_read_where_the_records_are_written():
+    from messagio_admin import queries
+
+    Delivery.objects.create(
+        event=Event.objects.create(messagio_type="a.B", payload=b"x"), listener="a.listener"
+    )
+    with override_settings(DATABASE_ROUTERS=[ReadsFromAReplica()]):
+        assert (Event.objects.db, Delivery.objects.db) == ("default", "default")
+        assert queries.distinct_values(Delivery, "listener") == ["a.listener"]
