@@ -184,8 +184,9 @@ def refuse_in_async_code(messagio: Messagio) -> None:
     raise SynchronousOnlyOperation(
         f"A {type(messagio).__qualname__} was fired from async code, where Django refuses "
         "database access and so messagio cannot record it; nothing was recorded or "
-        "published. Use `await messagio.afire()` there, or fire from a function wrapped "
-        "in asgiref's sync_to_async."
+        f"published. Use `await {type(messagio).__qualname__}(...).afire()` there (the "
+        "fired object's afire()), or fire from a function wrapped in asgiref's "
+        "sync_to_async."
     )
 
 

@@ -434,6 +434,12 @@ def _redelivered_while_held(app: Any) -> list[Any]:
     if not over:
         return []
     shown = _first_three(over)
+    ends = (
+        "with no end (MAX_LOST_ATTEMPTS is None)"
+        if get_setting("MAX_LOST_ATTEMPTS") is None
+        else "and once MAX_LOST_ATTEMPTS runs are taken over it is recorded failed "
+        "(WorkerLostTooOftenError) though they may have succeeded"
+    )
     fix = (
         'raise it with CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": ...}'
         if is_redis(app)
@@ -444,9 +450,7 @@ def _redelivered_while_held(app: Any) -> list[Any]:
         Warning(
             f"{shown}: not less than {name} of {seconds:g}s, after which the broker hands "
             "the message to another worker while the first still holds it: the listener "
-            "runs again alongside, each time that passes, and once MAX_LOST_ATTEMPTS runs "
-            "are taken over it is recorded failed (WorkerLostTooOftenError) though they "
-            "may have succeeded.",
+            f"runs again alongside, each time that passes, {ends}.",
             hint=f"Shorten the time limit or retry delay, or {fix} above the longest hold, "
             "with room for the other listeners of the same group (which run in one task) "
             "and for the time a message waits prefetched by a busy worker.",

@@ -65,7 +65,8 @@ class WorkerLostTooOftenError(Exception):
     def __init__(self, lost: int) -> None:
         super().__init__(
             f"the worker running this listener was lost {lost} times (killed: out of memory, "
-            "a crash in native code; or its connection lost, see the attempts); it is not run "
-            "again (MESSAGIO['MAX_LOST_ATTEMPTS']). Find the cause, then replay it"
+            "a crash in native code; its connection lost; or running past the broker's "
+            "visibility_timeout / consumer_timeout, messagio.W007: see the attempts); it is "
+            "not run again (MESSAGIO['MAX_LOST_ATTEMPTS']). Find the cause, then replay it"
         )
         self.lost = lost

@@ -929,8 +929,9 @@ def _claimed(
                 delivery_id,
                 row,
                 now,
-                "the worker running this attempt died or lost its connection; "
-                "the message was delivered again",
+                "the worker running this attempt died, lost its connection, or held the "
+                "message past the broker's visibility_timeout / consumer_timeout (see "
+                "messagio.W007); the message was delivered again",
             )
             lost = lost_too_often(delivery_id, row["replay_id"])
             if lost is not None:

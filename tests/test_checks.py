@@ -196,8 +196,11 @@ def test_a_time_limit_past_rabbitmq_consumer_timeout_is_a_warning_naming_it():
 
     assert ids(errors) == ["messagio.W007"]
     assert "slow_listener may run for 1800s" in errors[0].msg
+    assert "recorded failed (WorkerLostTooOftenError)" in errors[0].msg
     assert "consumer_timeout" in errors[0].hint
     assert celery_config_errors(app_with(broker_url="memory://")) == []  # redelivers nothing
+    with override_settings(MESSAGIO={"MAX_LOST_ATTEMPTS": None}):
+        assert "with no end" in celery_config_errors(app)[0].msg
 
 
 @uses_no_subscriptions
