@@ -48,6 +48,19 @@ def kill_mid_listener_and_restart(start_worker: Any, messagio_class: type, token
     return report, second
 
 
+def both_succeeded(event_id: Any) -> list:
+    """The event's two deliveries, once both succeeded."""
+    return wait_for(
+        lambda: (
+            rows
+            if len(rows := list(Delivery.objects.filter(event_id=event_id))) == 2
+            and all(d.status == "succeeded" for d in rows)
+            else None
+        ),
+        what="both deliveries to succeed",
+    )
+
+
 def run_both_listeners(start_worker: Any, messagio: Any, timeout: float = 30) -> tuple[Any, list]:
     """Fire a messagio of two listeners on the crash queue to a new one-process worker, wait
     until both finished, stop the worker. Returns (worker, deliveries in order)."""
@@ -94,15 +107,7 @@ def test_the_listeners_after_the_one_a_worker_died_in_run_once(start_worker):
     token = uuid.uuid4().hex
     report, worker = kill_mid_listener_and_restart(start_worker, SlowPair, token)
 
-    deliveries = wait_for(
-        lambda: (
-            rows
-            if len(rows := list(Delivery.objects.filter(event_id=report.event_id))) == 2
-            and all(d.status == "succeeded" for d in rows)
-            else None
-        ),
-        what="both deliveries to succeed",
-    )
+    deliveries = both_succeeded(report.event_id)
     worker.stop()
     slow_one, after = sorted(deliveries, key=lambda d: d.position)
     assert [a.outcome for a in slow_one.history.order_by("number")] == ["lost", "succeeded"]
@@ -228,15 +233,7 @@ def test_a_cold_shutdown_then_a_restart_runs_a_groups_listeners_once_each_in_ord
         wait_for(lambda: " succeeded in " in second.output(), what="the second message to end")
     Call.objects.create(token=token, listener="release")
 
-    deliveries = wait_for(
-        lambda: (
-            rows
-            if len(rows := list(Delivery.objects.filter(event_id=report.event_id))) == 2
-            and all(d.status == "succeeded" for d in rows)
-            else None
-        ),
-        what="both deliveries to succeed",
-    )
+    deliveries = both_succeeded(report.event_id)
     second.stop()
     calls = list(Call.objects.filter(token=token).values_list("listener", flat=True))
     assert calls.count("slow-finished") == 1 and calls.count("after-slow") == 1, calls
