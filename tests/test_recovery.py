@@ -142,6 +142,7 @@ def test_a_retry_running_before_the_delivery_requeued_leaves_it_the_listeners_af
     _, (retrying, dead, *after) = event_with(
         ("running", 2), ("running", 1), ("pending", 0), ("pending", 0)
     )
+    Attempt.objects.create(delivery=retrying, number=1, outcome=Attempt.Outcome.RETRIED)
 
     requeue(Delivery.objects.filter(pk=dead.pk), "test")
 
@@ -561,3 +562,103 @@ def test_an_eager_requeue_runs_its_listeners_after_its_transaction(monkeypatch):
 
     assert requeue(Delivery.objects.filter(pk=dead.pk), "test") == 1
     assert in_transaction == [False]
+
+
+# Replays beside a requeue: each replay's message carries its own deliveries only.
+
+
+@pytest.fixture
+def broker(monkeypatch):
+    """Every envelope replays and requeues publish, with a task id of its own, in order."""
+    from messagio import replays
+
+    sent: list[tuple[str, dict]] = []
+
+    def publish_all(envelope_list):
+        ids = []
+        for envelope in envelope_list:
+            ids.append(f"task-{len(sent)}")
+            sent.append((ids[-1], envelope))
+        return ids
+
+    monkeypatch.setattr(records, "publish_all", publish_all)
+    monkeypatch.setattr(replays, "publish_all", publish_all)
+    return sent
+
+
+def ran_through(statuses: list[str]) -> tuple[Event, list]:
+    """A Ping fired an hour ago whose group ran, each listener ending as ``statuses`` says."""
+    from messagio.payload import encode
+
+    at = hours_ago(1)
+    subscriptions = registry.subscriptions_for(Ping)
+    event = Event.objects.create(
+        messagio_type=PING, fired_at=at, published_at=at, state="published",
+        payload=encode(Ping("replayed")), listener_count=len(subscriptions),
+    )  # fmt: skip
+    rows = []
+    for position, (subscription, status) in enumerate(zip(subscriptions, statuses, strict=True)):
+        delivery = Delivery.objects.create(
+            event=event, position=position, messagio_type=PING,
+            listener=subscription.listener_id, status=status, attempts=1, started_at=at,
+            finished_at=at, task_id="M", worker="w0",
+        )  # fmt: skip
+        Attempt.objects.create(delivery=delivery, number=1, outcome=status, finished_at=at)
+        rows.append(delivery)
+    return event, rows
+
+
+def run_message(envelope: dict, task_id: str, worker: str) -> None:
+    from messagio import tasks
+    from messagio.dispatch import compacted
+    from messagio.seals import sealed
+
+    tasks.deliver.apply(args=(sealed(compacted(envelope)),), task_id=task_id, hostname=worker)
+
+
+@pytest.mark.django_db(transaction=True)  # a replay publishes once it commits
+def test_a_requeue_takes_the_followers_of_its_replay_beside_another_replay_running(broker):
+    # Replay P of first and broken; replay P2 of third alone, running. P's worker dies in
+    # first and comes back: the requeue takes broken along (P2's message carries only third).
+    from messagio.recovery import requeue_orphans
+    from messagio.replays import replay
+
+    _, (first, _, broken, third, _) = ran_through(
+        ["failed", "succeeded", "failed", "failed", "succeeded"]
+    )
+    p = replay(Delivery.objects.filter(pk__in=[first.pk, broken.pk]))
+    p2 = replay(third)
+    (p1_id, _), (p2_id, _) = broker
+    assert records.claim(str(first.pk), p1_id, "w1", p.pk).run
+    assert records.claim(str(third.pk), p2_id, "w2", p2.pk).run
+
+    requeue_orphans("w1")
+
+    assert [[s["delivery"] for s in e["listeners"]] for _, e in broker[2:]] == [
+        [str(first.pk), str(broken.pk)]
+    ]
+
+
+@pytest.mark.django_db(transaction=True)  # a replay publishes once it commits
+def test_a_requeue_leaves_another_replays_followers_to_its_message(broker):
+    # Replay P of first and broken, running first; replay P2 of second alone, whose worker
+    # died: broken is P's to run after first, not the requeue's to run now.
+    from messagio.recovery import requeue_orphans
+    from messagio.replays import replay
+
+    _, (first, second, broken, _, _) = ran_through(
+        ["failed", "failed", "failed", "succeeded", "succeeded"]
+    )
+    p = replay(Delivery.objects.filter(pk__in=[first.pk, broken.pk]))
+    p2 = replay(second)
+    (p1_id, _), (p2_id, _) = broker
+    assert records.claim(str(first.pk), p1_id, "w1", p.pk).run
+    assert records.claim(str(second.pk), p2_id, "w2", p2.pk).run
+
+    requeue_orphans("w2")
+    for task_id, envelope in broker[2:]:
+        run_message(envelope, task_id, "w2")
+
+    assert [[s["delivery"] for s in e["listeners"]] for _, e in broker[2:]] == [[str(second.pk)]]
+    broken.refresh_from_db()
+    assert (broken.status, broken.attempts) == ("pending", 1)  # for P's message, after first
