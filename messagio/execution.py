@@ -581,7 +581,7 @@ def run_once(
             # The first try's claim may have committed.
             ctx.maybe_claimed[claim_next] = claim_at
 
-    delivery_id = spec.get("delivery")
+    delivery_id = spec.get("delivery") if ctx.record else None  # no row without records
     if ctx.taken_over:
         # Nothing of it was recorded: the copy that took it over sends the signal of the
         # outcome it records (a failure here is no final failure to alert on).
@@ -595,7 +595,8 @@ def run_once(
                 exc_info=error,
             )
     elif error is None:
-        signals.delivery_succeeded.send_robust(
+        send_robustly(
+            signals.delivery_succeeded,
             sender=signal_sender(messagio, ctx.messagio_type),
             delivery_id=delivery_id,
             event_id=uuid.UUID(ctx.event_id),
@@ -637,6 +638,20 @@ def run_once(
     return outcome, will_retry
 
 
+def send_robustly(signal: Any, **kwargs: Any) -> None:
+    """``signal.send_robust``, in a savepoint of each transaction open here (a sync fire in
+    the caller's, a test's): a receiver's database error, which send_robust logs and skips,
+    would otherwise leave the transaction aborted (PostgreSQL), and with it the records of
+    this outcome and the listeners after it. Rolled back to it when a receiver failed."""
+    savepoints = enter_savepoints()
+    responses: list[tuple[Any, Any]] = []
+    try:
+        responses = signal.send_robust(**kwargs)
+    finally:
+        failed = next((r for _, r in responses if isinstance(r, Exception)), None)
+        exit_savepoints(savepoints, failed)
+
+
 def signal_sender(messagio: Any, messagio_type: str) -> type | None:
     """Whom the delivery signals are sent by, as ``messagio_fired`` (and Django's model
     signals, by the model class): the messagio's class, so that a receiver can connect to one
@@ -663,7 +678,8 @@ def signal_failed(
     ``will_retry``)."""
     from messagio import signals
 
-    signals.delivery_failed.send_robust(
+    send_robustly(
+        signals.delivery_failed,
         sender=signal_sender(messagio, messagio_type),
         delivery_id=delivery_id,
         event_id=event_id,
@@ -714,7 +730,7 @@ def run_all_here(
                     messagio, spec, ctx, listener=listener, retry_on=exc_types
                 )
             except EXITS as exc:
-                if ctx.record and getattr(exc, RECORDED_EXIT, False) and not ctx.taken_over:
+                if getattr(exc, RECORDED_EXIT, False) and not ctx.taken_over:
                     _not_run(messagio, specs[position + 1 :], ctx, spec["id"], exc)
                 raise
             if not will_retry:
@@ -732,7 +748,18 @@ def _not_run(
 ) -> None:
     """Record the listeners after one that ended the process as failed, never run: nothing
     else would run them (in-process runs have no message), and a replay can. Each is a
-    final failure, signalled as one."""
+    final failure, signalled as one (without records, only signalled)."""
+    if not ctx.record:  # nothing to record: each is signalled, without a delivery id
+        for spec in specs:
+            signal_failed(
+                exc,
+                delivery_id=None,
+                event_id=uuid.UUID(ctx.event_id),
+                listener=spec["id"],
+                messagio=messagio,
+                messagio_type=ctx.messagio_type,
+            )
+        return
     from messagio.models import Delivery
     from messagio.records import exception_name
 

@@ -305,6 +305,57 @@ def test_a_receiver_that_raises_stops_neither_the_fire_nor_the_other_listeners(
     assert all("metrics backend down" in str(r.exc_info[1]) for r in raised)
 
 
+@pytest.fixture
+def receiver_whose_query_fails():
+    """A receiver whose own SQL fails, as a metrics hook writing to a missing table would."""
+    from django.db import connection
+
+    def query(**kwargs):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM messagio_no_such_metrics_table")
+
+    delivery_succeeded.connect(query, weak=False)
+    yield
+    delivery_succeeded.disconnect(query)
+
+
+@pytest.mark.django_db  # the test's own transaction encloses the sync fire, as a TestCase's
+def test_a_receivers_database_error_in_the_callers_transaction_stops_nothing(
+    received, receiver_whose_query_fails
+):
+    # On PostgreSQL the error aborted the caller's transaction: the next listener's claim
+    # failed and fire() raised.
+    from django.db import connection
+
+    subscribe(succeed, fail, succeed_again)
+
+    report = Pinged("q").fire(sync=True)
+
+    assert [o.succeeded for o in report.outcomes] == [True, False, True]
+    assert [s["listener"] for s in received["succeeded"]] == [SUCCEED, SUCCEED_AGAIN]
+    assert not connection.needs_rollback
+    assert Event.objects.filter(pk=report.event_id).exists()  # the transaction goes on
+
+
+def exits(event: Pinged) -> None:
+    raise SystemExit(3)
+
+
+@pytest.mark.parametrize("record", [True, False], ids=["recorded", "not recorded"])
+def test_a_sync_fire_a_listener_exits_in_signals_the_listeners_it_left(received, record):
+    subscribe(succeed, exits, succeed_again)
+
+    with override_settings(MESSAGIO={"RECORD": record}), pytest.raises(SystemExit):
+        Pinged("x").fire(sync=True)
+
+    assert received["fired"] == []  # its report, cut short, would say nothing failed
+    assert [s["listener"] for s in received["failed"]] == [
+        "tests.test_signals.exits",
+        SUCCEED_AGAIN,
+    ]
+    assert all((s["delivery_id"] is None) is not record for s in received["failed"])
+
+
 # --- What an in-process fire records ------------------------------------------------------
 
 

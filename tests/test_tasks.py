@@ -252,3 +252,36 @@ def test_a_groups_message_runs_the_listeners_after_one_a_retry_runs(monkeypatch)
     assert statuses[first.pk] == "running"  # the retry's, still
     assert all(statuses[d.pk] in ("succeeded", "failed", "retrying") for d in after), statuses
     assert Call.objects.filter(token="held").exists()
+
+
+@pytest.mark.django_db
+def test_without_records_a_workers_delivery_signals_name_no_delivery(monkeypatch):
+    # A receiver looking the delivery up would find no row: there is none.
+    from messagio import records, tasks
+    from messagio.dispatch import compacted
+    from messagio.payload import encode
+    from messagio.registry import registry
+    from messagio.seals import sealed
+    from messagio.signals import delivery_failed, delivery_succeeded
+    from tests.testapp.messagio import Ping
+
+    monkeypatch.setattr(records, "publish_all", lambda envelopes: [])  # retries, captured
+    ping = Ping("unrecorded")
+    event, deliveries = records.build_records(
+        ping, encode(ping, 1_000_000), registry.subscriptions_for(Ping), origin="fire"
+    )
+    (envelope,) = records.envelopes(event, deliveries, record=False)
+    sent = []
+
+    def note(**kwargs):
+        sent.append(kwargs["delivery_id"])
+
+    for signal in (delivery_succeeded, delivery_failed):
+        signal.connect(note, weak=False)
+    try:
+        tasks.deliver.apply(args=(sealed(compacted(envelope)),), task_id="unrecorded")
+    finally:
+        for signal in (delivery_succeeded, delivery_failed):
+            signal.disconnect(note)
+
+    assert len(sent) == len(deliveries) and set(sent) == {None}
