@@ -642,13 +642,16 @@ def send_robustly(signal: Any, **kwargs: Any) -> None:
     """``signal.send_robust``, in a savepoint of each transaction open here (a sync fire in
     the caller's, a test's): a receiver's database error, which send_robust logs and skips,
     would otherwise leave the transaction aborted (PostgreSQL), and with it the records of
-    this outcome and the listeners after it. Rolled back to it when a receiver failed."""
+    this outcome and the listeners after it. Rolled back to it only when a receiver's query
+    failed: another error leaves the receivers' writes and on_commit hooks in place."""
+    from django.db import DatabaseError
+
     savepoints = enter_savepoints()
     responses: list[tuple[Any, Any]] = []
     try:
         responses = signal.send_robust(**kwargs)
     finally:
-        failed = next((r for _, r in responses if isinstance(r, Exception)), None)
+        failed = next((r for _, r in responses if isinstance(r, DatabaseError)), None)
         exit_savepoints(savepoints, failed)
 
 

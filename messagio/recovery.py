@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from messagio.exceptions import PublishRefusedError
@@ -207,13 +207,13 @@ def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
     A retry, a replay or an earlier requeue runs its listener in a message that carries the
     ones after it too, or none of them: either way the message it is taken from runs nothing
     more once it finds its attempt taken over (``records.AttemptTakenOverError``), so they
-    go along, unless another delivery of the same run is running and no retry (a retry's
-    group went on without it: that message runs them, in order). A run is one replay's,
+    go along, unless another delivery of the same run is running past it (a retry's group
+    went on without it: that message runs them, in order). A run is one replay's,
     or none's: a replay's message carries only its own. Published twice (the group's own
     message still on its way), each runs once: a later copy finds it finished or held by
     the other.
     """
-    from messagio.models import Attempt, Delivery
+    from messagio.models import Delivery
 
     if not taken:
         return []
@@ -224,16 +224,12 @@ def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
             ids.add(delivery.pk)
             key = _run_of(delivery)
             first_taken[key] = min(first_taken.get(key, delivery.position), delivery.position)
-    last_outcome = (
-        Attempt.objects.filter(delivery_id=OuterRef("pk")).order_by("-number").values("outcome")
-    )
     candidates = (
         Delivery.objects.filter(
             event_id__in=list(taken),
             status__in=[Delivery.Status.PENDING, Delivery.Status.RUNNING],
         )
         .exclude(pk__in=ids)
-        .annotate(last_outcome=Subquery(last_outcome[:1]))
         .select_related("event")
         .order_by("event_id", "position")
     )
@@ -242,10 +238,10 @@ def pending_followers(taken: dict[Any, list[Any]]) -> list[Any]:
     for delivery in candidates:
         first = first_taken.get(_run_of(delivery))
         if delivery.status == Delivery.Status.RUNNING:
-            # A live message of the same run walks this group (a retry's group went on
-            # without it): the ones after it are that message's, and run in order there.
-            # Not a retry, which travels alone.
-            if delivery.last_outcome != Attempt.Outcome.RETRIED:
+            # Past the one taken, a live message of the same run walks this group (a retry's
+            # group went on without it): the ones after it are that message's, and run in
+            # order there. Not one before it: a retry (or its requeue) travels alone.
+            if first is not None and delivery.position > first:
                 walked.add(_run_of(delivery))
             continue
         if first is not None and delivery.position > first:
@@ -258,9 +254,9 @@ def _run_of(delivery: Any) -> tuple[Any, ...]:
     in-process run."""
     from messagio.models import Event
 
-    if delivery.event.state == Event.State.INLINE:
-        return (delivery.event_id,)
     # A replay's message carries its own deliveries only: one replay's is not another's.
+    if delivery.event.state == Event.State.INLINE:
+        return (delivery.event_id, delivery.replay_id)
     return (delivery.event_id, delivery.priority, delivery.queue, delivery.replay_id)
 
 

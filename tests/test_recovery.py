@@ -149,6 +149,34 @@ def test_a_retry_running_before_the_delivery_requeued_leaves_it_the_listeners_af
     assert published == [[str(dead.pk), *(str(d.pk) for d in after)]]
 
 
+def test_a_requeued_retry_running_before_the_delivery_requeued_leaves_it_the_listeners_after(
+    published,
+):
+    # The retry was requeued as lost since (its last attempt): it still travels alone.
+    _, (retry, dead, after) = event_with(("running", 3), ("running", 1), ("pending", 0))
+    Attempt.objects.create(delivery=retry, number=1, outcome=Attempt.Outcome.RETRIED)
+    Attempt.objects.create(delivery=retry, number=2, outcome=Attempt.Outcome.LOST)
+
+    requeue(Delivery.objects.filter(pk=dead.pk), "test")
+
+    assert published == [[str(dead.pk), str(after.pk)]]
+
+
+def test_a_replay_running_in_an_in_process_run_leaves_it_the_listeners_after_one_requeued(
+    published,
+):
+    # The replay's message carries its own delivery only.
+    _, (replayed, dead, after) = event_with(
+        ("running", 2), ("running", 1), ("pending", 0), state="inline"
+    )
+    record = Replay.objects.create(state=Replay.State.RUNNING)
+    Delivery.objects.filter(pk=replayed.pk).update(replay=record)
+
+    requeue(Delivery.objects.filter(pk=dead.pk), "test")
+
+    assert published == [[str(dead.pk), str(after.pk)]]
+
+
 def test_what_waits_for_a_lost_message_is_published_again_once(published):
     event, (done, waiting) = event_with(("succeeded", 1), ("pending", 0))
 

@@ -337,6 +337,25 @@ def test_a_receivers_database_error_in_the_callers_transaction_stops_nothing(
     assert Event.objects.filter(pk=report.event_id).exists()  # the transaction goes on
 
 
+@pytest.mark.django_db  # the test's own transaction encloses the sync fire, as a TestCase's
+def test_a_receivers_plain_error_in_the_callers_transaction_undoes_no_other_receivers_writes(
+    received, broken_receivers
+):
+    from tests.testapp.models import Call
+
+    def audit(**kwargs):
+        Call.objects.create(token="audit", listener=kwargs["listener"])
+
+    delivery_succeeded.connect(audit, weak=False)
+    try:
+        subscribe(succeed)
+        Pinged("r").fire(sync=True)
+    finally:
+        delivery_succeeded.disconnect(audit)
+
+    assert list(Call.objects.filter(token="audit").values_list("listener", flat=True)) == [SUCCEED]
+
+
 def exits(event: Pinged) -> None:
     raise SystemExit(3)
 
