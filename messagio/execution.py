@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -308,20 +308,30 @@ def exit_savepoints(entered: list[Any], error: BaseException | None) -> BaseExce
     return error
 
 
+def leave_transactions(
+    before: TransactionState, savepoints: list[Any], error: BaseException | None
+) -> BaseException | None:
+    """After a listener: roll back what it left open, then leave the savepoints it ran in
+    (rolled back to them on ``error``); the error to record for it."""
+    left_open = close_transactions_left_open(before)
+    return exit_savepoints(savepoints, error if error is not None else left_open)
+
+
 def close_transactions_left_open(
     before: TransactionState,
-    savepoints: Sequence[Any] = (),
 ) -> ListenerLeftTransactionOpenError | None:
     """Roll back what a listener left open on any connection (an atomic block entered and
     not exited, autocommit turned off), back to what was open before it ran; what says so.
 
     Left open, the transaction would take in messagio's records of this and every later
-    delivery the process runs, and hold their locks, never committed.
+    delivery the process runs, and hold their locks, never committed. In a transaction
+    opened before it, the listener runs in a savepoint (:func:`enter_savepoints`): an
+    ``atomic(savepoint=False)`` it left open there marks the savepoint for rollback, which
+    then undoes it, not the enclosing transaction.
     """
     from django.db import connections
 
     left: list[str] = []
-    kept: list[str] = []
     for connection in connections.all(initialized_only=True):
         # A connection first used by the listener started as its settings say.
         depth, autocommit = before.get(connection.alias) or (0, _configured_autocommit(connection))
@@ -330,14 +340,7 @@ def close_transactions_left_open(
             left.append(f"{len(blocks) - depth} atomic block(s) on {connection.alias!r}")
             rollback = ListenerLeftTransactionOpenError("left open by the listener")
             while len(connection.atomic_blocks) > depth:
-                if len(connection.atomic_blocks) > 1 and connection.savepoint_ids[-1] is None:
-                    # atomic(savepoint=False) in an enclosing one: nothing to roll back to
-                    # but the whole enclosing transaction, which is not the listener's to
-                    # doom. Closed as it would have been; its writes stay in that one.
-                    kept.append(connection.alias)
-                    connection.atomic_blocks[-1].__exit__(None, None, None)
-                else:
-                    connection.atomic_blocks[-1].__exit__(type(rollback), rollback, None)
+                connection.atomic_blocks[-1].__exit__(type(rollback), rollback, None)
         if not connection.in_atomic_block and _autocommit(connection) != autocommit:
             left.append(
                 f"autocommit turned {'off' if autocommit else 'on'} on {connection.alias!r}"
@@ -347,17 +350,10 @@ def close_transactions_left_open(
             connection.set_autocommit(autocommit)
     if not left:
         return None
-    kept = [alias for alias in kept if alias not in {block.using for block in savepoints}]
-    undone = (
-        f"its writes in atomic(savepoint=False) stay in the enclosing transaction on "
-        f"{', '.join(repr(alias) for alias in sorted(set(kept)))}, the rest was rolled back"
-        if kept
-        else "it was rolled back, and its writes there undone"
-    )
     return ListenerLeftTransactionOpenError(
         f"the listener returned with a database transaction still open ({', '.join(left)}): "
-        f"{undone}. Exit every transaction.atomic() it enters (a with statement), and give "
-        "autocommit back"
+        "it was rolled back, and its writes there undone. Exit every transaction.atomic() "
+        "it enters (a with statement), and give autocommit back"
     )
 
 
@@ -488,14 +484,12 @@ def run_once(
 
             stop = WorkerTerminate(state.should_terminate)
             setattr(stop, RECORDED_EXIT, False)
-            close_transactions_left_open(transactions, savepoints)
-            exit_savepoints(savepoints, stop)
+            leave_transactions(transactions, savepoints, stop)
             raise stop from exc
     except EXITS as exc:
         if not exit_is_the_listeners_own(exc):
             setattr(exc, RECORDED_EXIT, False)  # were it raised again after being recorded
-            close_transactions_left_open(transactions, savepoints)
-            exit_savepoints(savepoints, exc)
+            leave_transactions(transactions, savepoints, exc)
             raise  # a worker shutting down: the delivery stays running, its message returns
         error = escaping = exc
         setattr(exc, RECORDED_EXIT, True)
@@ -505,8 +499,7 @@ def run_once(
         # outcome would be lost and the listener taken for a lost worker's). Not gevent's or
         # eventlet's Timeout and GreenletExit, with which a pool stops a task.
         if stops_the_task(exc):
-            close_transactions_left_open(transactions, savepoints)
-            exit_savepoints(savepoints, exc)
+            leave_transactions(transactions, savepoints, exc)
             raise
         error = exc
     duration_ms = (time.perf_counter() - start) * 1000
@@ -525,10 +518,7 @@ def run_once(
         )
         stopped.__context__ = error
         error = stopped
-    left_open = close_transactions_left_open(transactions, savepoints)
-    if left_open is not None and error is None:
-        error = left_open
-    error = exit_savepoints(savepoints, error)
+    error = leave_transactions(transactions, savepoints, error)
 
     will_retry = False
     if escaping is None and error is not None and not isinstance(error, NOT_RETRYABLE):

@@ -644,21 +644,28 @@ def run_message(envelope: dict, task_id: str, worker: str) -> None:
     tasks.deliver.apply(args=(sealed(compacted(envelope)),), task_id=task_id, hostname=worker)
 
 
+def replayed_side_by_side(broker: list, together: list, alone: Delivery) -> None:
+    """Replay ``together`` in one replay and ``alone`` in another; the first one's worker w1
+    claims its first delivery, the second one's worker w2 its one, as their messages start."""
+    from messagio.replays import replay
+
+    together_replay = replay(Delivery.objects.filter(pk__in=[d.pk for d in together]))
+    alone_replay = replay(alone)
+    (together_task, _), (alone_task, _) = broker
+    assert records.claim(str(together[0].pk), together_task, "w1", together_replay.pk).run
+    assert records.claim(str(alone.pk), alone_task, "w2", alone_replay.pk).run
+
+
 @pytest.mark.django_db(transaction=True)  # a replay publishes once it commits
 def test_a_requeue_takes_the_followers_of_its_replay_beside_another_replay_running(broker):
     # Replay P of first and broken; replay P2 of third alone, running. P's worker dies in
     # first and comes back: the requeue takes broken along (P2's message carries only third).
     from messagio.recovery import requeue_orphans
-    from messagio.replays import replay
 
     _, (first, _, broken, third, _) = ran_through(
         ["failed", "succeeded", "failed", "failed", "succeeded"]
     )
-    p = replay(Delivery.objects.filter(pk__in=[first.pk, broken.pk]))
-    p2 = replay(third)
-    (p1_id, _), (p2_id, _) = broker
-    assert records.claim(str(first.pk), p1_id, "w1", p.pk).run
-    assert records.claim(str(third.pk), p2_id, "w2", p2.pk).run
+    replayed_side_by_side(broker, [first, broken], third)
 
     requeue_orphans("w1")
 
@@ -672,16 +679,11 @@ def test_a_requeue_leaves_another_replays_followers_to_its_message(broker):
     # Replay P of first and broken, running first; replay P2 of second alone, whose worker
     # died: broken is P's to run after first, not the requeue's to run now.
     from messagio.recovery import requeue_orphans
-    from messagio.replays import replay
 
     _, (first, second, broken, _, _) = ran_through(
         ["failed", "failed", "failed", "succeeded", "succeeded"]
     )
-    p = replay(Delivery.objects.filter(pk__in=[first.pk, broken.pk]))
-    p2 = replay(second)
-    (p1_id, _), (p2_id, _) = broker
-    assert records.claim(str(first.pk), p1_id, "w1", p.pk).run
-    assert records.claim(str(second.pk), p2_id, "w2", p2.pk).run
+    replayed_side_by_side(broker, [first, broken], second)
 
     requeue_orphans("w2")
     for task_id, envelope in broker[2:]:
