@@ -3,6 +3,7 @@
 import datetime
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -16,8 +17,9 @@ from messagio import Messagio, listen_to_message
 from messagio.brokers import is_amqp, is_redis
 from messagio.models import Delivery, Event
 from messagio.relay import relay
+from messagio.report import DispatchReport
 from project.celery import app
-from tests.integration.conftest import BROKER_URL, database_url
+from tests.integration.conftest import BROKER_URL, Worker, database_url, purge_queue
 from tests.polling import wait_for
 from tests.tcp_proxy import TcpProxy
 from tests.testapp.messagio import FileGated, Fixable, Hang
@@ -41,6 +43,22 @@ def test_a_listener_past_its_time_limit_is_stopped_and_recorded_as_timed_out(wor
     assert not Call.objects.filter(token=token, listener="hangs-woke").exists()
 
 
+def fire_file_gated(worker: Worker, folder: Path) -> DispatchReport:
+    """Fire a FileGated to the one worker on the crash queue and wait for its listener to
+    start. Returns the fire's report."""
+    report = FileGated(uuid.uuid4().hex, str(folder)).fire()
+    try:
+        wait_for(lambda: (folder / "started").exists(), timeout=90, what="the listener to start")
+    except AssertionError as exc:
+        rows = Delivery.objects.filter(event_id=report.event_id).values_list(
+            "status", "attempts", "error"
+        )
+        raise AssertionError(
+            f"{exc}\ndeliveries: {list(rows)}\nworker:\n{worker.output()}"
+        ) from None
+    return report
+
+
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="needs a database server to cut the way to"
 )
@@ -53,10 +71,11 @@ def test_a_worker_that_loses_its_database_mid_listener_records_the_outcome_once_
         f"@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/", f"@127.0.0.1:{proxy.port}/"
     )
     assert str(proxy.port) in proxied
+    # Nothing an earlier test left on the queue (a listener never released) runs first.
+    purge_queue(settings.TEST_CRASH_QUEUE)
     worker = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, env={"DATABASE_URL": proxied})
     try:
-        report = FileGated(uuid.uuid4().hex, str(tmp_path)).fire()
-        wait_for(lambda: (tmp_path / "started").exists(), timeout=90, what="the listener to start")
+        report = fire_file_gated(worker, tmp_path)
 
         proxy.cut()
         (tmp_path / "release").touch()
@@ -143,12 +162,12 @@ def test_a_broker_connection_cut_while_a_listener_runs_is_recorded_once(start_wo
             netloc=url.netloc.replace(f"{url.hostname}:{url.port}", f"127.0.0.1:{proxy.port}")
         )
     )
+    purge_queue(settings.TEST_CRASH_QUEUE)  # see the test above
     worker = start_worker(
         [settings.TEST_CRASH_QUEUE], concurrency=1, env={"CELERY_BROKER_URL": proxied}
     )
     try:
-        report = FileGated(uuid.uuid4().hex, str(tmp_path)).fire()
-        wait_for(lambda: (tmp_path / "started").exists(), timeout=90, what="the listener to start")
+        report = fire_file_gated(worker, tmp_path)
 
         proxy.cut()  # the worker holds the message unacknowledged
         if is_amqp(app):
