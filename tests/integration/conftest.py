@@ -62,9 +62,17 @@ class Worker:
         return self.log.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        """Stop the worker with ``sig``: SIGKILL ends its whole process group at once; any
+        other signal goes to the main process alone, whose shutdown lets the pool process
+        end the task it runs and acknowledge its message (a SIGTERM to the pool process
+        would end that task, its outcome recorded but its message not acknowledged: handed
+        back, it would run in a later test). Killed after ``timeout``."""
         if self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, sig)
+        if sig == signal.SIGKILL:
+            os.killpg(self.process.pid, sig)
+        else:
+            os.kill(self.process.pid, sig)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -123,12 +131,20 @@ def start_worker(django_db_setup, django_db_blocker, tmp_path_factory):
     purge_test_queues()
 
 
-def purge_queue(name: str) -> None:
-    """Drop the messages waiting in one of this run's queues."""
+def purge_queue(name: str, published: int = 0) -> None:
+    """Drop the messages waiting in one of this run's queues, once the ``published`` ones a
+    test just fired are there: RabbitMQ routes a publish without confirming it, and a purge
+    on another connection may come first."""
     from project.celery import app
 
     with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(name)
+        channel = conn.default_channel
+        if published:
+            wait_for(
+                lambda: channel.queue_declare(name, passive=True).message_count >= published,
+                what=f"{published} message(s) to reach {name}",
+            )
+        channel.queue_purge(name)
 
 
 def test_queues() -> list[str]:

@@ -40,10 +40,15 @@ def kill_mid_listener_and_restart(start_worker: Any, messagio_class: type, token
     # RabbitMQ hands the unacked message back at once; on Redis and the filesystem broker
     # the restarted worker of the same name requeues what its predecessor left running.
     second = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, name=name)
-    wait_for(
-        lambda: Call.objects.filter(token=token, listener="slow-started").count() == 2,
-        what="the listener to start again on the restarted worker",
-    )
+    try:
+        wait_for(
+            lambda: Call.objects.filter(token=token, listener="slow-started").count() == 2,
+            what="the listener to start again on the restarted worker",
+        )
+    except AssertionError:
+        Call.objects.create(token=token, listener="release")
+        second.stop()  # left consuming the crash queue, it would take a later test's messages
+        raise
     Call.objects.create(token=token, listener="release")
     return report, second
 
@@ -80,19 +85,21 @@ def run_both_listeners(start_worker: Any, messagio: Any, timeout: float = 30) ->
             "position", "status", "attempts", "error_type"
         )
         raise AssertionError(f"deliveries: {list(rows)}\nworker:\n{worker.output()}") from None
-    worker.stop()
+    finally:
+        worker.stop()
     return worker, deliveries
 
 
 def test_a_worker_killed_mid_listener_is_followed_by_one_success_with_two_attempts(start_worker):
     token = uuid.uuid4().hex
     report, worker = kill_mid_listener_and_restart(start_worker, Slow, token)
-
-    delivery = wait_for(
-        lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").first(),
-        what="the delivery to succeed",
-    )
-    worker.stop()
+    try:
+        delivery = wait_for(
+            lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").first(),
+            what="the delivery to succeed",
+        )
+    finally:
+        worker.stop()
     assert delivery.attempts == 2
     assert list(delivery.history.order_by("number").values_list("number", "outcome")) == [
         (1, "lost"),
@@ -106,9 +113,10 @@ def test_the_listeners_after_the_one_a_worker_died_in_run_once(start_worker):
     # filesystem broker never gives back (and Redis only after its visibility timeout).
     token = uuid.uuid4().hex
     report, worker = kill_mid_listener_and_restart(start_worker, SlowPair, token)
-
-    deliveries = both_succeeded(report.event_id)
-    worker.stop()
+    try:
+        deliveries = both_succeeded(report.event_id)
+    finally:
+        worker.stop()
     slow_one, after = sorted(deliveries, key=lambda d: d.position)
     assert [a.outcome for a in slow_one.history.order_by("number")] == ["lost", "succeeded"]
     assert [a.outcome for a in after.history.order_by("number")] == ["succeeded"]
@@ -224,17 +232,20 @@ def test_a_cold_shutdown_then_a_restart_runs_a_groups_listeners_once_each_in_ord
     os.kill(first.process.pid, signal.SIGQUIT)  # the main process: Celery's cold shutdown
     first.process.wait(30)
     second = start_worker([settings.TEST_CRASH_QUEUE], concurrency=2, name=name)
-    wait_for(
-        lambda: Call.objects.filter(token=token, listener="slow-started").count() == 2,
-        what="the slow listener to start again",
-    )
-    if not is_amqp(app):  # RabbitMQ hands the message back, and nothing is requeued
-        # The other message has run what it would of the group before the slow one ends.
-        wait_for(lambda: " succeeded in " in second.output(), what="the second message to end")
-    Call.objects.create(token=token, listener="release")
+    try:
+        wait_for(
+            lambda: Call.objects.filter(token=token, listener="slow-started").count() == 2,
+            what="the slow listener to start again",
+        )
+        if not is_amqp(app):  # RabbitMQ hands the message back, and nothing is requeued
+            # The other message has run what it would of the group before the slow one ends.
+            wait_for(lambda: " succeeded in " in second.output(), what="the second message to end")
+        Call.objects.create(token=token, listener="release")
 
-    deliveries = both_succeeded(report.event_id)
-    second.stop()
+        deliveries = both_succeeded(report.event_id)
+    finally:
+        Call.objects.get_or_create(token=token, listener="release")
+        second.stop()
     calls = list(Call.objects.filter(token=token).values_list("listener", flat=True))
     assert calls.count("slow-finished") == 1 and calls.count("after-slow") == 1, calls
     assert calls.index("slow-finished") < calls.index("after-slow"), calls
@@ -261,16 +272,19 @@ def test_a_solo_pools_cold_shutdown_leaves_the_listener_running_for_its_message(
     assert delivery.status == "running", solo.output()
 
     again = start_worker([settings.TEST_CRASH_QUEUE], concurrency=1, name=name)
-    wait_for(
-        lambda: Call.objects.filter(token=token, listener="slow-started").count() == 2,
-        what="the listener to start again",
-    )
-    Call.objects.create(token=token, listener="release")
-    delivery = wait_for(
-        lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").first(),
-        what="the delivery to succeed",
-    )
-    again.stop()
+    try:
+        wait_for(
+            lambda: Call.objects.filter(token=token, listener="slow-started").count() == 2,
+            what="the listener to start again",
+        )
+        Call.objects.create(token=token, listener="release")
+        delivery = wait_for(
+            lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").first(),
+            what="the delivery to succeed",
+        )
+    finally:
+        Call.objects.get_or_create(token=token, listener="release")
+        again.stop()
     assert list(delivery.history.order_by("number").values_list("outcome", flat=True)) == [
         "lost",
         "succeeded",

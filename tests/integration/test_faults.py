@@ -92,6 +92,7 @@ def test_a_worker_that_loses_its_database_mid_listener_records_the_outcome_once_
         assert delivery.attempts == 1
         assert delivery.result == "'released'"
     finally:
+        (tmp_path / "release").touch()  # a listener left waiting would hold the worker's stop
         worker.stop()
         proxy.stop()
 
@@ -172,19 +173,24 @@ def test_a_broker_connection_cut_while_a_listener_runs_is_recorded_once(start_wo
         proxy.cut()  # the worker holds the message unacknowledged
         if is_amqp(app):
             # RabbitMQ hands the message to a worker again at once: this one stops the
-            # listener rather than run on beside the copy (W013).
+            # listener rather than run on beside the copy (W013). Celery says so before it
+            # stops it: released only once the copy runs, it cannot finish first.
             wait_for(
                 lambda: "cannot be acknowledged after a connection loss" in worker.output(),
-                what="the worker to stop the listener",
+                what="the worker to say it stops the listener",
+            )
+            proxy.restore()
+            wait_for(
+                lambda: (tmp_path / "runs").read_text().count("run") == 2,
+                what="the handed-back message to run the listener again",
             )
         (tmp_path / "release").touch()
-        if is_amqp(app):
-            proxy.restore()
         delivery = wait_for(
             lambda: Delivery.objects.filter(event_id=report.event_id, status="succeeded").first(),
             what="the outcome to be recorded",
         )
     finally:
+        (tmp_path / "release").touch()  # see the test above
         worker.stop()
         proxy.stop()
 
