@@ -15,6 +15,7 @@ from messagio import MessageCenter, Messagio
 from messagio.models import Event
 from messagio.testing import capture_messagios
 from project.celery import app
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,11 +40,18 @@ def listening():
     drop_queued()
 
 
-def drop_queued() -> int:
+def drop_queued(published: int = 0) -> int:
     """How many messages wait in messagio's queue, which this drops (declared first, as a
-    publish would: on RabbitMQ an earlier test may have deleted it)."""
+    publish would: on RabbitMQ an earlier test may have deleted it), once the ``published``
+    ones are there (RabbitMQ does not confirm a publish, and this is another connection)."""
     with app.connection_for_write() as conn:
-        app.amqp.queues[settings.MESSAGIO_QUEUE](conn.default_channel).declare()
+        queue = app.amqp.queues[settings.MESSAGIO_QUEUE](conn.default_channel)
+        queue.declare()
+        if published:
+            wait_for(
+                lambda: queue.queue_declare(passive=True).message_count >= published,
+                what=f"{published} message(s) to reach the queue",
+            )
         return conn.default_channel.queue_purge(settings.MESSAGIO_QUEUE) or 0
 
 
@@ -52,7 +60,7 @@ def test_afire_records_and_publishes_from_async_code():
 
     event = Event.objects.get(pk=report.event_id)
     assert (event.state, event.messagio_type) == ("published", Shipped.get_name())
-    assert drop_queued() == 1
+    assert drop_queued(published=1) == 1
 
 
 def test_afire_sync_runs_the_listeners_here():
@@ -90,7 +98,7 @@ def test_without_records_a_fire_from_async_code_publishes():
 
     asyncio.run(view())
 
-    assert drop_queued() == 1
+    assert drop_queued(published=1) == 1
 
 
 def test_a_capture_refuses_a_fire_from_async_code_as_the_real_fire_would():
@@ -116,4 +124,4 @@ def test_fire_from_async_code_is_let_through_where_django_lets_the_database_be(m
     asyncio.run(notebook_cell())
 
     assert Event.objects.get().state == "published"
-    assert drop_queued() == 1
+    assert drop_queued(published=1) == 1

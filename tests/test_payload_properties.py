@@ -90,7 +90,9 @@ def in_process(isolated_registry):
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(value=payloads)
 def test_any_picklable_payload_is_recorded_and_delivered_equal(in_process, value):
@@ -98,7 +100,9 @@ def test_any_picklable_payload_is_recorded_and_delivered_equal(in_process, value
 
 
 @settings(
-    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(value=st.lists(payloads, max_size=3), bad=unpicklable)
 def test_a_payload_holding_something_unpicklable_is_refused_and_nothing_recorded(
