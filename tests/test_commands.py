@@ -374,6 +374,35 @@ def test_a_command_replay_records_its_filters_for_the_audit(monkeypatch):
     assert Replay.objects.get().description == ("failed deliveries --type Ping --since 2024-03-09")
 
 
+@pytest.mark.django_db
+def test_a_command_replay_records_who_asked_when_told(monkeypatch, django_user_model):
+    from messagio import replays
+
+    monkeypatch.setattr(replays, "publish_all", lambda envelopes: ["task"] * len(envelopes))
+    oncall = django_user_model.objects.create_user("oncall")
+    make_delivery("failed")
+    call_command("messagio_replay", "--requested-by", "oncall", stdout=io.StringIO())
+
+    record = Replay.objects.get()
+    assert (record.source, record.requested_by_id, record.requested_by_name) == (
+        "command",
+        oncall.pk,
+        "oncall",
+    )
+
+
+@pytest.mark.django_db
+def test_a_command_replay_for_a_user_who_does_not_exist_records_nothing_and_fails():
+    failed = make_delivery("failed")
+
+    with pytest.raises(CommandError, match="--requested-by 'nobody': no such user"):
+        call_command("messagio_replay", "--requested-by", "nobody", stdout=io.StringIO())
+
+    assert not Replay.objects.exists()
+    failed.refresh_from_db()
+    assert failed.status == "failed"
+
+
 @pytest.mark.django_db(transaction=True)  # replay() runs as it commits
 @pytest.mark.parametrize(
     ("out", "verbosity", "progress"),

@@ -2,6 +2,7 @@
 
 import datetime
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 from django.utils import timezone
@@ -22,6 +23,9 @@ class Command(BaseCommand):
         parser.add_argument("--since", help="Failed at or after (ISO 8601).")
         parser.add_argument("--until", help="Failed before (ISO 8601).")
         parser.add_argument("--reason", default="", help="Why, for the audit trail.")
+        parser.add_argument(
+            "--requested-by", metavar="USERNAME", help="Who asks, for the audit trail."
+        )
         parser.add_argument("--canary", type=int, help="Replay this many first and check.")
         parser.add_argument("--rate", type=float, help="At most this many per second.")
         parser.add_argument(
@@ -46,6 +50,18 @@ class Command(BaseCommand):
         except OverflowError:  # 0001-01-01 east of UTC
             raise CommandError(f"--{option} {value!r} is out of the range of dates") from None
         return parsed
+
+    def _requester(self, username):
+        """The user named, who is recorded as having asked (the admin records its user)."""
+        if username is None:
+            return None
+        users = get_user_model()._default_manager
+        try:
+            return users.get_by_natural_key(username)
+        except get_user_model().DoesNotExist:
+            raise CommandError(
+                f"--requested-by {username!r}: no such user; give a username, or leave it out"
+            ) from None
 
     def handle(self, *args, **options):
         try:
@@ -83,6 +99,7 @@ class Command(BaseCommand):
         if until:
             selection = selection.filter(finished_at__lt=until)
             filters.append(f"--until {options['until']}")
+        requested_by = self._requester(options["requested_by"])
         if options["dry_run"]:
             self.stdout.write(f"{selection.count()} failed deliveries would be replayed.")
             return
@@ -101,6 +118,7 @@ class Command(BaseCommand):
             record = replay(
                 selection,
                 reason=options["reason"],
+                requested_by=requested_by,
                 source="command",
                 description=" ".join(["failed deliveries", *filters]),
                 canary=options["canary"],
