@@ -14,8 +14,7 @@ from django.test import override_settings
 from messagio import MessageCenter, Messagio
 from messagio.models import Event
 from messagio.testing import capture_messagios
-from project.celery import app
-from tests.polling import wait_for
+from tests.integration.conftest import purge_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,18 +40,8 @@ def listening():
 
 
 def drop_queued(published: int = 0) -> int:
-    """How many messages wait in messagio's queue, which this drops (declared first, as a
-    publish would: on RabbitMQ an earlier test may have deleted it), once the ``published``
-    ones are there (RabbitMQ does not confirm a publish, and this is another connection)."""
-    with app.connection_for_write() as conn:
-        queue = app.amqp.queues[settings.MESSAGIO_QUEUE](conn.default_channel)
-        queue.declare()
-        if published:
-            wait_for(
-                lambda: queue.queue_declare(passive=True).message_count >= published,
-                what=f"{published} message(s) to reach the queue",
-            )
-        return conn.default_channel.queue_purge(settings.MESSAGIO_QUEUE) or 0
+    """How many messages wait in messagio's queue, which this drops."""
+    return purge_queue(settings.MESSAGIO_QUEUE, published)
 
 
 def test_afire_records_and_publishes_from_async_code():

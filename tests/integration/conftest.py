@@ -131,20 +131,22 @@ def start_worker(django_db_setup, django_db_blocker, tmp_path_factory):
     purge_test_queues()
 
 
-def purge_queue(name: str, published: int = 0) -> None:
+def purge_queue(name: str, published: int = 0) -> int:
     """Drop the messages waiting in one of this run's queues, once the ``published`` ones a
-    test just fired are there: RabbitMQ routes a publish without confirming it, and a purge
-    on another connection may come first."""
+    test just fired are there (RabbitMQ routes a publish without confirming it, and a purge
+    on another connection may come first); how many it dropped. Declared first, as a
+    publish would: on RabbitMQ an earlier test may have deleted it."""
     from project.celery import app
 
     with app.connection_for_write() as conn:
-        channel = conn.default_channel
+        queue = app.amqp.queues[name](conn.default_channel)
+        queue.declare()
         if published:
             wait_for(
-                lambda: channel.queue_declare(name, passive=True).message_count >= published,
+                lambda: queue.queue_declare(passive=True).message_count >= published,
                 what=f"{published} message(s) to reach {name}",
             )
-        channel.queue_purge(name)
+        return queue.purge() or 0
 
 
 def test_queues() -> list[str]:

@@ -55,10 +55,10 @@ class Command(BaseCommand):
         """The user named, who is recorded as having asked (the admin records its user)."""
         if username is None:
             return None
-        users = get_user_model()._default_manager
+        user_model = get_user_model()
         try:
-            return users.get_by_natural_key(username)
-        except get_user_model().DoesNotExist:
+            return user_model._default_manager.get_by_natural_key(username)
+        except user_model.DoesNotExist:
             raise CommandError(
                 f"--requested-by {username!r}: no such user; give a username, or leave it out"
             ) from None
